@@ -1,0 +1,3 @@
+"""extune: distributed hyperparameter search for explanation-driven training."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,432 @@
+"""``Config``: the one dataclass tree spoken by the CLI, the search spaces, MLflow and exports.
+
+Every setting has a dotted key (``optim.lr``, ``excon.mask_threshold``). A config
+
+- round-trips through YAML: ``Config.from_yaml(cfg.to_yaml()) == cfg``;
+- takes dotted overrides: ``cfg.with_overrides({"optim.lr": 0.1})`` or CLI ``--set optim.lr=0.1``;
+- flattens to dotted keys (``cfg.flatten()``) for MLflow params and search spaces;
+- is validated on construction: an unknown key, a wrong type or an out-of-range value raises
+  :class:`ConfigError` naming the key, the value and what is allowed (closest key for typos).
+
+``None`` means "the component's default" (for example ``explain.layer=None`` is the backbone's
+last stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from extune.train.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ExplainConfig",
+    "SupConConfig",
+    "ExConConfig",
+    "EDDAConfig",
+    "EvalConfig",
+    "RuntimeConfig",
+    "METHODS",
+    "parse_assignments",
+]
+
+METHODS = ("ce", "supcon", "excon", "edda", "random_occlusion")
+CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness")
+
+
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> dict[str, Any]:
+    """Field metadata: allowed interval of a numeric setting."""
+    return {"range": (low, high, low_open, high_open)}
+
+
+def _num(default: Any, low: float | None = None, high: float | None = None, **kw: Any) -> Any:
+    return field(default=default, metadata=_range(low, high, **kw))
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how they are prepared."""
+
+    name: str = "synthetic"  # a registered data set: see extune.train.data.list_datasets()
+    root: str = "./data"  # folder of the data set files (not used by `synthetic`)
+    download: bool = False  # cifar10/cifar100 only: fetch the files when missing
+    image_size: int = _num(32, 8, 512)  # images are resized to image_size x image_size once
+    val_fraction: float = _num(0.1, 0.0, 0.9, low_open=True)  # held out of train for the objective
+    split_seed: int = _num(0, 0)  # seed of the validation split: the same for every trial
+    limit: int | None = _num(None, 1)  # use at most this many training images (quick runs)
+    cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here
+    num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
+    train_size: int = _num(6000, 10)  # synthetic only: training images (before the val split)
+    test_size: int = _num(1000, 10)  # synthetic only: test images
+    synthetic_seed: int = _num(0, 0)  # synthetic only: generator seed
+    distractors: int = _num(2, 0, 8)  # synthetic only: distractor objects per image
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and heads."""
+
+    backbone: str = "resnet_mini"  # a registered backbone: extune.models.list_backbones()
+    cifar_stem: bool | None = None  # None: 3x3 stride-1 stem without max-pool when image_size <= 64
+    projection_dim: int = _num(128, 8)  # output of the projection head (L2-normalised)
+    projection_hidden: int | None = _num(None, 8)  # None: the backbone's feature width
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum and a cosine schedule."""
+
+    epochs: int = _num(10, 1)
+    batch_size: int = _num(128, 2)
+    lr: float = _num(0.1, 0.0, low_open=True)
+    probe_lr: float | None = _num(None, 0.0, low_open=True)  # online linear probe; None: optim.lr
+    momentum: float = _num(0.9, 0.0, 1.0, high_open=True)
+    weight_decay: float = _num(1e-4, 0.0)
+    warmup_epochs: int = _num(0, 0)  # linear learning-rate warm-up before the cosine decay
+    label_smoothing: float = _num(0.0, 0.0, 1.0, high_open=True)  # ce only
+
+
+@dataclass
+class ExplainConfig:
+    """The explainer that drives ExCon/EDDA and the explanation metrics."""
+
+    explainer: str = "gradcam"  # a registered explainer: extune.augment.list_explainers()
+    layer: str | None = None  # gradcam: named layer ("layer3"); None: the backbone's last stage
+    steps: int = _num(16, 1, 512)  # integrated_gradients: interpolation steps
+
+
+@dataclass
+class SupConConfig:
+    """Supervised contrastive loss (Khosla et al. 2020)."""
+
+    temperature: float = _num(0.1, 0.0, low_open=True)
+    base_temperature: float = _num(0.07, 0.0, low_open=True)
+
+
+@dataclass
+class ExConConfig:
+    """Explanation-driven supervised contrastive learning (arXiv 2111.14271)."""
+
+    mask_threshold: float = _num(0.5, 0.0, 1.0, high_open=True)
+    warmup_epochs: int = _num(1, 0)  # plain SupCon before this epoch
+    negative_pair: bool = False  # rejected masked images join the batch as background samples
+    background_anchor: bool = False  # background samples are anchors too (else only negatives)
+
+
+@dataclass
+class EDDAConfig:
+    """Explanation-driven data augmentation (arXiv 2105.14162)."""
+
+    warmup_epochs: int = _num(1, 0)
+    ratio: float = _num(0.5, 0.0, 1.0)  # fraction of each batch that is occluded
+    keep_fraction: float = _num(0.3, 0.0, 1.0, low_open=True, high_open=True)
+    occlude_fraction: float = _num(0.3, 0.0, 1.0, low_open=True, high_open=True)
+    salient_target: Literal["uniform", "smooth"] = "uniform"
+    smoothing: float = _num(0.5, 0.0, 1.0)  # salient_target=smooth: label smoothing
+    fill: Literal["mean", "blur", "noise"] = "mean"
+    nonsalient_weight: float = _num(1.0, 0.0)
+    salient_weight: float = _num(1.0, 0.0)
+
+
+@dataclass
+class EvalConfig:
+    """What is measured on the validation split during training and on the test set at the end."""
+
+    every: int = _num(1, 1)  # evaluate every N epochs (and always after the last)
+    batch_size: int = _num(256, 1)
+    test: bool = False  # also evaluate on the test set after training (final runs)
+    explain_samples: int = _num(256, 0)  # validation images used for explanation metrics
+    top_fraction: float = _num(0.15, 0.0, 1.0, low_open=True, high_open=True)
+    deletion_steps: int = _num(16, 2, 256)
+    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    severity: int = _num(3, 1, 5)
+    fgsm_eps: float = _num(4 / 255, 0.0, 1.0)  # in [0, 1] pixel space
+    grid_images: int = _num(8, 0, 64)  # images in the saliency grid PNG
+    grid_every: bool = False  # also write the grid at every evaluation (else only at the end)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how training runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = _num(0, 0)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    threads: int | None = _num(None, 1)  # torch CPU threads; None: torch's default
+    progress: bool = True  # progress bar per epoch
+
+
+@dataclass
+class Config:
+    """The whole training configuration. See the module docstring."""
+
+    method: Literal["ce", "supcon", "excon", "edda", "random_occlusion"] = "excon"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    supcon: SupConConfig = field(default_factory=SupConConfig)
+    excon: ExConConfig = field(default_factory=ExConConfig)
+    edda: EDDAConfig = field(default_factory=EDDAConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self, prefix="")
+
+    # ----------------------------------------------------------------- conversions
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (YAML/JSON/``torch.save(weights_only=True)`` safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Config:
+        """Build from a nested dict; missing keys keep their defaults."""
+        return _build(cls, data or {}, prefix="")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Config:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config is not valid YAML: {_one_line(e)}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("config YAML must be a mapping of sections (data:, optim:, ...)")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a YAML config file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        return cls.from_yaml(text)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"optim.lr": 0.1, ...}``."""
+        flat: dict[str, Any] = {}
+
+        def walk(d: dict[str, Any], prefix: str) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    flat[f"{prefix}{k}"] = v
+
+        walk(self.to_dict(), "")
+        return flat
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A new config with dotted-key overrides applied (values are type-checked)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return Config.from_dict(data)
+
+    @staticmethod
+    def keys() -> list[str]:
+        """Every dotted key."""
+        return list(Config().flatten())
+
+
+# --------------------------------------------------------------------- internals
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            _unknown_key(".".join(parts[: i + 1]), key)
+        node = node[part]
+    if parts[-1] not in node:
+        _unknown_key(key, key)
+    if isinstance(node[parts[-1]], dict):
+        raise ConfigError(f"'{key}' is a config section; set one of its keys instead, "
+                          f"e.g. '{key}.{next(iter(node[parts[-1]]))}'")
+    node[parts[-1]] = value
+
+
+def _unknown_key(bad: str, full: str) -> typing.NoReturn:
+    keys = Config.keys()
+    close = difflib.get_close_matches(full, keys, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; run `extune config` to list the keys"
+    raise ConfigError(f"unknown config key '{full}'{hint}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, "
+                          f"got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            _unknown_key(f"{prefix}{key}", f"{prefix}{key}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = data[f.name]
+    obj = cls.__new__(cls)
+    # Fill defaults first so that __post_init__-free sections validate the merged values.
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            value = kwargs[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        object.__setattr__(obj, f.name, value)
+    if cls is Config:
+        _validate(obj, prefix="")
+    return obj
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """Coerce and check every field of a (nested) config dataclass in place."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(f"config section '{key}' must be a mapping")
+            _validate(value, f"{key}.")
+            continue
+        value = _coerce(key, value, tp)
+        rng = f.metadata.get("range")
+        if rng is not None and value is not None:
+            _check_range(key, value, *rng)
+        setattr(obj, f.name, value)
+    if prefix == "":
+        _validate_names(obj)
+
+
+def _validate_names(cfg: Config) -> None:
+    for name in cfg.eval.corruptions:
+        if name not in CORRUPTIONS:
+            raise ConfigError(f"eval.corruptions: unknown corruption '{name}'; "
+                              f"allowed: {', '.join(CORRUPTIONS)}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming key, value and type."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not allowed{hint}; allowed: "
+                              + ", ".join(str(a) for a in allowed))
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return [_coerce(key, v, item) for v in value]
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}")
+    if tp is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return value
+
+
+def _check_range(key: str, value: float, low: float | None, high: float | None,
+                 low_open: bool, high_open: bool) -> None:
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        parts = []
+        if low is not None:
+            parts.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            parts.append(f"{'<' if high_open else '<='} {high:g}")
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed: {' and '.join(parts)}")
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Parse CLI ``KEY=VALUE`` strings; values are read as YAML scalars (``0.1``, ``true``).
+
+    >>> parse_assignments(["optim.lr=0.1", "method=excon"])
+    {'optim.lr': 0.1, 'method': 'excon'}
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=0.1), got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and raw.strip().lower() in ("none", "null", "~"):
+            value = None
+        overrides[key.strip()] = value
+    return overrides
