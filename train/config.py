@@ -25,7 +25,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from extune.train.errors import ConfigError
+from extune.errors import ConfigError
 
 __all__ = [
     "Config",

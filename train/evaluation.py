@@ -1,0 +1,55 @@
+"""Evaluate a saved checkpoint (``extune evaluate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from extune.augment import create_explainer
+from extune.errors import ExtuneError
+from extune.evaluate import evaluate_split
+from extune.models import Network, create_model
+from extune.train.checkpoint import checkpoint_path, load_checkpoint
+from extune.train.config import Config, parse_assignments
+from extune.train.data import load_data
+from extune.train.runtime import resolve_device, seed_everything
+
+__all__ = ["evaluate_checkpoint", "load_model"]
+
+
+def load_model(checkpoint: str | Path, overrides: list[str] | None = None
+               ) -> tuple[Network, Config]:
+    """Rebuild the network of a checkpoint (on CPU) and its config (+ ``KEY=VALUE`` overrides)."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(ckpt["config"]).with_overrides(parse_assignments(overrides or []))
+    num_classes = ckpt["model"]["classifier.weight"].shape[0]
+    model = create_model(cfg, num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise ExtuneError(f"checkpoint {checkpoint} does not match model.backbone="
+                          f"{cfg.model.backbone}; do not override model.* keys") from None
+    return model, cfg
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
+                        ) -> tuple[dict[str, float], Path]:
+    """All metrics of a checkpoint on ``split`` (``val`` or ``test``).
+
+    Returns:
+        The metrics (``{split}/accuracy``, ``shift/ece``, ``adv/fgsm_accuracy``, ...) and the
+        default JSON path beside the checkpoint.
+    """
+    model, cfg = load_model(checkpoint, overrides)
+    device = resolve_device(cfg.runtime)
+    seed_everything(cfg.runtime.seed)
+    splits = load_data(cfg.data)
+    images = splits.val if split == "val" else splits.test
+    if images is None:
+        raise ExtuneError(f"data set '{cfg.data.name}' has no test split; use --split val")
+    explainer = create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
+                                 steps=cfg.explain.steps)
+    metrics = evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
+                             std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
+                             explainer=explainer, prefix=split, full=True)
+    out = checkpoint_path(checkpoint).parent / f"evaluation-{split}.json"
+    return metrics, out

@@ -1,0 +1,268 @@
+"""``fit``: the one training loop, used by ``extune train`` and by every search trial."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from extune.evaluate import evaluate_split, saliency_grid
+from extune.models import Network, create_model
+from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from extune.train.config import Config
+from extune.train.data import DataSplits, ImageSet, load_data
+from extune.errors import ExtuneError
+from extune.train.methods import Method, create_method
+from extune.train.progress import EpochProgress
+from extune.train.runtime import (
+    autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    torch_threads,
+)
+
+__all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
+
+Report = Callable[[dict[str, float], Path], None]
+"""``report(metrics, checkpoint_dir)``: called after every epoch, after the checkpoint is saved."""
+
+GRID_NAME = "saliency_grid.png"
+
+
+class TrainingDiverged(ExtuneError, RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        config: the config that was trained.
+        metrics: the last epoch's metrics (``val/...``, ``train/...``) plus ``test/...`` if asked.
+        history: one metrics dict per epoch.
+        model: the trained network (on the training device, eval mode).
+        out_dir: folder holding ``config.yaml``, ``metrics.json``, ``checkpoint.pt`` and the
+            saliency grid.
+    """
+
+    config: Config
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: Network | None = None
+    out_dir: Path | None = None
+
+
+@dataclass
+class _State:
+    """Everything a training epoch touches."""
+
+    cfg: Config
+    device: torch.device
+    splits: DataSplits
+    model: Network
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batch_size: int
+    out_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+
+
+def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
+        resume: str | Path | None = None, data: DataSplits | None = None,
+        test: bool = False) -> FitResult:
+    """Train ``config.method`` on ``config.data`` and evaluate after every epoch.
+
+    Args:
+        config: what to train.
+        report: called as ``report(metrics, out_dir)`` after every epoch, once the epoch's
+            checkpoint is in ``out_dir / "checkpoint.pt"``. May raise to stop training.
+        out_dir: where ``config.yaml``, ``metrics.json``, the checkpoint and the saliency grid
+            go; a temporary folder when ``None``.
+        resume: a checkpoint file (or a folder holding ``checkpoint.pt``) to continue from.
+        data: already loaded data (a search puts it in Ray's object store once); loaded from
+            ``config.data`` when ``None``.
+        test: also evaluate on the test split after the last epoch (final runs only: a search
+            objective must never see the test set).
+
+    Raises:
+        ExtuneError: bad config, missing data, unknown names, non-finite loss.
+    """
+    with torch_threads(config.runtime.threads):
+        state = _setup(config, out_dir, resume, data)
+        progress = EpochProgress(enabled=config.runtime.progress)
+        for epoch in range(state.start_epoch, config.optim.epochs):
+            metrics = _run_epoch(state, epoch, progress)
+            state.history.append(metrics)
+            _save(state, epoch)
+            if report is not None:
+                report(metrics, state.out_dir)
+        final = dict(state.history[-1]) if state.history else {}
+        if test and state.splits.test is not None:
+            final.update(_evaluate(state, state.splits.test, prefix="test", full=True))
+        _write_metrics(state, final)
+        state.model.eval()
+        return FitResult(config, final, state.history, state.model, state.out_dir)
+
+
+def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
+           data: DataSplits | None) -> _State:
+    device = resolve_device(cfg.runtime)
+    seed_everything(cfg.runtime.seed)
+    splits = (data if data is not None else load_data(cfg.data)).to(device)
+    model = create_model(cfg, splits.num_classes).to(device)
+    if device.type == "cuda" and cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.runtime.compile:
+        model.compile()
+    batch_size = min(cfg.optim.batch_size, len(splits.train))
+    steps = len(splits.train) // batch_size
+    optimizer = _optimizer(cfg, model)
+    scheduler = _cosine_schedule(optimizer, cfg, steps)
+    method = create_method(cfg, model, splits.num_classes, splits.mean, splits.std)
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="extune-"))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    state = _State(cfg, device, splits, model, method, optimizer, scheduler, batch_size, out)
+    if resume is not None:
+        _restore(state, resume)
+    return state
+
+
+def _optimizer(cfg: Config, model: Network) -> torch.optim.Optimizer:
+    """SGD; the online linear probe of contrastive methods may have its own learning rate."""
+    o = cfg.optim
+    probe_lr = o.probe_lr if (o.probe_lr is not None and cfg.method != "ce") else o.lr
+    body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+    groups = [{"params": body, "lr": o.lr},
+              {"params": list(model.classifier.parameters()), "lr": probe_lr}]
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _cosine_schedule(optimizer: torch.optim.Optimizer, cfg: Config,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay to 0 over ``optim.epochs``."""
+    total = max(1, cfg.optim.epochs * steps_per_epoch)
+    warmup = min(cfg.optim.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, float]:
+    cfg = state.cfg
+    train_metrics = _train_epoch(state, epoch, progress)
+    last = epoch == cfg.optim.epochs - 1
+    full = last or (epoch + 1) % cfg.eval.every == 0
+    metrics = {"epoch": float(epoch + 1), **train_metrics,
+               **_evaluate(state, state.splits.val, prefix="val", full=full)}
+    if not full and state.history:  # carry the last full values so every report has every key
+        metrics = {**state.history[-1], **metrics}
+    if last or (full and cfg.eval.grid_every):
+        _write_grid(state, epoch, last)
+    progress.summary(epoch, cfg.optim.epochs, metrics)
+    return metrics
+
+
+def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, float]:
+    """One pass over the training split; returns ``train/...`` means (one host sync)."""
+    cfg, train, model = state.cfg, state.splits.train, state.model
+    model.train()
+    steps = len(train) // state.batch_size
+    order = torch.randperm(len(train), device=state.device)
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    finite = torch.ones((), dtype=torch.bool, device=state.device)
+    start = time.perf_counter()
+    for i in progress.steps(epoch, cfg.optim.epochs, steps):
+        index = order[i * state.batch_size:(i + 1) * state.batch_size]
+        with autocast(state.device, cfg.runtime.amp):
+            out = state.method.step(train.images[index], train.labels[index], epoch)
+        state.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        state.optimizer.step()
+        state.scheduler.step()
+        finite &= torch.isfinite(out.loss.detach())
+        for key, value in {"train/loss": out.loss, **out.stats}.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+            counts[key] = counts.get(key, 0) + 1
+    if not bool(finite):
+        raise TrainingDiverged(
+            f"training loss became non-finite in epoch {epoch + 1} (method={cfg.method}, "
+            f"optim.lr={cfg.optim.lr:g}); lower optim.lr or check the data")
+    seconds = time.perf_counter() - start
+    means = {k: float(v) / counts[k] for k, v in sums.items()}
+    means["train/images_per_s"] = steps * state.batch_size / max(seconds, 1e-9)
+    means["train/lr"] = state.scheduler.get_last_lr()[0]
+    return means
+
+
+def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool) -> dict[str, float]:
+    return evaluate_split(
+        state.model, split, mean=state.splits.mean, std=state.splits.std,
+        num_classes=state.splits.num_classes, cfg=state.cfg.eval,
+        explainer=state.method.explainer, prefix=prefix, full=full)
+
+
+def _write_grid(state: _State, epoch: int, last: bool) -> None:
+    """PNG of a fixed set of validation images: image, saliency (true label), masked image."""
+    n = min(state.cfg.eval.grid_images, len(state.splits.val))
+    if n == 0:
+        return
+    images = state.splits.val.images[:n]
+    labels = state.splits.val.labels[:n]
+    standard = state.method.standard(images)
+    saliency = state.method.explainer(state.model, standard, labels)
+    masked = images.float().div(255) * (saliency > state.cfg.excon.mask_threshold)
+    name = GRID_NAME if last else f"grids/epoch_{epoch + 1:03d}.png"
+    path = state.out_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saliency_grid(images, saliency, masked, path)
+
+
+def _save(state: _State, epoch: int) -> None:
+    save_checkpoint({
+        "epoch": epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "config": state.cfg.to_dict(),
+        "history": state.history,
+        "rng": rng_state(),
+    }, state.out_dir / CHECKPOINT_NAME)
+
+
+def _restore(state: _State, resume: str | Path) -> None:
+    ckpt = load_checkpoint(resume, map_location=state.device)
+    try:
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ExtuneError(f"checkpoint {resume} does not match this config (model or "
+                          f"optimiser differ): {' '.join(str(e).split())[:160]}") from None
+    state.history = list(ckpt.get("history", []))
+    state.start_epoch = int(ckpt["epoch"]) + 1
+    if "rng" in ckpt:
+        set_rng_state({k: v.cpu() for k, v in ckpt["rng"].items()})
+
+
+def _write_metrics(state: _State, final: dict[str, float]) -> None:
+    payload = {"final": final, "history": state.history}
+    (state.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,280 @@
+"""Per-method training steps: ``ce``, ``supcon``, ``excon``, ``edda``, ``random_occlusion``.
+
+A method turns one batch of uint8 images into a scalar loss plus a few per-batch statistics
+(tensors, so that the step never synchronises with the host). The loop sums the statistics
+over the epoch and reads them once at its end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from extune.augment import (
+    SupConViews,
+    create_explainer,
+    keep_mask,
+    mask_salient,
+    nonsalient_occlusion,
+    random_nonsalient_occlusion,
+    random_salient_occlusion,
+    salient_occlusion,
+    soft_targets,
+    standard_view,
+)
+from extune.models import Network, SupConLoss
+from extune.train.config import Config
+from extune.errors import RegistryError
+
+__all__ = ["Method", "StepOutput", "create_method", "list_methods"]
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns.
+
+    Attributes:
+        loss: scalar loss to back-propagate.
+        stats: per-batch means keyed by metric name (``train/...``), 0-dim tensors; the loop
+            averages them over the batches that reported them.
+    """
+
+    loss: Tensor
+    stats: dict[str, Tensor]
+
+
+class Method:
+    """Base class: holds the model, views and explainer that every step needs.
+
+    Args:
+        cfg: the full config.
+        model: the network being trained.
+        num_classes: number of real classes (ExCon's background label is ``num_classes``).
+        mean, std: per-channel statistics of the training images, in [0, 1].
+    """
+
+    name = "base"
+
+    def __init__(self, cfg: Config, model: Network, num_classes: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.num_classes = num_classes
+        self.mean, self.std = mean, std
+        size = cfg.data.image_size
+        # The SupCon recipe for contrastive methods; classification methods use crop + flip only
+        # (colour jitter and grayscale would erase the colour cue some classes are defined by).
+        self.contrastive_views = SupConViews(size, mean, std)
+        self.classifier_views = SupConViews(size, mean, std, scale=(0.5, 1.0), jitter_p=0.0,
+                                            gray_p=0.0)
+        self.explainer = create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
+                                          steps=cfg.explain.steps)
+
+    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+        """Loss of one batch. ``images``: uint8 [B,3,H,W]; ``labels``: int64 [B]."""
+        raise NotImplementedError
+
+    def standard(self, images: Tensor) -> Tensor:
+        return standard_view(images, self.mean, self.std)
+
+
+# ----------------------------------------------------------------------------- CE
+class CrossEntropy(Method):
+    """Plain cross-entropy on one crop+flip view."""
+
+    name = "ce"
+
+    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+        logits = self.model(self.classifier_views(images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
+        return StepOutput(loss, _accuracy_stats(logits, labels))
+
+
+# ------------------------------------------------------------------------- SupCon
+class SupCon(Method):
+    """SupCon on two random views, plus an online linear probe on detached features."""
+
+    name = "supcon"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.criterion = SupConLoss(self.cfg.supcon.temperature, self.cfg.supcon.base_temperature)
+
+    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+        view0 = self.contrastive_views(images)
+        view1 = self.contrastive_views(images)
+        return self.contrast(view0, view1, labels)
+
+    def contrast(self, view0: Tensor, view1: Tensor, labels: Tensor) -> StepOutput:
+        """SupCon on a pair of view batches ([B,3,H,W] each) + probe loss."""
+        feats = self.model.features(torch.cat([view0, view1]))  # [2B, D]
+        z = self.model.project(feats)  # [2B, P]
+        loss = self.criterion(_pairs(z), labels)
+        probe_loss, stats = self.probe(feats, labels.repeat(2))
+        return StepOutput(loss + probe_loss, stats)
+
+    def probe(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy of the linear classifier on detached features [N, D]."""
+        logits = self.model.classifier(feats.detach())
+        return F.cross_entropy(logits, labels), _accuracy_stats(logits, labels)
+
+
+# -------------------------------------------------------------------------- ExCon
+class ExCon(SupCon):
+    """Explanation-driven SupCon (DESIGN.md, ExCon).
+
+    Per batch: saliency of the standard view for the true label -> masked image (saliency <=
+    threshold set to the mean colour) -> kept where the classifier still predicts the label.
+    Kept masked images replace the second random view as view 0.
+
+    Two code paths keep the step free of host synchronisation (fixed shapes, no indexing by
+    data-dependent masks):
+
+    - ``negative_pair=false``: the filter runs as a no-grad, eval-mode forward of the masked
+      images; view 0 is composed in image space; one contrastive forward of 2B images.
+    - ``negative_pair=true``: one forward of [masked, random view 2, random view 1] (3B images)
+      whose masked-view features serve as view 0 where kept and as the background sample where
+      rejected. Background rows are appended for every sample and switched off with SupCon's
+      ``valid`` mask where the masked view was kept.
+    """
+
+    name = "excon"
+
+    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+        view1 = self.contrastive_views(images)
+        view2 = self.contrastive_views(images)
+        if epoch < self.cfg.excon.warmup_epochs:
+            return self.contrast(view2, view1, labels)
+        standard = self.standard(images)
+        saliency = self.explainer(self.model, standard, labels)  # [B,1,H,W]
+        masked = mask_salient(standard, saliency, self.cfg.excon.mask_threshold)
+        if self.cfg.excon.negative_pair:
+            return self.step_with_background(masked, view2, view1, labels)
+        with torch.no_grad(), _eval_mode(self.model):
+            keep = keep_mask(self.model(masked), labels)  # [B] bool
+        view0 = torch.where(keep[:, None, None, None], masked, view2)
+        out = self.contrast(view0, view1, labels)
+        out.stats["train/mask_keep_rate"] = keep.float().mean()
+        out.stats["train/background_samples"] = keep.new_zeros((), dtype=torch.float32)
+        return out
+
+    def step_with_background(self, masked: Tensor, view2: Tensor, view1: Tensor,
+                             labels: Tensor) -> StepOutput:
+        batch = labels.shape[0]
+        feats = self.model.features(torch.cat([masked, view2, view1]))  # [3B, D]
+        f_masked, f_view2, f_view1 = feats.split(batch)
+        keep = keep_mask(self.model.classifier(f_masked.detach()), labels)  # [B]
+        f_view0 = torch.where(keep[:, None], f_masked, f_view2)
+        z_masked, z_view0, z_view1 = self.model.project(
+            torch.cat([f_masked, f_view0, f_view1])).split(batch)
+        pairs = torch.stack([z_view0, z_view1], dim=1)  # [B, 2, P]
+        background = torch.stack([z_masked, z_masked], dim=1)  # [B, 2, P]
+        all_labels = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+        valid = torch.cat([torch.ones_like(keep), ~keep])
+        anchor = torch.cat([torch.ones_like(keep),
+                            torch.full_like(keep, self.cfg.excon.background_anchor)])
+        loss = self.criterion(torch.cat([pairs, background]), all_labels, valid=valid,
+                              anchor=anchor)
+        probe_loss, stats = self.probe(torch.cat([f_view0, f_view1]), labels.repeat(2))
+        stats["train/mask_keep_rate"] = keep.float().mean()
+        stats["train/background_samples"] = (~keep).float().sum()  # per batch
+        return StepOutput(loss + probe_loss, stats)
+
+
+# --------------------------------------------------------------------------- EDDA
+class EDDA(Method):
+    """Explanation-driven data augmentation (DESIGN.md, EDDA).
+
+    After ``edda.warmup_epochs``, the first ``round(ratio * B)`` images of each (shuffled) batch
+    are explained for their label and occluded twice: the non-salient occlusion keeps the top
+    ``keep_fraction`` pixels and is trained with the label; the salient occlusion fills the top
+    ``occlude_fraction`` and is trained toward the low-confidence target. One forward covers the
+    clean and both occluded batches, so BatchNorm sees them together.
+    Loss = CE(x, y) + w_ns * CE(x_ns, y) + w_s * CE_soft(x_s, target).
+    """
+
+    name = "edda"
+
+    def occlude(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Non-salient and salient occlusions of ``x`` [n,3,H,W] -> two [n,3,H,W] tensors."""
+        c = self.cfg.edda
+        saliency = self.explainer(self.model, x, labels)
+        return (nonsalient_occlusion(x, saliency, c.keep_fraction, c.fill),
+                salient_occlusion(x, saliency, c.occlude_fraction, c.fill))
+
+    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+        c = self.cfg.edda
+        x = self.classifier_views(images)
+        n = round(c.ratio * labels.shape[0])
+        if epoch < c.warmup_epochs or n == 0:
+            logits = self.model(x)
+            return StepOutput(F.cross_entropy(logits, labels), _accuracy_stats(logits, labels))
+        x_ns, x_s = self.occlude(x[:n], labels[:n])
+        logits, logits_ns, logits_s = self.model(torch.cat([x, x_ns, x_s])).split(
+            [labels.shape[0], n, n])
+        target = soft_targets(labels[:n], self.num_classes, c.salient_target, c.smoothing)
+        loss = (F.cross_entropy(logits, labels)
+                + c.nonsalient_weight * F.cross_entropy(logits_ns, labels[:n])
+                + c.salient_weight * F.cross_entropy(logits_s, target))
+        stats = _accuracy_stats(logits, labels)
+        probs_s = logits_s.detach().float().softmax(1)
+        stats["train/salient_confidence"] = probs_s.gather(1, labels[:n, None]).mean()
+        return StepOutput(loss, stats)
+
+
+class RandomOcclusion(EDDA):
+    """EDDA's baseline: occlusions of the same areas at random places, all else equal."""
+
+    name = "random_occlusion"
+
+    def occlude(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.cfg.edda
+        return (random_nonsalient_occlusion(x, c.keep_fraction, c.fill),
+                random_salient_occlusion(x, c.occlude_fraction, c.fill))
+
+
+# ------------------------------------------------------------------------ helpers
+_METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (CrossEntropy, SupCon, ExCon, EDDA, RandomOcclusion)
+}
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def create_method(cfg: Config, model: Network, num_classes: int, mean: tuple[float, ...],
+                  std: tuple[float, ...]) -> Method:
+    """Instantiate the method named by ``cfg.method``."""
+    if cfg.method not in _METHODS:
+        raise RegistryError(f"unknown method '{cfg.method}'; available: {', '.join(list_methods())}")
+    return _METHODS[cfg.method](cfg, model, num_classes, mean, std)
+
+
+def _pairs(z: Tensor) -> Tensor:
+    """[2B, P] (view 0 batch then view 1 batch) -> [B, 2, P]."""
+    return torch.stack(z.chunk(2), dim=1)
+
+
+def _accuracy_stats(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    return {"train/accuracy": (logits.detach().argmax(1) == labels).float().mean()}
+
+
+class _eval_mode:
+    """Context manager: ``model.eval()`` inside, each module's training flag restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.train(flag)
+
