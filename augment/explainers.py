@@ -41,8 +41,9 @@ from typing import ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
-from extune.errors import RegistryError
 from torch import Tensor, nn
+
+from extune.errors import RegistryError
 
 __all__ = [
     "Explainer",

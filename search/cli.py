@@ -1,4 +1,4 @@
-"""The ``extune`` command line: ``train``, ``evaluate``, ``config`` (+ ``search``, ``export``, ``ui``).
+"""The ``extune`` command line: ``train``, ``evaluate``, ``config``, ``search``, ``export``, ``ui``.
 
 Every user error (bad key or value, unknown name, missing files, unreachable services) is printed
 as one line ``error: ...`` with exit status 2, never as a traceback.
@@ -22,7 +22,8 @@ __all__ = ["app", "main", "load_config"]
 
 app = typer.Typer(
     name="extune",
-    help="Hyperparameter search for explanation-driven training (ExCon, EDDA) of image classifiers.",
+    help="Hyperparameter search for explanation-driven training (ExCon, EDDA) of image "
+    "classifiers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

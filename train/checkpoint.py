@@ -50,4 +50,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt or foreign file: say which, not a pickle traceback
-        raise ExtuneError(f"cannot read checkpoint {file}: {' '.join(str(e).split())[:200]}") from None
+        reason = " ".join(str(e).split())[:200]
+        raise ExtuneError(f"cannot read checkpoint {file}: {reason}") from None

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split, saliency_grid
 from extune.models import Network, create_model
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
-from extune.errors import ExtuneError
 from extune.train.methods import Method, create_method
 from extune.train.progress import EpochProgress
 from extune.train.runtime import (

@@ -25,9 +25,9 @@ from extune.augment import (
     soft_targets,
     standard_view,
 )
+from extune.errors import RegistryError
 from extune.models import Network, SupConLoss
 from extune.train.config import Config
-from extune.errors import RegistryError
 
 __all__ = ["Method", "StepOutput", "create_method", "list_methods"]
 
@@ -250,7 +250,8 @@ def create_method(cfg: Config, model: Network, num_classes: int, mean: tuple[flo
                   std: tuple[float, ...]) -> Method:
     """Instantiate the method named by ``cfg.method``."""
     if cfg.method not in _METHODS:
-        raise RegistryError(f"unknown method '{cfg.method}'; available: {', '.join(list_methods())}")
+        raise RegistryError(f"unknown method '{cfg.method}'; "
+                            f"available: {', '.join(list_methods())}")
     return _METHODS[cfg.method](cfg, model, num_classes, mean, std)
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from extune.train.config import RuntimeConfig
 from extune.errors import ConfigError
+from extune.train.config import RuntimeConfig
 
 __all__ = ["resolve_device", "seed_everything", "autocast", "rng_state", "set_rng_state"]
 

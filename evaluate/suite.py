@@ -1,0 +1,185 @@
+"""``evaluate_split``: the one entry point the training loop calls after an epoch.
+
+Metric names are ``{prefix}/...`` (``val/accuracy``, ``test/shift/contrast/ece``; the
+validation split's shift and adversarial groups are top-level: ``shift/ece``,
+``adv/fgsm_accuracy``); the full
+list with formulas, ranges and directions is in ``docs/metrics.md`` and
+:func:`metric_names` returns the keys that one call produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from extune.evaluate._util import batches, eval_mode, model_device, normalize, to_unit
+from extune.evaluate.classification import _classification_tensors, predict_logits
+from extune.evaluate.corruptions import make_corruption
+from extune.evaluate.explanations import (
+    EXPLANATION_METRICS,
+    LOCALISATION_METRICS,
+    Explainer,
+    compute_saliency,
+    explanation_scores,
+    explanation_subset,
+    localisation_scores,
+)
+from extune.evaluate.robustness import fgsm_accuracy
+
+if TYPE_CHECKING:  # extune.train depends on extune.evaluate, not the other way round
+    from extune.train.config import EvalConfig
+
+__all__ = ["CLASSIFICATION_METRICS", "metric_names", "evaluate_split"]
+
+CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
+"""Keys computed at every evaluation (also with ``full=False``)."""
+
+
+class ImageSetLike(Protocol):
+    """What :func:`evaluate_split` reads of ``extune.train.data.ImageSet``."""
+
+    images: Tensor  # uint8 [N, 3, H, W]
+    labels: Tensor  # int64 [N]
+    masks: Tensor | None  # bool [N, 1, H, W]
+
+
+def metric_names(prefix: str = "val", *, full: bool = True,
+                 corruptions: Sequence[str] = (), explain: bool = False,
+                 masks: bool = False) -> list[str]:
+    """The keys :func:`evaluate_split` returns for these settings, in its order.
+
+    Args:
+        prefix: Namespace, e.g. ``val`` or ``test``.
+        full: ``False``: only the classification metrics.
+        corruptions: ``cfg.corruptions``.
+        explain: An explainer was given and ``cfg.explain_samples > 0``.
+        masks: The split has ground-truth masks (only counts with ``explain``).
+    """
+    names = [f"{prefix}/{m}" for m in CLASSIFICATION_METRICS]
+    if not full:
+        return names
+    shift = group_prefix(prefix, "shift")
+    for c in corruptions:
+        names += [f"{shift}/{c}/accuracy", f"{shift}/{c}/ece"]
+    if corruptions:
+        names += [f"{shift}/accuracy", f"{shift}/ece"]
+    names.append(f"{group_prefix(prefix, 'adv')}/fgsm_accuracy")
+    if explain:
+        names += [f"{prefix}/{m}" for m in EXPLANATION_METRICS]
+        if masks:
+            names += [f"{prefix}/{m}" for m in LOCALISATION_METRICS]
+    return names
+
+
+def group_prefix(prefix: str, group: str) -> str:
+    """Namespace of the ``shift`` and ``adv`` metric groups of a split.
+
+    The validation split's are top-level (``shift/ece``, ``adv/fgsm_accuracy``: the names the
+    search objective and MLflow use); other splits nest them (``test/shift/ece``).
+    """
+    return group if prefix == "val" else f"{prefix}/{group}"
+
+
+def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
+                   std: Sequence[float], num_classes: int, cfg: EvalConfig, prefix: str,
+                   seed: int) -> dict[str, Tensor]:
+    device = labels.device
+    shift = group_prefix(prefix, "shift")
+    out: dict[str, Tensor] = {}
+    for i, name in enumerate(cfg.corruptions):
+        corruption = make_corruption(name, cfg.severity, seed=seed + i, device=device)
+        logits = predict_logits(model, images, mean=mean, std=std, batch_size=cfg.batch_size,
+                                transform=corruption)
+        values = _classification_tensors(logits, labels, num_classes)
+        out[f"{shift}/{name}/accuracy"] = values["accuracy"]
+        out[f"{shift}/{name}/ece"] = values["ece"]
+    if cfg.corruptions:
+        for m in ("accuracy", "ece"):
+            per = [out[f"{shift}/{c}/{m}"] for c in cfg.corruptions]
+            out[f"{shift}/{m}"] = torch.stack(per).mean()
+    return out
+
+
+def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Explainer, *,
+                         mean: Sequence[float], std: Sequence[float], cfg: EvalConfig,
+                         prefix: str, seed: int) -> dict[str, Tensor]:
+    device = model_device(model, split.images.device)
+    index = explanation_subset(len(split.images), cfg.explain_samples, seed=seed)
+    images = split.images[index.to(split.images.device)]
+    saliency, target = compute_saliency(model, explainer, images, mean=mean, std=std,
+                                        batch_size=cfg.batch_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    per_image: dict[str, list[Tensor]] = {m: [] for m in EXPLANATION_METRICS}
+    for sl in batches(len(images), cfg.batch_size):
+        x = normalize(to_unit(images[sl].to(device, non_blocking=True)), mean, std)
+        scores = explanation_scores(model, x, saliency[sl], target[sl],
+                                    top_fraction=cfg.top_fraction, steps=cfg.deletion_steps,
+                                    generator=generator)
+        for m, v in scores.items():
+            per_image[m].append(v)
+    masks = getattr(split, "masks", None)
+    if masks is not None:
+        masks = masks[index.to(masks.device)].to(device)
+        per_image.update({m: [v] for m, v in localisation_scores(saliency, masks).items()})
+    return {f"{prefix}/{m}": torch.cat(v).nanmean() for m, v in per_image.items()}
+
+
+def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
+                   std: Sequence[float], num_classes: int, cfg: EvalConfig,
+                   explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
+                   seed: int = 0) -> dict[str, float]:
+    """Evaluate a classifier on one split; every metric as a plain float.
+
+    Always: ``{prefix}/accuracy``, ``top5`` (top-min(5, C)), ``loss`` (cross-entropy) and
+    ``ece`` (15 bins). With ``full``: accuracy and ECE under each ``cfg.corruptions`` at
+    ``cfg.severity`` (``{shift}/{name}/accuracy|ece`` and their means
+    ``{shift}/accuracy|ece``), ``{adv}/fgsm_accuracy`` at ``cfg.fgsm_eps``,
+    and, when ``explainer`` is given and ``cfg.explain_samples > 0``, the explanation
+    metrics of the predicted class on :func:`explanation_subset` images (plus the
+    localisation metrics when ``images.masks`` is not ``None``). See ``docs/metrics.md``.
+
+    The model runs in eval mode (no BatchNorm update) under ``torch.no_grad`` except for
+    the FGSM and explainer gradients, which touch no parameter ``.grad``; every module's
+    training flag is restored. Do not call under ``torch.inference_mode``.
+
+    Args:
+        model: Classifier on normalised input ``[B,3,H,W] -> [B,C]``, on its device.
+        images: An ``ImageSet``: ``images`` uint8 ``[N,3,H,W]``, ``labels`` int64 ``[N]``,
+            ``masks`` bool ``[N,1,H,W]`` or ``None``.
+        mean: Per-channel mean in [0, 1] (of the training set).
+        std: Per-channel standard deviation in [0, 1].
+        num_classes: ``C``.
+        cfg: ``Config.eval`` (batch_size, explain_samples, top_fraction, deletion_steps,
+            corruptions, severity, fgsm_eps).
+        explainer: ``(model, x, target) -> saliency [B,1,H,W]`` from
+            ``extune.augment.create_explainer``; ``None`` skips the explanation metrics.
+        prefix: Namespace of the keys (``val``, ``test``).
+        full: ``False`` computes only the four classification metrics (cheap epochs).
+        seed: Seed of the corruption noise, the explanation subset and tie-breaking.
+
+    Returns:
+        ``{name: float}`` with the keys of :func:`metric_names` for these settings.
+    """
+    if len(images.images) == 0:
+        raise ValueError("evaluate_split needs a non-empty split")
+    device = model_device(model, images.images.device)
+    labels = images.labels.to(device)
+    kw = {"mean": mean, "std": std}
+    with eval_mode(model):
+        logits = predict_logits(model, images.images, batch_size=cfg.batch_size, **kw)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"model returns {logits.shape[1]} logits, num_classes={num_classes}")
+        values = _classification_tensors(logits, labels, num_classes)
+        out = {f"{prefix}/{k}": v for k, v in values.items()}
+        if full:
+            out.update(_shift_metrics(model, images.images, labels, num_classes=num_classes,
+                                      cfg=cfg, prefix=prefix, seed=seed, **kw))
+            out[f"{group_prefix(prefix, 'adv')}/fgsm_accuracy"] = torch.tensor(fgsm_accuracy(
+                model, images.images, labels, eps=cfg.fgsm_eps, batch_size=cfg.batch_size, **kw))
+            if explainer is not None and cfg.explain_samples > 0:
+                out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
+                                                prefix=prefix, seed=seed, **kw))
+    return {k: float(v) for k, v in out.items()}

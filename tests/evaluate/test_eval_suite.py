@@ -1,0 +1,118 @@
+"""evaluate_split: documented keys, plain floats, determinism, model left as found."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from eval_helpers import MEAN, STD, QuadrantModel, Split, TinyNet, noise_images, quadrant_mask
+from PIL import Image
+
+from extune.evaluate import evaluate_split, metric_names, saliency_grid
+from extune.train.config import EvalConfig
+
+
+def _cfg(**kw: object) -> EvalConfig:
+    base = {"batch_size": 16, "explain_samples": 12, "deletion_steps": 4}
+    return EvalConfig(**{**base, **kw})
+
+
+def _split(n: int = 40, masks: bool = True) -> Split:
+    labels = torch.arange(n) % 3
+    return Split(noise_images(n, 16), labels, quadrant_mask(n, 16) if masks else None)
+
+
+def _grad_explainer(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|d logit_target / d x| summed over channels, min-max normalised per image."""
+    x = x.detach().requires_grad_(True)
+    score = model(x).gather(1, target[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, x)
+    sal = grad.abs().sum(1, keepdim=True)
+    lo = sal.amin((2, 3), keepdim=True)
+    hi = sal.amax((2, 3), keepdim=True)
+    return (sal - lo) / (hi - lo).clamp(min=1e-12)
+
+
+def test_full_evaluation_returns_documented_keys_and_restores_model() -> None:
+    torch.manual_seed(0)
+    net = TinyNet().train()
+    state = copy.deepcopy(net.state_dict())
+    cfg = _cfg()
+    out = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                         explainer=_grad_explainer, prefix="test")
+    assert list(out) == metric_names("test", corruptions=cfg.corruptions, explain=True,
+                                     masks=True)
+    assert {"test/accuracy", "test/top5", "test/loss", "test/ece", "test/shift/accuracy",
+            "test/shift/ece", "test/shift/gaussian_blur/ece", "test/adv/fgsm_accuracy",
+            "test/avg_drop", "test/increase_confidence", "test/alignment",
+            "test/deletion_auc", "test/insertion_auc", "test/pointing_game",
+            "test/saliency_in_mask"} <= set(out)
+    assert all(type(v) is float for v in out.values())
+    assert net.training and all(p.grad is None for p in net.parameters())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k  # no BatchNorm update, no parameter change
+    again = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                           explainer=_grad_explainer, prefix="test")
+    assert again == pytest.approx(out, nan_ok=True)
+
+
+def test_cheap_and_partial_evaluations() -> None:
+    net = TinyNet()
+    cheap = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=_cfg(),
+                           explainer=_grad_explainer, full=False)
+    assert list(cheap) == ["val/accuracy", "val/top5", "val/loss", "val/ece"]
+    cfg = _cfg(corruptions=["contrast"])
+    no_masks = evaluate_split(net, _split(masks=False), mean=MEAN, std=STD, num_classes=3,
+                              cfg=cfg, explainer=_grad_explainer)
+    assert list(no_masks) == metric_names("val", corruptions=["contrast"], explain=True)
+    assert no_masks["shift/accuracy"] == no_masks["shift/contrast/accuracy"]
+    no_explainer = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=cfg)
+    assert list(no_explainer) == metric_names("val", corruptions=["contrast"])
+
+
+def test_known_model_scores_through_the_suite() -> None:
+    """QuadrantModel + a map of the quadrant: perfect localisation, good faithfulness."""
+
+    def right(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return quadrant_mask(x.shape[0], x.shape[-1]).float()
+
+    split = Split(noise_images(20, 32), torch.zeros(20, dtype=torch.long), quadrant_mask(20))
+    out = evaluate_split(QuadrantModel(), split, mean=MEAN, std=STD, num_classes=2,
+                         cfg=_cfg(explain_samples=20, corruptions=[]), explainer=right)
+    assert out["val/accuracy"] == 1.0 and out["val/top5"] == 1.0
+    assert out["val/pointing_game"] == 1.0 and out["val/saliency_in_mask"] == 1.0
+    assert out["val/alignment"] > 0.3
+    assert out["val/deletion_auc"] < 0.4 < 0.6 < out["val/insertion_auc"]
+
+
+def test_saliency_grid_writes_png(tmp_path: Path) -> None:
+    images = noise_images(4, 32)
+    sal = torch.rand(4, 1, 32, 32)
+    grid = saliency_grid(images, sal, images.float() / 255 * 0.5, tmp_path / "a" / "grid.png")
+    with Image.open(tmp_path / "a" / "grid.png") as im:
+        assert im.size == (4 * 64 + 5 * 2, 3 * 64 + 4 * 2)  # tiles upscaled to 64 px
+    assert grid.shape == (3, 3 * 64 + 4 * 2, 4 * 64 + 5 * 2)
+    two_rows = saliency_grid(images, sal, None, tmp_path / "b.png")
+    assert two_rows.shape[1] == 2 * 64 + 3 * 2
+    assert float(grid.min()) >= 0 and float(grid.max()) <= 1
+
+
+def test_every_metric_name_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    names = [n.replace("{p}/shift", "{s}").replace("{p}/adv", "{a}")
+             for n in metric_names("{p}", corruptions=["{c}"], explain=True, masks=True)]
+    missing = [n for n in names if f"| `{n}` |" not in doc]
+    assert not missing
+
+
+def test_works_when_called_under_no_grad() -> None:
+    """FGSM and the explainer turn gradients on themselves."""
+    with torch.no_grad():
+        out = evaluate_split(TinyNet(), _split(16), mean=MEAN, std=STD, num_classes=3,
+                             cfg=_cfg(corruptions=[], explain_samples=4),
+                             explainer=_grad_explainer)
+    assert 0.0 <= out["adv/fgsm_accuracy"] <= 1.0 and "val/alignment" in out
+    with pytest.raises(ValueError, match="num_classes"):
+        evaluate_split(TinyNet(), _split(16), mean=MEAN, std=STD, num_classes=5, cfg=_cfg())

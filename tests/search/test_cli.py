@@ -1,0 +1,75 @@
+"""The command line: training end to end, and one-line errors (no tracebacks) for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from extune.search.cli import main
+
+
+def _sets(overrides: dict) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture
+def tiny_args(tiny_config) -> list[str]:
+    return _sets({k: v for k, v in tiny_config.flatten().items()
+                  if k.startswith(("data.", "model.", "optim.", "eval.", "runtime."))
+                  and k != "eval.corruptions"})
+
+
+def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *tiny_args, "--set", "method=ce", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "val/accuracy" in printed and "test/accuracy" in printed
+    for name in ("config.yaml", "metrics.json", "checkpoint.pt", "saliency_grid.png"):
+        assert (out / name).is_file(), name
+    assert "test/accuracy" in json.loads((out / "metrics.json").read_text())["final"]
+
+    code = main(["evaluate", "--checkpoint", str(out), "--split", "test",
+                 "--set", "eval.explain_samples=8"])
+    assert code == 0
+    metrics = json.loads((out / "evaluation-test.json").read_text())
+    assert "test/accuracy" in metrics and "test/adv/fgsm_accuracy" in metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
+    (["train", "--set", "optim.lr=-1"], "optim.lr: -1.0 is out of range"),
+    (["train", "--set", "method=magic"], "method: 'magic' is not allowed"),
+    (["train", "--set", "data.name=imagenet22k"], "unknown data set 'imagenet22k'"),
+    (["train", "--set", "model.backbone=vit_huge"], "unknown backbone 'vit_huge'"),
+    (["train", "--set", "explain.explainer=lime"], "unknown explainer 'lime'"),
+    (["train", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "cifar-10"),
+    (["train", "--config", "/nonexistent/config.yaml"], "cannot read config file"),
+    (["evaluate", "--checkpoint", "/nonexistent"], "checkpoint not found"),
+])
+def test_bad_input_is_one_line_error(args, message, tiny_args, capsys):
+    assert main(args[:1] + tiny_args + args[1:]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2  # one message (rich may wrap a long line once)
+
+
+def test_console_script_entry_point(tmp_path):
+    """The installed `extune` command runs and reports errors with exit status 2."""
+    code = ("import sys; from extune.search.cli import main; "
+            "sys.exit(main(['train', '--set', 'optim.epochs=0']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "optim.epochs: 0 is out of range" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_command_prints_resolved_yaml(capsys):
+    assert main(["config", "--set", "method=edda"]) == 0
+    assert "method: edda" in capsys.readouterr().out

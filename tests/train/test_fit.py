@@ -1,0 +1,86 @@
+"""The training loop: every method end to end, metrics, checkpoints, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from extune.train import TrainingDiverged, fit
+from extune.train.checkpoint import load_checkpoint
+from extune.train.config import Config
+
+
+@pytest.mark.parametrize("method", ["ce", "supcon", "excon", "edda", "random_occlusion"])
+def test_every_method_trains_and_reports(tiny_config, tmp_path, method):
+    cfg = tiny_config.with_overrides({"method": method, "excon.warmup_epochs": 1,
+                                      "edda.warmup_epochs": 1})
+    reports = []
+    result = fit(cfg, out_dir=tmp_path / "run", report=lambda m, d: reports.append((m, d)))
+    assert [m["epoch"] for m, _ in reports] == [1.0, 2.0]
+    last = result.metrics
+    for key in ("train/loss", "train/images_per_s", "val/accuracy", "val/top5", "val/ece",
+                "val/alignment", "val/avg_drop", "val/deletion_auc", "shift/ece",
+                "adv/fgsm_accuracy", "val/pointing_game"):
+        assert key in last, key
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values() if isinstance(v, float))
+    if method == "excon":
+        assert 0.0 <= last["train/mask_keep_rate"] <= 1.0
+        assert "train/mask_keep_rate" not in reports[0][0]  # warm-up epoch is plain SupCon
+    out = tmp_path / "run"
+    assert (out / "checkpoint.pt").is_file() and (out / "saliency_grid.png").is_file()
+    assert Config.load(out / "config.yaml") == cfg
+    saved = json.loads((out / "metrics.json").read_text())
+    assert len(saved["history"]) == 2 and saved["final"]["val/accuracy"] == last["val/accuracy"]
+    assert reports[-1][1] == out
+
+
+def test_excon_negative_pairs_report_background_samples(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 0,
+                                      "excon.negative_pair": True,
+                                      "excon.background_anchor": True, "optim.epochs": 1})
+    m = fit(cfg, out_dir=tmp_path).metrics
+    # every rejected masked view is a background sample: per batch, (1 - keep) * batch size
+    expected = (1 - m["train/mask_keep_rate"]) * cfg.optim.batch_size
+    assert m["train/background_samples"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_checkpoint_loads_with_weights_only(tiny_config, tmp_path):
+    fit(tiny_config.with_overrides({"method": "ce", "optim.epochs": 1}), out_dir=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 0 and Config.from_dict(ckpt["config"]).method == "ce"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "supcon"})
+    straight = fit(cfg, out_dir=tmp_path / "a")
+
+    def stop_after_first(metrics, _):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(cfg, out_dir=tmp_path / "b", report=stop_after_first)
+    resumed = fit(cfg, out_dir=tmp_path / "b", resume=tmp_path / "b")
+    assert [m["epoch"] for m in resumed.history] == [1.0, 2.0]
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert resumed.metrics["val/accuracy"] == straight.metrics["val/accuracy"]
+
+
+def test_non_finite_loss_raises(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "ce", "optim.lr": 1e30, "optim.epochs": 1})
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        fit(cfg, out_dir=tmp_path)
+
+
+def test_test_split_only_when_asked(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "ce", "optim.epochs": 1})
+    assert not any(k.startswith("test/") for k in fit(cfg, out_dir=tmp_path / "a").metrics)
+    final = fit(cfg, out_dir=tmp_path / "b", test=True).metrics
+    assert "test/accuracy" in final and "test/pointing_game" in final

@@ -1,0 +1,95 @@
+"""Helpers shared by the file-based loaders: decoding with PIL, resizing, listing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from extune.train.errors import DataError
+
+__all__ = ["one_line", "resize_uint8", "decode_files", "image_files", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(e).split())
+
+
+def resize_uint8(images: Tensor, size: int, chunk: int = 1024) -> Tensor:
+    """Antialiased bilinear resize.
+
+    Args:
+        images: uint8 ``[N, 3, H, W]``.
+        size: output side.
+        chunk: images converted to float at a time.
+
+    Returns:
+        uint8 ``[N, 3, size, size]`` (``images`` itself when already that size).
+    """
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = torch.empty((images.shape[0], 3, size, size), dtype=torch.uint8)
+    for i in range(0, images.shape[0], chunk):
+        x = F.interpolate(images[i:i + chunk].float(), size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)
+        out[i:i + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def decode_files(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor]:
+    """Decode image files with PIL (greyscale, palette, RGBA -> RGB), resized to ``size``.
+
+    Files are decoded by a thread pool (PIL releases the GIL while decoding).
+
+    Args:
+        paths: image files.
+        size: output side; images are resized (antialiased bilinear) without keeping the
+            aspect ratio.
+
+    Returns:
+        images uint8 ``[N, 3, size, size]`` and the original sizes int64 ``[N, 2]`` (w, h).
+
+    Raises:
+        DataError: a file cannot be decoded (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    sizes = np.empty((len(paths), 2), dtype=np.int64)
+
+    def work(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            try:
+                with Image.open(paths[i]) as im:
+                    sizes[i] = im.size
+                    im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
+                    rgb = im.convert("RGB")
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DataError(f"cannot decode image {paths[i]} ({one_line(e)}); remove or "
+                                "replace the file") from None
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased
+            out[i] = np.asarray(rgb)
+
+    step = 256
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(work, i, min(i + step, len(paths)))
+                   for i in range(0, len(paths), step)]
+        for f in futures:
+            f.result()
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(sizes)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (by extension, any case), sorted by name."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
