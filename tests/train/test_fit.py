@@ -57,7 +57,8 @@ class _Stop(Exception):
 
 
 def test_resume_continues_exactly(tiny_config, tmp_path):
-    cfg = tiny_config.with_overrides({"method": "supcon"})
+    # ExCon with one warm-up epoch: epoch 1 is SupCon, the resumed epoch 2 explains and masks
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 1})
     straight = fit(cfg, out_dir=tmp_path / "a")
 
     def stop_after_first(metrics, _):

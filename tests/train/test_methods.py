@@ -1,0 +1,109 @@
+"""Method steps: ExCon's fixed-shape background trick equals the naive variable-size batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from extune.models import SupConLoss, create_model
+from extune.train.methods import ExCon, create_method
+
+NUM_CLASSES = 4
+
+
+def _excon(tiny_config, **overrides) -> ExCon:
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 0, **overrides})
+    torch.manual_seed(0)
+    model = create_model(cfg, NUM_CLASSES)
+    method = create_method(cfg, model, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3)
+    assert isinstance(method, ExCon)
+    return method
+
+
+def _batch(n: int = 8, size: int = 16):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % NUM_CLASSES
+    return images, labels
+
+
+@pytest.mark.parametrize("background_anchor", [False, True])
+def test_background_loss_equals_naive_reference(tiny_config, background_anchor):
+    """Masked rows switched off by `valid` == appending only the rejected masked images."""
+    method = _excon(tiny_config, **{"excon.negative_pair": True,
+                                    "excon.background_anchor": background_anchor})
+    model = method.model.train()
+    with torch.no_grad():  # the filter predicts class 0 always: kept exactly where label == 0
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    g = torch.Generator().manual_seed(2)
+    masked, view2, view1 = (torch.randn(8, 3, 16, 16, generator=g) for _ in range(3))
+    labels = torch.arange(8) % NUM_CLASSES
+
+    torch.manual_seed(3)
+    out = method.step_with_background(masked, view2, view1, labels)
+
+    # naive reference: same forward, then variable-size concatenation of rejected samples only
+    feats = model.features(torch.cat([masked, view2, view1]))
+    f_m, f_2, f_1 = feats.split(8)
+    keep = model.classifier(f_m).argmax(1) == labels
+    assert keep.tolist() == [True, False, False, False] * 2
+    z_m, z_2, z_1 = (model.project(f) for f in (f_m, f_2, f_1))
+    view0 = torch.where(keep[:, None], z_m, z_2)
+    rejected = ~keep
+    features = torch.cat([torch.stack([view0, z_1], 1),
+                          torch.stack([z_m[rejected], z_m[rejected]], 1)])
+    all_labels = torch.cat([labels, torch.full((int(rejected.sum()),), NUM_CLASSES)])
+    anchor = torch.cat([torch.ones(8, dtype=torch.bool),
+                        torch.full((int(rejected.sum()),), background_anchor)])
+    criterion = SupConLoss(method.cfg.supcon.temperature, method.cfg.supcon.base_temperature)
+    expected = criterion(features, all_labels, anchor=anchor)
+    probe = torch.nn.functional.cross_entropy(
+        model.classifier(torch.cat([torch.where(keep[:, None], f_m, f_2), f_1]).detach()),
+        labels.repeat(2))
+    assert torch.isfinite(out.loss)
+    assert out.loss.item() == pytest.approx((expected + probe).item(), rel=1e-5, abs=1e-6)
+    assert out.stats["train/mask_keep_rate"].item() == pytest.approx(keep.float().mean().item())
+    assert out.stats["train/background_samples"].item() == rejected.sum().item()
+
+
+def test_kept_masked_views_replace_the_second_random_view(tiny_config, monkeypatch):
+    """negative_pair=false: view 0 is the masked image where kept, random view 2 elsewhere."""
+    method = _excon(tiny_config)
+    images, labels = _batch()
+    # saliency: left half salient -> masked image keeps the left half only
+    saliency = torch.zeros(8, 1, 16, 16)
+    saliency[..., :8] = 1.0
+    monkeypatch.setattr(method, "explainer", lambda model, x, target: saliency)
+    keep = torch.tensor([True, False] * 4)
+    stub_logits = torch.nn.functional.one_hot(torch.where(keep, labels, (labels + 1) % 4), 4)
+    monkeypatch.setattr(method.model, "forward", lambda x: stub_logits.float())
+    seen = {}
+
+    def capture(view0, view1, labels):
+        seen["view0"] = view0
+        return type("Out", (), {"stats": {}, "loss": torch.zeros(())})()
+
+    monkeypatch.setattr(method, "contrast", capture)
+    torch.manual_seed(0)
+    out = method.step(images, labels, epoch=1)
+    standard = method.standard(images)
+    masked = standard * (saliency > method.cfg.excon.mask_threshold)
+    view0 = seen["view0"]
+    assert torch.equal(view0[keep], masked[keep])
+    assert (view0[keep][..., 8:] == 0).all()  # non-salient half set to the mean colour
+    assert not torch.equal(view0[~keep], masked[~keep])  # a random view instead
+    assert out.stats["train/mask_keep_rate"].item() == pytest.approx(0.5)
+
+
+def test_excon_step_leaves_batchnorm_statistics_to_the_contrastive_forward(tiny_config):
+    """Explanation and filter passes must not update BatchNorm running statistics."""
+    method = _excon(tiny_config)
+    images, labels = _batch()
+    model = method.model.train()
+    calls = []
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_pre_hook(lambda m, i: calls.append(m.training))
+    method.step(images, labels, epoch=1)
+    # one training-mode BN pass (the contrastive forward); explanation/filter run in eval mode
+    assert calls.count(True) == 1 and model.training
