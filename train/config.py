@@ -66,8 +66,8 @@ class DataConfig:
     image_size: int = _num(32, 8, 512)  # images are resized to image_size x image_size once
     val_fraction: float = _num(0.1, 0.0, 0.9, low_open=True)  # held out of train for the objective
     split_seed: int = _num(0, 0)  # seed of the validation split: the same for every trial
-    limit: int | None = _num(None, 1)  # use at most this many training images (quick runs)
-    cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here
+    limit: int | None = _num(None, 1)  # at most this many training images (val is not capped)
+    cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here ("": no cache)
     num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
     train_size: int = _num(6000, 10)  # synthetic only: training images (before the val split)
     test_size: int = _num(1000, 10)  # synthetic only: test images

@@ -84,6 +84,18 @@ def test_datasplits_to_and_num_classes(tmp_path, toy):
     moved = splits.to("cpu")
     assert isinstance(moved, DataSplits) and moved.num_classes == 3
     assert moved.classes == ["a", "b", "c"] and len(moved.test) == 10
+    back = pickle.loads(pickle.dumps(splits))  # Ray's object store pickles it
+    assert torch.equal(back.train.images, splits.train.images) and back.mean == splits.mean
+
+
+def test_loader_with_bad_labels_is_a_bug(tmp_path, toy):
+    @register_dataset("bad")
+    def _bad(cfg: DataConfig) -> DecodedData:
+        images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+        return DecodedData(ImageSet(images, torch.tensor([0, 1, 2, 5])), None, ["a", "b"])
+
+    with pytest.raises(ValueError, match="labels outside"):
+        load_data(_cfg(tmp_path, name="bad", image_size=8))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -189,7 +201,9 @@ def test_synthetic_shapes_and_classes(synthetic):
 
 
 def test_synthetic_is_deterministic(tmp_path, synthetic):
+    threads = torch.get_num_threads()
     again = load_data(_cfg(tmp_path, **SYN))
+    assert torch.get_num_threads() == threads  # rendering runs on one thread, then restores
     assert torch.equal(again.train.images, synthetic.train.images)
     assert torch.equal(again.test.masks, synthetic.test.masks)
     other = load_data(_cfg(tmp_path, **SYN, synthetic_seed=1))

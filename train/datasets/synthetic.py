@@ -5,12 +5,13 @@ classes), e.g. ``red_circle``. Each image holds ``data.distractors`` other objec
 (shape, colour) pair belongs to no class, drawn first, and the class object on top, on a
 textured background (low-frequency colour noise + stripes). Neither the shape nor the colour
 alone tells the class: a model has to find the object. Shapes have equal areas and the layout
-keeps objects mostly apart, so global colour statistics do poorly. The ground-truth mask is
-the object's (visible) pixels.
+keeps objects mostly apart, so global colour statistics do poorly (a classifier on 512-bin
+colour histograms reaches ~43% on 10 classes, where a small CNN reaches ~88% in 3 epochs).
+The ground-truth mask is the object's (visible) pixels. Classes are balanced.
 
-Rendering is vectorised over images (chunks of ~4M pixels), at 2x the image size, then
-box-downsampled (antialiased); the output is a deterministic function of ``data.synthetic_seed``
-and the other ``data`` fields of the cache key.
+Rendering is vectorised over images (chunks of ~4M pixels at 2x) with object edges
+supersampled at 2x and box-downsampled (antialiased); the output is a deterministic function
+of ``data.synthetic_seed`` and the other ``data`` fields of the cache key.
 """
 
 from __future__ import annotations
