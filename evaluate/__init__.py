@@ -7,6 +7,7 @@ blocks, usable on their own. Metric names, formulas, ranges and directions are l
 
 from __future__ import annotations
 
+from extune.evaluate._util import eval_mode
 from extune.evaluate.classification import (
     ECE_BINS,
     classification_metrics,
@@ -55,4 +56,5 @@ __all__ = [
     "explanation_scores",
     "localisation_scores",
     "saliency_grid",
+    "eval_mode",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from extune.augment import (
     SupConViews,
@@ -26,6 +26,7 @@ from extune.augment import (
     standard_view,
 )
 from extune.errors import RegistryError
+from extune.evaluate import eval_mode
 from extune.models import Network, SupConLoss
 from extune.train.config import Config
 
@@ -153,7 +154,7 @@ class ExCon(SupCon):
         masked = mask_salient(standard, saliency, self.cfg.excon.mask_threshold)
         if self.cfg.excon.negative_pair:
             return self.step_with_background(masked, view2, view1, labels)
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             keep = keep_mask(self.model(masked), labels)  # [B] bool
         view0 = torch.where(keep[:, None, None, None], masked, view2)
         out = self.contrast(view0, view1, labels)
@@ -262,20 +263,3 @@ def _pairs(z: Tensor) -> Tensor:
 
 def _accuracy_stats(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     return {"train/accuracy": (logits.detach().argmax(1) == labels).float().mean()}
-
-
-class _eval_mode:
-    """Context manager: ``model.eval()`` inside, each module's training flag restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.flags: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> None:
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, flag in self.flags:
-            module.train(flag)
-
