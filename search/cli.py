@@ -117,9 +117,9 @@ _register_search_commands()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, turning user errors into one-line messages."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except ExtuneError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]; a training run resumes with "
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

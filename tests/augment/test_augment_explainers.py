@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
+from torch import Tensor, nn
+
 from extune.augment import (
     Explainer,
     create_explainer,
@@ -13,7 +15,6 @@ from extune.augment import (
 )
 from extune.augment import explainers as explainers_module
 from extune.errors import RegistryError
-from torch import Tensor, nn
 
 NAMES = list_explainers()
 HOOK_DICTS = ("_forward_hooks", "_backward_hooks", "_forward_pre_hooks", "_backward_pre_hooks")

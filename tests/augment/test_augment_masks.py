@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from extune.augment import keep_mask, mask_salient
 from torch import nn
+
+from extune.augment import keep_mask, mask_salient
 
 
 def _saliency() -> torch.Tensor:

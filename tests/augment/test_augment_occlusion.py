@@ -4,6 +4,7 @@ import kornia.filters
 import pytest
 import torch
 import torch.nn.functional as F
+
 from extune.augment import (
     fill,
     fraction_count,

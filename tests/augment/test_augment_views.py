@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from extune.augment import SupConViews, denormalize, normalize, standard_view, to_unit
 
 MEAN = (0.4, 0.5, 0.6)

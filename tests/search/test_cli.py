@@ -58,7 +58,7 @@ def test_bad_input_is_one_line_error(args, message, tiny_args, capsys):
     err = capsys.readouterr().err
     assert message in " ".join(err.split())
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) <= 2  # one message (rich may wrap a long line once)
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_console_script_entry_point(tmp_path):

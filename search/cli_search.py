@@ -1,0 +1,215 @@
+"""``extune search``, ``extune export`` and ``extune ui`` (added to the app by :func:`register`).
+
+Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from extune.errors import ConfigError
+
+__all__ = ["register", "search", "export", "ui"]
+
+console = Console()
+
+_RESUME_OK = {"resume", "address"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``search``, ``export`` and ``ui`` commands to ``app``."""
+    app.command("search")(search)
+    app.command("export")(export)
+    app.command("ui")(ui)
+
+
+def search(
+    space: Annotated[str | None, typer.Option(
+        help="Built-in space (excon, edda, supcon, ce) or a YAML space file. (default: excon)")]
+    = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Base config YAML (default: a quick synthetic-data base).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override a base config key, e.g. --set optim.epochs=20.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Number of trials. (default: 8)")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(
+        help="Trials running at once. (default: as many as the CPUs/GPUs hold)")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(
+        help="CPUs per trial (also its torch threads). (default: 1)")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        help="GPUs per trial, fractional to share one (0.25). (default: 0)")] = None,
+    time_budget: Annotated[float | None, typer.Option(
+        help="Stop the search after this many seconds.")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        help="tpe, random, cmaes, nsga2 or qmc (seeded). (default: tpe)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="asha (stop weak trials early) or none. (default: asha)")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="accuracy, alignment, ece, ... or several: accuracy,alignment (Pareto front). "
+             "(default: accuracy)")] = None,
+    max_failures: Annotated[int | None, typer.Option(
+        help="Retries of a failing trial from its last checkpoint. (default: 1)")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (HOST:PORT, ray://HOST:PORT, auto); default: local Ray.")]
+    = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Shared path or bucket URI for trial results and checkpoints (clusters).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI. (default: sqlite:///mlflow.db)")] = None,
+    experiment: Annotated[str | None, typer.Option(
+        help="MLflow experiment. (default: extune)")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Search name. (default: <space>-<date>-<time>)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Finish the interrupted search in this folder (its saved settings are used).")]
+    = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder that holds search folders. (default: runs)")] = None,
+    live: Annotated[bool, typer.Option(help="Live table of trials on a terminal.")] = True,
+) -> None:
+    """Search hyperparameters: Optuna samples, Ray Tune runs trials, MLflow records them.
+
+    With no options: a quick ExCon search (8 trials) on the synthetic data set.
+    """
+    from extune.search.settings import SearchSettings
+    from extune.search.tuner import run_search
+    from extune.train.config import parse_assignments
+
+    given = {k: v for k, v in locals().items() if k in _OPTION_NAMES and v is not None}
+    if resume is not None:
+        extra = sorted(set(given) - _RESUME_OK)
+        if extra:
+            flags = ", ".join("--" + e.rstrip("_").replace("_", "-") for e in extra)
+            raise ConfigError(f"--resume continues a search with its saved settings; drop {flags}")
+        result = _run(lambda: run_search(resume=resume, address=address), resume=resume)
+    else:
+        kwargs = _settings_kwargs(given, parse_assignments(set_ or []))
+        settings = SearchSettings(**kwargs, live=live)
+        _print_plan(settings)
+        result = _run(lambda: run_search(settings), resume=None)
+    _print_result(result)
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+_OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
+                 "gpus_per_trial", "time_budget", "sampler", "seed", "scheduler", "objective",
+                 "max_failures", "address", "storage", "tracking_uri", "experiment", "name",
+                 "resume", "out")
+
+
+def _settings_kwargs(given: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    rename = {"time_budget": "time_budget_s", "set_": None, "resume": None}
+    kwargs: dict[str, Any] = {}
+    for key, value in given.items():
+        target = rename.get(key, key)
+        if target is not None:
+            kwargs[target] = str(value) if isinstance(value, Path) else value
+    kwargs["overrides"] = overrides
+    return kwargs
+
+
+def _run(call: Any, resume: Path | None) -> Any:
+    try:
+        return call()
+    except KeyboardInterrupt:
+        hint = f" --resume {resume}" if resume else " --resume <the search folder>"
+        console.print(f"[bold red]interrupted[/]; continue with: extune search{hint}")
+        raise typer.Exit(130) from None
+
+
+def _print_plan(settings: Any) -> None:
+    console.print(
+        f"extune search: space [bold]{settings.space}[/], {settings.trials} "
+        f"trial{'s' if settings.trials != 1 else ''} "
+        f"({settings.max_concurrent or 'as many as fit'} at once, "
+        f"{settings.cpus_per_trial:g} CPU"
+        f"{f' + {settings.gpus_per_trial:g} GPU' if settings.gpus_per_trial else ''} each), "
+        f"sampler {settings.sampler}, scheduler {settings.scheduler}, objective "
+        f"{','.join(settings.objective)}; Ray {settings.address or 'local'}", highlight=False)
+
+
+def _print_result(result: Any) -> None:
+    from extune.search.console import ranked_table
+
+    console.print(ranked_table(result.records, result.objectives, best=result.best,
+                               title=f"{result.name}: trials, best first"))
+    console.print(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
+                  f"{result.count('failed')} failed in {result.wall_s:.0f} s", highlight=False)
+    if result.interrupted:
+        console.print(f"[bold yellow]interrupted[/]: continue with: extune search --resume "
+                      f"{result.path}", highlight=False)
+    if result.best is not None:
+        kind = "knee of the Pareto front" if len(result.objectives) > 1 else "best"
+        kind += " so far" if result.interrupted else ""
+        console.print(f"{kind}: [bold]{result.best.name}[/] -> {result.best_config}",
+                      highlight=False)
+        console.print(f"train it: extune train --config {result.best_config}", highlight=False)
+    console.print(f"search folder: {result.path}\nMLflow: {result.tracking_uri} (parent run "
+                  f"{result.parent_run_id}); browse with: extune ui", highlight=False)
+
+
+def export(
+    search_dir: Annotated[Path | None, typer.Argument(
+        help="Search folder written by `extune search`.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="YAML file to write.")]
+    = Path("best.yaml"),
+    select: Annotated[str | None, typer.Option(
+        help="accuracy, alignment, ... (best complete trial by it) or knee (Pareto trial "
+             "closest to the ideal point). (default: the objective; knee for several)")] = None,
+    run: Annotated[str | None, typer.Option(
+        help="Export the config of this MLflow trial run instead.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow store of --run. (default: sqlite:///mlflow.db)")] = None,
+) -> None:
+    """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
+    from extune.search.export import export_run, export_search
+
+    if (search_dir is None) == (run is None):
+        raise ConfigError("give either a SEARCH_DIR or --run RUN_ID")
+    if run is not None:
+        if select is not None:
+            raise ConfigError("--select applies to a search folder, not to --run")
+        config = export_run(run, out, tracking_uri)
+        console.print(f"wrote {out} ({config.method}) from MLflow run {run}", highlight=False)
+    else:
+        config, record = export_search(search_dir, out, select)
+        console.print(f"wrote {out} ({config.method}) from {record.name} of {search_dir}",
+                      highlight=False)
+    console.print(f"train it: extune train --config {out}", highlight=False)
+
+
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow store. (default: sqlite:///mlflow.db)")] = None,
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")]
+    = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
+    from extune.search.export import DEFAULT_TRACKING_URI, _existing_store
+
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        console.print(f"{uri} is already a tracking server: open it in a browser")
+        return
+    uri = _existing_store(uri)
+    with socket.socket() as s:
+        if s.connect_ex((host, port)) == 0:
+            raise ConfigError(f"port {port} on {host} is in use; pass --port")
+    console.print(f"MLflow UI: http://{host}:{port} (store {uri}); Ctrl-C stops it",
+                  highlight=False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", host, "--port", str(port)]
+    try:
+        subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,129 @@
+"""Export the config of a trial as a YAML file that ``extune train --config`` consumes.
+
+Two sources: a search folder (the trial chosen by a rule: the best by an objective, or the knee
+of the Pareto front) or any MLflow child run (a trial picked in the UI), whose params are the
+flattened Config as strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extune.errors import ConfigError
+from extune.search.results import TrialRecord, select_trial
+from extune.search.services import ServiceError, check_tracking_uri
+from extune.search.store import SearchDir
+from extune.train.config import Config
+
+__all__ = ["export_search", "export_run", "config_from_params", "DEFAULT_TRACKING_URI"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def export_search(search_dir: str | Path, out: str | Path, select: str | None = None
+                  ) -> tuple[Config, TrialRecord]:
+    """Write the full Config of the trial ``select`` picks in a search folder.
+
+    Args:
+        search_dir: the folder ``extune search`` wrote.
+        out: the YAML file to write.
+        select: ``None`` (the objective; ``knee`` with several objectives), ``knee``, or an
+            objective/metric name (``accuracy``, ``alignment``): see
+            :func:`extune.search.results.select_trial`. Only complete trials are candidates.
+
+    Returns:
+        The exported config and the trial it came from.
+
+    Raises:
+        ConfigError: not a search folder, no complete trial, unknown rule.
+    """
+    sdir = SearchDir.load(search_dir)
+    record = select_trial(sdir.records(), sdir.objectives, select)
+    config = sdir.base_config().with_overrides(record.params)
+    values = ", ".join(f"{o.metric}={record.value(o):.4g}" for o in sdir.objectives
+                       if record.value(o) is not None)
+    header = (f"# exported from search {sdir.name}: {record.name} (Tune trial "
+              f"{record.trial_id}), rule {select or 'default'}: {values}\n")
+    _write(out, header, config)
+    return config, record
+
+
+def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None) -> Config:
+    """Write the Config logged as params of an MLflow trial run.
+
+    Raises:
+        ServiceError: the tracking store cannot be reached.
+        ConfigError: no such run, a search (parent) run, or params that do not make a Config.
+    """
+    uri = _existing_store(tracking_uri or DEFAULT_TRACKING_URI)
+    from mlflow.exceptions import MlflowException
+
+    from extune.search.tracking import mlflow_client
+
+    try:
+        run = mlflow_client(uri).get_run(run_id)
+    except MlflowException as e:
+        message = " ".join(str(e.message if hasattr(e, "message") else e).split())[:200]
+        raise ConfigError(f"cannot read MLflow run '{run_id}' from {uri}: {message}") from None
+    if run.data.tags.get("extune.role") == "search":
+        raise ConfigError(f"run '{run_id}' is a search's parent run; export one of its trial "
+                          "runs, or the search folder with `extune export SEARCH_DIR`")
+    config = config_from_params(run.data.params, source=f"run '{run_id}'")
+    _write(out, f"# exported from MLflow run {run_id} ({run.info.run_name})\n", config)
+    return config
+
+
+def config_from_params(params: dict[str, str], source: str = "params") -> Config:
+    """Rebuild a typed Config from MLflow params (dotted keys, string values).
+
+    Each value is read with ``yaml.safe_load`` (``0.1``, ``true``, ``null``, ``[a, b]``); a value
+    the setting's type rejects that way is kept as the raw string (a string setting that looks
+    like a number). Params that are not Config keys are ignored.
+
+    Raises:
+        ConfigError: no Config key among the params, or a value Config rejects.
+    """
+    keys = set(Config.keys())
+    found = {k: v for k, v in params.items() if k in keys}
+    if not found:
+        raise ConfigError(f"{source} has no extune config params (is it a trial run of "
+                          "`extune search`?)")
+    overrides: dict[str, Any] = {}
+    base = Config()
+    for key, raw in found.items():
+        overrides[key] = _typed(base, key, raw)
+    return base.with_overrides(overrides)
+
+
+def _typed(base: Config, key: str, raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    try:
+        base.with_overrides({key: value})
+        return value
+    except ConfigError:
+        return raw
+
+
+def _existing_store(uri: str) -> str:
+    """Refuse to create an empty SQLite store when exporting from one that does not exist."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser()
+        if not path.is_file():
+            raise ServiceError(f"no MLflow store at {path}; pass --tracking-uri (the one the "
+                               "search used)")
+        return f"sqlite:///{path.resolve()}"
+    check_tracking_uri(uri)
+    return uri
+
+
+def _write(out: str | Path, header: str, config: Config) -> None:
+    out = Path(out)
+    if out.parent != Path(""):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + config.to_yaml())

@@ -1,0 +1,159 @@
+"""An OptunaSearch that records early-stopped trials as PRUNED and failed ones as FAIL.
+
+Why a subclass: in Ray 2.60 ``OptunaSearch`` fixes the study's pruner to ``NopPruner`` and its
+``on_trial_complete`` tells Optuna ``COMPLETE`` with whatever the trial reported last. Ray's
+TuneController calls ``search_alg.on_trial_complete(trial_id, result=last_result)`` both when a
+trial ends on its own and when the scheduler (ASHA) stops it (``stop_trial``), so a trial
+stopped after 1 of 10 epochs would enter the study as a complete trial with a partial score,
+which misleads TPE and the exported best trial. A trial that raised after reporting some epochs
+would also be told COMPLETE, since Ray only tells FAIL when there is no value at all.
+
+Here the trial's planned epochs are known at ``suggest`` time (the base config with the trial's
+parameters), so ``on_trial_complete`` tells ``PRUNED`` when the last reported ``epoch`` is short
+of them and ``FAIL`` on any error or non-finite objective, through the same ``_ot_trials`` map
+and ``study.tell`` that Ray uses.
+
+Every Optuna trial also gets user attributes that make the study self-describing (used by
+export and the summary): ``extune.params`` (the full override dict, fixed values included),
+``extune.ray_trial_id``, ``extune.planned_epochs`` and, once it ends, ``extune.metrics`` (the last
+reported numeric metrics) and ``extune.node_id`` / ``extune.hostname`` / ``extune.pid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from extune.train.config import Config
+
+__all__ = ["PruneAwareOptunaSearch", "reported_metrics", "TRIAL_NUMBER", "split_config",
+           "trial_label"]
+
+TRIAL_NUMBER = "_optuna_trial"
+"""Key added to every Tune trial config: the Optuna trial number (how trials are named)."""
+
+
+def split_config(config: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """A Tune trial config -> (Optuna trial number, Config overrides)."""
+    params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+    number = config.get(TRIAL_NUMBER)
+    return (int(number) if number is not None else None), params
+
+
+def trial_label(number: int | None, trial_id: str | None = None) -> str:
+    """``trial-007`` (Optuna number), or the Tune trial id when the number is unknown."""
+    return f"trial-{number:03d}" if number is not None else f"trial-{trial_id}"
+
+log = logging.getLogger(__name__)
+
+
+def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The training metrics of a Tune result: ``epoch`` and ``section/name`` floats.
+
+    Ray's own keys (``training_iteration``, ``time_this_iter_s``, ``config/...``, ``done``,
+    ``pid``...) and non-numeric or non-finite values are left out.
+    """
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        if key != "epoch" and ("/" not in key or key.startswith("config/")):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna PRUNED / FAIL correctly (see the module docstring).
+
+    Args:
+        space: define-by-run space (dotted Config keys).
+        base: the base config as a dict (``Config.to_dict()``), to know each trial's epochs.
+        **kwargs: passed to :class:`ray.tune.search.optuna.OptunaSearch` (``metric``, ``mode``,
+            ``sampler``, ``storage``, ``study_name``).
+    """
+
+    def __init__(self, space: Any, *, base: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        self._base = base
+        self._planned: dict[str, int] = {}
+        self._reported: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        params = super().suggest(trial_id)
+        if params is None:
+            return None
+        epochs = Config.from_dict(self._base).with_overrides(params).optim.epochs
+        self._planned[trial_id] = epochs
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("extune.params", params)
+        ot_trial.set_user_attr("extune.ray_trial_id", trial_id)
+        ot_trial.set_user_attr("extune.planned_epochs", epochs)
+        return {**params, TRIAL_NUMBER: ot_trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        self._reported[trial_id] = int(result.get("training_iteration", 0))
+
+    def _report_last(self, trial_id: str, ot_trial: Any, result: dict[str, Any]) -> None:
+        """Give a pruned trial its last value: Tune does not pass the result that made the
+        scheduler stop it to ``on_trial_result``."""
+        step = int(result.get("training_iteration", 0))
+        value = result.get(self._metric) if not isinstance(self._metric, list) else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and step > \
+                self._reported.get(trial_id, 0):
+            ot_trial.report(float(value), step)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result:
+            self._record(ot_trial, result)
+        state, values = self._outcome(trial_id, result, error)
+        if state == TrialState.PRUNED and result:
+            self._report_last(trial_id, ot_trial, result)
+        try:
+            self._ot_study.tell(ot_trial, values, state=state)
+        except Exception as exc:  # the trial was told elsewhere (e.g. a resumed study)
+            log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
+        self._completed_trials.add(trial_id)
+
+    def _outcome(self, trial_id: str, result: dict[str, Any] | None,
+                 error: bool) -> tuple[TrialState, Any]:
+        if error or not result:
+            return (TrialState.FAIL if error else TrialState.PRUNED), None
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        values = [result.get(m) for m in metrics]
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return TrialState.FAIL, None
+        planned = self._planned.get(trial_id)
+        if planned is not None and result.get("epoch", planned) < planned:
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, (values if len(values) > 1 else values[0])
+
+    @staticmethod
+    def _record(ot_trial: Any, result: dict[str, Any]) -> None:
+        ot_trial.set_user_attr("extune.metrics", reported_metrics(result))
+        for key in ("node_id", "hostname", "pid"):
+            if key in result:
+                ot_trial.set_user_attr(f"extune.{key}", result[key])
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore (``--resume``), then fail study trials that were asked but never started.
+
+        Trials suggested after Ray's last experiment snapshot exist in the study (RUNNING) but
+        not in the restored searcher, so nothing would ever end them.
+        """
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self._ot_study.tell(frozen.number, state=TrialState.FAIL)

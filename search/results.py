@@ -1,0 +1,314 @@
+"""Trial records of a search, ranking, the Pareto front, the knee rule and the summary files.
+
+Everything here works from the Optuna study (with the ``extune.*`` user attributes that
+:class:`~extune.search.optuna_search.PruneAwareOptunaSearch` writes) and plain Python, so it is
+usable after the search, without Ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extune.errors import ConfigError
+from extune.search.settings import OBJECTIVES, Objective
+
+__all__ = [
+    "TrialRecord",
+    "records_from_study",
+    "dominates",
+    "pareto_front",
+    "knee_point",
+    "select_trial",
+    "rank_records",
+    "summary_csv",
+    "summary_markdown",
+    "plot_summary",
+]
+
+_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+           "WAITING": "waiting"}
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a search.
+
+    Attributes:
+        number: Optuna trial number (0-based, in the order trials were asked).
+        trial_id: Ray Tune trial id (also the MLflow tag ``extune.trial_id``).
+        state: ``complete``, ``pruned`` (stopped early), ``failed``, ``running`` or ``waiting``.
+        values: objective values of a complete trial (in objective order), else ``None``.
+        metrics: the last reported metrics (``epoch``, ``val/...``, ``train/...``).
+        params: the trial's config overrides (dotted keys).
+        planned_epochs: epochs the trial would have trained.
+        node_id, hostname, pid: where it ran last.
+        error: one-line error of a failed trial, when known.
+    """
+
+    number: int
+    trial_id: str | None = None
+    state: str = "running"
+    values: list[float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    planned_epochs: int | None = None
+    node_id: str | None = None
+    hostname: str | None = None
+    pid: int | None = None
+    error: str | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.metrics.get("epoch", 0))
+
+    @property
+    def name(self) -> str:
+        return f"trial-{self.number:03d}"  # as in MLflow and the live view
+
+    def value(self, objective: Objective) -> float | None:
+        v = self.metrics.get(objective.metric)
+        return v if v is not None and math.isfinite(v) else None
+
+
+def records_from_study(study: Any, objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """One :class:`TrialRecord` per Optuna trial, in trial-number order."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        metrics = dict(attrs.get("extune.metrics", {}))
+        state = _STATES.get(t.state.name, t.state.name.lower())
+        values = list(t.values) if state == "complete" and t.values is not None else None
+        if values is not None:  # the study holds the values told; keep metrics consistent
+            for obj, v in zip(objectives, values, strict=False):
+                metrics.setdefault(obj.metric, v)
+        records.append(TrialRecord(
+            number=t.number, trial_id=attrs.get("extune.ray_trial_id"), state=state,
+            values=values, metrics=metrics, params=dict(attrs.get("extune.params", t.params)),
+            planned_epochs=attrs.get("extune.planned_epochs"),
+            node_id=attrs.get("extune.node_id"), hostname=attrs.get("extune.hostname"),
+            pid=attrs.get("extune.pid"), error=attrs.get("extune.error")))
+    return records
+
+
+# ---------------------------------------------------------------- Pareto / knee
+def _oriented(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:
+    """Values turned so that larger is better for every objective."""
+    return [v if o.mode == "max" else -v for v, o in zip(values, objectives, strict=True)]
+
+
+def dominates(a: Sequence[float], b: Sequence[float], objectives: Sequence[Objective]) -> bool:
+    """Whether values ``a`` Pareto-dominate ``b`` (no worse anywhere, better somewhere)."""
+    oa, ob = _oriented(a, objectives), _oriented(b, objectives)
+    return all(x >= y for x, y in zip(oa, ob, strict=True)) and any(
+        x > y for x, y in zip(oa, ob, strict=True))
+
+
+def pareto_front(records: Sequence[TrialRecord],
+                 objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """The complete trials no other complete trial dominates, by first objective (best first)."""
+    done = [r for r in records if r.state == "complete" and r.values is not None]
+    front = [r for r in done
+             if not any(dominates(o.values, r.values, objectives) for o in done if o is not r)]
+    return sorted(front, key=lambda r: -_oriented(r.values, objectives)[0])
+
+
+def knee_point(front: Sequence[TrialRecord], objectives: Sequence[Objective]) -> TrialRecord:
+    """The Pareto trial closest to the ideal point after min-max normalising each objective.
+
+    Each objective is scaled over the front to [0, 1] with 1 the best value (an objective
+    that is the same for every point counts as 1); the ideal point is all ones and the knee is
+    the point with the smallest Euclidean distance to it. Ties go to the better first objective.
+
+    Raises:
+        ValueError: ``front`` is empty.
+    """
+    if not front:
+        raise ValueError("the Pareto front is empty")
+    oriented = [_oriented(r.values, objectives) for r in front]
+    lows = [min(col) for col in zip(*oriented, strict=True)]
+    highs = [max(col) for col in zip(*oriented, strict=True)]
+
+    def distance(point: list[float]) -> float:
+        scaled = [1.0 if hi == lo else (v - lo) / (hi - lo)
+                  for v, lo, hi in zip(point, lows, highs, strict=True)]
+        return math.sqrt(sum((1.0 - s) ** 2 for s in scaled))
+
+    best = min(range(len(front)), key=lambda i: (distance(oriented[i]), -oriented[i][0]))
+    return front[best]
+
+
+def _objective_for(rule: str, objectives: Sequence[Objective]) -> Objective:
+    for o in objectives:
+        if rule in (o.name, o.metric):
+            return o
+    if rule in OBJECTIVES:
+        return Objective(rule, *OBJECTIVES[rule])
+    metric, _, mode = rule.partition(":")
+    if "/" in metric and mode in ("max", "min"):
+        return Objective(rule, metric, mode)
+    raise ConfigError(f"unknown selection '{rule}'; use knee or an objective such as "
+                      f"{', '.join(o.name for o in objectives)} (or METRIC:max|min)")
+
+
+def select_trial(records: Sequence[TrialRecord], objectives: Sequence[Objective],
+                 rule: str | None = None) -> TrialRecord:
+    """The trial a rule picks among the complete trials (pruned ones never: partial scores).
+
+    Args:
+        records: the search's trials.
+        objectives: the search's objectives.
+        rule: ``None`` (the objective; ``knee`` for several), ``knee``, or a metric name
+            (``accuracy``, ``alignment``, ``val/top5:max``): the best complete trial by it.
+
+    Raises:
+        ConfigError: no complete trial, or an unknown rule.
+    """
+    done = [r for r in records if r.state == "complete"]
+    if not done:
+        raise ConfigError("the search has no complete trial to export (all pruned, failed or "
+                          "still running)")
+    rule = rule or ("knee" if len(objectives) > 1 else objectives[0].name)
+    if rule == "knee":
+        return knee_point(pareto_front(records, objectives), objectives)
+    objective = _objective_for(rule, objectives)
+    scored = [r for r in done if r.value(objective) is not None]
+    if not scored:
+        raise ConfigError(f"no complete trial reported {objective.metric}")
+    sign = 1.0 if objective.mode == "max" else -1.0
+    return max(scored, key=lambda r: (sign * r.value(objective), -r.number))
+
+
+def rank_records(records: Sequence[TrialRecord],
+                 objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """Complete trials by Pareto layer then first objective; then pruned (by their last value
+    of the first objective), failed and running trials."""
+    first = objectives[0]
+    sign = 1.0 if first.mode == "max" else -1.0
+
+    def score(r: TrialRecord) -> float:
+        v = r.value(first)
+        return -sign * v if v is not None else math.inf
+
+    remaining = [r for r in records if r.state == "complete" and r.values is not None]
+    ranked: list[TrialRecord] = []
+    while remaining:
+        layer = pareto_front(remaining, objectives)
+        ranked.extend(sorted(layer, key=score))
+        ids = {id(r) for r in layer}
+        remaining = [r for r in remaining if id(r) not in ids]
+    for state in ("pruned", "failed", "running", "waiting"):
+        ranked.extend(sorted((r for r in records if r.state == state), key=score))
+    return ranked
+
+
+# --------------------------------------------------------------------- summaries
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _rows(records: Sequence[TrialRecord], objectives: Sequence[Objective]
+          ) -> tuple[list[str], list[list[str]]]:
+    ranked = rank_records(records, objectives)
+    front = {id(r) for r in pareto_front(records, objectives)}
+    keys = sorted({k for r in records for k in r.params})
+    header = ["rank", "trial", "trial_id", "state", "epochs",
+              *[o.metric for o in objectives], "pareto", *keys]
+    rows = []
+    for i, r in enumerate(ranked, 1):
+        rows.append([str(i), r.name, r.trial_id or "", r.state,
+                     f"{r.epoch}/{r.planned_epochs or '?'}",
+                     *[_fmt(r.value(o)) for o in objectives],
+                     "yes" if id(r) in front else "", *[_fmt(r.params.get(k)) for k in keys]])
+    return header, rows
+
+
+def summary_csv(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> str:
+    """The ranked trials as CSV (one column per objective and per searched parameter)."""
+    header, rows = _rows(records, objectives)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summary_markdown(records: Sequence[TrialRecord], objectives: Sequence[Objective],
+                     title: str = "Search summary") -> str:
+    """The ranked trials as a Markdown table."""
+    header, rows = _rows(records, objectives)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(records: Sequence[TrialRecord], objectives: Sequence[Objective],
+                 path: str | Path) -> Path:
+    """Pareto-front plot (several objectives: the first two) or optimisation history (one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    try:
+        if len(objectives) > 1:
+            _plot_pareto(ax, records, objectives)
+        else:
+            _plot_history(ax, records, objectives[0])
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _plot_pareto(ax: Any, records: Sequence[TrialRecord], objectives: Sequence[Objective]
+                 ) -> None:
+    x, y = objectives[0], objectives[1]
+    done = [r for r in records if r.state == "complete"]
+    front = pareto_front(records, objectives)
+    ax.scatter([r.value(x) for r in done], [r.value(y) for r in done], c="0.7",
+               label="complete trials")
+    if front:
+        pts = sorted((r.value(x), r.value(y)) for r in front)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:blue",
+                label="Pareto front")
+        knee = knee_point(front, objectives)
+        ax.scatter([knee.value(x)], [knee.value(y)], s=160, facecolors="none",
+                   edgecolors="tab:red", linewidths=2, label=f"knee ({knee.name})")
+    ax.set_xlabel(f"{x.metric} ({x.mode})")
+    ax.set_ylabel(f"{y.metric} ({y.mode})")
+    ax.set_title("Pareto front")
+    ax.legend(loc="best", fontsize=8)
+
+
+def _plot_history(ax: Any, records: Sequence[TrialRecord], objective: Objective) -> None:
+    better = max if objective.mode == "max" else min
+    best: float | None = None
+    xs, bests = [], []
+    for r in sorted(records, key=lambda r: r.number):
+        v = r.value(objective)
+        if v is None:
+            continue
+        marker = {"complete": "o", "pruned": "x"}.get(r.state, ".")
+        ax.scatter([r.number], [v], marker=marker, c="tab:blue" if r.state == "complete"
+                   else "0.6")
+        if r.state == "complete":
+            best = v if best is None else better(best, v)
+        if best is not None:
+            xs.append(r.number)
+            bests.append(best)
+    ax.step(xs, bests, where="post", c="tab:red", label="best complete trial")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{objective.metric} ({objective.mode})")
+    ax.set_title("Optimisation history (o complete, x pruned: last value)")
+    ax.legend(loc="best", fontsize=8)

@@ -1,0 +1,131 @@
+"""Connecting to Ray and to the MLflow tracking server, with one-line errors when unreachable."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+
+from extune.errors import ExtuneError
+
+__all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
+           "quiet_ray_env"]
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(ExtuneError, ConnectionError):
+    """A service the search needs (Ray cluster, MLflow server) cannot be reached."""
+
+
+def quiet_ray_env() -> None:
+    """Keep Ray's own console output low so that the live view is readable.
+
+    Only sets variables the user has not set: the legacy (silent at ``verbose=0``) reporter,
+    no per-trial tracebacks on the console (the live view and MLflow record errors), and no
+    warning about frequent experiment snapshots (every epoch checkpoints).
+    """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # "Trials did not complete: [...]": the summary table says which trials failed and why
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+
+
+def _probe(host: str, port: int, what: str, timeout: float = 5.0) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ServiceError(f"cannot reach {what} at {host}:{port} ({reason}); check the "
+                           "address and that the service is running") from None
+
+
+def _ray_host_port(address: str) -> tuple[str, int] | None:
+    """``"10.0.0.1:6379"``, ``"ray://host:10001"`` -> (host, port); ``"auto"`` -> None."""
+    if address in ("auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if not parsed.hostname:
+        raise ServiceError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        port = parsed.port or 6379
+    except ValueError:
+        raise ServiceError(f"--address '{address}' has an invalid port") from None
+    return parsed.hostname, port
+
+
+def probe_ray_address(address: str | None) -> None:
+    """Check in 5 s that a Ray cluster address answers (``None``/``auto``: nothing to check).
+
+    Raises:
+        ServiceError: a malformed address or nothing listening there.
+    """
+    if address is None:
+        return
+    target = _ray_host_port(address)
+    if target is not None:
+        _probe(*target, what="the Ray cluster")
+
+
+def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Start Ray on this machine (``address=None``) or join a cluster.
+
+    Reuses an already initialised Ray (tests, notebooks). Token authentication is left as
+    Ray sets it up (on by default for a new local instance; ``RAY_AUTH_MODE`` decides).
+
+    Returns:
+        Whether this call started Ray (and so should shut it down).
+
+    Raises:
+        ServiceError: the cluster cannot be reached (checked with a 5 s TCP probe first:
+            ``ray.init`` itself would retry for minutes).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    probe_ray_address(address)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                  configure_logging=True)
+    if address is None:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError) as e:
+        raise ServiceError(f"cannot connect to Ray at {address or 'a new local instance'}: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+    return True
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when an HTTP(S) tracking server does not answer.
+
+    Local stores (``sqlite:``, ``file:``) are created on first use and need no check.
+
+    Raises:
+        ServiceError: the server does not answer ``/health`` within ``timeout`` seconds.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            if response.status >= 500:
+                raise ServiceError(f"the MLflow server at {uri} answered {response.status}")
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:
+            raise ServiceError(f"the MLflow server at {uri} answered {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ServiceError(f"cannot reach the MLflow tracking server at {uri} ({reason}); "
+                           "start it or pass another --tracking-uri") from None

@@ -1,0 +1,276 @@
+"""``SearchSettings``: everything ``extune search`` takes, validated before Ray starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extune.errors import ConfigError
+from extune.train.config import Config
+
+__all__ = [
+    "SearchSettings",
+    "Objective",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "QUICK_BASE",
+    "parse_objectives",
+    "make_sampler",
+]
+
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("val/accuracy", "max"),
+    "top5": ("val/top5", "max"),
+    "loss": ("val/loss", "min"),
+    "ece": ("val/ece", "min"),
+    "alignment": ("val/alignment", "max"),
+    "avg_drop": ("val/avg_drop", "min"),
+    "increase_confidence": ("val/increase_confidence", "max"),
+    "deletion_auc": ("val/deletion_auc", "min"),
+    "insertion_auc": ("val/insertion_auc", "max"),
+    "pointing_game": ("val/pointing_game", "max"),
+    "saliency_in_mask": ("val/saliency_in_mask", "max"),
+    "fgsm_accuracy": ("adv/fgsm_accuracy", "max"),
+    "shift_accuracy": ("shift/accuracy", "max"),
+    "shift_ece": ("shift/ece", "min"),
+}
+"""Objective names for ``--objective`` -> (reported metric, direction)."""
+
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
+SCHEDULERS = ("asha", "none")
+
+QUICK_BASE: dict[str, Any] = {
+    "data.train_size": 3000,
+    "data.image_size": 32,
+    "model.backbone": "tiny_cnn",
+    "optim.epochs": 4,
+    "eval.explain_samples": 64,
+    "eval.grid_images": 8,
+}
+"""Base overrides of a search started without ``--config``: small enough that the default
+``extune search`` (8 ExCon trials on the synthetic set) ends in minutes on a 2-core CPU."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One optimisation target: a reported metric and its direction."""
+
+    name: str
+    metric: str
+    mode: str  # "max" | "min"
+
+
+def parse_objectives(names: str | list[str] | tuple[str, ...]) -> list[Objective]:
+    """``"accuracy,alignment"`` -> objectives; also accepts ``val/metric:max`` forms.
+
+    Raises:
+        ConfigError: an unknown name, a bad direction, or a repeated objective.
+    """
+    if isinstance(names, str):
+        names = [n for n in names.split(",")]
+    items = [n.strip() for n in names if n.strip()]
+    if not items:
+        raise ConfigError("--objective needs at least one name, e.g. accuracy or "
+                          "accuracy,alignment")
+    out: list[Objective] = []
+    for item in items:
+        metric, _, mode = item.partition(":")
+        if metric in OBJECTIVES and not mode:
+            out.append(Objective(metric, *OBJECTIVES[metric]))
+        elif "/" in metric and mode in ("max", "min"):
+            out.append(Objective(metric, metric, mode))
+        else:
+            raise ConfigError(f"unknown objective '{item}'; use one of "
+                              f"{', '.join(OBJECTIVES)} or METRIC:max|min (e.g. val/top5:max)")
+    if len({o.metric for o in out}) != len(out):
+        raise ConfigError(f"--objective names a metric twice: {','.join(items)}")
+    return out
+
+
+@dataclass
+class SearchSettings:
+    """The settings of one search (what ``extune search`` takes).
+
+    Attributes:
+        space: a built-in space name (``excon``, ``edda``, ``supcon``, ``ce``) or a YAML path.
+        config: base config YAML; ``None``: defaults with :data:`QUICK_BASE` (a quick search).
+        overrides: dotted-key overrides of the base (``--set``).
+        trials: number of trials.
+        max_concurrent: trials running at once; ``None``: as many as the Ray cluster's CPUs
+            and GPUs hold (``CPUs // cpus_per_trial``, ``GPUs // gpus_per_trial``).
+        cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional).
+        time_budget_s: stop the whole search after this many seconds.
+        sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
+        seed: sampler seed.
+        scheduler: ``asha`` (early stopping) or ``none``.
+        objective: objective names (see :data:`OBJECTIVES`); several give a Pareto front.
+        max_failures: retries of a failing trial from its last checkpoint.
+        address: Ray cluster to join; ``None`` starts Ray on this machine.
+        storage: Ray storage for trial results/checkpoints (shared path or bucket URI);
+            ``None``: inside the search folder.
+        tracking_uri: MLflow tracking URI; ``None``: ``sqlite:///mlflow.db`` in the working
+            folder.
+        experiment: MLflow experiment name.
+        name: search name; ``None``: ``<space>-<date>-<time>``.
+        out: folder that holds the search folder (``<out>/<name>``).
+        reduction_factor, grace_period: ASHA settings (``grace_period`` in epochs).
+        live: show the live table (else one line per finished trial).
+    """
+
+    space: str = "excon"
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trials: int = 8
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    time_budget_s: float | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    scheduler: str = "asha"
+    objective: list[str] = field(default_factory=lambda: ["accuracy"])
+    max_failures: int = 1
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = "extune"
+    name: str | None = None
+    out: str = "runs"
+    reduction_factor: float = 2.0
+    grace_period: int = 1
+    live: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objective, str):
+            self.objective = [o.strip() for o in self.objective.split(",") if o.strip()]
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check every setting.
+
+        Raises:
+            ConfigError: the first bad setting, in one line.
+        """
+        _check(self.trials >= 1, f"--trials must be >= 1, got {self.trials}")
+        _check(self.max_concurrent is None or self.max_concurrent >= 1,
+               f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        _check(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        _check(self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got "
+               f"{self.gpus_per_trial}")
+        _check(self.time_budget_s is None or self.time_budget_s > 0,
+               f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
+        _check(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
+               f"{', '.join(SAMPLERS)}")
+        _check(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use asha "
+               "or none")
+        _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
+        _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
+        _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        objectives = parse_objectives(self.objective)
+        _check(not (self.sampler == "cmaes" and len(objectives) > 1),
+               "the cmaes sampler optimises one objective; use tpe or nsga2 for several")
+        if self.name is not None:
+            _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", self.name)),
+                   f"--name '{self.name}' may only use letters, digits, '.', '_' and '-'")
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return parse_objectives(self.objective)
+
+    # ------------------------------------------------------------------ derived
+    def concurrency(self, cpus: float, gpus: float) -> int:
+        """Trials at once: ``max_concurrent``, or what the cluster's resources hold."""
+        if self.max_concurrent is not None:
+            return self.max_concurrent
+        fits = cpus // self.cpus_per_trial
+        if self.gpus_per_trial:
+            fits = min(fits, gpus // self.gpus_per_trial)
+        return int(max(1, min(fits, self.trials)))
+
+    def base_config(self) -> Config:
+        """The config every trial starts from: file (or quick defaults), then overrides."""
+        if self.config is not None:
+            base = Config.load(self.config)
+        else:
+            base = Config().with_overrides(QUICK_BASE)
+        return base.with_overrides({**self.overrides, "runtime.progress": False})
+
+    def resolved_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = Path(self.space).stem if self.space.endswith((".yaml", ".yml")) else self.space
+        stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)
+        return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def resolved_tracking_uri(self) -> str:
+        """The tracking URI with a relative SQLite path made absolute (resume from anywhere)."""
+        uri = self.tracking_uri or "sqlite:///mlflow.db"
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+            uri = f"sqlite:///{path}"
+        elif "://" not in uri and not uri.startswith("databricks"):
+            uri = Path(uri).expanduser().resolve().as_uri()
+        return uri
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def make_sampler(name: str, seed: int, trials: int, n_objectives: int) -> Any:
+    """An Optuna sampler by name, seeded.
+
+    TPE starts from ``max(2, min(10, trials // 4))`` random trials (Optuna's default of 10
+    would leave a small search purely random), models parameters jointly (``multivariate``,
+    ``group`` for conditional spaces) and uses the constant-liar strategy so that concurrent
+    trials do not all get the same suggestion.
+
+    Raises:
+        ConfigError: a sampler whose package is missing (``cmaes``).
+    """
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # several options are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(optuna.samplers, name, seed, trials)
+
+
+def _sampler(samplers: Any, name: str, seed: int, trials: int) -> Any:
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 4)),
+                                   multivariate=True, group=True, constant_liar=True)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return samplers.QMCSampler(seed=seed, scramble=True, warn_asynchronous_seeding=False)
+    if name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 2)))
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError("the cmaes sampler needs the 'cmaes' package: pip install cmaes"
+                              ) from None
+        return samplers.CmaEsSampler(seed=seed)
+    raise ConfigError(f"unknown sampler '{name}'; use one of {', '.join(SAMPLERS)}")

@@ -1,0 +1,161 @@
+"""The search folder: what a search writes so that it can be resumed, exported and summarised.
+
+.. code-block:: text
+
+    <out>/<name>/
+      search.json          settings, search id, tracking URI, status
+      base_config.yaml     the config every trial overrides
+      space.yaml | space.py   the space (a copy of a YAML space, or the preset's source)
+      optuna.db            the Optuna study (SQLite): parameters, states, values
+      trials/              Ray Tune's experiment (results, checkpoints) unless --storage
+      summary.csv, summary.md, best_config.yaml, pareto_front.png | optimization_history.png
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from extune.errors import ConfigError
+from extune.search.results import TrialRecord, records_from_study
+from extune.search.settings import Objective, SearchSettings
+from extune.spaces import get_space, space_name
+from extune.train.config import Config
+
+__all__ = ["SearchDir", "META_NAME"]
+
+META_NAME = "search.json"
+
+
+@dataclass
+class SearchDir:
+    """A search folder and its ``search.json``."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, settings: SearchSettings, base: Config, space: Any) -> SearchDir:
+        """Make ``<out>/<name>`` and write the settings, base config and space.
+
+        Raises:
+            ConfigError: the folder already holds a search (use ``--resume``).
+        """
+        name = settings.resolved_name()
+        path = (Path(settings.out) / name).resolve()
+        if (path / META_NAME).exists():
+            raise ConfigError(f"{path} already holds a search; pass --resume {path} to continue "
+                              "it or choose another --name")
+        path.mkdir(parents=True, exist_ok=True)
+        base.save(path / "base_config.yaml")
+        space_file = _write_space(path, space)
+        if settings.storage:
+            storage = settings.storage
+            if "://" not in storage:  # a local or shared path: Ray wants it absolute
+                storage = str(Path(storage).expanduser().resolve())
+            experiment_path = f"{storage.rstrip('/')}/{name}"
+        else:
+            experiment_path = str(path / "trials")
+        meta = {
+            "name": name,
+            "search_id": uuid.uuid4().hex,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "status": "created",
+            "settings": settings.to_dict(),
+            "space_name": space_name(space),
+            "space_file": space_file,
+            "tracking_uri": settings.resolved_tracking_uri(),
+            "optuna_storage": f"sqlite:///{path / 'optuna.db'}",
+            "experiment_path": experiment_path,
+        }
+        found = cls(path, meta)
+        found.save()
+        return found
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchDir:
+        """Open an existing search folder.
+
+        Raises:
+            ConfigError: no ``search.json`` there.
+        """
+        path = Path(path).resolve()
+        try:
+            meta = json.loads((path / META_NAME).read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{path} is not a search folder (no readable {META_NAME}); pass "
+                              "the folder `extune search` printed") from None
+        return cls(path, meta)
+
+    def save(self) -> None:
+        (self.path / META_NAME).write_text(json.dumps(self.meta, indent=2, default=str))
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.meta.update(status=status, **extra)
+        self.save()
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def search_id(self) -> str:
+        return self.meta["search_id"]
+
+    @property
+    def settings(self) -> SearchSettings:
+        return SearchSettings.from_dict(self.meta["settings"])
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.settings.objectives
+
+    @property
+    def experiment_path(self) -> str:
+        return self.meta["experiment_path"]
+
+    def base_config(self) -> Config:
+        return Config.load(self.path / "base_config.yaml")
+
+    def space(self) -> Any:
+        """The search space as it was when the search started."""
+        saved = self.meta.get("space_file")
+        if saved and saved.endswith(".yaml"):
+            return get_space(str(self.path / saved))
+        return get_space(self.meta["space_name"])
+
+    def study(self) -> Any:
+        """The Optuna study (read from ``optuna.db``)."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return optuna.load_study(study_name=self.name, storage=self.meta["optuna_storage"])
+        except KeyError:
+            raise ConfigError(f"{self.path} has no Optuna study yet (the search never started "
+                              "a trial)") from None
+
+    def records(self) -> list[TrialRecord]:
+        return records_from_study(self.study(), self.objectives)
+
+
+def _write_space(path: Path, space: Any) -> str | None:
+    """Keep the space with the search: the YAML text, or the preset's source code."""
+    text = getattr(space, "text", None)
+    if text:
+        (path / "space.yaml").write_text(text)
+        return "space.yaml"
+    try:  # the whole module: a preset's helpers (optimiser, explainer) are part of it
+        module = inspect.getmodule(space)
+        source = inspect.getsource(module if module is not None else space)
+    except (OSError, TypeError):
+        return None
+    (path / "space.py").write_text(source)
+    return "space.py"

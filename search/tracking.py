@@ -1,0 +1,342 @@
+"""Driver-side MLflow tracking: one parent run per search, one child run per trial.
+
+Why not Ray's ``MLflowLoggerCallback``: it makes no parent run, logs Ray's internal keys as
+metrics and opens new runs for restored trials (leaving the old ones RUNNING). Here every run is
+found again by its tags (``extune.search_id``, ``extune.trial_id``) before one is created, so a
+resumed search continues its runs instead of duplicating them. All writes happen on the driver,
+in Tune's event loop (one thread), batched with ``log_batch``: no write is lost when several
+trials report at once, and the workers need no MLflow access.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from extune.search.optuna_search import reported_metrics, split_config, trial_label
+from extune.search.services import ServiceError, check_tracking_uri
+from extune.train.config import Config
+
+__all__ = ["MlflowTracker", "MlflowCallback", "mlflow_client", "param_value", "GRID_NAME"]
+
+GRID_NAME = "saliency_grid.png"
+log = logging.getLogger(__name__)
+_MAX_PARAMS = 100  # MLflow's limit per log_batch call
+_MAX_METRICS = 1000
+
+
+def param_value(value: Any) -> str:
+    """A Config value as an MLflow param string that ``yaml.safe_load`` reads back."""
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+class MlflowTracker:
+    """Finds or creates the runs of one search in an MLflow experiment.
+
+    Args:
+        uri: tracking URI (``sqlite:///...``, ``http://...``).
+        experiment: experiment name (created when missing).
+        search_id: the search's unique id (tag ``extune.search_id``).
+        search_name: the search's name (the parent run's name).
+    """
+
+    def __init__(self, uri: str, experiment: str, search_id: str, search_name: str) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.search_id = search_id
+        self.search_name = search_name
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._children: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Ray's tuner.pkl
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = mlflow_client(self.uri)
+        return self._client
+
+    def check(self) -> None:
+        """Reach the store once (creating the experiment).
+
+        Raises:
+            ServiceError: the tracking server or store cannot be used.
+        """
+        check_tracking_uri(self.uri)
+        try:
+            self.experiment_id  # noqa: B018
+        except Exception as e:  # mlflow raises its own exception types
+            raise ServiceError(f"cannot use the MLflow tracking store {self.uri}: "
+                               f"{' '.join(str(e).split())[:200]}") from None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self._artifact_location())
+        return self._experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """Artifacts of a SQLite store go beside the database file, not in the working folder."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        db = Path(self.uri[len("sqlite:///"):])
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", self.experiment)
+        return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+    def _find(self, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, params: dict[str, Any] | None = None) -> str:
+        """The search's parent run (found by tag, else created with ``params``), RUNNING."""
+        if self._parent is None:
+            tags = {"extune.search_id": self.search_id, "extune.role": "search"}
+            run_id = self._find(tags)
+            if run_id is None:
+                run = self.client.create_run(self.experiment_id, run_name=self.search_name,
+                                             tags=tags)
+                run_id = run.info.run_id
+                self.log_params(run_id, params or {})
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+            self._parent = run_id
+        return self._parent
+
+    def child_run(self, trial_id: str, *, name: str, params: dict[str, Any],
+                  tags: dict[str, str] | None = None) -> tuple[str, bool]:
+        """The trial's child run, found by tag or created; returns ``(run_id, created)``."""
+        if trial_id in self._children:
+            return self._children[trial_id], False
+        key = {"extune.search_id": self.search_id, "extune.trial_id": trial_id}
+        run_id = self._find(key)
+        created = run_id is None
+        if created:
+            all_tags = {**key, "mlflow.parentRunId": self.parent_run(), "extune.role": "trial",
+                        **(tags or {})}
+            run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                            tags=all_tags).info.run_id
+            self.log_params(run_id, params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self._children[trial_id] = run_id
+        return run_id, created
+
+    def find_child(self, trial_id: str) -> str | None:
+        if trial_id not in self._children:
+            run_id = self._find({"extune.search_id": self.search_id, "extune.trial_id": trial_id})
+            if run_id is None:
+                return None
+            self._children[trial_id] = run_id
+        return self._children[trial_id]
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[i:i + _MAX_PARAMS])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        for i in range(0, len(items), _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=items[i:i + _MAX_METRICS])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def last_step(self, run_id: str) -> int:
+        """The last logged ``epoch`` step of a run (0 if none): a resumed trial replays nothing."""
+        history = self.client.get_metric_history(run_id, "epoch")
+        return max((m.step for m in history), default=0)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None
+                     ) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:
+    """A tracking hook that logs MLflow errors instead of stopping the search."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            hook(self, *args, **kwargs)
+        except Exception as e:  # the store went away: trials matter more than their records
+            log.warning("MLflow tracking failed in %s: %s", hook.__name__,
+                        " ".join(str(e).split())[:300])
+
+    return wrapper
+
+
+class MlflowCallback(Callback):
+    """Tune callback that mirrors every trial into a child run of the search's parent run.
+
+    Child runs hold the flattened Config (dotted keys) as params, the per-epoch metrics under the
+    names ``fit`` reports (step = epoch; no Ray keys), the tags ``extune.trial_id``,
+    ``extune.node_id``, ``extune.pruned`` (stopped early) and ``extune.error`` (failed), the
+    status FINISHED / FAILED / KILLED (interrupted) and the final saliency grid as an artifact.
+
+    Args:
+        tracker: the search's :class:`MlflowTracker`.
+        base: the base config as a dict (a trial's full config is ``base`` + its parameters).
+    """
+
+    def __init__(self, tracker: MlflowTracker, base: dict[str, Any]) -> None:
+        self.tracker = tracker
+        self.base = base
+        self._last_step: dict[str, int] = {}
+        self._ended: set[str] = set()
+
+    def setup(self, **info: Any) -> None:
+        self.tracker.parent_run()
+
+    def _run(self, trial: Any) -> str:
+        number, overrides = split_config(trial.config)
+        tags = {"extune.searched": ",".join(sorted(overrides))}
+        if number is not None:
+            tags["extune.optuna_trial"] = str(number)
+        run_id, created = self.tracker.child_run(
+            trial.trial_id, name=trial_label(number, trial.trial_id),
+            params=trial_params(self.base, overrides), tags=tags)
+        if trial.trial_id not in self._last_step:
+            self._last_step[trial.trial_id] = 0 if created else self.tracker.last_step(run_id)
+        return run_id
+
+    @_never_fail
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.discard(trial.trial_id)
+        self._run(trial)
+
+    @_never_fail
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        run_id = self._run(trial)
+        metrics = reported_metrics(result)
+        step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(trial.trial_id, 0):
+            return  # already logged before an interruption
+        if self._last_step.get(trial.trial_id, 0) == 0:
+            self.tracker.set_tags(run_id, {f"extune.{k}": result[k] for k in
+                                           ("node_id", "hostname", "pid") if k in result})
+        self.tracker.log_metrics(run_id, metrics, step)
+        self._last_step[trial.trial_id] = step
+
+    @_never_fail
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run(trial)
+        planned = Config.from_dict(self.base).with_overrides(split_config(trial.config)[1]
+                                                              ).optim.epochs
+        pruned = trial.last_result.get("epoch", planned) < planned
+        self.tracker.set_tags(run_id, {"extune.pruned": str(pruned).lower()})
+        self._log_grid(run_id, trial)
+        self.tracker.end(run_id, "FINISHED")
+        self._ended.add(trial.trial_id)
+
+    @_never_fail
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run(trial)
+        self.tracker.set_tags(run_id, {"extune.error": trial_error(trial),
+                                       "extune.pruned": "false"})
+        self._log_grid(run_id, trial)
+        self.tracker.end(run_id, "FAILED")
+        self._ended.add(trial.trial_id)
+
+    @_never_fail
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run(trial)
+        self.tracker.set_tags(run_id, {"extune.retries": trial.num_failures,
+                                       "extune.last_error": trial_error(trial)})
+
+    @_never_fail
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Runs of trials that did not end (interrupted search, time budget) become KILLED."""
+        for trial in trials:
+            if trial.trial_id in self.tracker._children and trial.trial_id not in self._ended:
+                self.tracker.end(self.tracker._children[trial.trial_id], "KILLED")
+
+    def _log_grid(self, run_id: str, trial: Any) -> None:
+        """Log the saliency grid of the trial's latest checkpoint (any Ray storage)."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        source = f"{checkpoint.path.rstrip('/')}/{GRID_NAME}"
+        try:
+            with checkpoint.filesystem.open_input_file(source) as f:
+                data = f.readall()
+        except (OSError, FileNotFoundError):
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, GRID_NAME)
+            path.write_bytes(data)
+            self.tracker.log_artifact(run_id, path)
+
+
+def mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` with MLflow's and alembic's INFO logging (table creation) silenced."""
+    from mlflow import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # after the import: mlflow sets its levels on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def trial_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The flattened full Config of a trial (dotted keys), or the raw parameters if invalid."""
+    try:
+        return Config.from_dict(base).with_overrides(params).flatten()
+    except Exception:
+        return dict(params)
+
+
+def trial_error(trial: Any) -> str:
+    """One line saying why a Tune trial failed (its error file, read where it is)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).is_file():
+            return error_summary(Path(path).read_text())
+        return error_summary(trial.get_error())
+    except Exception:  # storage unreachable: the status still says FAILED
+        return "unknown error"
+
+
+def error_summary(trace: Any) -> str:
+    """The last ``Type: message`` line of an error trace, without the module path, one line."""
+    if not trace:
+        return "unknown error"
+    lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
+    line = next((ln for ln in reversed(lines)
+                 if ":" in ln and not ln.startswith(("File ", "^", "~"))), lines[-1] if lines
+                else "unknown error")
+    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+:)", "", line)[:500]

@@ -1,0 +1,101 @@
+"""The Ray Tune function trainable: one trial = ``train.fit`` on the base config + the trial's
+parameters, reporting every epoch to Tune with the epoch's checkpoint folder."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+from extune.errors import ConfigError, ExtuneError
+from extune.search.optuna_search import split_config
+from extune.train.config import Config
+
+__all__ = ["train_trial", "trial_config", "FAILED_MARKER"]
+
+FAILED_MARKER = ".extune_failed"
+"""Written in the trial folder when a trial fails for a reason a retry cannot fix."""
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], cpus: float = 1.0) -> Config:
+    """The config a trial trains: ``base`` with the trial's parameters, quiet, and using as many
+    torch threads as the trial has CPUs (unless the config says otherwise)."""
+    cfg = Config.from_dict(base).with_overrides(params)
+    overrides: dict[str, Any] = {"runtime.progress": False}
+    if cfg.runtime.threads is None:
+        overrides["runtime.threads"] = max(1, int(cpus))
+    return cfg.with_overrides(overrides)
+
+
+def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = None,
+                cpus: float = 1.0, objectives: tuple[str, ...] = ()) -> None:
+    """Run one trial inside Ray Tune.
+
+    Args:
+        params: the trial's parameters (dotted Config keys), from the search space.
+        base: the base config as a dict.
+        data: the decoded data set (``DataSplits``) from Ray's object store, shared by all
+            trials; used only when the trial's ``data`` section equals the base's.
+        cpus: CPUs Ray gave the trial (torch threads).
+        objectives: metrics the search optimises; a trial whose training does not report
+            them fails with a message naming them (instead of Tune stopping the search).
+
+    Raises:
+        ExtuneError: bad parameters or a non-finite loss (the trial is marked failed; a retry
+            with ``--max-failures`` re-raises at once instead of training again).
+    """
+    import ray
+    from ray import tune
+
+    from extune.train import fit
+
+    cfg = trial_config(base, split_config(params)[1], cpus)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    marker = trial_dir / FAILED_MARKER
+    if marker.is_file():  # deterministic failure: retrying from a checkpoint cannot help
+        raise _saved_error(marker)
+    if data is not None and cfg.data != Config.from_dict(base).data:
+        data = None  # the space changed the data settings: load this trial's own data
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        missing = [m for m in objectives if m not in metrics]
+        if missing:
+            raise ConfigError(f"objective metric(s) {', '.join(missing)} are not reported by "
+                              f"training; it reports: {', '.join(sorted(metrics))}")
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
+        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+
+    resume = _restore_checkpoint(trial_dir)
+    try:
+        fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data)
+    except ExtuneError as e:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_bytes(pickle.dumps(e))
+        raise
+
+
+def _saved_error(marker: Path) -> BaseException:
+    """The error a previous attempt of this trial raised (same type and message)."""
+    try:
+        error = pickle.loads(marker.read_bytes())
+        if isinstance(error, BaseException):
+            return error
+    except Exception:  # unreadable marker: still do not train again
+        pass
+    return ExtuneError("this trial failed before with an error a retry cannot fix")
+
+
+def _restore_checkpoint(trial_dir: Path) -> Path | None:
+    """Copy Tune's latest checkpoint of this trial (a retry or a resumed search) next to the
+    trial's working folder and return it for ``fit(resume=...)``."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    target = trial_dir / "resume"
+    shutil.rmtree(target, ignore_errors=True)
+    checkpoint.to_directory(str(target))
+    return target

@@ -1,0 +1,77 @@
+"""Check a space against a base config before any trial starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from extune.errors import ConfigError
+from extune.train.config import Config
+
+__all__ = ["SpaceCheck", "sample_params", "validate_space"]
+
+
+@dataclass
+class SpaceCheck:
+    """What sampling a space showed.
+
+    Attributes:
+        keys: every Config key the space set in the samples.
+        max_epochs: the largest ``optim.epochs`` of the sampled configs (the scheduler's horizon).
+        samples: the sampled parameter dicts.
+    """
+
+    keys: set[str] = field(default_factory=set)
+    max_epochs: int = 1
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sample_params(space: Any, trial: Any) -> dict[str, Any]:
+    """Run ``space`` on ``trial`` as Ray's OptunaSearch does: suggested plus returned values.
+
+    Raises:
+        ConfigError: the space did not return a mapping of string keys (or ``None``).
+    """
+    returned = space(trial)
+    if returned is not None and (not isinstance(returned, dict)
+                                 or not all(isinstance(k, str) for k in returned)):
+        raise ConfigError(f"a search space must return a dict of dotted config keys, got "
+                          f"{type(returned).__name__}")
+    return {**trial.params, **(returned or {})}
+
+
+def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0,
+                   name: str = "space") -> SpaceCheck:
+    """Sample ``space`` ``samples`` times (random sampler, no training) and build every config.
+
+    Args:
+        space: a define-by-run space (see :class:`extune.spaces.Space`).
+        base: the config the trials override.
+        samples: how many random draws to check.
+        seed: seed of the random draws.
+        name: how the space is named in error messages.
+
+    Returns:
+        The keys the space sets and the largest number of epochs it asks for.
+
+    Raises:
+        ConfigError: a draw gives an unknown key or a value Config rejects (the message names
+            the space, the key and the allowed values).
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    check = SpaceCheck(max_epochs=base.optim.epochs)
+    for _ in range(samples):
+        trial = study.ask()
+        try:
+            params = sample_params(space, trial)
+            cfg = base.with_overrides(params)
+        except ConfigError as e:
+            raise ConfigError(f"space '{name}' gives an invalid config: {e}") from None
+        check.keys.update(params)
+        check.max_epochs = max(check.max_epochs, cfg.optim.epochs)
+        check.samples.append(params)
+        study.tell(trial, 0.0)
+    return check

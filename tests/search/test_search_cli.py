@@ -1,0 +1,44 @@
+"""``extune search`` / ``export`` / ``ui``: bad input fails in one line before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from extune.search.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "--space", "excn"], "unknown space 'excn'; did you mean 'excon'?"),
+    (["search", "--space", "missing.yaml"], "cannot read space file missing.yaml"),
+    (["search", "--sampler", "grid"], "unknown sampler 'grid'"),
+    (["search", "--objective", "speed"], "unknown objective 'speed'"),
+    (["search", "--trials", "0"], "--trials must be >= 1"),
+    (["search", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'; did you mean"),
+    (["search", "--config", "nope.yaml"], "cannot read config file nope.yaml"),
+    (["search", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["search", "--address", "ray://:x"], "--address 'ray://:x'"),
+    (["search", "--tracking-uri", "http://127.0.0.1:1"],
+     "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
+    (["search", "--resume", ".", "--trials", "3"], "drop --trials"),
+    (["search", "--resume", "."], "is not a search folder"),
+    (["export"], "give either a SEARCH_DIR or --run RUN_ID"),
+    (["export", "--run", "abc"], "no MLflow store at mlflow.db"),
+    (["ui"], "no MLflow store at mlflow.db"),
+])
+def test_user_errors_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()), err
+    assert "Traceback" not in err
+
+
+def test_bad_space_file_is_rejected_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("optim.lr: {type: float, low: 1.0, high: 0.1}\n")
+    assert main(["search", "--space", "bad.yaml"]) == 2
+    assert "low (1) is greater than high (0.1)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,191 @@
+"""End to end on the synthetic data set with the real ``train.fit`` (tiny: 16 px, tiny_cnn,
+2 epochs): MLflow runs, export, Pareto front, failing and pruned trials, resume.
+
+One local Ray instance (2 CPUs) and one MLflow SQLite store serve every test in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from ray.tune import Callback
+
+from extune.search.cli import main
+from extune.search.export import export_search
+from extune.search.settings import SearchSettings
+from extune.search.tracking import mlflow_client
+from extune.search.tuner import run_search
+from extune.train.config import Config
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data.image_size": 16, "data.train_size": 240, "data.num_classes": 4,
+    "data.test_size": 40, "model.backbone": "tiny_cnn", "optim.epochs": 2,
+    "optim.batch_size": 32, "eval.explain_samples": 16, "eval.deletion_steps": 4,
+    "eval.grid_images": 4, "eval.corruptions": ["contrast"], "runtime.seed": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("search")
+
+
+def make_settings(workdir: Path, name: str, **kwargs) -> SearchSettings:
+    overrides = {**TINY, "data.cache_dir": str(workdir / "cache"), **kwargs.pop("set", {})}
+    kwargs.setdefault("trials", 4)
+    return SearchSettings(out=str(workdir / "runs"), name=name, experiment="e2e", live=False,
+                          tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                          overrides=overrides, **kwargs)
+
+
+def runs_of(result):
+    client = mlflow_client(result.tracking_uri)
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`extune.search_id` = '{result.search_id}'")
+    parents = [r for r in runs if r.data.tags.get("extune.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("extune.role") == "trial"]
+    return client, parents, children
+
+
+def check_states_match_epochs(result):
+    """Pruned exactly when a trial stopped before its last epoch (never complete-partial)."""
+    for r in result.records:
+        assert r.state in ("complete", "pruned", "failed"), r
+        if r.state != "failed":
+            assert (r.state == "pruned") == (r.epoch < r.planned_epochs), r
+
+
+def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
+    result = run_search(make_settings(workdir, "single", sampler="random"))
+    assert not result.interrupted and len(result.records) == 4
+    check_states_match_epochs(result)
+    assert result.best is not None and result.best.state == "complete"
+
+    client, parents, children = runs_of(result)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "4"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "summary.csv", "optimization_history.png"} <= artifacts
+    assert {c.data.tags["extune.trial_id"] for c in children} == {
+        r.trial_id for r in result.records}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and "val/accuracy" in child.data.metrics
+        assert not any(k.startswith(("time_", "training_iteration")) for k in child.data.metrics)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, len(steps) + 1))
+        assert child.data.params["model.backbone"] == "tiny_cnn"
+        files = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "saliency_grid.png" in files or child.data.tags["extune.pruned"] == "true"
+
+    out = tmp_path / "best.yaml"
+    config, record = export_search(result.path, out)
+    assert record.trial_id == result.best.trial_id
+    assert Config.load(out) == config == Config.load(result.best_config)
+    assert config.model.backbone == "tiny_cnn" and config.method == "excon"
+    assert main(["export", str(result.path), "-o", str(tmp_path / "cli.yaml")]) == 0
+    assert Config.load(tmp_path / "cli.yaml") == config
+
+
+def test_multi_objective_gives_a_pareto_front_and_a_knee(ray_local, workdir, tmp_path):
+    result = run_search(make_settings(workdir, "pareto", objective="accuracy,alignment",
+                                      space="supcon", scheduler="none"))
+    assert result.pareto and all(r.state == "complete" for r in result.pareto)
+    assert result.best in result.pareto  # the exported trial is the knee of the front
+    assert (result.path / "pareto_front.png").is_file()
+    _, record = export_search(result.path, tmp_path / "knee.yaml", "knee")
+    assert record.trial_id == result.best.trial_id
+    _, record = export_search(result.path, tmp_path / "acc.yaml", "accuracy")
+    best_acc = max(r.values[0] for r in result.records if r.state == "complete")
+    assert record.values[0] == best_acc
+
+
+FAILING_SPACE = """
+method: ce
+optim.lr: {type: float, low: 0.001, high: 0.5, log: true}
+explain.layer: {type: choice, values: [null, no_such_layer]}
+"""
+
+
+def test_failing_trials_do_not_stop_the_search_and_stopped_ones_are_pruned(
+        ray_local, workdir):
+    # The objective is the reported learning rate: ASHA's decisions are then deterministic
+    # (a lower lr than the median at epoch 1 is stopped); a trial drawing 'no_such_layer'
+    # raises in fit (unknown layer) and must end FAILED while the others go on.
+    path = workdir / "failing.yaml"
+    path.write_text(FAILING_SPACE)
+    result = run_search(make_settings(workdir, "failing", space=str(path), sampler="random",
+                                      seed=0, trials=5, max_concurrent=1,
+                                      objective="train/lr:max", max_failures=1))
+    assert len(result.records) == 5 and not result.interrupted
+    states = [r.state for r in result.records]
+    assert "failed" in states and "pruned" in states and "complete" in states, states
+    check_states_match_epochs(result)
+    for r in result.records:
+        assert (r.state == "failed") == (r.params["explain.layer"] == "no_such_layer"), r
+    failed = next(r for r in result.records if r.state == "failed")
+    assert "unknown layer 'no_such_layer'" in failed.error
+    _, _, children = runs_of(result)
+    by_id = {c.data.tags["extune.trial_id"]: c for c in children}
+    assert by_id[failed.trial_id].info.status == "FAILED"
+    assert "unknown layer" in by_id[failed.trial_id].data.tags["extune.error"]
+    pruned = next(r for r in result.records if r.state == "pruned")
+    assert by_id[pruned.trial_id].data.tags["extune.pruned"] == "true"
+
+
+class InterruptOnce(Callback):
+    """Sends the stop signal Tune handles (like Ctrl-C) when the first trial ends, once."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.flag):
+            Path(self.flag).write_text("sent")
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_resume_after_an_interruption_ends_every_trial_once(ray_local, workdir):
+    settings = make_settings(workdir, "resumable", space="ce", trials=4, max_concurrent=2,
+                             set={"optim.epochs": 3})
+    first = run_search(settings, callbacks=[InterruptOnce(str(workdir / "interrupted"))])
+    assert first.interrupted
+    assert sum(r.state in ("complete", "pruned") for r in first.records) < 4
+
+    second = run_search(resume=first.path)
+    assert not second.interrupted and second.search_id == first.search_id
+    assert len(second.records) == 4
+    assert len({r.trial_id for r in second.records}) == 4
+    check_states_match_epochs(second)
+    client, parents, children = runs_of(second)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4  # no run duplicated by the resume
+    assert {c.data.tags["extune.trial_id"] for c in children} == {
+        r.trial_id for r in second.records}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, len(steps) + 1))  # every epoch logged once
+    # interrupted trials continued from their checkpoint: no epoch was trained twice
+    for results in (second.path / "trials").glob("*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in results.read_text().splitlines()]
+        assert epochs == sorted(set(epochs)), (results.parent.name, epochs)

@@ -1,0 +1,77 @@
+"""Export from a search folder built by hand (no Ray): the default rule, knee, by metric."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from extune.errors import ConfigError
+from extune.search.cli import main
+from extune.search.export import export_search
+from extune.search.settings import SearchSettings
+from extune.search.store import SearchDir
+from extune.spaces import get_space
+from extune.train.config import Config
+
+POINTS = [  # (lr, accuracy, alignment, state)
+    (0.10, 0.90, 0.10, TrialState.COMPLETE),
+    (0.20, 0.80, 0.60, TrialState.COMPLETE),  # the knee
+    (0.30, 0.60, 0.80, TrialState.COMPLETE),
+    (0.40, 0.20, 0.90, TrialState.COMPLETE),
+    (0.50, 0.99, 0.99, TrialState.PRUNED),     # partial score: never exported
+]
+
+
+@pytest.fixture
+def search_dir(tmp_path):
+    settings = SearchSettings(space="supcon", objective="accuracy,alignment",
+                              out=str(tmp_path), name="handmade")
+    sdir = SearchDir.create(settings, settings.base_config(), get_space("supcon"))
+    study = optuna.create_study(study_name="handmade", storage=sdir.meta["optuna_storage"],
+                                directions=["maximize", "maximize"])
+    for i, (lr, acc, align, state) in enumerate(POINTS):
+        params = {"method": "supcon", "optim.lr": lr}
+        study.add_trial(create_trial(
+            state=state, values=[acc, align] if state == TrialState.COMPLETE else None,
+            params={"optim.lr": lr}, distributions={"optim.lr": FloatDistribution(0.01, 1.0)},
+            intermediate_values={1: acc} if state == TrialState.PRUNED else None,
+            user_attrs={"extune.params": params, "extune.ray_trial_id": f"t{i}",
+                        "extune.planned_epochs": 4,
+                        "extune.metrics": {"epoch": 4.0, "val/accuracy": acc,
+                                           "val/alignment": align}}))
+    return sdir
+
+
+@pytest.mark.parametrize("select, lr", [(None, 0.2), ("knee", 0.2), ("accuracy", 0.1),
+                                        ("alignment", 0.4)])
+def test_export_rules(search_dir, tmp_path, select, lr):
+    out = tmp_path / "best.yaml"
+    config, record = export_search(search_dir.path, out, select)
+    assert record.params["optim.lr"] == lr and record.state == "complete"
+    loaded = Config.load(out)
+    assert loaded == config == search_dir.base_config().with_overrides(record.params)
+    assert out.read_text().startswith("# exported from search handmade")
+
+
+def test_export_cli(search_dir, tmp_path, capsys):
+    out = tmp_path / "knee.yaml"
+    assert main(["export", str(search_dir.path), "-o", str(out), "--select", "knee"]) == 0
+    assert Config.load(out).optim.lr == 0.2
+    assert "trial-001" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nothing"), "-o", str(out)]) == 2
+    assert "is not a search folder" in " ".join(capsys.readouterr().err.split())
+    assert main(["export", "-o", str(out)]) == 2
+    assert main(["export", str(search_dir.path), "--run", "x", "-o", str(out)]) == 2
+
+
+def test_unknown_rule(search_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown selection 'fastest'"):
+        export_search(search_dir.path, tmp_path / "x.yaml", "fastest")
+
+
+def test_a_search_folder_is_not_reused(search_dir):
+    settings = SearchSettings(space="supcon", out=str(search_dir.path.parent), name="handmade")
+    with pytest.raises(ConfigError, match="already holds a search; pass --resume"):
+        SearchDir.create(settings, settings.base_config(), get_space("supcon"))

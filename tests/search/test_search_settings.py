@@ -1,0 +1,80 @@
+"""Search settings: objectives, validation errors, samplers, tracking URI, base config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from extune.errors import ConfigError
+from extune.search.settings import (
+    QUICK_BASE,
+    SearchSettings,
+    make_sampler,
+    parse_objectives,
+)
+
+
+def test_objectives_by_name_and_by_metric():
+    objs = parse_objectives("accuracy,alignment")
+    assert [(o.metric, o.mode) for o in objs] == [("val/accuracy", "max"),
+                                                 ("val/alignment", "max")]
+    assert parse_objectives(["ece"])[0].mode == "min"
+    assert parse_objectives("val/top5:max")[0].metric == "val/top5"
+    with pytest.raises(ConfigError, match="unknown objective 'speed'"):
+        parse_objectives("speed")
+    with pytest.raises(ConfigError, match="names a metric twice"):
+        parse_objectives("accuracy,val/accuracy:max")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"trials": 0}, "--trials must be >= 1"),
+    ({"max_concurrent": 0}, "--max-concurrent must be >= 1"),
+    ({"gpus_per_trial": -1}, "--gpus-per-trial must be >= 0"),
+    ({"sampler": "grid"}, "unknown sampler 'grid'"),
+    ({"scheduler": "pbt"}, "unknown scheduler 'pbt'"),
+    ({"time_budget_s": 0}, "--time-budget must be > 0"),
+    ({"sampler": "cmaes", "objective": "accuracy,alignment"}, "cmaes sampler optimises one"),
+    ({"name": "a b"}, "--name 'a b' may only use"),
+])
+def test_bad_settings_fail_in_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        SearchSettings(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "nsga2"])
+def test_samplers_are_seeded(name):
+    sampler = make_sampler(name, seed=3, trials=8, n_objectives=1)
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+
+
+def test_quick_base_and_overrides(tmp_path):
+    base = SearchSettings(overrides={"optim.epochs": 2}).base_config()
+    assert base.optim.epochs == 2 and base.data.train_size == QUICK_BASE["data.train_size"]
+    assert base.runtime.progress is False
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  epochs: 7\n")
+    assert SearchSettings(config=str(path)).base_config().data.train_size == 6000
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        SearchSettings(config=str(tmp_path / "missing.yaml")).base_config()
+
+
+def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = SearchSettings().resolved_tracking_uri()
+    assert uri == f"sqlite:///{Path(tmp_path).resolve() / 'mlflow.db'}"
+    assert SearchSettings(tracking_uri="http://h:5000").resolved_tracking_uri() == "http://h:5000"
+
+
+def test_concurrency_follows_resources():
+    assert SearchSettings().concurrency(cpus=2, gpus=0) == 2
+    assert SearchSettings(trials=64, cpus_per_trial=2).concurrency(cpus=16, gpus=0) == 8
+    assert SearchSettings(trials=64, gpus_per_trial=0.25).concurrency(cpus=16, gpus=1) == 4
+    assert SearchSettings(trials=3).concurrency(cpus=16, gpus=0) == 3
+    assert SearchSettings(max_concurrent=5).concurrency(cpus=1, gpus=0) == 5
+
+
+def test_settings_round_trip():
+    s = SearchSettings(space="edda", objective="accuracy,ece", trials=3)
+    assert SearchSettings.from_dict(s.to_dict()) == s

@@ -1,0 +1,133 @@
+"""The MLflow callback with a local SQLite store and fake Tune trials: parent/child runs,
+params, per-epoch metrics without Ray keys, statuses, tags, resume without duplicates, and
+``export --run`` rebuilding the typed Config from the string params."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from extune.errors import ConfigError
+from extune.search.export import config_from_params, export_run
+from extune.search.optuna_search import TRIAL_NUMBER
+from extune.search.tracking import MlflowCallback, MlflowTracker, error_summary, param_value
+from extune.train.config import Config
+
+BASE = Config().with_overrides({"optim.epochs": 3, "model.backbone": "tiny_cnn"})
+
+
+def fake_trial(trial_id, number, lr, last_result=None):
+    return SimpleNamespace(
+        trial_id=trial_id, config={TRIAL_NUMBER: number, "optim.lr": lr, "method": "ce"},
+        last_result=last_result or {}, checkpoint=None, num_failures=1,
+        get_error=lambda: "Traceback...\n  File x\nextune.errors.ExtuneError: boom happened")
+
+
+def result(epoch, acc):
+    return {"epoch": float(epoch), "val/accuracy": acc, "train/loss": 1.0 / epoch,
+            "training_iteration": epoch, "time_this_iter_s": 0.1, "done": False,
+            "config/optim.lr": 0.1, "node_id": "node-a", "hostname": "h", "pid": 42}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def runs_of(tracker):
+    return tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`extune.search_id` = '{tracker.search_id}'")
+
+
+def test_parent_and_child_runs(store, tmp_path):
+    tracker = MlflowTracker(store, "test-tracking", "search-1", "demo")
+    tracker.check()
+    parent = tracker.parent_run(params={"sampler": "tpe", "trials": 3})
+    cb = MlflowCallback(tracker, BASE.to_dict())
+    cb.setup()
+    done, stopped, failed = (fake_trial("aaa", 0, 0.1), fake_trial("bbb", 1, 0.2),
+                             fake_trial("ccc", 2, 0.3))
+    for t in (done, stopped, failed):
+        cb.on_trial_start(0, [], t)
+    for epoch in (1, 2, 3):
+        cb.on_trial_result(0, [], done, result(epoch, 0.1 * epoch))
+    cb.on_trial_result(0, [], done, result(3, 0.3))  # a replayed result is not logged twice
+    cb.on_trial_result(0, [], stopped, result(1, 0.05))
+    done.last_result, stopped.last_result = result(3, 0.3), result(1, 0.05)
+    cb.on_trial_complete(0, [], done)
+    cb.on_trial_complete(0, [], stopped)
+    cb.on_trial_error(0, [], failed)
+
+    runs = {r.data.tags.get("extune.trial_id", "parent"): r for r in runs_of(tracker)}
+    assert set(runs) == {"parent", "aaa", "bbb", "ccc"}
+    assert runs["parent"].info.run_id == parent and runs["parent"].data.params["trials"] == "3"
+    child = runs["aaa"]
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.info.run_name == "trial-000" and child.info.status == "FINISHED"
+    assert child.data.tags["extune.pruned"] == "false"
+    assert child.data.tags["extune.node_id"] == "node-a"
+    assert set(child.data.params) == set(Config.keys())
+    assert child.data.params["optim.lr"] == "0.1" and child.data.params["method"] == "ce"
+    assert set(child.data.metrics) == {"epoch", "val/accuracy", "train/loss"}  # no Ray keys
+    history = tracker.client.get_metric_history(child.info.run_id, "val/accuracy")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert runs["bbb"].data.tags["extune.pruned"] == "true"
+    assert runs["ccc"].info.status == "FAILED"
+    assert runs["ccc"].data.tags["extune.error"] == "ExtuneError: boom happened"
+
+    # the trial's config comes back, typed, from the run's string params
+    out = tmp_path / "best.yaml"
+    cfg = export_run(child.info.run_id, out, tracking_uri=store)
+    assert cfg == BASE.with_overrides({"optim.lr": 0.1, "method": "ce"})
+    assert Config.load(out) == cfg
+    with pytest.raises(ConfigError, match="parent run"):
+        export_run(parent, out, tracking_uri=store)
+    with pytest.raises(ConfigError, match="cannot read MLflow run 'nope'"):
+        export_run("nope", out, tracking_uri=store)
+
+
+def test_resumed_search_reuses_its_runs(store):
+    tracker = MlflowTracker(store, "test-tracking", "search-2", "demo2")
+    tracker.parent_run(params={"trials": 2})
+    cb = MlflowCallback(tracker, BASE.to_dict())
+    t = fake_trial("ddd", 0, 0.5)
+    cb.on_trial_start(0, [], t)
+    cb.on_trial_result(0, [], t, result(1, 0.2))
+    cb.on_experiment_end([t])  # interrupted: the open run is KILLED
+    assert {r.info.status for r in runs_of(tracker)} == {"RUNNING", "KILLED"}
+
+    # a new process: new tracker and callback objects, same search id
+    tracker2 = MlflowTracker(store, "test-tracking", "search-2", "demo2")
+    tracker2.parent_run(params={"trials": 2})
+    cb2 = MlflowCallback(tracker2, BASE.to_dict())
+    cb2.on_trial_start(0, [], t)
+    cb2.on_trial_result(0, [], t, result(1, 0.2))  # replayed epoch 1: skipped
+    cb2.on_trial_result(0, [], t, result(2, 0.4))
+    t.last_result = result(3, 0.5)
+    cb2.on_trial_result(0, [], t, result(3, 0.5))
+    cb2.on_trial_complete(0, [], t)
+    runs = runs_of(tracker2)
+    assert len(runs) == 2  # one parent, one child: nothing duplicated
+    child = next(r for r in runs if r.data.tags.get("extune.trial_id") == "ddd")
+    assert child.info.status == "FINISHED"
+    steps = [m.step for m in tracker2.client.get_metric_history(child.info.run_id, "epoch")]
+    assert steps == [1, 2, 3]
+
+
+def test_param_strings_round_trip_to_a_typed_config():
+    cfg = Config().with_overrides({"explain.layer": "layer3", "data.limit": 100,
+                                   "eval.corruptions": ["contrast"], "runtime.threads": None,
+                                   "data.name": "synthetic", "excon.negative_pair": True})
+    params = {k: param_value(v) for k, v in cfg.flatten().items()}
+    params["some.other"] = "x"  # not a Config key: ignored
+    assert config_from_params(params) == cfg
+    with pytest.raises(ConfigError, match="no extune config params"):
+        config_from_params({"lr": "0.1"})
+
+
+def test_error_summary_takes_the_exception_line():
+    assert error_summary(None) == "unknown error"
+    trace = "Traceback (most recent call last):\n  File 'a.py', line 1\nValueError: bad lr"
+    assert error_summary(trace) == "ValueError: bad lr"
+    assert error_summary("x\nextune.errors.RegistryError: no: x") == "RegistryError: no: x"
