@@ -3,7 +3,7 @@ parameters, reporting every epoch to Tune with the epoch's checkpoint folder."""
 
 from __future__ import annotations
 
-import pickle
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,19 +72,24 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
         fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data)
     except ExtuneError as e:
         trial_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_bytes(pickle.dumps(e))
+        marker.write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
         raise
 
 
 def _saved_error(marker: Path) -> BaseException:
-    """The error a previous attempt of this trial raised (same type and message)."""
+    """The error a previous attempt of this trial raised (same class where known, same message).
+
+    Stored as JSON, not pickled: the trial folder may sit on shared storage.
+    """
+    from extune.errors import DataError, RegistryError
+    from extune.train import TrainingDiverged
+
+    known = {c.__name__: c for c in (ConfigError, DataError, RegistryError, TrainingDiverged)}
     try:
-        error = pickle.loads(marker.read_bytes())
-        if isinstance(error, BaseException):
-            return error
-    except Exception:  # unreadable marker: still do not train again
-        pass
-    return ExtuneError("this trial failed before with an error a retry cannot fix")
+        saved = json.loads(marker.read_text())
+        return known.get(saved["type"], ExtuneError)(saved["message"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: still do not train again
+        return ExtuneError("this trial failed before with an error a retry cannot fix")
 
 
 def _restore_checkpoint(trial_dir: Path) -> Path | None:
