@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from extune.augment import denormalize, mask_salient
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split, saliency_grid
 from extune.models import Network, create_model
@@ -229,7 +230,8 @@ def _write_grid(state: _State, epoch: int, last: bool) -> None:
     labels = state.splits.val.labels[:n]
     standard = state.method.standard(images)
     saliency = state.method.explainer(state.model, standard, labels)
-    masked = images.float().div(255) * (saliency > state.cfg.excon.mask_threshold)
+    masked = denormalize(mask_salient(standard, saliency, state.cfg.excon.mask_threshold),
+                         state.splits.mean, state.splits.std)  # what ExCon trains on, in [0, 1]
     name = GRID_NAME if last else f"grids/epoch_{epoch + 1:03d}.png"
     path = state.out_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
