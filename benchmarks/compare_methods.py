@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 
 from extune.train import fit
 from extune.train.config import Config, parse_assignments
@@ -33,7 +34,8 @@ def main() -> None:
     for method in args.methods.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             cfg = base.with_overrides({"method": method, "runtime.seed": seed})
-            metrics = fit(cfg).metrics
+            with tempfile.TemporaryDirectory() as out:
+                metrics = fit(cfg, out_dir=out).metrics
             results.setdefault(method, []).append({k: metrics[k] for k in METRICS})
             print(method, seed, {k: round(metrics[k], 4) for k in METRICS}, flush=True)
     print(f"\n{'method':18s}" + "".join(f"{m:>22s}" for m in METRICS))
