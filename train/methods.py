@@ -7,6 +7,7 @@ over the epoch and reads them once at its end.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ class StepOutput:
     stats: dict[str, Tensor]
 
 
-class Method:
+class Method(ABC):
     """Base class: holds the model, views and explainer that every step needs.
 
     Args:
@@ -74,9 +75,9 @@ class Method:
         self.explainer = create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
                                           steps=cfg.explain.steps)
 
+    @abstractmethod
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         """Loss of one batch. ``images``: uint8 [B,3,H,W]; ``labels``: int64 [B]."""
-        raise NotImplementedError
 
     def standard(self, images: Tensor) -> Tensor:
         return standard_view(images, self.mean, self.std)

@@ -105,6 +105,14 @@ def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
     assert main(["export", str(result.path), "-o", str(tmp_path / "cli.yaml")]) == 0
     assert Config.load(tmp_path / "cli.yaml") == config
 
+    # the final run consumes the exported file and evaluates on the test set
+    final = tmp_path / "final"
+    assert main(["train", "--config", str(tmp_path / "cli.yaml"), "--set", "optim.epochs=1",
+                 "--set", "runtime.progress=false", "--out", str(final)]) == 0
+    assert Config.load(final / "config.yaml") == config.with_overrides(
+        {"optim.epochs": 1, "runtime.progress": False})
+    assert "test/accuracy" in json.loads((final / "metrics.json").read_text())["final"]
+
 
 def test_multi_objective_gives_a_pareto_front_and_a_knee(ray_local, workdir, tmp_path):
     result = run_search(make_settings(workdir, "pareto", objective="accuracy,alignment",
