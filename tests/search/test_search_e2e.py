@@ -193,7 +193,13 @@ def test_resume_after_an_interruption_ends_every_trial_once(ray_local, workdir):
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
         assert steps == list(range(1, len(steps) + 1))  # every epoch logged once
-    # interrupted trials continued from their checkpoint: no epoch was trained twice
+    # interrupted trials continued from their checkpoint, not from scratch. Ray resumes a trial
+    # from the last checkpoint its saved experiment state knows; an epoch reported in the
+    # moment of the interruption may be newer than that snapshot and is then trained again
+    # (at-least-once; MLflow still holds it once, checked above). So: epochs never go back by
+    # more than that one in-flight epoch, and no epoch is trained more than twice.
     for results in (second.path / "trials").glob("*/result.json"):
         epochs = [json.loads(line)["epoch"] for line in results.read_text().splitlines()]
-        assert epochs == sorted(set(epochs)), (results.parent.name, epochs)
+        assert sorted(set(epochs)) == [float(e) for e in range(1, len(set(epochs)) + 1)]
+        assert all(b >= a for a, b in zip(epochs[:-1], epochs[1:], strict=True)), (results.parent.name, epochs)
+        assert len(epochs) - len(set(epochs)) <= 1, (results.parent.name, epochs)
