@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extune.augment import (
+    Explainer,
     SupConViews,
     create_explainer,
     keep_mask,
@@ -31,7 +32,7 @@ from extune.evaluate import eval_mode
 from extune.models import Network, SupConLoss
 from extune.train.config import Config
 
-__all__ = ["Method", "StepOutput", "create_method", "list_methods"]
+__all__ = ["Method", "StepOutput", "config_explainer", "create_method", "list_methods"]
 
 
 @dataclass
@@ -72,8 +73,7 @@ class Method(ABC):
         self.contrastive_views = SupConViews(size, mean, std)
         self.classifier_views = SupConViews(size, mean, std, scale=(0.5, 1.0), jitter_p=0.0,
                                             gray_p=0.0)
-        self.explainer = create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
-                                          steps=cfg.explain.steps)
+        self.explainer = config_explainer(cfg)
 
     @abstractmethod
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
@@ -242,6 +242,12 @@ class RandomOcclusion(EDDA):
 _METHODS: dict[str, type[Method]] = {
     m.name: m for m in (CrossEntropy, SupCon, ExCon, EDDA, RandomOcclusion)
 }
+
+
+def config_explainer(cfg: Config) -> Explainer:
+    """The explainer named by ``cfg.explain`` (training steps and evaluation share it)."""
+    return create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
+                            steps=cfg.explain.steps)
 
 
 def list_methods() -> list[str]:

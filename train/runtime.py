@@ -12,7 +12,8 @@ import torch
 from extune.errors import ConfigError
 from extune.train.config import RuntimeConfig
 
-__all__ = ["resolve_device", "seed_everything", "autocast", "rng_state", "set_rng_state"]
+__all__ = ["resolve_device", "seed_everything", "autocast", "rng_state", "set_rng_state",
+           "torch_threads"]
 
 
 def resolve_device(cfg: RuntimeConfig) -> torch.device:
