@@ -24,8 +24,11 @@ _RESUME_OK = {"resume", "address"}
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``search``, ``export`` and ``ui`` commands to ``app``."""
+    """Add the ``search``, ``study``, ``export`` and ``ui`` commands to ``app``."""
+    from extune.search.cli_study import study
+
     app.command("search")(search)
+    app.command("study")(study)
     app.command("export")(export)
     app.command("ui")(ui)
 
@@ -73,6 +76,9 @@ def search(
     = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Folder that holds search folders. (default: runs)")] = None,
+    fix: Annotated[list[str] | None, typer.Option(
+        help="Hold a searched setting at a value, e.g. --fix explain.explainer=gradcam "
+             "(repeatable).")] = None,
     live: Annotated[bool, typer.Option(help="Live table of trials on a terminal.")] = True,
 ) -> None:
     """Search hyperparameters: Optuna samples, Ray Tune runs trials, MLflow records them.
@@ -92,6 +98,7 @@ def search(
         result = _run(lambda: run_search(resume=resume, address=address), resume=resume)
     else:
         kwargs = _settings_kwargs(given, parse_assignments(set_ or []))
+        kwargs["fixed"] = parse_assignments(fix or [])
         settings = SearchSettings(**kwargs, live=live)
         _print_plan(settings)
         result = _run(lambda: run_search(settings), resume=None)
@@ -103,11 +110,11 @@ def search(
 _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
                  "gpus_per_trial", "time_budget", "sampler", "seed", "scheduler", "objective",
                  "max_failures", "address", "storage", "tracking_uri", "experiment", "name",
-                 "resume", "out")
+                 "resume", "out", "fix")
 
 
 def _settings_kwargs(given: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    rename = {"time_budget": "time_budget_s", "set_": None, "resume": None}
+    rename = {"time_budget": "time_budget_s", "set_": None, "resume": None, "fix": None}
     kwargs: dict[str, Any] = {}
     for key, value in given.items():
         target = rename.get(key, key)

@@ -12,7 +12,12 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from extune.search.optuna_search import reported_metrics, split_config, trial_label
+from extune.search.optuna_search import (
+    config_label,
+    reported_metrics,
+    split_config,
+    trial_label,
+)
 from extune.search.results import TrialRecord, pareto_front, rank_records
 from extune.search.settings import Objective
 from extune.search.tracking import trial_error
@@ -136,7 +141,8 @@ class LiveConsole(Callback):
                 planned = Config.from_dict(self.base).with_overrides(params).optim.epochs
             except Exception:
                 planned = None
-            self._rows[trial.trial_id] = _Row(trial_label(number, trial.trial_id),
+            label = trial_label(number, trial.trial_id, config_label(trial.config))
+            self._rows[trial.trial_id] = _Row(label,
                                               planned=planned, params=params)
         return self._rows[trial.trial_id]
 

@@ -30,22 +30,43 @@ from ray.tune.search.optuna import OptunaSearch
 
 from extune.train.config import Config
 
-__all__ = ["PruneAwareOptunaSearch", "reported_metrics", "TRIAL_NUMBER", "split_config",
-           "trial_label"]
+__all__ = ["PruneAwareOptunaSearch", "reported_metrics", "TRIAL_NUMBER", "LABEL", "RUN",
+           "split_config", "config_label", "trial_label"]
 
 TRIAL_NUMBER = "_optuna_trial"
 """Key added to every Tune trial config: the Optuna trial number (how trials are named)."""
 
 
+LABEL = "_label"
+"""Optional key of a Tune trial config: the trial's name (a study's final runs: ``excon-seed1``)."""
+
+RUN = "_run"
+"""Optional key of a Tune trial config: a whole override dict (a study's final runs are a Tune
+grid over such dicts, one per method and seed); its keys join the config's own."""
+
+
 def split_config(config: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
-    """A Tune trial config -> (Optuna trial number, Config overrides)."""
-    params = {k: v for k, v in config.items() if k != TRIAL_NUMBER}
+    """A Tune trial config -> (Optuna trial number, Config overrides).
+
+    Keys that start with ``_`` (:data:`TRIAL_NUMBER`, :data:`LABEL`, :data:`RUN`) describe the
+    trial and are not Config overrides; the dict under :data:`RUN` holds overrides.
+    """
+    merged = {**config.get(RUN, {}), **config}
+    params = {k: v for k, v in merged.items() if not k.startswith("_")}
     number = config.get(TRIAL_NUMBER)
     return (int(number) if number is not None else None), params
 
 
-def trial_label(number: int | None, trial_id: str | None = None) -> str:
-    """``trial-007`` (Optuna number), or the Tune trial id when the number is unknown."""
+def config_label(config: dict[str, Any]) -> str | None:
+    """The :data:`LABEL` of a Tune trial config (top level or in its :data:`RUN` dict)."""
+    return config.get(LABEL) or config.get(RUN, {}).get(LABEL)
+
+
+def trial_label(number: int | None, trial_id: str | None = None,
+                label: str | None = None) -> str:
+    """``label`` if given, else ``trial-007`` (Optuna number), else the Tune trial id."""
+    if label:
+        return label
     return f"trial-{number:03d}" if number is not None else f"trial-{trial_id}"
 
 log = logging.getLogger(__name__)

@@ -121,6 +121,11 @@ class SearchSettings:
         out: folder that holds the search folder (``<out>/<name>``).
         reduction_factor, grace_period: ASHA settings (``grace_period`` in epochs).
         live: show the live table (else one line per finished trial).
+        fixed: searched parameters held at a value (dotted key -> value): the space still asks
+            for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
+            follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
+        run_tags: more tags of the search's MLflow parent run (a study nests its searches under
+            its own run with ``mlflow.parentRunId``).
     """
 
     space: str = "excon"
@@ -145,6 +150,8 @@ class SearchSettings:
     reduction_factor: float = 2.0
     grace_period: int = 1
     live: bool = True
+    fixed: dict[str, Any] = field(default_factory=dict)
+    run_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, str):
@@ -173,6 +180,9 @@ class SearchSettings:
         _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        bad = [k for k in self.fixed if k not in Config.keys()]
+        _check(not bad, f"--fix names unknown config key(s) {', '.join(bad)}")
+        Config().with_overrides(self.fixed)  # wrong types and ranges fail here, in one line
         objectives = parse_objectives(self.objective)
         _check(not (self.sampler == "cmaes" and len(objectives) > 1),
                "the cmaes sampler optimises one objective; use tpe or nsga2 for several")
@@ -236,8 +246,10 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def make_sampler(name: str, seed: int, trials: int, n_objectives: int) -> Any:
-    """An Optuna sampler by name, seeded.
+def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
+                 fixed: dict[str, Any] | None = None) -> Any:
+    """An Optuna sampler by name, seeded; wrapped in ``PartialFixedSampler`` when ``fixed``
+    holds parameters at given values.
 
     TPE starts from ``max(2, min(10, trials // 4))`` random trials (Optuna's default of 10
     would leave a small search purely random), models parameters jointly (``multivariate``,
@@ -253,7 +265,10 @@ def make_sampler(name: str, seed: int, trials: int, n_objectives: int) -> Any:
 
     with warnings.catch_warnings():  # several options are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _sampler(optuna.samplers, name, seed, trials)
+        sampler = _sampler(optuna.samplers, name, seed, trials)
+        if fixed:
+            sampler = optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
+        return sampler
 
 
 def _sampler(samplers: Any, name: str, seed: int, trials: int) -> Any:

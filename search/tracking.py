@@ -22,7 +22,12 @@ from typing import Any
 
 from ray.tune import Callback
 
-from extune.search.optuna_search import reported_metrics, split_config, trial_label
+from extune.search.optuna_search import (
+    config_label,
+    reported_metrics,
+    split_config,
+    trial_label,
+)
 from extune.search.services import ServiceError, check_tracking_uri
 from extune.train.config import Config
 
@@ -52,13 +57,19 @@ class MlflowTracker:
         experiment: experiment name (created when missing).
         search_id: the search's unique id (tag ``extune.search_id``).
         search_name: the search's name (the parent run's name).
+        role: the parent run's ``extune.role`` tag: ``search``, or ``study`` for a study's run.
+        tags: more tags of the parent run when it is created (``mlflow.parentRunId`` nests a
+            search under a study's run).
     """
 
-    def __init__(self, uri: str, experiment: str, search_id: str, search_name: str) -> None:
+    def __init__(self, uri: str, experiment: str, search_id: str, search_name: str, *,
+                 role: str = "search", tags: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.search_id = search_id
         self.search_name = search_name
+        self.role = role
+        self.tags = dict(tags or {})
         self._client: Any = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
@@ -113,11 +124,11 @@ class MlflowTracker:
     def parent_run(self, params: dict[str, Any] | None = None) -> str:
         """The search's parent run (found by tag, else created with ``params``), RUNNING."""
         if self._parent is None:
-            tags = {"extune.search_id": self.search_id, "extune.role": "search"}
+            tags = {"extune.search_id": self.search_id, "extune.role": self.role}
             run_id = self._find(tags)
             if run_id is None:
                 run = self.client.create_run(self.experiment_id, run_name=self.search_name,
-                                             tags=tags)
+                                             tags={**self.tags, **tags})
                 run_id = run.info.run_id
                 self.log_params(run_id, params or {})
             else:
@@ -211,11 +222,14 @@ class MlflowCallback(Callback):
     Args:
         tracker: the search's :class:`MlflowTracker`.
         base: the base config as a dict (a trial's full config is ``base`` + its parameters).
+        tags: tags of every child run (a study's final runs: ``extune.stage=final``).
     """
 
-    def __init__(self, tracker: MlflowTracker, base: dict[str, Any]) -> None:
+    def __init__(self, tracker: MlflowTracker, base: dict[str, Any],
+                 tags: dict[str, str] | None = None) -> None:
         self.tracker = tracker
         self.base = base
+        self.tags = dict(tags or {})
         self._last_step: dict[str, int] = {}
         self._ended: set[str] = set()
 
@@ -224,12 +238,16 @@ class MlflowCallback(Callback):
 
     def _run(self, trial: Any) -> str:
         number, overrides = split_config(trial.config)
-        tags = {"extune.searched": ",".join(sorted(overrides))}
+        params = trial_params(self.base, overrides)
+        tags = {**self.tags, "extune.searched": ",".join(sorted(overrides)),
+                "extune.method": str(params.get("method", overrides.get("method", "")))}
         if number is not None:
             tags["extune.optuna_trial"] = str(number)
+        if "runtime.seed" in params:
+            tags["extune.seed"] = str(params["runtime.seed"])
         run_id, created = self.tracker.child_run(
-            trial.trial_id, name=trial_label(number, trial.trial_id),
-            params=trial_params(self.base, overrides), tags=tags)
+            trial.trial_id, name=trial_label(number, trial.trial_id, config_label(trial.config)),
+            params=params, tags=tags)
         if trial.trial_id not in self._last_step:
             self._last_step[trial.trial_id] = 0 if created else self.tracker.last_step(run_id)
         return run_id

@@ -124,7 +124,7 @@ def _tracker(sdir: SearchDir) -> Any:
     from extune.search.tracking import MlflowTracker
 
     tracker = MlflowTracker(sdir.meta["tracking_uri"], sdir.settings.experiment,
-                            sdir.search_id, sdir.name)
+                            sdir.search_id, sdir.name, tags=sdir.settings.run_tags)
     tracker.check()
     created = _parent_params(sdir)
     run_id = tracker.parent_run(params=created)
@@ -146,6 +146,7 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "gpus_per_trial": s.gpus_per_trial, "time_budget_s": s.time_budget_s,
         "max_failures": s.max_failures, "address": s.address or "local",
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
+        "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
     }
     if s.scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
@@ -236,7 +237,8 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
         sdir.space(), base=base,
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
-        sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives)),
+        sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
+                             settings.fixed),
         storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]),
         study_name=sdir.name)
 

@@ -1,4 +1,4 @@
-"""Built-in define-by-run spaces: ``excon``, ``edda``, ``supcon``, ``ce``.
+"""Built-in define-by-run spaces: ``excon``, ``edda``, ``random_occlusion``, ``supcon``, ``ce``.
 
 Every parameter is named by its dotted Config key, so a trial's parameters are Config overrides
 as they are. Conditional parameters are only asked for when they matter (``explain.layer`` only
@@ -12,7 +12,7 @@ from typing import Any
 
 from extune.spaces.registry import register_space
 
-__all__ = ["excon", "edda", "supcon", "ce", "EXPLAINERS", "GRADCAM_LAYERS"]
+__all__ = ["excon", "edda", "random_occlusion", "supcon", "ce", "EXPLAINERS", "GRADCAM_LAYERS"]
 
 EXPLAINERS = ("gradcam", "saliency", "input_x_gradient", "guided_backprop",
               "integrated_gradients", "deeplift")
@@ -64,13 +64,10 @@ def excon(trial: Any) -> dict[str, Any]:
     return params
 
 
-@register_space("edda")
-def edda(trial: Any) -> dict[str, Any]:
-    """EDDA: occluded fraction of the batch, kept/occluded saliency fractions, salient target
-    (uniform or smoothed label), fill, loss weights, warm-up, explainer, lr, weight decay,
-    batch size."""
-    params: dict[str, Any] = {"method": "edda"}
-    params["edda.warmup_epochs"] = trial.suggest_int("edda.warmup_epochs", 0, 2)
+def _occlusion(trial: Any) -> dict[str, Any]:
+    """What EDDA and its random-occlusion baseline share: occluded fraction of the batch,
+    kept/occluded fractions, salient target (uniform or smoothed label), fill, loss weights."""
+    params: dict[str, Any] = {}
     params["edda.ratio"] = trial.suggest_float("edda.ratio", 0.1, 0.9)
     params["edda.keep_fraction"] = trial.suggest_float("edda.keep_fraction", 0.1, 0.6)
     params["edda.occlude_fraction"] = trial.suggest_float("edda.occlude_fraction", 0.1, 0.6)
@@ -82,7 +79,28 @@ def edda(trial: Any) -> dict[str, Any]:
     params["edda.nonsalient_weight"] = trial.suggest_float("edda.nonsalient_weight", 0.1, 2.0,
                                                            log=True)
     params["edda.salient_weight"] = trial.suggest_float("edda.salient_weight", 0.1, 2.0, log=True)
+    return params
+
+
+@register_space("edda")
+def edda(trial: Any) -> dict[str, Any]:
+    """EDDA: warm-up, the occlusion settings (see ``_occlusion``), explainer, lr, weight decay,
+    batch size."""
+    params: dict[str, Any] = {"method": "edda"}
+    params["edda.warmup_epochs"] = trial.suggest_int("edda.warmup_epochs", 0, 2)
+    params.update(_occlusion(trial))
     params.update(_explainer(trial))
+    params.update(_optim(trial, lr=(0.005, 0.5)))
+    return params
+
+
+@register_space("random_occlusion")
+def random_occlusion(trial: Any) -> dict[str, Any]:
+    """EDDA's baseline: the same space as ``edda`` without the explainer (its occlusions are at
+    random places), so that a study compares the two with equal freedom."""
+    params: dict[str, Any] = {"method": "random_occlusion"}
+    params["edda.warmup_epochs"] = trial.suggest_int("edda.warmup_epochs", 0, 2)
+    params.update(_occlusion(trial))
     params.update(_optim(trial, lr=(0.005, 0.5)))
     return params
 

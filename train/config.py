@@ -147,7 +147,8 @@ class EvalConfig:
 
     every: int = _num(1, 1)  # evaluate every N epochs (and always after the last)
     batch_size: int = _num(256, 1)
-    test: bool = False  # also evaluate on the test set after training (final runs)
+    test: bool = False  # also evaluate on the test set after the last epoch (final runs)
+    explainer: str | None = None  # explanation metrics' explainer; None: explain.explainer
     explain_samples: int = _num(256, 0)  # validation images used for explanation metrics
     top_fraction: float = _num(0.15, 0.0, 1.0, low_open=True, high_open=True)
     deletion_steps: int = _num(16, 2, 256)

@@ -10,7 +10,7 @@ from extune.models import Network, create_model
 from extune.train.checkpoint import checkpoint_path, load_checkpoint
 from extune.train.config import Config, parse_assignments
 from extune.train.data import load_data
-from extune.train.methods import config_explainer
+from extune.train.methods import evaluation_explainer
 from extune.train.runtime import resolve_device, seed_everything
 
 __all__ = ["evaluate_checkpoint", "load_model"]
@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     images = splits.val if split == "val" else splits.test
     if images is None:
         raise ExtuneError(f"data set '{cfg.data.name}' has no test split; use --split val")
-    explainer = config_explainer(cfg)
+    explainer = evaluation_explainer(cfg)
     metrics = evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                              std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
                              explainer=explainer, prefix=split, full=True)

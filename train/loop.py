@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from extune.augment import denormalize, mask_salient
+from extune.augment import Explainer, denormalize, mask_salient
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split, saliency_grid
 from extune.models import Network, create_model
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
-from extune.train.methods import Method, create_method
+from extune.train.methods import Method, create_method, evaluation_explainer
 from extune.train.progress import EpochProgress
 from extune.train.runtime import (
     autocast,
@@ -76,6 +76,7 @@ class _State:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     batch_size: int
     out_dir: Path
+    eval_explainer: Explainer
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
 
@@ -95,7 +96,9 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         data: already loaded data (a search puts it in Ray's object store once); loaded from
             ``config.data`` when ``None``.
         test: also evaluate on the test split after the last epoch (final runs only: a search
-            objective must never see the test set).
+            objective must never see the test set); ``eval.test`` asks for it too. The
+            ``test/...`` metrics join the last epoch's metrics before it is reported, so a
+            final run inside Ray Tune reports them.
 
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
@@ -103,14 +106,17 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         progress = EpochProgress(enabled=config.runtime.progress)
+        test = (test or config.eval.test) and state.splits.test is not None
         for epoch in range(state.start_epoch, config.optim.epochs):
             metrics = _run_epoch(state, epoch, progress)
+            if test and epoch == config.optim.epochs - 1:
+                metrics.update(_evaluate(state, state.splits.test, prefix="test", full=True))
             state.history.append(metrics)
             _save(state, epoch)
             if report is not None:
                 report(metrics, state.out_dir)
         final = dict(state.history[-1]) if state.history else {}
-        if test and state.splits.test is not None:
+        if test and not any(k.startswith("test/") for k in final):  # resumed after the end
             final.update(_evaluate(state, state.splits.test, prefix="test", full=True))
         _write_metrics(state, final)
         state.model.eval()
@@ -135,7 +141,8 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="extune-"))
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
-    state = _State(cfg, device, splits, model, method, optimizer, scheduler, batch_size, out)
+    state = _State(cfg, device, splits, model, method, optimizer, scheduler, batch_size, out,
+                   evaluation_explainer(cfg))
     if resume is not None:
         _restore(state, resume)
     return state
@@ -218,7 +225,7 @@ def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool) -> dict[s
     return evaluate_split(
         state.model, split, mean=state.splits.mean, std=state.splits.std,
         num_classes=state.splits.num_classes, cfg=state.cfg.eval,
-        explainer=state.method.explainer, prefix=prefix, full=full)
+        explainer=state.eval_explainer, prefix=prefix, full=full)
 
 
 def _write_grid(state: _State, epoch: int, last: bool) -> None:

@@ -32,7 +32,8 @@ from extune.evaluate import eval_mode
 from extune.models import Network, SupConLoss
 from extune.train.config import Config
 
-__all__ = ["Method", "StepOutput", "config_explainer", "create_method", "list_methods"]
+__all__ = ["Method", "StepOutput", "config_explainer", "evaluation_explainer", "create_method",
+           "list_methods"]
 
 
 @dataclass
@@ -248,6 +249,16 @@ def config_explainer(cfg: Config) -> Explainer:
     """The explainer named by ``cfg.explain`` (training steps and evaluation share it)."""
     return create_explainer(cfg.explain.explainer, layer=cfg.explain.layer,
                             steps=cfg.explain.steps)
+
+
+def evaluation_explainer(cfg: Config) -> Explainer:
+    """The explainer of the explanation metrics: ``eval.explainer`` (with its default layer)
+    when set, so that methods trained with different explainers are measured alike (a study);
+    else the training explainer."""
+    name = cfg.eval.explainer
+    if name is None or name == cfg.explain.explainer:
+        return config_explainer(cfg)
+    return create_explainer(name, layer=None, steps=cfg.explain.steps)
 
 
 def list_methods() -> list[str]:

@@ -1,0 +1,144 @@
+"""``extune study``: a fair, seeded comparison of methods (added to the app by ``register``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from extune.errors import ConfigError
+
+__all__ = ["study"]
+
+console = Console()
+
+_RESUME_OK = {"resume"}
+
+
+def study(
+    methods: Annotated[str | None, typer.Option(
+        help="Methods to compare, comma-separated. (default: ce,supcon,excon,edda,"
+             "random_occlusion)")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Final runs per method (seeds). (default: 3; --quick: 2)")] = None,
+    final_epochs: Annotated[int | None, typer.Option(
+        help="Epochs of a final run. (default: the search epochs; --quick: 2)")] = None,
+    trials: Annotated[int | None, typer.Option(
+        help="Trials of each method's search. (default: 8; --quick: 2)")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs of a search trial (sets optim.epochs of the base).")] = None,
+    quick: Annotated[bool, typer.Option(
+        help="Tiny preset: tiny_cnn on 16 px synthetic images, 2 trials, 2 seeds.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Base config YAML (default: the quick search base).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override a base config key, e.g. --set data.name=imagefolder.")]
+    = None,
+    fix: Annotated[list[str] | None, typer.Option(
+        help="Hold a searched setting in every search, e.g. --fix explain.explainer=gradcam.")]
+    = None,
+    eval_explainer: Annotated[str | None, typer.Option(
+        help="Explainer of every final run's explanation metrics. (default: the base's "
+             "explain.explainer)")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler of every search. (default: tpe)")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="asha or none. (default: asha)")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="Validation objective that selects each method's config. (default: accuracy)")]
+    = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial. (default: 1)")]
+    = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial. (default: 0)")]
+    = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Trials running at once.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Shared path or bucket URI for trial results and checkpoints (clusters).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI. (default: sqlite:///mlflow.db)")] = None,
+    experiment: Annotated[str | None, typer.Option(
+        help="MLflow experiment. (default: extune)")] = None,
+    name: Annotated[str | None, typer.Option(help="Study name. (default: study-<date>-<time>)")]
+    = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder that holds study folders. (default: runs)")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Finish the interrupted study in this folder (nothing is trained twice).")] = None,
+    live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
+) -> None:
+    """Compare methods fairly: the same search budget for each, the chosen configs retrained
+    with several seeds, test metrics with 95% intervals and the papers' claims with verdicts."""
+    from extune.search.study import StudySettings, run_study
+    from extune.train.config import parse_assignments
+
+    given = {k: v for k, v in locals().items() if k in _OPTION_NAMES and v is not None}
+    if resume is not None:
+        extra = sorted(set(given) - _RESUME_OK)
+        if extra or quick:
+            flags = ", ".join("--" + e.rstrip("_").replace("_", "-") for e in extra or ["quick"])
+            raise ConfigError(f"--resume continues a study with its saved settings; drop {flags}")
+        result = _run(lambda: run_study(resume=resume), resume)
+    else:
+        kwargs = _kwargs(given, parse_assignments(set_ or []), parse_assignments(fix or []))
+        settings = StudySettings.preset(quick, **kwargs, live=live)
+        _print_plan(settings)
+        result = _run(lambda: run_study(settings), None)
+    _print_result(result)
+
+
+_OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "epochs", "config", "set_", "fix",
+                 "eval_explainer", "sampler", "seed", "scheduler", "objective",
+                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "address", "storage",
+                 "tracking_uri", "experiment", "name", "out", "resume")
+
+
+def _kwargs(given: dict[str, Any], overrides: dict[str, Any], fixed: dict[str, Any]
+            ) -> dict[str, Any]:
+    kwargs = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()
+              if k not in ("set_", "fix", "resume")}
+    kwargs["overrides"] = overrides
+    kwargs["fixed"] = fixed
+    return kwargs
+
+
+def _run(call: Any, resume: Path | None) -> Any:
+    try:
+        return call()
+    except KeyboardInterrupt:
+        hint = f" --resume {resume}" if resume else " --resume <the study folder>"
+        console.print(f"interrupted; continue with: extune study{hint}", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _print_plan(s: Any) -> None:
+    base = s.base_config()
+    console.print(
+        f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
+        f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
+        f"{s.scheduler}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
+        "evaluated on the test split", highlight=False, markup=False)
+
+
+def _print_result(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.name}: claims (paired differences over seeds)",
+                  title_justify="left", header_style="bold")
+    for column in ("claim", "metric", "A - B", "95% CI", "verdict"):
+        table.add_column(column)
+    style = {"holds": "green", "reversed": "red"}
+    for c in result.results["comparisons"]:
+        d = c["difference"]
+        ci = (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None
+              else f"n={c['n']}")
+        mean = "-" if d.get("mean") is None else f"{d['mean']:+.3f}"
+        table.add_row(f"{c['a']} vs {c['b']}", c["metric"], mean, ci,
+                      f"[{style.get(c['verdict'], 'yellow')}]{c['verdict']}[/]")
+    console.print(table)
+    console.print(f"report: {result.files['report']}\nresults: {result.files['results']}\n"
+                  f"MLflow: {result.tracking_uri} (study run {result.parent_run_id}); browse "
+                  f"with: extune ui\nstudy folder: {result.path} ({result.wall_s / 60:.1f} min)",
+                  highlight=False, markup=False)
