@@ -448,7 +448,7 @@ def _log_study(tracker: Any, results: dict[str, Any], files: dict[str, Path]) ->
     for method, summary in results["methods"].items():
         for metric, interval in summary["final"].items():
             if interval.get("mean") is not None:
-                metrics[f"{method}/{metric}"] = interval["mean"]
+                metrics[f"{method}/test/{metric}"] = interval["mean"]  # mean over seeds
     tracker.log_metrics(parent, metrics, step=0)
     verdicts = {f"extune.claim.{c['a']}-{c['b']}.{c['metric']}": c["verdict"]
                 for c in results["comparisons"]}

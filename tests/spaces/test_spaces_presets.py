@@ -20,13 +20,17 @@ FIXED = {
              "edda.occlude_fraction": 0.3, "edda.salient_target": "uniform", "edda.fill": "blur",
              "edda.nonsalient_weight": 1.0, "edda.salient_weight": 0.5,
              "explain.explainer": "input_x_gradient", **OPTIM},
+    "random_occlusion": {"edda.warmup_epochs": 1, "edda.ratio": 0.4, "edda.keep_fraction": 0.2,
+                         "edda.occlude_fraction": 0.5, "edda.salient_target": "uniform",
+                         "edda.fill": "mean", "edda.nonsalient_weight": 1.0,
+                         "edda.salient_weight": 1.0, **OPTIM},
     "supcon": {"supcon.temperature": 0.2, **OPTIM},
     "ce": {"optim.label_smoothing": 0.1, **OPTIM},
 }
 
 
 def test_registry_lists_the_presets():
-    assert list_spaces() == ["ce", "edda", "excon", "supcon"]
+    assert list_spaces() == ["ce", "edda", "excon", "random_occlusion", "supcon"]
     assert space_name(get_space("excon")) == "excon"
 
 
@@ -71,6 +75,13 @@ def test_edda_smoothing_only_for_the_smooth_target():
     smooth = {**FIXED["edda"], "edda.salient_target": "smooth", "edda.smoothing": 0.3}
     assert space(FixedTrial(smooth))["edda.smoothing"] == 0.3
     assert "edda.smoothing" not in space(FixedTrial(FIXED["edda"]))
+
+
+def test_random_occlusion_searches_what_edda_does_but_the_explainer():
+    edda = set(get_space("edda")(FixedTrial(FIXED["edda"])))
+    occlusion = set(get_space("random_occlusion")(FixedTrial(FIXED["random_occlusion"])))
+    assert edda - occlusion == {"explain.explainer"}
+    assert occlusion <= edda
 
 
 def test_unknown_space_lists_the_registered_ones():

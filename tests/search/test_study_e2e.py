@@ -1,0 +1,96 @@
+"""``extune study --quick`` end to end (real Ray, real training, MLflow SQLite): interrupted after
+the searches, resumed, then resumed again; nothing is trained twice, the report, results and
+plots exist and MLflow holds one study run with the searches and final runs as children."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extune.search.cli import main
+from extune.search.tracking import mlflow_client
+
+pytestmark = pytest.mark.slow
+
+
+def _study_runs(uri: str) -> dict[str, list]:
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name("study-e2e")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_role: dict[str, list] = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags.get("extune.role", "?"), []).append(run)
+    return by_role
+
+
+def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
+    import extune.search.study_final as final
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["study", "--quick", "--methods", "ce,edda", "--name", "s", "--out",
+            str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "study-e2e",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-live"]
+    real_stage = final.run_final_stage
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(final, "run_final_stage", interrupted)
+    assert main(args) == 130  # interrupted after both searches
+    folder = tmp_path / "runs" / "s"
+    assert json.loads((folder / "study.json").read_text())["status"] == "interrupted"
+    assert (folder / "searches" / "edda" / "best_config.yaml").is_file()
+    assert _study_runs(uri)["study"][0].info.status == "KILLED"
+
+    monkeypatch.setattr(final, "run_final_stage", real_stage)
+    assert main(["study", "--resume", str(folder)]) == 0
+    for name in ("report.md", "results.json", "plots/overview.png", "plots/accuracy.png",
+                 "final/configs/edda.yaml"):
+        assert (folder / name).is_file(), name
+    results = json.loads((folder / "results.json").read_text())
+    assert set(results["methods"]) == {"ce", "edda"}
+    for method in ("ce", "edda"):
+        runs = results["methods"][method]["runs"]
+        assert [r["state"] for r in runs] == ["complete", "complete"]
+        assert all("test/accuracy" in r["metrics"] for r in runs)
+        assert results["methods"][method]["final"]["accuracy"]["n"] == 2
+    claims = {(c["a"], c["b"], c["metric"]) for c in results["comparisons"]}
+    assert ("edda", "ce", "alignment") in claims
+    assert all(c["verdict"] in ("holds", "not shown", "reversed")
+               for c in results["comparisons"])
+    report = (folder / "report.md").read_text()
+    assert "## Claims" in report and "edda vs ce" in report
+
+    before = _check_mlflow(uri)
+    assert main(["study", "--resume", str(folder)]) == 0  # finished: nothing more is trained
+    assert _check_mlflow(uri) == before
+
+
+def _check_mlflow(uri: str) -> tuple[int, int, int]:
+    """One FINISHED study run; the two searches and four final runs as its children; every
+    trial once; every final run's epochs logged once."""
+    by_role = _study_runs(uri)
+    (study,) = by_role["study"]
+    assert study.info.status == "FINISHED"
+    assert "ce/test/accuracy" in study.data.metrics
+    study_id = study.info.run_id
+    searches = by_role["search"]
+    assert sorted(r.data.tags["extune.method"] for r in searches) == ["ce", "edda"]
+    assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in searches)
+    trials = by_role["trial"]
+    finals = [r for r in trials if r.data.tags.get("extune.stage") == "final"]
+    assert sorted(r.info.run_name for r in finals) == ["ce-seed1", "ce-seed2", "edda-seed1",
+                                                      "edda-seed2"]
+    assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in finals)
+    assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics
+               for r in finals)
+    search_trials = [r for r in trials if r not in finals]
+    assert len(search_trials) == 4  # 2 per search, none duplicated
+    client = mlflow_client(uri)
+    for run in finals:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert steps == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(study_id)}
+    assert {"report.md", "results.json", "plots"} <= artifacts
+    return len(searches), len(finals), len(search_trials)
