@@ -21,6 +21,8 @@ __all__ = [
     "SearchResult",
     "SearchSettings",
     "ServiceError",
+    "StudyResult",
+    "StudySettings",
     "TrialRecord",
     "config_from_params",
     "export_run",
@@ -28,6 +30,7 @@ __all__ = [
     "knee_point",
     "pareto_front",
     "run_search",
+    "run_study",
     "select_trial",
 ]
 
@@ -39,6 +42,8 @@ _WHERE = {
     "SearchResult": "tuner",
     "SearchSettings": "settings",
     "ServiceError": "services",
+    "StudyResult": "study",
+    "StudySettings": "study",
     "TrialRecord": "results",
     "config_from_params": "export",
     "export_run": "export",
@@ -46,6 +51,7 @@ _WHERE = {
     "knee_point": "results",
     "pareto_front": "results",
     "run_search": "tuner",
+    "run_study": "study",
     "select_trial": "results",
 }
 

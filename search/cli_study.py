@@ -87,6 +87,22 @@ def study(
         _print_plan(settings)
         result = _run(lambda: run_study(settings), None)
     _print_result(result)
+    _exit_on_failed_runs(result)
+
+
+def _exit_on_failed_runs(result: Any) -> None:
+    """Exit 1 (after the report) when a final run did not finish: its method has fewer seeds."""
+    bad = [r for m in result.results["methods"].values() for r in m["runs"]
+           if r["state"] != "complete"]
+    missing = [m for m, v in result.results["methods"].items() if not v["search"].get("config")]
+    if not bad and not missing:
+        return
+    parts = [f"{r['label']} {r['state']}" + (f" ({r['error']})" if r.get("error") else "")
+             for r in bad]
+    parts += [f"{m}: its search had no complete trial, so no final runs" for m in missing]
+    console.print(f"warning: {len(parts)} problem(s); the report uses the runs that finished: "
+                  + "; ".join(parts), highlight=False, markup=False)
+    raise typer.Exit(1)
 
 
 _OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "epochs", "config", "set_", "fix",
