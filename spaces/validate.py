@@ -17,7 +17,8 @@ class SpaceCheck:
 
     Attributes:
         keys: every Config key the space set in the samples.
-        max_epochs: the largest ``optim.epochs`` of the sampled configs (the scheduler's horizon).
+        max_epochs: the scheduler's horizon: the largest ``optim.epochs`` the space allows
+            (YAML spaces declare it), else the largest of the sampled configs.
         samples: the sampled parameter dicts.
     """
 
@@ -74,4 +75,7 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
         check.max_epochs = max(check.max_epochs, cfg.optim.epochs)
         check.samples.append(params)
         study.tell(trial, 0.0)
+    declared = getattr(space, "max_epochs", None)  # YAML spaces know their largest value
+    if declared is not None:
+        check.max_epochs = max(declared, check.max_epochs)
     return check

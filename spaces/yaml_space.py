@@ -101,6 +101,15 @@ class YamlSpace:
         """The Config keys this space may set."""
         return [p.key for p in self.params]
 
+    @property
+    def max_epochs(self) -> int | None:
+        """The largest ``optim.epochs`` the space allows (ASHA's horizon); ``None`` when the
+        space does not set it."""
+        for p in self.params:
+            if p.key == "optim.epochs":
+                return int(p.high) if p.kind == "int" else int(max(p.values))
+        return None
+
     @classmethod
     def from_file(cls, path: str | Path) -> YamlSpace:
         """Read and validate a YAML space file.
@@ -175,6 +184,11 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
     if not isinstance(spec, dict):
         return Param(key, "fixed", values=(spec,))
     kind = _ALIASES.get(str(spec.get("type")), spec.get("type"))
+    if spec.get("type") == "loguniform":  # log by definition: sampled evenly over the decades
+        if spec.get("log", True) is not True:
+            raise ConfigError(f"{where}: {key}: type loguniform is a log range; drop log: "
+                              "false or use type: float")
+        spec = {**spec, "log": True}
     if kind not in _FIELDS:
         raise ConfigError(f"{where}: {key}: type must be float, int, choice or bool, got "
                           f"{spec.get('type')!r}")
@@ -253,6 +267,15 @@ def _check_conditions(param: Param, earlier: list[Param], where: str) -> None:
             raise ConfigError(f"{where}: {param.key}: condition on '{cond_key}', which is not "
                               "declared above it in the space")
         source = declared[cond_key]
+        if source.kind == "float":
+            raise ConfigError(f"{where}: {param.key}: condition on '{cond_key}', a float drawn "
+                              "from a range, can never hold; condition on a choice, bool, int "
+                              "or fixed key")
+        if source.kind == "int" and not any(
+                isinstance(v, int) and source.low <= v <= source.high for v in allowed):
+            raise ConfigError(f"{where}: {param.key}: condition {cond_key} in {list(allowed)} "
+                              f"can never hold; {cond_key} takes whole numbers "
+                              f"{source.low:g}-{source.high:g}")
         if source.kind in ("choice", "fixed") and not set(allowed) & set(source.values):
             raise ConfigError(f"{where}: {param.key}: condition {cond_key} in "
                               f"{list(allowed)} can never hold; {cond_key} takes "

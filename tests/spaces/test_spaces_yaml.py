@@ -99,3 +99,49 @@ def test_space_sets_keys_that_fail_together_are_caught_by_sampling():
     assert check.max_epochs == 10  # the base's 10 epochs are the largest
     check = validate_space(space, Config().with_overrides({"optim.epochs": 1}), samples=16)
     assert check.max_epochs == 3
+
+
+def test_loguniform_samples_on_a_log_scale():
+    import optuna
+
+    space = YamlSpace.from_yaml("optim.lr: {type: loguniform, low: 1.0e-5, high: 1.0}")
+    assert space.params[0].log
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = []
+    for _ in range(400):
+        trial = study.ask()
+        values.append(space(trial)["optim.lr"])
+        study.tell(trial, 0.0)
+    decades = [sum(10.0 ** -(d + 1) <= v < 10.0 ** -d for v in values) for d in range(5)]
+    assert all(n > 400 / 5 * 0.6 for n in decades), decades  # linear: ~90% in the top decade
+
+
+def test_loguniform_with_log_false_is_refused():
+    with pytest.raises(ConfigError, match="loguniform is a log range"):
+        YamlSpace.from_yaml("optim.lr: {type: loguniform, low: 1.0e-5, high: 1.0, log: false}")
+
+
+def test_condition_on_a_float_key_is_an_error():
+    text = ("excon.mask_threshold: {type: float, low: 0.2, high: 0.8}\n"
+            "excon.warmup_epochs: {type: int, low: 0, high: 2, when: {excon.mask_threshold: 0.5}}")
+    with pytest.raises(ConfigError, match="a float drawn from a range, can never hold"):
+        YamlSpace.from_yaml(text)
+
+
+def test_condition_on_an_int_key_outside_its_range_is_an_error():
+    text = ("excon.warmup_epochs: {type: int, low: 0, high: 2}\n"
+            "excon.mask_threshold: {type: float, low: 0.2, high: 0.8, "
+            "when: {excon.warmup_epochs: 5}}")
+    with pytest.raises(ConfigError, match="can never hold"):
+        YamlSpace.from_yaml(text)
+
+
+def test_scheduler_horizon_is_the_largest_epochs_the_space_allows():
+    space = YamlSpace.from_yaml("optim.epochs: {type: int, low: 1, high: 40}\n"
+                                "optim.lr: {type: float, low: 0.01, high: 0.1}")
+    assert space.max_epochs == 40
+    # 3 random draws almost never hit 40; the horizon must still be 40
+    assert validate_space(space, Config(), samples=3, seed=0).max_epochs == 40
+    choice = YamlSpace.from_yaml("optim.epochs: {type: choice, values: [5, 20, 10]}")
+    assert choice.max_epochs == 20
+    assert YamlSpace.from_yaml("optim.lr: 0.1").max_epochs is None
