@@ -54,7 +54,8 @@ def search(
         help="tpe, random, cmaes, nsga2 or qmc (seeded). (default: tpe)")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
     scheduler: Annotated[str | None, typer.Option(
-        help="asha (stop weak trials early) or none. (default: asha)")] = None,
+        help="asha (stop weak trials early), none, or auto: asha for one objective, none "
+             "for several (no bias of the Pareto front). (default: auto)")] = None,
     objective: Annotated[str | None, typer.Option(
         help="accuracy, alignment, ece, ... or several: accuracy,alignment (Pareto front). "
              "(default: accuracy)")] = None,
@@ -140,7 +141,7 @@ def _print_plan(settings: Any) -> None:
         f"({settings.max_concurrent or 'as many as fit'} at once, "
         f"{settings.cpus_per_trial:g} CPU"
         f"{f' + {settings.gpus_per_trial:g} GPU' if settings.gpus_per_trial else ''} each), "
-        f"sampler {settings.sampler}, scheduler {settings.scheduler}, objective "
+        f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
         f"{','.join(settings.objective)}; Ray {settings.address or 'local'}", highlight=False)
 
 

@@ -45,7 +45,8 @@ def study(
     sampler: Annotated[str | None, typer.Option(help="Sampler of every search. (default: tpe)")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="asha or none. (default: asha)")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="asha, none or auto (asha for one objective). (default: auto)")] = None,
     objective: Annotated[str | None, typer.Option(
         help="Validation objective that selects each method's config. (default: accuracy)")]
     = None,
@@ -134,7 +135,8 @@ def _print_plan(s: Any) -> None:
     console.print(
         f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
         f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
-        f"{s.scheduler}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
+        f"{s.search_settings(s.methods[0], out='.', parent_run=None, study_id='').scheduler_text()}"
+        "), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
         "evaluated on the test split", highlight=False, markup=False)
 
 

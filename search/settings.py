@@ -43,7 +43,7 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 """Objective names for ``--objective`` -> (reported metric, direction)."""
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("auto", "asha", "none")
 
 QUICK_BASE: dict[str, Any] = {
     "data.train_size": 3000,
@@ -108,7 +108,9 @@ class SearchSettings:
         time_budget_s: stop the whole search after this many seconds.
         sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
         seed: sampler seed.
-        scheduler: ``asha`` (early stopping) or ``none``.
+        scheduler: ``asha`` (early stopping on the first objective), ``none``, or ``auto``:
+            ASHA with one objective, none with several (ASHA ranks trials by the first objective
+            only, so it would pre-filter the Pareto front toward it).
         objective: objective names (see :data:`OBJECTIVES`); several give a Pareto front.
         max_failures: retries of a failing trial from its last checkpoint.
         address: Ray cluster to join; ``None`` starts Ray on this machine.
@@ -138,7 +140,7 @@ class SearchSettings:
     time_budget_s: float | None = None
     sampler: str = "tpe"
     seed: int = 0
-    scheduler: str = "asha"
+    scheduler: str = "auto"
     objective: list[str] = field(default_factory=lambda: ["accuracy"])
     max_failures: int = 1
     address: str | None = None
@@ -175,8 +177,8 @@ class SearchSettings:
                f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
         _check(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
                f"{', '.join(SAMPLERS)}")
-        _check(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use asha "
-               "or none")
+        _check(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use auto, "
+               "asha or none")
         _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
@@ -193,6 +195,24 @@ class SearchSettings:
     @property
     def objectives(self) -> list[Objective]:
         return parse_objectives(self.objective)
+
+    @property
+    def resolved_scheduler(self) -> str:
+        """``asha`` or ``none`` (``auto``: ASHA for one objective, none for several)."""
+        if self.scheduler != "auto":
+            return self.scheduler
+        return "asha" if len(self.objectives) == 1 else "none"
+
+    def scheduler_text(self) -> str:
+        """The early-stopping rule in words (the search's first line)."""
+        if self.resolved_scheduler == "none":
+            why = " (several objectives: no early stopping, so the Pareto front is not biased)" \
+                if self.scheduler == "auto" else ""
+            return f"no early stopping{why}"
+        first = self.objectives[0].metric
+        bias = "; it ranks by the first objective only" if len(self.objectives) > 1 else ""
+        return (f"ASHA on {first} (grace {self.grace_period} epoch, reduction "
+                f"{self.reduction_factor:g}){bias}")
 
     # ------------------------------------------------------------------ derived
     def concurrency(self, cpus: float, gpus: float) -> int:

@@ -94,7 +94,7 @@ class StudySettings:
     epochs: int | None = None
     sampler: str = "tpe"
     seed: int = 0
-    scheduler: str = "asha"
+    scheduler: str = "auto"
     objective: str = "accuracy"
     fixed: dict[str, Any] = field(default_factory=dict)
     eval_explainer: str | None = None

@@ -144,16 +144,18 @@ def report_markdown(results: dict[str, Any]) -> str:
     """``report.md``: budget, chosen configs, the table of intervals, the claims."""
     s = results["settings"]
     conf = int(round(100 * s["confidence"]))
-    lines = [f"# Study {results['study']}", "",
-             f"Data set **{results['data']}**; methods {', '.join(s['methods'])}. "
-             f"Each method: a search of its built-in space, {s['trials']} trials of "
-             f"{results['search_epochs']} epochs (sampler {s['sampler']} seed {s['seed']}, "
-             f"scheduler {s['scheduler']}), selected on validation {s['objective']}; then the "
-             f"chosen config retrained with {s['seeds']} seeds ({results['final_seeds']}) for "
-             f"{results['final_epochs']} epochs and evaluated on the test split. Explanation "
-             f"metrics use **{results['eval_explainer']}** for every method."
-             + (f" Held fixed in every search: {results['fixed']}." if results["fixed"] else ""),
-             "", f"Wall time: {_minutes(results['wall_s'])}.", ""]
+    budget = (
+        f"Data set **{results['data']}**; methods {', '.join(s['methods'])}. Each method: a "
+        f"search of its built-in space, {s['trials']} trials of {results['search_epochs']} "
+        f"epochs (sampler {s['sampler']} seed {s['seed']}, "
+        f"{results.get('scheduler', s['scheduler'])}), selected on validation {s['objective']}; "
+        f"then the chosen config retrained with {s['seeds']} seeds ({results['final_seeds']}) "
+        f"for {results['final_epochs']} epochs and evaluated on the test split. Explanation "
+        f"metrics use **{results['eval_explainer']}** for every method.")
+    if results["fixed"]:
+        budget += f" Held fixed in every search: {results['fixed']}."
+    lines = [f"# Study {results['study']}", "", budget, "",
+             f"Wall time: {_minutes(results['wall_s'])}.", ""]
     lines += _chosen_table(results)
     metrics = [_BY_NAME[n] for n in results["metrics"]]
     lines += ["", f"## Test metrics: mean ± {conf}% CI half-width (Student t over seeds)", "",
@@ -290,6 +292,8 @@ def build_results(sdir: Any, runs: Sequence[dict]) -> dict[str, Any]:
             "final_epochs": s.final_epochs or base.optim.epochs,
             "final_seeds": ", ".join(map(str, s.final_seeds())),
             "eval_explainer": s.eval_explainer or base.explain.explainer,
+            "scheduler": s.search_settings(s.methods[0], out=".", parent_run=None,
+                                           study_id="").scheduler_text(),
             "fixed": ", ".join(f"{k}={v}" for k, v in s.fixed.items()),
             "wall_s": dict(sdir.meta.get("stage_seconds", {})),
             "metrics": [m.name for m in present_metrics(runs)],

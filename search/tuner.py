@@ -141,14 +141,14 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
     params: dict[str, Any] = {
         "space": sdir.meta["space_name"], "objective": ",".join(s.objective),
         "metrics": ",".join(o.metric for o in s.objectives), "sampler": s.sampler,
-        "seed": s.seed, "scheduler": s.scheduler, "trials": s.trials,
+        "seed": s.seed, "scheduler": s.resolved_scheduler, "trials": s.trials,
         "max_concurrent": s.max_concurrent or "auto", "cpus_per_trial": s.cpus_per_trial,
         "gpus_per_trial": s.gpus_per_trial, "time_budget_s": s.time_budget_s,
         "max_failures": s.max_failures, "address": s.address or "local",
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
         "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
     }
-    if s.scheduler == "asha":
+    if s.resolved_scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
     return params
 
@@ -246,7 +246,7 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
 def _scheduler(settings: SearchSettings, max_epochs: int) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if settings.scheduler == "none":
+    if settings.resolved_scheduler == "none":
         return FIFOScheduler()
     first = settings.objectives[0]  # the scheduler ranks trials by the first objective
     return ASHAScheduler(time_attr="epoch", metric=first.metric, mode=first.mode,

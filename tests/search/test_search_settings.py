@@ -78,3 +78,31 @@ def test_concurrency_follows_resources():
 def test_settings_round_trip():
     s = SearchSettings(space="edda", objective="accuracy,ece", trials=3)
     assert SearchSettings.from_dict(s.to_dict()) == s
+
+
+def test_several_objectives_get_no_early_stopping_by_default():
+    one = SearchSettings(objective="accuracy")
+    assert one.resolved_scheduler == "asha" and "ASHA on val/accuracy" in one.scheduler_text()
+    several = SearchSettings(objective="accuracy,alignment")
+    assert several.resolved_scheduler == "none"
+    assert "Pareto front is not biased" in several.scheduler_text()
+    forced = SearchSettings(objective="accuracy,alignment", scheduler="asha")
+    assert forced.resolved_scheduler == "asha"
+    assert "first objective only" in forced.scheduler_text()
+    assert SearchSettings(scheduler="none").scheduler_text() == "no early stopping"
+
+
+def test_fixed_parameters_are_checked_and_answered_by_the_sampler():
+    from extune.spaces import get_space
+
+    with pytest.raises(ConfigError, match="unknown config key"):
+        SearchSettings(fixed={"explain.explaner": "gradcam"})
+    with pytest.raises(ConfigError, match="excon.mask_threshold"):
+        SearchSettings(fixed={"excon.mask_threshold": 2.0})
+    sampler = make_sampler("tpe", 0, 8, 1, fixed={"explain.explainer": "gradcam"})
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(6):
+        trial = study.ask()
+        params = get_space("excon")(trial)
+        assert params["explain.explainer"] == "gradcam" and "explain.layer" in params
+        study.tell(trial, 0.5)
