@@ -22,6 +22,7 @@ __all__ = [
     "QUICK_BASE",
     "parse_objectives",
     "make_sampler",
+    "absolute_data_paths",
 ]
 
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -225,12 +226,14 @@ class SearchSettings:
         return int(max(1, min(fits, self.trials)))
 
     def base_config(self) -> Config:
-        """The config every trial starts from: file (or quick defaults), then overrides."""
+        """The config every trial starts from: file (or quick defaults), then overrides, with
+        the data paths made absolute (see :func:`absolute_data_paths`)."""
         if self.config is not None:
             base = Config.load(self.config)
         else:
             base = Config().with_overrides(QUICK_BASE)
-        return base.with_overrides({**self.overrides, "runtime.progress": False})
+        return absolute_data_paths(base.with_overrides({**self.overrides,
+                                                        "runtime.progress": False}))
 
     def resolved_name(self) -> str:
         if self.name:
@@ -259,6 +262,19 @@ class SearchSettings:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def absolute_data_paths(cfg: Config) -> Config:
+    """``data.root`` and ``data.cache_dir`` resolved against the folder the search starts in.
+
+    A trial whose space changes a ``data.*`` key loads its own data inside the folder Ray
+    switched into, where ``./data`` means something else; a resumed search may start elsewhere.
+    """
+    data = cfg.data
+    paths = {"data.root": str(Path(data.root).expanduser().resolve())}
+    if data.cache_dir:
+        paths["data.cache_dir"] = str(Path(data.cache_dir).expanduser().resolve())
+    return cfg.with_overrides(paths)
 
 
 def _check(ok: bool, message: str) -> None:

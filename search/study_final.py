@@ -79,7 +79,8 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
     base_dict = base.to_dict()
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=load_data(base.data),
-                             cpus=settings.cpus_per_trial, objectives=("val/accuracy",)),
+                             cpus=settings.cpus_per_trial, objectives=("val/accuracy",),
+                             storage=path),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,

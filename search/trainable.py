@@ -15,7 +15,9 @@ from extune.train.config import Config
 __all__ = ["train_trial", "trial_config", "FAILED_MARKER"]
 
 FAILED_MARKER = ".extune_failed"
-"""Written in the trial folder when a trial fails for a reason a retry cannot fix."""
+"""Folder of the search's storage (``<experiment path>/.extune_failed/<trial id>.json``) that
+records a trial failing for a reason a retry cannot fix. It lives on the storage path, which
+every node sees, so a retry placed on another node reads it too."""
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], cpus: float = 1.0) -> Config:
@@ -29,7 +31,8 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], cpus: float = 1.0
 
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = None,
-                cpus: float = 1.0, objectives: tuple[str, ...] = ()) -> None:
+                cpus: float = 1.0, objectives: tuple[str, ...] = (),
+                storage: str | None = None) -> None:
     """Run one trial inside Ray Tune.
 
     Args:
@@ -40,6 +43,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
         cpus: CPUs Ray gave the trial (torch threads).
         objectives: metrics the search optimises; a trial whose training does not report
             them fails with a message naming them (instead of Tune stopping the search).
+        storage: the experiment's storage path or URI (where the failure marker goes);
+            ``None``: the trial folder (tests without a shared path).
 
     Raises:
         ExtuneError: bad parameters or a non-finite loss (the trial is marked failed; a retry
@@ -51,10 +56,12 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
     from extune.train import fit
 
     cfg = trial_config(base, split_config(params)[1], cpus)
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    marker = trial_dir / FAILED_MARKER
-    if marker.is_file():  # deterministic failure: retrying from a checkpoint cannot help
-        raise _saved_error(marker)
+    context = tune.get_context()
+    trial_dir = Path(context.get_trial_dir())
+    marker = _Marker(storage or str(trial_dir), context.get_trial_id())
+    saved = marker.read()
+    if saved is not None:  # deterministic failure: retrying from a checkpoint cannot help
+        raise _saved_error(saved)
     if data is not None and cfg.data != Config.from_dict(base).data:
         data = None  # the space changed the data settings: load this trial's own data
     node_id = ray.get_runtime_context().get_node_id()
@@ -71,24 +78,52 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
     try:
         fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data)
     except ExtuneError as e:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"type": type(e).__name__, "message": str(e)}))
+        marker.write({"type": type(e).__name__, "message": str(e)})
         raise
 
 
-def _saved_error(marker: Path) -> BaseException:
+class _Marker:
+    """``<root>/.extune_failed/<trial id>.json`` on any storage pyarrow reaches (local, NFS,
+    bucket URIs), as Ray itself writes trial results there."""
+
+    def __init__(self, root: str, trial_id: str) -> None:
+        self.root, self.trial_id = root.rstrip("/"), trial_id
+
+    def _fs(self) -> tuple[Any, str]:
+        import pyarrow.fs
+
+        root = self.root if "://" in self.root else str(Path(self.root).resolve())
+        fs, path = pyarrow.fs.FileSystem.from_uri(root)
+        return fs, f"{path}/{FAILED_MARKER}/{self.trial_id}.json"
+
+    def read(self) -> str | None:
+        try:
+            fs, path = self._fs()
+            with fs.open_input_stream(path) as f:
+                return f.read().decode()
+        except (OSError, FileNotFoundError):
+            return None
+
+    def write(self, error: dict[str, str]) -> None:
+        fs, path = self._fs()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(error).encode())
+
+
+def _saved_error(text: str) -> BaseException:
     """The error a previous attempt of this trial raised (same class where known, same message).
 
-    Stored as JSON, not pickled: the trial folder may sit on shared storage.
+    Stored as JSON, not pickled: the marker sits on shared storage.
     """
     from extune.errors import DataError, RegistryError
     from extune.train import TrainingDiverged
 
     known = {c.__name__: c for c in (ConfigError, DataError, RegistryError, TrainingDiverged)}
     try:
-        saved = json.loads(marker.read_text())
+        saved = json.loads(text)
         return known.get(saved["type"], ExtuneError)(saved["message"])
-    except (OSError, ValueError, KeyError, TypeError):  # unreadable: still do not train again
+    except (ValueError, KeyError, TypeError):  # unreadable: still do not train again
         return ExtuneError("this trial failed before with an error a retry cannot fix")
 
 

@@ -204,7 +204,8 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=data,
                              cpus=settings.cpus_per_trial,
-                             objectives=tuple(o.metric for o in settings.objectives)),
+                             objectives=tuple(o.metric for o in settings.objectives),
+                             storage=sdir.experiment_path),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
         return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,

@@ -158,6 +158,39 @@ def test_failing_trials_do_not_stop_the_search_and_stopped_ones_are_pruned(
     assert "unknown layer" in by_id[failed.trial_id].data.tags["extune.error"]
     pruned = next(r for r in result.records if r.state == "pruned")
     assert by_id[pruned.trial_id].data.tags["extune.pruned"] == "true"
+    # the no-retry marker is on the storage path, which every node sees, not in the trial folder
+    marker = result.path / "trials" / ".extune_failed" / f"{failed.trial_id}.json"
+    assert "unknown layer" in json.loads(marker.read_text())["message"]
+    assert not list((result.path / "trials").glob("*/.extune_failed"))
+
+
+def _image_tree(root: Path, classes=("cat", "dog", "fox"), per_class=16) -> None:
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        folder = root / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            colour = (80 * c + 3 * i, 40 + 10 * c, 200 - 50 * c)
+            Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+
+
+def test_space_that_changes_data_keys_finds_a_relative_data_root(ray_local, workdir,
+                                                                  tmp_path, monkeypatch):
+    # the default ./data style root is relative to where the user starts the search; a trial
+    # whose space changes data.image_size loads its own data in the folder Ray switched into
+    monkeypatch.chdir(tmp_path)
+    _image_tree(tmp_path / "images")
+    space = tmp_path / "sizes.yaml"
+    space.write_text("method: ce\ndata.image_size: {type: choice, values: [20, 24]}\n")
+    result = run_search(make_settings(
+        workdir, "data-keys", space=str(space), sampler="random", trials=2, scheduler="none",
+        set={"data.name": "imagefolder", "data.root": "images", "optim.epochs": 1}))
+    assert [r.state for r in result.records] == ["complete", "complete"], [
+        r.error for r in result.records]
+    assert {r.params["data.image_size"] for r in result.records} <= {20, 24}  # base: 16
+    base = Config.load(result.path / "base_config.yaml")
+    assert base.data.root == str(tmp_path / "images")  # absolute in the saved base
 
 
 class InterruptOnce(Callback):
