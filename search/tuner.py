@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extune.errors import ConfigError
+from extune.errors import ConfigError, ExtuneError
 from extune.search.results import (
     TrialRecord,
     pareto_front,
@@ -99,6 +99,9 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     quiet_ray_env()
     if resume is not None:
         sdir = SearchDir.load(resume)
+        if sdir.meta["status"] == "failed":
+            raise ConfigError(f"{sdir.path} is a search that failed before any trial ran "
+                              f"({sdir.meta.get('error', 'unknown error')}); start a new one")
         settings = sdir.settings
         settings.address = address or settings.address
         probe_ray_address(settings.address)
@@ -160,7 +163,14 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
     started = connect_ray(settings.address)
     interrupted = True
     try:
-        _check_resources(settings)
+        try:
+            _check_resources(settings)
+            _check_storage(settings, sdir)
+        except ExtuneError as e:  # nothing ran: the folder says why, --resume refuses it
+            interrupted = False
+            sdir.set_status("failed", error=str(e))
+            tracker.end(tracker.parent_run(), "FAILED")
+            raise
         sdir.set_status("running")
         tuner = _tuner(sdir, settings, tracker, max_epochs, resumed, callbacks)
         fit_start = time.time()
@@ -189,6 +199,20 @@ def _check_resources(settings: SearchSettings) -> None:
     if settings.gpus_per_trial > gpus:
         raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} but the Ray cluster has "
                           f"{gpus:g} GPUs; use --gpus-per-trial 0 on a CPU machine")
+
+
+def _check_storage(settings: SearchSettings, sdir: SearchDir) -> None:
+    """On a cluster of several machines, trial results and checkpoints need a path every node
+    sees: Ray checks the storage path from the worker on every checkpoint upload, so a trial on
+    another machine would fail after its first epoch."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not settings.storage:
+        raise ConfigError(
+            f"this Ray cluster has {len(nodes)} nodes but trial results would go to "
+            f"{sdir.experiment_path} on this machine; pass --storage with a path every node "
+            "reaches (NFS) or a bucket URI (s3://..., gs://...)")
 
 
 def _tuner(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: int | None,

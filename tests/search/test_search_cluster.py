@@ -1,10 +1,13 @@
-"""A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): trials run on both
-nodes, joined with ``--address``."""
+"""A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): a local storage path
+is refused before any trial starts; with ``--storage`` trials run on both nodes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from extune.errors import ConfigError
 from extune.search.settings import SearchSettings
 from extune.search.tuner import run_search
 
@@ -27,10 +30,18 @@ def test_trials_run_on_both_nodes(tmp_path):
                      "data.cache_dir": str(tmp_path / "cache"), "model.backbone": "tiny_cnn",
                      "optim.epochs": 1, "optim.batch_size": 32, "eval.explain_samples": 8,
                      "eval.corruptions": ["contrast"], "eval.grid_images": 2}
-        settings = SearchSettings(space="ce", trials=2, max_concurrent=2, scheduler="none",
-                                  address=cluster.address, overrides=overrides, live=False,
-                                  out=str(tmp_path / "runs"), name="cluster",
-                                  tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        common = dict(space="ce", trials=2, max_concurrent=2, scheduler="none",
+                      address=cluster.address, overrides=overrides, live=False,
+                      out=str(tmp_path / "runs"),
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        # without --storage the checkpoints would go to this machine's disk: refused up front
+        with pytest.raises(ConfigError, match="has 2 nodes.*pass --storage"):
+            run_search(SearchSettings(**common, name="local-storage"))
+        meta = json.loads((tmp_path / "runs" / "local-storage" / "search.json").read_text())
+        assert meta["status"] == "failed" and "--storage" in meta["error"]
+        with pytest.raises(ConfigError, match="failed before any trial ran"):
+            run_search(resume=tmp_path / "runs" / "local-storage")
+        settings = SearchSettings(**common, name="cluster", storage=str(tmp_path / "shared"))
         result = run_search(settings)
     finally:
         if ray.is_initialized():
