@@ -47,7 +47,8 @@ def search(
     cpus_per_trial: Annotated[float | None, typer.Option(
         help="CPUs per trial (also its torch threads). (default: 1)")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(
-        help="GPUs per trial, fractional to share one (0.25). (default: 0)")] = None,
+        help="GPUs per trial, fractional to share one (0.25); 0: CPU only. (default: 1 "
+             "where the cluster has GPUs, else 0)")] = None,
     time_budget: Annotated[float | None, typer.Option(
         help="Stop the search after this many seconds.")] = None,
     sampler: Annotated[str | None, typer.Option(
@@ -140,9 +141,17 @@ def _print_plan(settings: Any) -> None:
         f"trial{'s' if settings.trials != 1 else ''} "
         f"({settings.max_concurrent or 'as many as fit'} at once, "
         f"{settings.cpus_per_trial:g} CPU"
-        f"{f' + {settings.gpus_per_trial:g} GPU' if settings.gpus_per_trial else ''} each), "
+        f"{_gpu_text(settings.gpus_per_trial)} each), "
         f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
         f"{','.join(settings.objective)}; Ray {settings.address or 'local'}", highlight=False)
+
+
+def _gpu_text(gpus_per_trial: float | None) -> str:
+    from extune.search.resources import GPU_RULE
+
+    if gpus_per_trial is None:
+        return f" + {GPU_RULE}"
+    return f" + {gpus_per_trial:g} GPU" if gpus_per_trial else ", no GPU"
 
 
 def _print_result(result: Any) -> None:
@@ -177,21 +186,30 @@ def export(
         help="Export the config of this MLflow trial run instead.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow store of --run. (default: sqlite:///mlflow.db)")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Train the export this many epochs, with warm-ups scaled to keep their share "
+             "of training.")] = None,
 ) -> None:
     """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
-    from extune.search.export import export_run, export_search
+    from extune.search.export import epoch_settings, export_run, export_search
 
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if (search_dir is None) == (run is None):
         raise ConfigError("give either a SEARCH_DIR or --run RUN_ID")
     if run is not None:
         if select is not None:
             raise ConfigError("--select applies to a search folder, not to --run")
-        config = export_run(run, out, tracking_uri)
-        console.print(f"wrote {out} ({config.method}) from MLflow run {run}", highlight=False)
-    else:
-        config, record = export_search(search_dir, out, select)
-        console.print(f"wrote {out} ({config.method}) from {record.name} of {search_dir}",
+        config = export_run(run, out, tracking_uri, epochs)
+        console.print(f"wrote {out} ({config.method}) from MLflow run {run}", markup=False,
                       highlight=False)
+    else:
+        config, record = export_search(search_dir, out, select, epochs)
+        console.print(f"wrote {out} ({config.method}) from {record.name} of {search_dir}",
+                      markup=False, highlight=False)
+    hint = "" if epochs is not None else (
+        "; a longer final run keeps these counts: pass --epochs N to scale them")
+    console.print(f"note: {epoch_settings(config)}{hint}", markup=False, highlight=False)
     console.print(f"train it: extune train --config {out}", highlight=False)
 
 

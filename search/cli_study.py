@@ -52,8 +52,8 @@ def study(
     = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial. (default: 1)")]
     = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial. (default: 0)")]
-    = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(
+        help="GPUs per trial. (default: 1 where the cluster has GPUs)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials running at once.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
     storage: Annotated[str | None, typer.Option(

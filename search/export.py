@@ -18,13 +18,36 @@ from extune.search.services import ServiceError, check_tracking_uri
 from extune.search.store import SearchDir
 from extune.train.config import Config
 
-__all__ = ["export_search", "export_run", "config_from_params", "DEFAULT_TRACKING_URI"]
+__all__ = ["export_search", "export_run", "config_from_params", "epoch_settings",
+           "rescale_epochs", "DEFAULT_TRACKING_URI", "EPOCH_KEYS"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+EPOCH_KEYS = ("optim.warmup_epochs", "excon.warmup_epochs", "edda.warmup_epochs")
+"""Settings counted in epochs: chosen on short trials, they mean less of a longer final run
+(the cosine schedule needs nothing: it always spans ``optim.epochs``)."""
 
-def export_search(search_dir: str | Path, out: str | Path, select: str | None = None
-                  ) -> tuple[Config, TrialRecord]:
+
+def epoch_settings(config: Config) -> str:
+    """One line naming the epoch-counted settings and their share of ``optim.epochs``."""
+    flat = config.flatten()
+    epochs = config.optim.epochs
+    parts = [f"{k}={flat[k]} ({flat[k] / epochs:.0%})" for k in EPOCH_KEYS if flat[k]]
+    return (f"counted in epochs, for {epochs}-epoch training: "
+            f"{', '.join(parts) if parts else 'no warm-up'}")
+
+
+def rescale_epochs(config: Config, epochs: int) -> Config:
+    """``config`` trained for ``epochs`` with each epoch-counted setting kept as the same share
+    of training (rounded; a warm-up of at least one epoch stays at least one)."""
+    flat = config.flatten()
+    factor = epochs / config.optim.epochs
+    scaled = {k: max(1, round(flat[k] * factor)) if flat[k] else 0 for k in EPOCH_KEYS}
+    return config.with_overrides({"optim.epochs": epochs, **scaled})
+
+
+def export_search(search_dir: str | Path, out: str | Path, select: str | None = None,
+                  epochs: int | None = None) -> tuple[Config, TrialRecord]:
     """Write the full Config of the trial ``select`` picks in a search folder.
 
     Args:
@@ -33,6 +56,8 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
         select: ``None`` (the objective; ``knee`` with several objectives), ``knee``, or an
             objective/metric name (``accuracy``, ``alignment``): see
             :func:`extune.search.results.select_trial`. Only complete trials are candidates.
+        epochs: train the export for this many epochs, with the epoch-counted settings
+            (warm-ups) scaled to keep their share of training (:func:`rescale_epochs`).
 
     Returns:
         The exported config and the trial it came from.
@@ -46,13 +71,19 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
     values = ", ".join(f"{o.metric}={record.value(o):.4g}" for o in sdir.objectives
                        if record.value(o) is not None)
     header = (f"# exported from search {sdir.name}: {record.name} (Tune trial "
-              f"{record.trial_id}), rule {select or 'default'}: {values}\n")
+              f"{record.trial_id}), rule {select or 'default'}: {values}\n"
+              f"# found with {epoch_settings(config)}\n")
+    if epochs is not None:
+        config = rescale_epochs(config, epochs)
+        header += f"# rescaled to {epoch_settings(config)}\n"
     _write(out, header, config)
     return config, record
 
 
-def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None) -> Config:
-    """Write the Config logged as params of an MLflow trial run.
+def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
+               epochs: int | None = None) -> Config:
+    """Write the Config logged as params of an MLflow trial run (``epochs``: as
+    :func:`export_search`).
 
     Raises:
         ServiceError: the tracking store cannot be reached.
@@ -72,7 +103,12 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None) ->
         raise ConfigError(f"run '{run_id}' is a search's parent run; export one of its trial "
                           "runs, or the search folder with `extune export SEARCH_DIR`")
     config = config_from_params(run.data.params, source=f"run '{run_id}'")
-    _write(out, f"# exported from MLflow run {run_id} ({run.info.run_name})\n", config)
+    header = (f"# exported from MLflow run {run_id} ({run.info.run_name})\n"
+              f"# found with {epoch_settings(config)}\n")
+    if epochs is not None:
+        config = rescale_epochs(config, epochs)
+        header += f"# rescaled to {epoch_settings(config)}\n"
+    _write(out, header, config)
     return config
 
 

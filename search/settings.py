@@ -105,7 +105,9 @@ class SearchSettings:
         trials: number of trials.
         max_concurrent: trials running at once; ``None``: as many as the Ray cluster's CPUs
             and GPUs hold (``CPUs // cpus_per_trial``, ``GPUs // gpus_per_trial``).
-        cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional).
+        cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional);
+            ``gpus_per_trial=None``: one GPU per trial where the cluster has GPUs, else none
+            (:mod:`extune.search.resources`).
         time_budget_s: stop the whole search after this many seconds.
         sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
         seed: sampler seed.
@@ -137,7 +139,7 @@ class SearchSettings:
     trials: int = 8
     max_concurrent: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None
     time_budget_s: float | None = None
     sampler: str = "tpe"
     seed: int = 0
@@ -172,8 +174,8 @@ class SearchSettings:
         _check(self.max_concurrent is None or self.max_concurrent >= 1,
                f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         _check(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
-        _check(self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got "
-               f"{self.gpus_per_trial}")
+        _check(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+               f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         _check(self.time_budget_s is None or self.time_budget_s > 0,
                f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
         _check(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
@@ -216,15 +218,6 @@ class SearchSettings:
                 f"{self.reduction_factor:g}){bias}")
 
     # ------------------------------------------------------------------ derived
-    def concurrency(self, cpus: float, gpus: float) -> int:
-        """Trials at once: ``max_concurrent``, or what the cluster's resources hold."""
-        if self.max_concurrent is not None:
-            return self.max_concurrent
-        fits = cpus // self.cpus_per_trial
-        if self.gpus_per_trial:
-            fits = min(fits, gpus // self.gpus_per_trial)
-        return int(max(1, min(fits, self.trials)))
-
     def base_config(self) -> Config:
         """The config every trial starts from: file (or quick defaults), then overrides, with
         the data paths made absolute (see :func:`absolute_data_paths`)."""

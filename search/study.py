@@ -102,7 +102,7 @@ class StudySettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     quick: bool = False
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     address: str | None = None
     storage: str | None = None

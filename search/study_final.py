@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.search.optuna_search import LABEL, RUN, config_label, reported_metrics
+from extune.search.resources import cluster_plan
 from extune.search.settings import Objective
 from extune.train.config import Config
 
@@ -77,11 +78,14 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
 
     settings = sdir.settings
     base_dict = base.to_dict()
+    plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
+                        gpus_per_trial=settings.gpus_per_trial,
+                        max_concurrent=settings.max_concurrent, trials=len(points))
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=load_data(base.data),
                              cpus=settings.cpus_per_trial, objectives=("val/accuracy",),
                              storage=path),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False)
@@ -95,24 +99,12 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=_concurrency(settings, len(points)), reuse_actors=True),
+            max_concurrent_trials=plan.concurrency, reuse_actors=True),
         param_space={RUN: tune.grid_search(points)},
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-
-
-def _concurrency(settings: Any, runs: int) -> int:
-    import ray
-
-    if settings.max_concurrent is not None:
-        return settings.max_concurrent
-    resources = ray.cluster_resources()
-    fits = resources.get("CPU", 1.0) // settings.cpus_per_trial
-    if settings.gpus_per_trial:
-        fits = min(fits, resources.get("GPU", 0.0) // settings.gpus_per_trial)
-    return int(max(1, min(fits, runs)))
 
 
 def _collect(path: str, points: list[dict], base: Config) -> list[dict]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from extune.errors import ConfigError, ExtuneError
 from extune.search.optuna_search import split_config
+from extune.search.resources import hide_unassigned_gpus
 from extune.train.config import Config
 
 __all__ = ["train_trial", "trial_config", "FAILED_MARKER"]
@@ -55,7 +56,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
 
     from extune.train import fit
 
-    cfg = trial_config(base, split_config(params)[1], cpus)
+    cfg = hide_unassigned_gpus(trial_config(base, split_config(params)[1], cpus),
+                               ray.get_gpu_ids())
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
     marker = _Marker(storage or str(trial_dir), context.get_trial_id())

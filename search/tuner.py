@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from extune.errors import ConfigError, ExtuneError
+from extune.search.resources import ResourcePlan, cluster_plan
 from extune.search.results import (
     TrialRecord,
     pareto_front,
@@ -146,7 +149,8 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "metrics": ",".join(o.metric for o in s.objectives), "sampler": s.sampler,
         "seed": s.seed, "scheduler": s.resolved_scheduler, "trials": s.trials,
         "max_concurrent": s.max_concurrent or "auto", "cpus_per_trial": s.cpus_per_trial,
-        "gpus_per_trial": s.gpus_per_trial, "time_budget_s": s.time_budget_s,
+        "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
+        "time_budget_s": s.time_budget_s,
         "max_failures": s.max_failures, "address": s.address or "local",
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
         "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
@@ -164,15 +168,18 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
     interrupted = True
     try:
         try:
-            _check_resources(settings)
+            plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
+                                gpus_per_trial=settings.gpus_per_trial,
+                                max_concurrent=settings.max_concurrent, trials=settings.trials)
             _check_storage(settings, sdir)
         except ExtuneError as e:  # nothing ran: the folder says why, --resume refuses it
             interrupted = False
             sdir.set_status("failed", error=str(e))
             tracker.end(tracker.parent_run(), "FAILED")
             raise
-        sdir.set_status("running")
-        tuner = _tuner(sdir, settings, tracker, max_epochs, resumed, callbacks)
+        sdir.set_status("running", resources=plan.text())
+        Console().print(plan.text(), highlight=False, markup=False)
+        tuner = _tuner(sdir, settings, plan, tracker, max_epochs, resumed, callbacks)
         fit_start = time.time()
         tuner.fit()
         trials = _ray_trials(sdir)
@@ -186,19 +193,6 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
     finally:
         if started:
             ray.shutdown()
-
-
-def _check_resources(settings: SearchSettings) -> None:
-    import ray
-
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if settings.cpus_per_trial > cpus:
-        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g} is more than the Ray "
-                          f"cluster has ({cpus:g} CPUs)")
-    if settings.gpus_per_trial > gpus:
-        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} but the Ray cluster has "
-                          f"{gpus:g} GPUs; use --gpus-per-trial 0 on a CPU machine")
 
 
 def _check_storage(settings: SearchSettings, sdir: SearchDir) -> None:
@@ -215,8 +209,8 @@ def _check_storage(settings: SearchSettings, sdir: SearchDir) -> None:
             "reaches (NFS) or a bucket URI (s3://..., gs://...)")
 
 
-def _tuner(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: int | None,
-           resumed: bool, callbacks: list[Any]) -> Any:
+def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, tracker: Any,
+           max_epochs: int | None, resumed: bool, callbacks: list[Any]) -> Any:
     from ray import tune
 
     from extune.search.trainable import train_trial
@@ -230,7 +224,7 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: 
                              cpus=settings.cpus_per_trial,
                              objectives=tuple(o.metric for o in settings.objectives),
                              storage=sdir.experiment_path),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
         return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,
                                   resume_unfinished=True, resume_errored=False)
@@ -239,16 +233,9 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: 
         tune_config=tune.TuneConfig(
             search_alg=_searcher(sdir, settings, base_dict),
             scheduler=_scheduler(settings, max_epochs or base.optim.epochs),
-            num_samples=settings.trials, max_concurrent_trials=_concurrency(settings),
+            num_samples=settings.trials, max_concurrent_trials=plan.concurrency,
             time_budget_s=settings.time_budget_s, reuse_actors=True),
         run_config=_run_config(sdir, settings, tracker, base_dict, callbacks))
-
-
-def _concurrency(settings: SearchSettings) -> int:
-    import ray
-
-    resources = ray.cluster_resources()
-    return settings.concurrency(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
 
 
 def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -> Any:

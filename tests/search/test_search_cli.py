@@ -29,6 +29,14 @@ def _in_tmp(tmp_path, monkeypatch):
     (["export"], "give either a SEARCH_DIR or --run RUN_ID"),
     (["export", "--run", "abc"], "no MLflow store at mlflow.db"),
     (["ui"], "no MLflow store at mlflow.db"),
+    (["search", "--fix", "explain.explainr=gradcam"], "--fix names unknown config key"),
+    (["study", "--methods", "ce,excn"], "unknown method(s) excn in --methods"),
+    (["study", "--seeds", "0"], "--seeds must be >= 1"),
+    (["study", "--objective", "accuracy,alignment"], "selects each method's config on one"),
+    (["study", "--resume", "."], "is not a study folder"),
+    (["study", "--resume", ".", "--seeds", "2"], "drop --seeds"),
+    (["study", "--tracking-uri", "http://127.0.0.1:1"],
+     "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
 ])
 def test_user_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
@@ -42,3 +50,14 @@ def test_bad_space_file_is_rejected_before_anything_runs(tmp_path, capsys):
     assert main(["search", "--space", "bad.yaml"]) == 2
     assert "low (1) is greater than high (0.1)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_first_line_states_the_gpu_rule_and_early_stopping(capsys):
+    assert main(["search", "--address", "127.0.0.1:1"]) == 2
+    first = " ".join(capsys.readouterr().out.split())
+    assert "one GPU per trial where the cluster has GPUs" in first
+    assert "ASHA on val/accuracy" in first
+    assert main(["search", "--objective", "accuracy,alignment", "--gpus-per-trial", "0",
+                 "--address", "127.0.0.1:1"]) == 2
+    first = " ".join(capsys.readouterr().out.split())
+    assert "no GPU" in first and "no early stopping" in first

@@ -59,7 +59,13 @@ def test_export_cli(search_dir, tmp_path, capsys):
     out = tmp_path / "knee.yaml"
     assert main(["export", str(search_dir.path), "-o", str(out), "--select", "knee"]) == 0
     assert Config.load(out).optim.lr == 0.2
-    assert "trial-001" in capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "trial-001" in printed and "pass --epochs N to scale them" in printed
+    assert "# found with counted in epochs" in out.read_text()
+    assert main(["export", str(search_dir.path), "-o", str(out), "--epochs", "40"]) == 0
+    assert Config.load(out).optim.epochs == 40
+    assert "for 40-epoch training" in " ".join(capsys.readouterr().out.split())
+    assert main(["export", str(search_dir.path), "-o", str(out), "--epochs", "0"]) == 2
     assert main(["export", str(tmp_path / "nothing"), "-o", str(out)]) == 2
     assert "is not a search folder" in " ".join(capsys.readouterr().err.split())
     assert main(["export", "-o", str(out)]) == 2
@@ -75,3 +81,17 @@ def test_a_search_folder_is_not_reused(search_dir):
     settings = SearchSettings(space="supcon", out=str(search_dir.path.parent), name="handmade")
     with pytest.raises(ConfigError, match="already holds a search; pass --resume"):
         SearchDir.create(settings, settings.base_config(), get_space("supcon"))
+
+
+def test_epoch_counted_settings_are_named_and_can_be_rescaled():
+    from extune.search.export import epoch_settings, rescale_epochs
+
+    short = Config().with_overrides({"optim.epochs": 4, "excon.warmup_epochs": 1,
+                                     "optim.warmup_epochs": 2, "edda.warmup_epochs": 0})
+    assert epoch_settings(short) == ("counted in epochs, for 4-epoch training: "
+                                     "optim.warmup_epochs=2 (50%), excon.warmup_epochs=1 (25%)")
+    long = rescale_epochs(short, 200)
+    assert long.optim.epochs == 200
+    assert (long.optim.warmup_epochs, long.excon.warmup_epochs, long.edda.warmup_epochs) == (
+        100, 50, 0)
+    assert rescale_epochs(short, 2).excon.warmup_epochs == 1  # a warm-up stays a warm-up

@@ -67,14 +67,6 @@ def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
     assert SearchSettings(tracking_uri="http://h:5000").resolved_tracking_uri() == "http://h:5000"
 
 
-def test_concurrency_follows_resources():
-    assert SearchSettings().concurrency(cpus=2, gpus=0) == 2
-    assert SearchSettings(trials=64, cpus_per_trial=2).concurrency(cpus=16, gpus=0) == 8
-    assert SearchSettings(trials=64, gpus_per_trial=0.25).concurrency(cpus=16, gpus=1) == 4
-    assert SearchSettings(trials=3).concurrency(cpus=16, gpus=0) == 3
-    assert SearchSettings(max_concurrent=5).concurrency(cpus=1, gpus=0) == 5
-
-
 def test_settings_round_trip():
     s = SearchSettings(space="edda", objective="accuracy,ece", trials=3)
     assert SearchSettings.from_dict(s.to_dict()) == s
