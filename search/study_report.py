@@ -52,6 +52,16 @@ ground-truth masks (the synthetic set)."""
 
 _BY_NAME = {m.name: m for m in STUDY_METRICS}
 
+DIAGNOSTICS: tuple[tuple[str, str], ...] = (
+    ("train/accuracy", "training accuracy of the classifier (online probe for SupCon/ExCon)"),
+    ("val/accuracy", "validation accuracy after the last epoch"),
+    ("train/mask_keep_rate", "ExCon: share of masked images the classifier still gets right "
+                             "(they become view 0)"),
+    ("train/salient_confidence", "EDDA: confidence in the label after the salient occlusion"),
+)
+"""What the final runs report about their own training, shown per method to help explain a
+verdict (last epoch, mean over seeds)."""
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -166,6 +176,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         cells = [_cell(summary["final"].get(m.name, {})) for m in metrics]
         lines.append(f"| {method} | {ok}/{len(summary['runs'])} | " + " | ".join(cells) + " |")
     lines += _claims_table(results, conf)
+    lines += _diagnostics_table(results)
     lines += ["", "## Plots", "", "![overview](plots/overview.png)", ""]
     return "\n".join(lines) + "\n"
 
@@ -200,6 +211,24 @@ def _claims_table(results: dict[str, Any], conf: int) -> list[str]:
     if not results["comparisons"]:
         lines.append("| (no claim has both of its methods in this study) | | | | |")
     return lines
+
+
+def _diagnostics_table(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, meaning in DIAGNOSTICS:
+        cells = []
+        for summary in results["methods"].values():
+            values = [r["metrics"][key] for r in summary["runs"]
+                      if r["state"] == "complete" and key in r["metrics"]]
+            cells.append(f"{sum(values) / len(values):.3f}" if values else "-")
+        if any(c != "-" for c in cells):
+            rows.append(f"| {key} | " + " | ".join(cells) + f" | {meaning} |")
+    if not rows:
+        return []
+    methods = list(results["methods"])
+    return ["", "## Diagnostics of the final runs (last epoch, mean over seeds)", "",
+            "| metric | " + " | ".join(methods) + " | meaning |",
+            "|---|" + "---|" * len(methods) + "---|", *rows]
 
 
 def _short(value: Any) -> str:

@@ -80,6 +80,11 @@ def test_report_markdown_has_the_tables():
     assert "| excon vs supcon | accuracy ↑ | +0.110 [" in text and "**holds**" in text
     assert "**reversed**" in text and "not shown" in text
     assert "| supcon | 2 / 0 / 0 | trial-001 | 0.500 | lr=0.1 |" in text
+    assert "## Diagnostics" not in text  # the hand-made runs report no training statistics
+    for run in runs:
+        run["metrics"]["train/accuracy"] = 0.5 if run["method"] == "excon" else 0.7
+    text = report_markdown(results)
+    assert "| train/accuracy | 0.500 | 0.700 |" in text
 
 
 def test_plot_draws_bars_and_seed_points():
