@@ -351,6 +351,8 @@ def run_study(settings: StudySettings | None = None, *,
         t0 = time.time()
         runs = run_final_stage(sdir, best, tracker)
         sdir.add_seconds("final", time.time() - t0)
+        if any(r["state"] in ("unfinished", "missing") for r in runs):
+            raise KeyboardInterrupt  # Ctrl-C during the final runs: resume trains the rest
         results, files = write_report(sdir, runs)
         _log_study(tracker, results, files)
         incomplete = any(r["state"] != "complete" for r in runs)
@@ -410,15 +412,18 @@ def _search_stage(sdir: StudyDir, method: str, parent_run: str) -> dict[str, Any
 
     folder = sdir.search_dir(method)
     t0 = time.time()
+    result = None
     if (folder / "search.json").is_file():
         if SearchDir.load(folder).meta.get("status") != "finished":
-            run_search(resume=folder)
+            result = run_search(resume=folder)
     else:
         settings = sdir.settings.search_settings(
             method, out=str(folder.parent), parent_run=parent_run, study_id=sdir.study_id,
             base_file=str(sdir.base_file))
-        run_search(settings)
+        result = run_search(settings)
     sdir.add_seconds(f"search/{method}", time.time() - t0)
+    if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
+        raise KeyboardInterrupt
     return chosen_trial(SearchDir.load(folder))
 
 

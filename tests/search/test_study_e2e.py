@@ -31,14 +31,26 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     args = ["study", "--quick", "--methods", "ce,edda", "--name", "s", "--out",
             str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "study-e2e",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-live"]
-    real_stage = final.run_final_stage
+    import extune.search.tuner as tuner
+
+    real_stage, real_search = final.run_final_stage, tuner.run_search
+
+    def ctrl_c_in_search(*a, **k):  # Tune returns normally on Ctrl-C; the result says so
+        result = real_search(*a, **k)
+        result.interrupted = True
+        return result
+
+    monkeypatch.setattr(tuner, "run_search", ctrl_c_in_search)
+    assert main(args) == 130  # the first search was interrupted: the study stops there
+    folder = tmp_path / "runs" / "s"
+    assert not (folder / "searches" / "edda").exists()
+    monkeypatch.setattr(tuner, "run_search", real_search)
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(final, "run_final_stage", interrupted)
-    assert main(args) == 130  # interrupted after both searches
-    folder = tmp_path / "runs" / "s"
+    assert main(["study", "--resume", str(folder)]) == 130  # interrupted after both searches
     assert json.loads((folder / "study.json").read_text())["status"] == "interrupted"
     assert (folder / "searches" / "edda" / "best_config.yaml").is_file()
     assert _study_runs(uri)["study"][0].info.status == "KILLED"
