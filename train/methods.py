@@ -29,11 +29,11 @@ from extune.augment import (
 )
 from extune.errors import RegistryError
 from extune.evaluate import eval_mode
-from extune.models import Network, SupConLoss
+from extune.models import Network, SupConLoss, create_model
 from extune.train.config import Config
 
-__all__ = ["Method", "StepOutput", "config_explainer", "evaluation_explainer", "create_method",
-           "list_methods"]
+__all__ = ["Method", "StepOutput", "config_explainer", "config_model", "evaluation_explainer",
+           "create_method", "list_methods"]
 
 
 @dataclass
@@ -243,6 +243,17 @@ class RandomOcclusion(EDDA):
 _METHODS: dict[str, type[Method]] = {
     m.name: m for m in (CrossEntropy, SupCon, ExCon, EDDA, RandomOcclusion)
 }
+
+
+def config_model(cfg: Config, num_classes: int) -> Network:
+    """The :class:`~extune.models.Network` described by ``cfg.model`` (fresh weights).
+
+    ``model.cifar_stem=None`` means the CIFAR stem when ``data.image_size <= 64``.
+    """
+    m = cfg.model
+    cifar_stem = cfg.data.image_size <= 64 if m.cifar_stem is None else m.cifar_stem
+    return create_model(backbone=m.backbone, num_classes=num_classes, cifar_stem=cifar_stem,
+                        projection_dim=m.projection_dim, projection_hidden=m.projection_hidden)
 
 
 def config_explainer(cfg: Config) -> Explainer:
