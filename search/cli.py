@@ -37,11 +37,12 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def load_config(config: Path | None, overrides: list[str] | None) -> Any:
-    """The defaults, then the YAML file, then ``--set`` overrides, validated."""
+    """The defaults, then the YAML file, then ``--set`` overrides, validated (names too)."""
     from extune.train.config import Config, parse_assignments
+    from extune.train.validate import validate_config
 
     cfg = Config.load(config) if config is not None else Config()
-    return cfg.with_overrides(parse_assignments(overrides or []))
+    return validate_config(cfg.with_overrides(parse_assignments(overrides or [])))
 
 
 @app.command()

@@ -185,9 +185,11 @@ class SearchSettings:
         _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        from extune.train.validate import validate_config  # imports the registries (torch)
+
         bad = [k for k in self.fixed if k not in Config.keys()]
         _check(not bad, f"--fix names unknown config key(s) {', '.join(bad)}")
-        Config().with_overrides(self.fixed)  # wrong types and ranges fail here, in one line
+        validate_config(Config().with_overrides(self.fixed))  # bad types, ranges, names
         objectives = parse_objectives(self.objective)
         _check(not (self.sampler == "cmaes" and len(objectives) > 1),
                "the cmaes sampler optimises one objective; use tpe or nsga2 for several")

@@ -38,12 +38,15 @@ from rich.console import Console
 
 from extune.errors import ConfigError
 from extune.search.settings import QUICK_BASE, SearchSettings, parse_objectives
-from extune.train.config import METHODS, Config
+from extune.train.config import Config
+from extune.train.methods import METHODS
 
 __all__ = ["StudySettings", "StudyDir", "StudyResult", "run_study", "chosen_trial",
            "QUICK_STUDY", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("ce", "supcon", "excon", "edda", "random_occlusion")
+DEFAULT_METHODS = tuple(METHODS)
+"""Every registered method, in registration order (``ce, supcon, excon, edda,
+random_occlusion``): the methods a study compares by default, in the report's order."""
 STUDY_META = "study.json"
 
 QUICK_STUDY: dict[str, Any] = {
@@ -126,7 +129,7 @@ class StudySettings:
         """
         unknown = [m for m in self.methods if m not in METHODS]
         _check(not unknown, f"unknown method(s) {', '.join(unknown)} in --methods; use "
-               f"{', '.join(METHODS)}")
+               f"{', '.join(METHODS.names())}")
         _check(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
                "--methods needs one or more different methods, e.g. ce,excon")
         _check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
@@ -368,10 +371,13 @@ def run_study(settings: StudySettings | None = None, *,
 
 
 def _validate_spaces(settings: StudySettings) -> None:
-    """Every method's space against the base, before any folder or run exists."""
+    """Every method's space against the base, and the final runs' settings (``--eval-explainer``),
+    before any folder or run exists."""
     from extune.spaces import get_space, validate_space
+    from extune.train.validate import validate_config
 
     base = settings.base_config()
+    validate_config(settings.final_config(base, settings.final_seeds()[0]))
     for method in settings.methods:
         validate_space(get_space(method), base, name=method, seed=settings.seed)
 

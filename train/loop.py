@@ -30,6 +30,7 @@ from extune.train.runtime import (
     set_rng_state,
     torch_threads,
 )
+from extune.train.validate import validate_config
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
 
@@ -103,6 +104,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
     """
+    validate_config(config)  # unknown names fail here, before any data is loaded
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         progress = EpochProgress(enabled=config.runtime.progress)

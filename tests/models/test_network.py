@@ -102,7 +102,7 @@ def test_public_api():
 
 def test_import_pulls_no_search_stack():
     code = ("import sys, extune.models; "
-            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'extune.train') "
+            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'extune.train', 'torchvision') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

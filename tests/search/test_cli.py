@@ -45,10 +45,13 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
     (["train", "--set", "optim.lr=-1"], "optim.lr: -1.0 is out of range"),
-    (["train", "--set", "method=magic"], "method: 'magic' is not allowed"),
+    (["train", "--set", "method=magic"], "method: unknown method 'magic'; registered: ce, "),
     (["train", "--set", "data.name=imagenet22k"], "unknown data set 'imagenet22k'"),
     (["train", "--set", "model.backbone=vit_huge"], "unknown backbone 'vit_huge'"),
     (["train", "--set", "explain.explainer=lime"], "unknown explainer 'lime'"),
+    (["train", "--set", "eval.explainer=gradcm"], "eval.explainer: unknown explainer 'gradcm'; "
+                                                  "did you mean 'gradcam'?"),
+    (["config", "--set", "model.backbone=resnet5"], "did you mean 'resnet50'?"),
     (["train", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "cifar-10"),
     (["train", "--config", "/nonexistent/config.yaml"], "cannot read config file"),
     (["evaluate", "--checkpoint", "/nonexistent"], "checkpoint not found"),
