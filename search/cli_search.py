@@ -221,13 +221,13 @@ def ui(
     = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
-    from extune.search.export import DEFAULT_TRACKING_URI, _existing_store
+    from extune.search.services import DEFAULT_TRACKING_URI, existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         console.print(f"{uri} is already a tracking server: open it in a browser")
         return
-    uri = _existing_store(uri)
+    uri = existing_store(uri)
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
             raise ConfigError(f"port {port} on {host} is in use; pass --port")

@@ -38,6 +38,7 @@ from rich.console import Console
 
 from extune.errors import ConfigError
 from extune.search.settings import QUICK_BASE, SearchSettings, parse_objectives
+from extune.search.store import SearchDir, chosen_trial
 from extune.train.config import Config
 from extune.train.methods import METHODS
 
@@ -323,7 +324,12 @@ def run_study(settings: StudySettings | None = None, *,
     """
     import ray
 
-    from extune.search.services import check_tracking_uri, connect_ray, quiet_ray_env
+    from extune.search.services import (
+        check_tracking_uri,
+        connect_ray,
+        quiet_ray_env,
+        resolve_tracking_uri,
+    )
     from extune.search.study_final import run_final_stage
     from extune.search.study_report import write_report
 
@@ -336,7 +342,7 @@ def run_study(settings: StudySettings | None = None, *,
     else:
         settings = settings or StudySettings()
         _validate_spaces(settings)
-    uri = SearchSettings(tracking_uri=settings.tracking_uri).resolved_tracking_uri()
+    uri = resolve_tracking_uri(settings.tracking_uri)
     check_tracking_uri(uri)
     if resume is None:
         sdir = StudyDir.create(settings)
@@ -411,7 +417,6 @@ def _search_stage(sdir: StudyDir, method: str, parent_run: str) -> dict[str, Any
         ``{"config": Path of best_config.yaml or None, "trial": name, "value": objective,
         "counts": {state: n}, "search_dir": str, "parent_run_id": str}``.
     """
-    from extune.search.store import SearchDir
     from extune.search.tuner import run_search
 
     folder = sdir.search_dir(method)
@@ -426,24 +431,6 @@ def _search_stage(sdir: StudyDir, method: str, parent_run: str) -> dict[str, Any
         run_search(settings)
     sdir.add_seconds(f"search/{method}", time.time() - t0)
     return chosen_trial(SearchDir.load(folder))
-
-
-def chosen_trial(search: Any) -> dict[str, Any]:
-    """What a finished search chose: its best config file, trial, objective value, counts."""
-    from extune.search.results import select_trial
-
-    records = search.records()
-    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
-    best_file = search.path / "best_config.yaml"
-    chosen: dict[str, Any] = {"config": str(best_file) if best_file.is_file() else None,
-                              "counts": counts, "search_dir": str(search.path),
-                              "parent_run_id": search.meta.get("parent_run_id")}
-    if counts["complete"]:
-        best = select_trial(records, search.objectives)
-        objective = search.objectives[0]
-        chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
-                      params=best.params)
-    return chosen
 
 
 def _log_study(tracker: Any, results: dict[str, Any], files: dict[str, Path]) -> None:
