@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extune.search.cli import main
+from extune.cli import main
 
 
 @pytest.fixture(autouse=True)

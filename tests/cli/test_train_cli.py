@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from extune.search.cli import main
+from extune.cli import main
 
 
 def _sets(overrides: dict) -> list[str]:
@@ -66,7 +66,7 @@ def test_bad_input_is_one_line_error(args, message, tiny_args, capsys):
 
 def test_console_script_entry_point(tmp_path):
     """The installed `extune` command runs and reports errors with exit status 2."""
-    code = ("import sys; from extune.search.cli import main; "
+    code = ("import sys; from extune.cli import main; "
             "sys.exit(main(['train', '--set', 'optim.epochs=0']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
