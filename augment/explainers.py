@@ -25,15 +25,15 @@ subclass only computes a raw attribution in :meth:`Explainer.attribute`; the bas
       (range within float32 rounding of its magnitude) becomes all zeros, never NaN;
       non-finite values are zeroed first.
 
-Registered: ``gradcam`` (fast own implementation, :func:`grad_cam`), and, backed by captum,
-``saliency``, ``integrated_gradients``, ``deeplift``, ``guided_backprop``, ``input_x_gradient``.
+Registered, in this order (the order the built-in search spaces offer them in): ``gradcam``
+(fast own implementation, :func:`grad_cam`), and, backed by captum, ``saliency``,
+``input_x_gradient``, ``guided_backprop``, ``integrated_gradients``, ``deeplift``.
 DeepLift and guided backprop need distinct, non-inplace ``nn.ReLU`` modules in the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -44,8 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from extune.errors import RegistryError
+from extune.registry import Registry
 
 __all__ = [
+    "EXPLAINERS",
     "Explainer",
     "register_explainer",
     "list_explainers",
@@ -56,7 +58,8 @@ __all__ = [
     "preserved_model_state",
 ]
 
-_REGISTRY: dict[str, type[Explainer]] = {}
+EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
+"""Explainer classes by name (``explain.explainer``), iterated in registration order."""
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
@@ -74,10 +77,8 @@ def register_explainer(name: str) -> Callable[[type[_E]], type[_E]]:
     """
 
     def deco(cls: type[_E]) -> type[_E]:
-        if name in _REGISTRY:
-            raise ValueError(f"explainer '{name}' is already registered")
+        EXPLAINERS.register(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
@@ -85,7 +86,7 @@ def register_explainer(name: str) -> Callable[[type[_E]], type[_E]]:
 
 def list_explainers() -> list[str]:
     """Names of the registered explainers, sorted."""
-    return sorted(_REGISTRY)
+    return EXPLAINERS.names()
 
 
 def create_explainer(name: str, *, layer: str | None = None, steps: int = 16) -> Explainer:
@@ -101,14 +102,7 @@ def create_explainer(name: str, *, layer: str | None = None, steps: int = 16) ->
         RegistryError: unknown ``name``; the message lists the registered names.
         ValueError: ``steps < 1``.
     """
-    try:
-        cls = _REGISTRY[name]
-    except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise RegistryError(f"unknown explainer '{name}'{hint}; registered: "
-                            f"{', '.join(list_explainers())}") from None
-    return cls(layer=layer, steps=steps)
+    return EXPLAINERS.get(name)(layer=layer, steps=steps)
 
 
 # ------------------------------------------------------------------------------ model handling
@@ -359,6 +353,26 @@ class Saliency(Explainer):
         return _Saliency(model).attribute(x, target=target, abs=True)
 
 
+@register_explainer("input_x_gradient")
+class InputXGradient(Explainer):
+    """Input times gradient (Shrikumar et al. 2016), in normalised space."""
+
+    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        from captum.attr import InputXGradient as _InputXGradient
+
+        return _InputXGradient(model).attribute(x, target=target)
+
+
+@register_explainer("guided_backprop")
+class GuidedBackprop(Explainer):
+    """Guided backpropagation (Springenberg et al. 2015)."""
+
+    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        from captum.attr import GuidedBackprop as _GuidedBackprop
+
+        return _GuidedBackprop(model).attribute(x, target=target)
+
+
 @register_explainer("integrated_gradients")
 class IntegratedGradients(Explainer):
     """Integrated gradients (Sundararajan et al. 2017), ``steps`` Gauss-Legendre steps.
@@ -382,23 +396,3 @@ class DeepLift(Explainer):
         from captum.attr import DeepLift as _DeepLift
 
         return _DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=target)
-
-
-@register_explainer("guided_backprop")
-class GuidedBackprop(Explainer):
-    """Guided backpropagation (Springenberg et al. 2015)."""
-
-    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-        from captum.attr import GuidedBackprop as _GuidedBackprop
-
-        return _GuidedBackprop(model).attribute(x, target=target)
-
-
-@register_explainer("input_x_gradient")
-class InputXGradient(Explainer):
-    """Input times gradient (Shrikumar et al. 2016), in normalised space."""
-
-    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-        from captum.attr import InputXGradient as _InputXGradient
-
-        return _InputXGradient(model).attribute(x, target=target)

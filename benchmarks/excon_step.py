@@ -20,16 +20,15 @@ import time
 
 import torch
 
-from extune.models import create_model
 from extune.train.config import Config
-from extune.train.methods import create_method
+from extune.train.methods import config_model, create_method
 from extune.train.runtime import autocast
 
 
 def make_step(cfg: Config, device: torch.device, num_classes: int):
     """A closure running one full optimiser step of ``cfg.method``; returns its stats."""
     torch.manual_seed(0)
-    model = create_model(cfg, num_classes).to(device)
+    model = config_model(cfg, num_classes).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.train()

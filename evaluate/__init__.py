@@ -30,11 +30,17 @@ from extune.evaluate.explanations import (
     saliency_ranks,
 )
 from extune.evaluate.robustness import PixelSpaceModel, fgsm_accuracy, fgsm_attack
-from extune.evaluate.suite import CLASSIFICATION_METRICS, evaluate_split, metric_names
+from extune.evaluate.suite import (
+    CLASSIFICATION_METRICS,
+    EvalSettings,
+    evaluate_split,
+    metric_names,
+)
 from extune.evaluate.visualize import saliency_grid
 
 __all__ = [
     "evaluate_split",
+    "EvalSettings",
     "metric_names",
     "CLASSIFICATION_METRICS",
     "EXPLANATION_METRICS",

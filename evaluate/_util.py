@@ -37,18 +37,6 @@ def stats(values: Sequence[float], device: torch.device) -> Tensor:
     return torch.as_tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
-def to_unit(images: Tensor) -> Tensor:
-    """``uint8 [B,3,H,W]`` in 0..255 (or float already in [0, 1]) -> float32 [B,3,H,W] in [0, 1]."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
-
-
-def normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Float [B,3,H,W] in [0, 1] -> ``(x - mean) / std`` per channel."""
-    return (x01 - stats(mean, x01.device)) / stats(std, x01.device)
-
-
 def batches(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices ``[start, start + batch_size)`` covering ``range(n)``."""
     if batch_size < 1:

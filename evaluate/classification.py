@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extune.evaluate._util import batches, eval_mode, model_device, normalize, to_unit
+from extune.augment.views import normalize, to_unit
+from extune.evaluate._util import batches, eval_mode, model_device
 
 __all__ = [
     "ECE_BINS",
@@ -39,7 +40,7 @@ def predict_logits(
 
     Args:
         model: Classifier taking normalised float input ``[B, 3, H, W]`` -> logits ``[B, C]``.
-        images: ``uint8 [N, 3, H, W]`` (0..255) or float in [0, 1].
+        images: ``uint8 [N, 3, H, W]`` (0..255).
         mean: Per-channel mean in [0, 1] used for normalisation.
         std: Per-channel standard deviation in [0, 1].
         batch_size: Images per forward pass.

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extune.evaluate._util import batches, eval_mode, model_device, normalize, to_unit
+from extune.augment.views import normalize, to_unit
+from extune.evaluate._util import batches, eval_mode, model_device
 
 __all__ = [
     "EXPLANATION_METRICS",
@@ -97,7 +98,7 @@ def compute_saliency(model: nn.Module, explainer: Explainer, images: Tensor, *,
     Args:
         model: Classifier on normalised input ``[B,3,H,W] -> [B,C]``.
         explainer: ``(model, x normalised [B,3,H,W], target [B]) -> [B,1,H,W]`` in [0, 1].
-        images: ``uint8 [N, 3, H, W]`` or float in [0, 1].
+        images: ``uint8 [N, 3, H, W]``.
         mean: Per-channel mean in [0, 1].
         std: Per-channel standard deviation in [0, 1].
         target: Optional int64 ``[N]`` classes to explain.

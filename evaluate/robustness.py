@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extune.evaluate._util import batches, eval_mode, model_device, stats, to_unit
+from extune.augment.views import to_unit
+from extune.evaluate._util import batches, eval_mode, model_device, stats
 
 __all__ = ["PixelSpaceModel", "fgsm_attack", "fgsm_accuracy"]
 
@@ -83,7 +84,7 @@ def fgsm_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Seq
 
     Args:
         model: Classifier on normalised input.
-        images: ``uint8 [N, 3, H, W]`` or float in [0, 1].
+        images: ``uint8 [N, 3, H, W]``.
         labels: int64 ``[N]``.
         mean: Per-channel mean in [0, 1].
         std: Per-channel standard deviation in [0, 1].

@@ -10,12 +10,13 @@ list with formulas, ranges and directions is in ``docs/metrics.md`` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from extune.evaluate._util import batches, eval_mode, model_device, normalize, to_unit
+from extune.augment.views import normalize, to_unit
+from extune.evaluate._util import batches, eval_mode, model_device
 from extune.evaluate.classification import _classification_tensors, predict_logits
 from extune.evaluate.corruptions import make_corruption
 from extune.evaluate.explanations import (
@@ -29,21 +30,31 @@ from extune.evaluate.explanations import (
 )
 from extune.evaluate.robustness import fgsm_accuracy
 
-if TYPE_CHECKING:  # extune.train depends on extune.evaluate, not the other way round
-    from extune.train.config import EvalConfig
-
-__all__ = ["CLASSIFICATION_METRICS", "metric_names", "evaluate_split"]
+__all__ = ["CLASSIFICATION_METRICS", "EvalSettings", "metric_names", "evaluate_split"]
 
 CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
 """Keys computed at every evaluation (also with ``full=False``)."""
 
 
 class ImageSetLike(Protocol):
-    """What :func:`evaluate_split` reads of ``extune.train.data.ImageSet``."""
+    """What :func:`evaluate_split` reads of a split (``extune.train.data.ImageSet``)."""
 
     images: Tensor  # uint8 [N, 3, H, W]
     labels: Tensor  # int64 [N]
     masks: Tensor | None  # bool [N, 1, H, W]
+
+
+class EvalSettings(Protocol):
+    """What :func:`evaluate_split` reads of its settings (the ``eval`` section of a config
+    has these attributes; any object with them will do)."""
+
+    batch_size: int  # images per forward pass
+    corruptions: Sequence[str]  # names from extune.evaluate.list_corruptions()
+    severity: int  # corruption severity, 1..5
+    fgsm_eps: float  # FGSM step in [0, 1] pixel space
+    explain_samples: int  # images of the explanation metrics (0: none)
+    top_fraction: float  # salient fraction kept / filled by the explanation metrics
+    deletion_steps: int  # steps of the deletion and insertion curves
 
 
 def metric_names(prefix: str = "val", *, full: bool = True,
@@ -84,7 +95,7 @@ def group_prefix(prefix: str, group: str) -> str:
 
 
 def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
-                   std: Sequence[float], num_classes: int, cfg: EvalConfig, prefix: str,
+                   std: Sequence[float], num_classes: int, cfg: EvalSettings, prefix: str,
                    seed: int) -> dict[str, Tensor]:
     device = labels.device
     shift = group_prefix(prefix, "shift")
@@ -104,7 +115,7 @@ def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Se
 
 
 def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Explainer, *,
-                         mean: Sequence[float], std: Sequence[float], cfg: EvalConfig,
+                         mean: Sequence[float], std: Sequence[float], cfg: EvalSettings,
                          prefix: str, seed: int) -> dict[str, Tensor]:
     device = model_device(model, split.images.device)
     index = explanation_subset(len(split.images), cfg.explain_samples, seed=seed)
@@ -128,7 +139,7 @@ def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Expla
 
 
 def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
-                   std: Sequence[float], num_classes: int, cfg: EvalConfig,
+                   std: Sequence[float], num_classes: int, cfg: EvalSettings,
                    explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
                    seed: int = 0) -> dict[str, float]:
     """Evaluate a classifier on one split; every metric as a plain float.
@@ -152,8 +163,9 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         mean: Per-channel mean in [0, 1] (of the training set).
         std: Per-channel standard deviation in [0, 1].
         num_classes: ``C``.
-        cfg: ``Config.eval`` (batch_size, explain_samples, top_fraction, deletion_steps,
-            corruptions, severity, fgsm_eps).
+        cfg: the settings (:class:`EvalSettings`: batch_size, explain_samples,
+            top_fraction, deletion_steps, corruptions, severity, fgsm_eps), e.g. a config's
+            ``eval`` section.
         explainer: ``(model, x, target) -> saliency [B,1,H,W]`` from
             ``extune.augment.create_explainer``; ``None`` skips the explanation metrics.
         prefix: Namespace of the keys (``val``, ``test``).

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
 
 from extune.errors import RegistryError
 from extune.models.backbones import create_backbone
 from extune.models.heads import ProjectionHead
-
-if TYPE_CHECKING:
-    from extune.train.config import Config
 
 __all__ = ["Network", "create_model"]
 
@@ -96,16 +91,20 @@ class Network(nn.Module):
                             "(or a dotted path such as 'encoder.layer4.0')")
 
 
-def create_model(cfg: Config, num_classes: int) -> Network:
-    """Build the :class:`Network` described by ``cfg.model`` (fresh weights).
+def create_model(*, backbone: str, num_classes: int, cifar_stem: bool = True,
+                 projection_dim: int = 128, projection_hidden: int | None = None) -> Network:
+    """Build a :class:`Network` on a registered backbone (fresh weights).
 
-    ``cfg.model.cifar_stem=None`` means the CIFAR stem when ``cfg.data.image_size <= 64``.
+    Args:
+        backbone: a name from :func:`extune.models.list_backbones`.
+        num_classes: outputs of the classifier.
+        cifar_stem: the backbone's small-image stem (see :func:`create_backbone`).
+        projection_dim: output width of the projection head.
+        projection_hidden: hidden width of the projection head; ``None``: the feature width.
 
     Raises:
-        RegistryError: ``cfg.model.backbone`` is not registered.
+        RegistryError: ``backbone`` is not registered.
     """
-    m = cfg.model
-    cifar_stem = cfg.data.image_size <= 64 if m.cifar_stem is None else m.cifar_stem
-    encoder = create_backbone(m.backbone, cifar_stem=cifar_stem)
-    return Network(encoder, num_classes, projection_dim=m.projection_dim,
-                   projection_hidden=m.projection_hidden)
+    encoder = create_backbone(backbone, cifar_stem=cifar_stem)
+    return Network(encoder, num_classes, projection_dim=projection_dim,
+                   projection_hidden=projection_hidden)

@@ -12,15 +12,16 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from extune.search.optuna_search import (
-    config_label,
-    reported_metrics,
-    split_config,
-    trial_label,
-)
 from extune.search.results import TrialRecord, pareto_front, rank_records
 from extune.search.settings import Objective
-from extune.search.tracking import trial_error
+from extune.search.trials import (
+    config_label,
+    planned_epochs,
+    reported_metrics,
+    split_config,
+    trial_error,
+    trial_label,
+)
 
 __all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
 
@@ -135,15 +136,9 @@ class LiveConsole(Callback):
     def _row(self, trial: Any) -> _Row:
         if trial.trial_id not in self._rows:
             number, params = split_config(trial.config)
-            from extune.train.config import Config
-
-            try:
-                planned = Config.from_dict(self.base).with_overrides(params).optim.epochs
-            except Exception:
-                planned = None
             label = trial_label(number, trial.trial_id, config_label(trial.config))
-            self._rows[trial.trial_id] = _Row(label,
-                                              planned=planned, params=params)
+            planned = planned_epochs(self.base, trial.config)
+            self._rows[trial.trial_id] = _Row(label, planned=planned, params=params)
         return self._rows[trial.trial_id]
 
     def _preload(self) -> None:

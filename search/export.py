@@ -14,14 +14,12 @@ import yaml
 
 from extune.errors import ConfigError
 from extune.search.results import TrialRecord, select_trial
-from extune.search.services import ServiceError, check_tracking_uri
+from extune.search.services import existing_store
 from extune.search.store import SearchDir
 from extune.train.config import Config
 
 __all__ = ["export_search", "export_run", "config_from_params", "epoch_settings",
-           "rescale_epochs", "DEFAULT_TRACKING_URI", "EPOCH_KEYS"]
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+           "rescale_epochs", "EPOCH_KEYS"]
 
 EPOCH_KEYS = ("optim.warmup_epochs", "excon.warmup_epochs", "edda.warmup_epochs")
 """Settings counted in epochs: chosen on short trials, they mean less of a longer final run
@@ -89,7 +87,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
         ServiceError: the tracking store cannot be reached.
         ConfigError: no such run, a search (parent) run, or params that do not make a Config.
     """
-    uri = _existing_store(tracking_uri or DEFAULT_TRACKING_URI)
+    uri = existing_store(tracking_uri)
     from mlflow.exceptions import MlflowException
 
     from extune.search.tracking import mlflow_client
@@ -144,18 +142,6 @@ def _typed(base: Config, key: str, raw: str) -> Any:
         return value
     except ConfigError:
         return raw
-
-
-def _existing_store(uri: str) -> str:
-    """Refuse to create an empty SQLite store when exporting from one that does not exist."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):]).expanduser()
-        if not path.is_file():
-            raise ServiceError(f"no MLflow store at {path}; pass --tracking-uri (the one the "
-                               "search used)")
-        return f"sqlite:///{path.resolve()}"
-    check_tracking_uri(uri)
-    return uri
 
 
 def _write(out: str | Path, header: str, config: Config) -> None:

@@ -9,9 +9,9 @@ which misleads TPE and the exported best trial. A trial that raised after report
 would also be told COMPLETE, since Ray only tells FAIL when there is no value at all.
 
 Here the trial's planned epochs are known at ``suggest`` time (the base config with the trial's
-parameters), so ``on_trial_complete`` tells ``PRUNED`` when the last reported ``epoch`` is short
-of them and ``FAIL`` on any error or non-finite objective, through the same ``_ot_trials`` map
-and ``study.tell`` that Ray uses.
+parameters, :func:`extune.search.trials.trial_config`), so ``on_trial_complete`` tells
+``PRUNED`` when the last reported ``epoch`` is short of them and ``FAIL`` on any error or
+non-finite objective, through the same ``_ot_trials`` map and ``study.tell`` that Ray uses.
 
 Every Optuna trial also gets user attributes that make the study self-describing (used by
 export and the summary): ``extune.params`` (the full override dict, fixed values included),
@@ -28,65 +28,11 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from extune.train.config import Config
+from extune.search.trials import TRIAL_NUMBER, reported_metrics, trial_config
 
-__all__ = ["PruneAwareOptunaSearch", "reported_metrics", "TRIAL_NUMBER", "LABEL", "RUN",
-           "split_config", "config_label", "trial_label"]
-
-TRIAL_NUMBER = "_optuna_trial"
-"""Key added to every Tune trial config: the Optuna trial number (how trials are named)."""
-
-
-LABEL = "_label"
-"""Optional key of a Tune trial config: the trial's name (a study's final runs: ``excon-seed1``)."""
-
-RUN = "_run"
-"""Optional key of a Tune trial config: a whole override dict (a study's final runs are a Tune
-grid over such dicts, one per method and seed); its keys join the config's own."""
-
-
-def split_config(config: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
-    """A Tune trial config -> (Optuna trial number, Config overrides).
-
-    Keys that start with ``_`` (:data:`TRIAL_NUMBER`, :data:`LABEL`, :data:`RUN`) describe the
-    trial and are not Config overrides; the dict under :data:`RUN` holds overrides.
-    """
-    merged = {**config.get(RUN, {}), **config}
-    params = {k: v for k, v in merged.items() if not k.startswith("_")}
-    number = config.get(TRIAL_NUMBER)
-    return (int(number) if number is not None else None), params
-
-
-def config_label(config: dict[str, Any]) -> str | None:
-    """The :data:`LABEL` of a Tune trial config (top level or in its :data:`RUN` dict)."""
-    return config.get(LABEL) or config.get(RUN, {}).get(LABEL)
-
-
-def trial_label(number: int | None, trial_id: str | None = None,
-                label: str | None = None) -> str:
-    """``label`` if given, else ``trial-007`` (Optuna number), else the Tune trial id."""
-    if label:
-        return label
-    return f"trial-{number:03d}" if number is not None else f"trial-{trial_id}"
+__all__ = ["PruneAwareOptunaSearch"]
 
 log = logging.getLogger(__name__)
-
-
-def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The training metrics of a Tune result: ``epoch`` and ``section/name`` floats.
-
-    Ray's own keys (``training_iteration``, ``time_this_iter_s``, ``config/...``, ``done``,
-    ``pid``...) and non-numeric or non-finite values are left out.
-    """
-    out: dict[str, float] = {}
-    for key, value in result.items():
-        if key != "epoch" and ("/" not in key or key.startswith("config/")):
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if math.isfinite(value):
-            out[key] = float(value)
-    return out
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -109,7 +55,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         params = super().suggest(trial_id)
         if params is None:
             return None
-        epochs = Config.from_dict(self._base).with_overrides(params).optim.epochs
+        epochs = trial_config(self._base, params).optim.epochs
         self._planned[trial_id] = epochs
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("extune.params", params)

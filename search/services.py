@@ -7,14 +7,18 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlparse
 
 from extune.errors import ExtuneError
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
-           "quiet_ray_env"]
+           "quiet_ray_env", "DEFAULT_TRACKING_URI", "resolve_tracking_uri", "existing_store"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""The MLflow store when ``--tracking-uri`` is not given: a SQLite file in the working folder."""
 
 
 class ServiceError(ExtuneError, ConnectionError):
@@ -129,3 +133,33 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(e, "reason", None) or e
         raise ServiceError(f"cannot reach the MLflow tracking server at {uri} ({reason}); "
                            "start it or pass another --tracking-uri") from None
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI (``None``: :data:`DEFAULT_TRACKING_URI`) with a relative SQLite path or
+    a bare folder made absolute, so that a search resumes (and exports) from any folder."""
+    uri = uri or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        uri = f"sqlite:///{path}"
+    elif "://" not in uri and not uri.startswith("databricks"):
+        uri = Path(uri).expanduser().resolve().as_uri()
+    return uri
+
+
+def existing_store(uri: str | None) -> str:
+    """:func:`resolve_tracking_uri` for reading: a SQLite store must exist (reading one that
+    does not would create an empty database), a server must answer.
+
+    Raises:
+        ServiceError: no SQLite file there, or the server does not answer.
+    """
+    resolved = resolve_tracking_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        if not Path(resolved[len("sqlite:///"):]).is_file():
+            given = (uri or DEFAULT_TRACKING_URI)[len("sqlite:///"):]
+            raise ServiceError(f"no MLflow store at {Path(given).expanduser()}; pass "
+                               "--tracking-uri (the one the search used)")
+        return resolved
+    check_tracking_uri(resolved)
+    return resolved

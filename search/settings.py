@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
+from extune.search.services import resolve_tracking_uri
 from extune.train.config import Config
 
 __all__ = [
@@ -119,8 +120,9 @@ class SearchSettings:
         address: Ray cluster to join; ``None`` starts Ray on this machine.
         storage: Ray storage for trial results/checkpoints (shared path or bucket URI);
             ``None``: inside the search folder.
-        tracking_uri: MLflow tracking URI; ``None``: ``sqlite:///mlflow.db`` in the working
-            folder.
+        tracking_uri: MLflow tracking URI; ``None``:
+            :data:`~extune.search.services.DEFAULT_TRACKING_URI` (``mlflow.db`` in the working
+            folder).
         experiment: MLflow experiment name.
         name: search name; ``None``: ``<space>-<date>-<time>``.
         out: folder that holds the search folder (``<out>/<name>``).
@@ -185,9 +187,11 @@ class SearchSettings:
         _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        from extune.train.validate import validate_config  # imports the registries (torch)
+
         bad = [k for k in self.fixed if k not in Config.keys()]
         _check(not bad, f"--fix names unknown config key(s) {', '.join(bad)}")
-        Config().with_overrides(self.fixed)  # wrong types and ranges fail here, in one line
+        validate_config(Config().with_overrides(self.fixed))  # bad types, ranges, names
         objectives = parse_objectives(self.objective)
         _check(not (self.sampler == "cmaes" and len(objectives) > 1),
                "the cmaes sampler optimises one objective; use tpe or nsga2 for several")
@@ -236,14 +240,9 @@ class SearchSettings:
         return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def resolved_tracking_uri(self) -> str:
-        """The tracking URI with a relative SQLite path made absolute (resume from anywhere)."""
-        uri = self.tracking_uri or "sqlite:///mlflow.db"
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
-            uri = f"sqlite:///{path}"
-        elif "://" not in uri and not uri.startswith("databricks"):
-            uri = Path(uri).expanduser().resolve().as_uri()
-        return uri
+        """The tracking URI with a relative SQLite path made absolute (resume from anywhere):
+        :func:`extune.search.services.resolve_tracking_uri`."""
+        return resolve_tracking_uri(self.tracking_uri)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

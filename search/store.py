@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search.results import TrialRecord, records_from_study
+from extune.search.results import TrialRecord, records_from_study, select_trial
 from extune.search.settings import Objective, SearchSettings
 from extune.spaces import get_space, space_name
 from extune.train.config import Config
 
-__all__ = ["SearchDir", "META_NAME"]
+__all__ = ["SearchDir", "META_NAME", "chosen_trial"]
 
 META_NAME = "search.json"
 
@@ -144,6 +144,22 @@ class SearchDir:
 
     def records(self) -> list[TrialRecord]:
         return records_from_study(self.study(), self.objectives)
+
+
+def chosen_trial(search: SearchDir) -> dict[str, Any]:
+    """What a finished search chose: its best config file, trial, objective value, counts."""
+    records = search.records()
+    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
+    best_file = search.path / "best_config.yaml"
+    chosen: dict[str, Any] = {"config": str(best_file) if best_file.is_file() else None,
+                              "counts": counts, "search_dir": str(search.path),
+                              "parent_run_id": search.meta.get("parent_run_id")}
+    if counts["complete"]:
+        best = select_trial(records, search.objectives)
+        objective = search.objectives[0]
+        chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
+                      params=best.params)
+    return chosen
 
 
 def _write_space(path: Path, space: Any) -> str | None:

@@ -38,12 +38,16 @@ from rich.console import Console
 
 from extune.errors import ConfigError
 from extune.search.settings import QUICK_BASE, SearchSettings, parse_objectives
-from extune.train.config import METHODS, Config
+from extune.search.store import SearchDir, chosen_trial
+from extune.train.config import Config
+from extune.train.methods import METHODS
 
 __all__ = ["StudySettings", "StudyDir", "StudyResult", "run_study", "chosen_trial",
            "QUICK_STUDY", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("ce", "supcon", "excon", "edda", "random_occlusion")
+DEFAULT_METHODS = tuple(METHODS)
+"""Every registered method, in registration order (``ce, supcon, excon, edda,
+random_occlusion``): the methods a study compares by default, in the report's order."""
 STUDY_META = "study.json"
 
 QUICK_STUDY: dict[str, Any] = {
@@ -126,7 +130,7 @@ class StudySettings:
         """
         unknown = [m for m in self.methods if m not in METHODS]
         _check(not unknown, f"unknown method(s) {', '.join(unknown)} in --methods; use "
-               f"{', '.join(METHODS)}")
+               f"{', '.join(METHODS.names())}")
         _check(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
                "--methods needs one or more different methods, e.g. ce,excon")
         _check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
@@ -320,7 +324,12 @@ def run_study(settings: StudySettings | None = None, *,
     """
     import ray
 
-    from extune.search.services import check_tracking_uri, connect_ray, quiet_ray_env
+    from extune.search.services import (
+        check_tracking_uri,
+        connect_ray,
+        quiet_ray_env,
+        resolve_tracking_uri,
+    )
     from extune.search.study_final import run_final_stage
     from extune.search.study_report import write_report
 
@@ -333,7 +342,7 @@ def run_study(settings: StudySettings | None = None, *,
     else:
         settings = settings or StudySettings()
         _validate_spaces(settings)
-    uri = SearchSettings(tracking_uri=settings.tracking_uri).resolved_tracking_uri()
+    uri = resolve_tracking_uri(settings.tracking_uri)
     check_tracking_uri(uri)
     if resume is None:
         sdir = StudyDir.create(settings)
@@ -370,10 +379,13 @@ def run_study(settings: StudySettings | None = None, *,
 
 
 def _validate_spaces(settings: StudySettings) -> None:
-    """Every method's space against the base, before any folder or run exists."""
+    """Every method's space against the base, and the final runs' settings (``--eval-explainer``),
+    before any folder or run exists."""
     from extune.spaces import get_space, validate_space
+    from extune.train.validate import validate_config
 
     base = settings.base_config()
+    validate_config(settings.final_config(base, settings.final_seeds()[0]))
     for method in settings.methods:
         validate_space(get_space(method), base, name=method, seed=settings.seed)
 
@@ -407,7 +419,6 @@ def _search_stage(sdir: StudyDir, method: str, parent_run: str) -> dict[str, Any
         ``{"config": Path of best_config.yaml or None, "trial": name, "value": objective,
         "counts": {state: n}, "search_dir": str, "parent_run_id": str}``.
     """
-    from extune.search.store import SearchDir
     from extune.search.tuner import run_search
 
     folder = sdir.search_dir(method)
@@ -425,24 +436,6 @@ def _search_stage(sdir: StudyDir, method: str, parent_run: str) -> dict[str, Any
     if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
         raise KeyboardInterrupt
     return chosen_trial(SearchDir.load(folder))
-
-
-def chosen_trial(search: Any) -> dict[str, Any]:
-    """What a finished search chose: its best config file, trial, objective value, counts."""
-    from extune.search.results import select_trial
-
-    records = search.records()
-    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
-    best_file = search.path / "best_config.yaml"
-    chosen: dict[str, Any] = {"config": str(best_file) if best_file.is_file() else None,
-                              "counts": counts, "search_dir": str(search.path),
-                              "parent_run_id": search.meta.get("parent_run_id")}
-    if counts["complete"]:
-        best = select_trial(records, search.objectives)
-        objective = search.objectives[0]
-        chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
-                      params=best.params)
-    return chosen
 
 
 def _log_study(tracker: Any, results: dict[str, Any], files: dict[str, Path]) -> None:

@@ -16,9 +16,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from extune.search.optuna_search import LABEL, RUN, config_label, reported_metrics
 from extune.search.resources import cluster_plan
 from extune.search.settings import Objective
+from extune.search.trials import (
+    LABEL,
+    RUN,
+    config_label,
+    reported_metrics,
+    trial_config,
+    trial_error,
+)
 from extune.train.config import Config
 
 __all__ = ["run_final_stage", "final_points"]
@@ -111,19 +118,17 @@ def _collect(path: str, points: list[dict], base: Config) -> list[dict]:
     """One record per planned run, from the Tune experiment's saved trial states."""
     from ray.tune import ExperimentAnalysis
 
-    from extune.search.tracking import trial_error
-
     try:
         trials = list(ExperimentAnalysis(path).trials) if points else []
     except Exception:  # nothing ran
         trials = []
     by_label = {config_label(t.config): t for t in trials}
+    base_dict = base.to_dict()
     runs = []
     for point in points:
         trial = by_label.get(point[LABEL])
         metrics = reported_metrics(trial.last_result or {}) if trial is not None else {}
-        epochs = base.with_overrides({k: v for k, v in point.items()
-                                      if not k.startswith("_")}).optim.epochs
+        epochs = trial_config(base_dict, point).optim.epochs
         state = _state(trial, metrics, epochs)
         runs.append({"method": point["method"], "seed": point.get("runtime.seed"),
                      "seed_index": point["_seed_index"], "label": point[LABEL],

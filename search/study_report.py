@@ -303,8 +303,7 @@ def _plot_files(folder: Path, methods: Sequence[str], summary: dict, runs: Seque
 # --------------------------------------------------------------------------- all of it
 def build_results(sdir: Any, runs: Sequence[dict]) -> dict[str, Any]:
     """Everything the report shows, as plain data (``results.json``)."""
-    from extune.search.store import SearchDir
-    from extune.search.study import chosen_trial
+    from extune.search.store import SearchDir, chosen_trial
 
     s = sdir.settings
     base = s.base_config()

@@ -22,14 +22,15 @@ from typing import Any
 
 from ray.tune import Callback
 
-from extune.search.optuna_search import (
+from extune.search.services import ServiceError, check_tracking_uri
+from extune.search.trials import (
     config_label,
     reported_metrics,
     split_config,
+    trial_config,
+    trial_error,
     trial_label,
 )
-from extune.search.services import ServiceError, check_tracking_uri
-from extune.train.config import Config
 
 __all__ = ["MlflowTracker", "MlflowCallback", "mlflow_client", "param_value", "GRID_NAME"]
 
@@ -274,8 +275,7 @@ class MlflowCallback(Callback):
     @_never_fail
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run(trial)
-        planned = Config.from_dict(self.base).with_overrides(split_config(trial.config)[1]
-                                                              ).optim.epochs
+        planned = trial_config(self.base, trial.config).optim.epochs
         pruned = trial.last_result.get("epoch", planned) < planned
         self.tracker.set_tags(run_id, {"extune.pruned": str(pruned).lower()})
         self._log_grid(run_id, trial)
@@ -333,28 +333,6 @@ def mlflow_client(uri: str) -> Any:
 def trial_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The flattened full Config of a trial (dotted keys), or the raw parameters if invalid."""
     try:
-        return Config.from_dict(base).with_overrides(params).flatten()
+        return trial_config(base, params).flatten()
     except Exception:
         return dict(params)
-
-
-def trial_error(trial: Any) -> str:
-    """One line saying why a Tune trial failed (its error file, read where it is)."""
-    path = getattr(trial, "error_file", None)
-    try:
-        if path and Path(path).is_file():
-            return error_summary(Path(path).read_text())
-        return error_summary(trial.get_error())
-    except Exception:  # storage unreachable: the status still says FAILED
-        return "unknown error"
-
-
-def error_summary(trace: Any) -> str:
-    """The last ``Type: message`` line of an error trace, without the module path, one line."""
-    if not trace:
-        return "unknown error"
-    lines = [line.strip() for line in str(trace).splitlines() if line.strip()]
-    line = next((ln for ln in reversed(lines)
-                 if ":" in ln and not ln.startswith(("File ", "^", "~"))), lines[-1] if lines
-                else "unknown error")
-    return re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=\w+:)", "", line)[:500]

@@ -9,26 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError, ExtuneError
-from extune.search.optuna_search import split_config
 from extune.search.resources import hide_unassigned_gpus
+from extune.search.trials import trial_config
 from extune.train.config import Config
 
-__all__ = ["train_trial", "trial_config", "FAILED_MARKER"]
+__all__ = ["train_trial", "FAILED_MARKER"]
 
 FAILED_MARKER = ".extune_failed"
 """Folder of the search's storage (``<experiment path>/.extune_failed/<trial id>.json``) that
 records a trial failing for a reason a retry cannot fix. It lives on the storage path, which
 every node sees, so a retry placed on another node reads it too."""
-
-
-def trial_config(base: dict[str, Any], params: dict[str, Any], cpus: float = 1.0) -> Config:
-    """The config a trial trains: ``base`` with the trial's parameters, quiet, and using as many
-    torch threads as the trial has CPUs (unless the config says otherwise)."""
-    cfg = Config.from_dict(base).with_overrides(params)
-    overrides: dict[str, Any] = {"runtime.progress": False}
-    if cfg.runtime.threads is None:
-        overrides["runtime.threads"] = max(1, int(cpus))
-    return cfg.with_overrides(overrides)
 
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = None,
@@ -56,8 +46,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
 
     from extune.train import fit
 
-    cfg = hide_unassigned_gpus(trial_config(base, split_config(params)[1], cpus),
-                               ray.get_gpu_ids())
+    cfg = hide_unassigned_gpus(trial_config(base, params, cpus), ray.get_gpu_ids())
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
     marker = _Marker(storage or str(trial_dir), context.get_trial_id())

@@ -40,7 +40,6 @@ from extune.search.services import (
 from extune.search.settings import Objective, SearchSettings, make_sampler
 from extune.search.store import SearchDir
 from extune.spaces import get_space, validate_space
-from extune.train.config import Config
 
 __all__ = ["SearchResult", "run_search"]
 
@@ -306,7 +305,7 @@ def _settle_stopped(study: Any, trials: list[Any], tracker: Any) -> None:
     """Trials the time budget stopped are never told to the searcher: PRUNED (or FAIL)."""
     from optuna.trial import Trial, TrialState
 
-    from extune.search.optuna_search import reported_metrics
+    from extune.search.trials import reported_metrics
 
     by_id = {t.trial_id: t for t in trials}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -328,7 +327,7 @@ def _settle_stopped(study: Any, trials: list[Any], tracker: Any) -> None:
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
             trials: list[Any]) -> SearchResult:
-    from extune.search.tracking import trial_error
+    from extune.search.trials import trial_error
 
     study = sdir.study()
     if not interrupted:
@@ -389,7 +388,3 @@ def _log_parent(tracker: Any, parent: str, files: dict[str, Path], best: TrialRe
         tags["extune.best_run_id"] = child
     tracker.set_tags(parent, tags)
 
-
-def config_of(path: str | Path, record: TrialRecord) -> Config:
-    """The full Config of a trial of the search in ``path``."""
-    return SearchDir.load(path).base_config().with_overrides(record.params)

@@ -13,11 +13,20 @@ user spaces are YAML files (format in ``docs/search.md``).
 
 from __future__ import annotations
 
-from extune.spaces.registry import Space, get_space, list_spaces, register_space, space_name
+from extune.spaces import presets  # noqa: F401  (registers the built-in spaces)
+from extune.spaces.registry import (
+    SPACES,
+    Space,
+    get_space,
+    list_spaces,
+    register_space,
+    space_name,
+)
 from extune.spaces.validate import SpaceCheck, sample_params, validate_space
 from extune.spaces.yaml_space import Param, YamlSpace
 
 __all__ = [
+    "SPACES",
     "Param",
     "Space",
     "SpaceCheck",

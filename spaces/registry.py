@@ -1,15 +1,18 @@
-"""The space registry: built-in presets by name, user spaces by YAML path."""
+"""The space registry: built-in presets by name, user spaces by YAML path.
+
+The presets (:mod:`extune.spaces.presets`) register themselves; the package imports them, so
+whoever imports :mod:`extune.spaces` finds them here.
+"""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from extune.errors import RegistryError
+from extune.registry import Registry
 
-__all__ = ["Space", "register_space", "list_spaces", "get_space", "space_name"]
+__all__ = ["SPACES", "Space", "register_space", "list_spaces", "get_space", "space_name"]
 
 
 class Space(Protocol):
@@ -24,7 +27,9 @@ class Space(Protocol):
     def __call__(self, trial: Any) -> dict[str, Any]: ...
 
 
-_SPACES: dict[str, Space] = {}
+SPACES: Registry[Space] = Registry("space", listing="built-in spaces",
+                                   tail=", or the path of a YAML space file")
+"""Define-by-run spaces by name (``--space``)."""
 
 
 def register_space(name: str) -> Callable[[Space], Space]:
@@ -33,20 +38,12 @@ def register_space(name: str) -> Callable[[Space], Space]:
     Raises:
         ValueError: ``name`` is already registered.
     """
-
-    def decorator(space: Space) -> Space:
-        if name in _SPACES:
-            raise ValueError(f"space '{name}' is already registered")
-        _SPACES[name] = space
-        return space
-
-    return decorator
+    return SPACES.register(name)
 
 
 def list_spaces() -> list[str]:
     """Sorted names of the built-in spaces."""
-    _load_presets()
-    return sorted(_SPACES)
+    return SPACES.names()
 
 
 def get_space(name_or_path: str | Path) -> Space:
@@ -60,30 +57,22 @@ def get_space(name_or_path: str | Path) -> Space:
         RegistryError: unknown name (the message lists the registered ones).
         ConfigError: the YAML file cannot be read or is not a valid space.
     """
-    _load_presets()
     text = str(name_or_path)
-    if text in _SPACES:
-        return _SPACES[text]
+    if text in SPACES:
+        return SPACES.get(text)
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         from extune.spaces.yaml_space import YamlSpace
 
         return YamlSpace.from_file(text)
-    close = difflib.get_close_matches(text, list(_SPACES), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise RegistryError(f"unknown space '{text}'; {hint}built-in spaces: "
-                        f"{', '.join(sorted(_SPACES))}, or the path of a YAML space file")
+    raise SPACES.error(text)
 
 
 def space_name(space: Space) -> str:
     """The registered name of ``space``, its YAML path, or its qualified name."""
-    for name, registered in _SPACES.items():
+    for name, registered in SPACES.items():
         if registered is space:
             return name
     path = getattr(space, "path", None)
     if path:
         return str(path)
     return getattr(space, "__qualname__", type(space).__name__)
-
-
-def _load_presets() -> None:
-    from extune.spaces import presets  # noqa: F401  (registers the built-in spaces)

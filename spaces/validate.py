@@ -45,6 +45,9 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
                    name: str = "space") -> SpaceCheck:
     """Sample ``space`` ``samples`` times (random sampler, no training) and build every config.
 
+    The base and every sampled config pass :class:`Config` and
+    :func:`~extune.train.validate.validate_config` (registered names).
+
     Args:
         space: a define-by-run space (see :class:`extune.spaces.Space`).
         base: the config the trials override.
@@ -56,11 +59,15 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
         The keys the space sets and the largest number of epochs it asks for.
 
     Raises:
-        ConfigError: a draw gives an unknown key or a value Config rejects (the message names
-            the space, the key and the allowed values).
+        ConfigError: the base has an unknown name, or a draw gives an unknown key, a value
+            Config rejects or an unknown name (the message names the space, the key and the
+            allowed values).
     """
     import optuna
 
+    from extune.train.validate import validate_config  # the registries: imported on use
+
+    validate_config(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     check = SpaceCheck(max_epochs=base.optim.epochs)
@@ -68,7 +75,7 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
         trial = study.ask()
         try:
             params = sample_params(space, trial)
-            cfg = base.with_overrides(params)
+            cfg = validate_config(base.with_overrides(params))
         except ConfigError as e:
             raise ConfigError(f"space '{name}' gives an invalid config: {e}") from None
         check.keys.update(params)

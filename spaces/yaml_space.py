@@ -10,8 +10,9 @@
     excon:                                          # sections may be nested
       mask_threshold: {type: float, low: 0.2, high: 0.8}
 
-Everything is checked against :class:`~extune.train.config.Config` when the file is loaded, so
-a bad space fails before any trial starts.
+Everything is checked against :class:`~extune.train.config.Config` and the registered names
+(:func:`~extune.train.validate.validate_config`) when the file is loaded, so a bad space fails
+before any trial starts.
 """
 
 from __future__ import annotations
@@ -283,14 +284,18 @@ def _check_conditions(param: Param, earlier: list[Param], where: str) -> None:
 
 
 def _check_values(param: Param, where: str) -> None:
-    """Every value the parameter can take (range ends, each choice) must pass Config."""
+    """Every value the parameter can take (range ends, each choice) must pass Config and
+    :func:`~extune.train.validate.validate_config` (a choice of explainers names registered
+    ones)."""
     if param.kind in ("float", "int"):
         candidates: tuple[Any, ...] = (param.low, param.high)
     else:
         candidates = param.values
+    from extune.train.validate import validate_config  # the registries: imported on use
+
     base = Config()
     for value in candidates:
         try:
-            base.with_overrides({param.key: value})
+            validate_config(base.with_overrides({param.key: value}))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None

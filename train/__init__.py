@@ -1,7 +1,7 @@
 """extune.train: the ``Config``, data sets, the training loop and checkpoints.
 
-``fit`` and friends are imported lazily so that ``import extune.train.config`` stays light and
-free of import cycles (models/augment/evaluate may use the config for typing).
+``fit``, ``validate_config`` and friends are imported lazily, so that ``import
+extune.train.config`` stays light (no torch).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from extune.train.config import Config
 
 if TYPE_CHECKING:
     from extune.train.loop import FitResult, TrainingDiverged, fit
+    from extune.train.validate import validate_config
 
 __all__ = [
     "Config",
@@ -23,6 +24,7 @@ __all__ = [
     "RegistryError",
     "TrainingDiverged",
     "fit",
+    "validate_config",
 ]
 
 
@@ -31,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from extune.train import loop
 
         return getattr(loop, name)
+    if name == "validate_config":
+        from extune.train.validate import validate_config
+
+        return validate_config
     raise AttributeError(f"module 'extune.train' has no attribute '{name}'")

@@ -8,6 +8,12 @@ Every setting has a dotted key (``optim.lr``, ``excon.mask_threshold``). A confi
 - is validated on construction: an unknown key, a wrong type or an out-of-range value raises
   :class:`ConfigError` naming the key, the value and what is allowed (closest key for typos).
 
+Registered names (``method``, ``data.name``, ``model.backbone``, ``explain.explainer``,
+``eval.explainer``, ``eval.corruptions``) are checked against their registries by
+:func:`extune.train.validate.validate_config`, which every entry point (``fit``, the CLI, a
+search and each sampled draw of its space, a study) calls before anything trains; this module
+imports no registry, so it stays light and every package may use it.
+
 ``None`` means "the component's default" (for example ``explain.layer=None`` is the backbone's
 last stage).
 """
@@ -38,12 +44,8 @@ __all__ = [
     "EDDAConfig",
     "EvalConfig",
     "RuntimeConfig",
-    "METHODS",
     "parse_assignments",
 ]
-
-METHODS = ("ce", "supcon", "excon", "edda", "random_occlusion")
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "brightness")
 
 
 def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -54,6 +56,13 @@ def _range(low: float | None = None, high: float | None = None, *, low_open: boo
 
 def _num(default: Any, low: float | None = None, high: float | None = None, **kw: Any) -> Any:
     return field(default=default, metadata=_range(low, high, **kw))
+
+
+def _all_corruptions() -> list[str]:
+    """Every corruption of :mod:`extune.evaluate.corruptions`, in its order (the default)."""
+    from extune.evaluate.corruptions import list_corruptions
+
+    return list_corruptions()
 
 
 @dataclass
@@ -152,7 +161,7 @@ class EvalConfig:
     explain_samples: int = _num(256, 0)  # validation images used for explanation metrics
     top_fraction: float = _num(0.15, 0.0, 1.0, low_open=True, high_open=True)
     deletion_steps: int = _num(16, 2, 256)
-    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
+    corruptions: list[str] = field(default_factory=_all_corruptions)  # default: every one
     severity: int = _num(3, 1, 5)
     fgsm_eps: float = _num(4 / 255, 0.0, 1.0)  # in [0, 1] pixel space
     grid_images: int = _num(8, 0, 64)  # images in the saliency grid PNG
@@ -176,7 +185,7 @@ class RuntimeConfig:
 class Config:
     """The whole training configuration. See the module docstring."""
 
-    method: Literal["ce", "supcon", "excon", "edda", "random_occlusion"] = "excon"
+    method: str = "excon"  # a registered method: extune.train.methods.list_methods()
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -330,15 +339,6 @@ def _validate(obj: Any, prefix: str) -> None:
         if rng is not None and value is not None:
             _check_range(key, value, *rng)
         setattr(obj, f.name, value)
-    if prefix == "":
-        _validate_names(obj)
-
-
-def _validate_names(cfg: Config) -> None:
-    for name in cfg.eval.corruptions:
-        if name not in CORRUPTIONS:
-            raise ConfigError(f"eval.corruptions: unknown corruption '{name}'; "
-                              f"allowed: {', '.join(CORRUPTIONS)}")
 
 
 def _type_name(tp: Any) -> str:

@@ -29,19 +29,26 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.errors import DataError, RegistryError
+from extune.train.datasets import (
+    DATASETS,
+    DatasetEntry,
+    DecodedData,
+    ImageSet,
+    list_datasets,
+    register_dataset,
+)
 
 __all__ = [
+    "DATASETS",
     "ImageSet",
     "DataSplits",
     "DecodedData",
@@ -52,48 +59,6 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 2  # bump when a loader's output changes for the same key
-
-
-# ============================================================================ containers
-@dataclass
-class ImageSet:
-    """One split; all tensors on one device.
-
-    Attributes:
-        images: uint8 ``[N, 3, H, W]``.
-        labels: int64 ``[N]``.
-        masks: bool ``[N, 1, H, W]`` ground-truth object masks or boxes, or None.
-    """
-
-    images: Tensor
-    labels: Tensor
-    masks: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        im, lab, m = self.images, self.labels, self.masks
-        if im.dtype != torch.uint8 or im.ndim != 4 or im.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N, 3, H, W], got {im.dtype} {list(im.shape)}")
-        if lab.dtype != torch.int64 or lab.shape != im.shape[:1]:
-            raise ValueError(f"labels must be int64 [{im.shape[0]}], got {lab.dtype} "
-                             f"{list(lab.shape)}")
-        if m is not None and (m.dtype != torch.bool or m.shape != (im.shape[0], 1, *im.shape[2:])):
-            raise ValueError(f"masks must be bool [N, 1, H, W] matching images, got {m.dtype} "
-                             f"{list(m.shape)}")
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageSet:
-        """The same split on ``device``."""
-        masks = None if self.masks is None else self.masks.to(device, non_blocking=non_blocking)
-        return ImageSet(self.images.to(device, non_blocking=non_blocking),
-                        self.labels.to(device, non_blocking=non_blocking), masks)
-
-    def subset(self, index: Tensor) -> ImageSet:
-        """The samples selected by ``index`` (int64 ``[K]`` positions or bool ``[N]``)."""
-        index = index.to(self.images.device)
-        masks = None if self.masks is None else self.masks[index]
-        return ImageSet(self.images[index], self.labels[index], masks)
 
 
 @dataclass
@@ -127,67 +92,6 @@ class DataSplits:
                           test, list(self.classes), self.mean, self.std)
 
 
-@dataclass
-class DecodedData:
-    """What a registered loader returns: the full decoded data set before any split.
-
-    Attributes:
-        train: every training image at ``image_size`` (the validation split comes out of it).
-        test: the test split, or None.
-        classes: class names, indexed by label.
-    """
-
-    train: ImageSet
-    test: ImageSet | None
-    classes: list[str]
-
-
-# ============================================================================ registry
-Loader = Callable[[DataConfig], DecodedData]
-KeyFn = Callable[[DataConfig], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    loader: Loader
-    key: KeyFn
-
-
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def _root_key(cfg: DataConfig) -> dict[str, Any]:
-    return {"root": str(Path(cfg.root).expanduser().resolve())}
-
-
-def register_dataset(name: str, *, key: KeyFn | None = None) -> Callable[[Loader], Loader]:
-    """Decorator registering ``loader(cfg: DataConfig) -> DecodedData`` under ``name``.
-
-    Args:
-        name: the ``data.name`` that selects it.
-        key: ``cfg -> dict`` (JSON-serialisable) of what, besides the name and image size,
-            determines the decoded arrays; it keys the disk cache. Default: the resolved root.
-    """
-
-    def decorator(loader: Loader) -> Loader:
-        _REGISTRY[name] = _Entry(loader, key or _root_key)
-        return loader
-
-    return decorator
-
-
-def list_datasets() -> list[str]:
-    """Names of the registered data sets, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise RegistryError(f"unknown data set '{name}' (data.name); registered: "
-                            f"{', '.join(list_datasets())}")
-    return _REGISTRY[name]
-
-
 # ============================================================================ load_data
 def load_data(cfg: DataConfig) -> DataSplits:
     """Decode (or read from the cache) the data set named by ``cfg.name`` and split it.
@@ -203,7 +107,7 @@ def load_data(cfg: DataConfig) -> DataSplits:
         RegistryError: ``cfg.name`` is not a registered data set.
         DataError: the data set's files are missing or unreadable.
     """
-    entry = _entry(cfg.name)
+    entry = DATASETS.get(cfg.name)
     decoded = _load_cached(cfg, entry)
     full = decoded.train
     n = len(full)
@@ -266,7 +170,7 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, float, float], tuple[flo
 
 
 # ============================================================================ disk cache
-def _cache_path(cfg: DataConfig, entry: _Entry) -> Path | None:
+def _cache_path(cfg: DataConfig, entry: DatasetEntry) -> Path | None:
     if not cfg.cache_dir:
         return None
     fields = {"version": _CACHE_VERSION, "name": cfg.name, "image_size": cfg.image_size,
@@ -275,7 +179,7 @@ def _cache_path(cfg: DataConfig, entry: _Entry) -> Path | None:
     return Path(cfg.cache_dir).expanduser() / f"{cfg.name}-{cfg.image_size}px-{digest}.npz"
 
 
-def _load_cached(cfg: DataConfig, entry: _Entry) -> DecodedData:
+def _load_cached(cfg: DataConfig, entry: DatasetEntry) -> DecodedData:
     path = _cache_path(cfg, entry)
     if path is not None and path.is_file():
         try:
@@ -336,5 +240,3 @@ def _read_cache(path: Path) -> DecodedData:
         return DecodedData(train, split("test"), classes)
 
 
-# The built-in loaders register themselves on import (they import this module's names).
-from extune.train.datasets import cifar, imagefolder, synthetic, tiny_imagenet  # noqa: E402,F401

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split
-from extune.models import Network, create_model
+from extune.models import Network
 from extune.train.checkpoint import checkpoint_path, load_checkpoint
 from extune.train.config import Config, parse_assignments
 from extune.train.data import load_data
-from extune.train.methods import evaluation_explainer
+from extune.train.methods import config_model, evaluation_explainer
 from extune.train.runtime import resolve_device, seed_everything
+from extune.train.validate import validate_config
 
 __all__ = ["evaluate_checkpoint", "load_model"]
 
@@ -20,9 +21,10 @@ def load_model(checkpoint: str | Path, overrides: list[str] | None = None
                ) -> tuple[Network, Config]:
     """Rebuild the network of a checkpoint (on CPU) and its config (+ ``KEY=VALUE`` overrides)."""
     ckpt = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(ckpt["config"]).with_overrides(parse_assignments(overrides or []))
+    cfg = validate_config(Config.from_dict(ckpt["config"]).with_overrides(
+        parse_assignments(overrides or [])))
     num_classes = ckpt["model"]["classifier.weight"].shape[0]
-    model = create_model(cfg, num_classes)
+    model = config_model(cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError:

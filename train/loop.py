@@ -16,11 +16,11 @@ from torch import Tensor
 from extune.augment import Explainer, denormalize, mask_salient
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split, saliency_grid
-from extune.models import Network, create_model
+from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
-from extune.train.methods import Method, create_method, evaluation_explainer
+from extune.train.methods import Method, config_model, create_method, evaluation_explainer
 from extune.train.progress import EpochProgress
 from extune.train.runtime import (
     autocast,
@@ -30,6 +30,7 @@ from extune.train.runtime import (
     set_rng_state,
     torch_threads,
 )
+from extune.train.validate import validate_config
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
 
@@ -103,6 +104,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
     """
+    validate_config(config)  # unknown names fail here, before any data is loaded
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         progress = EpochProgress(enabled=config.runtime.progress)
@@ -128,7 +130,7 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     device = resolve_device(cfg.runtime)
     seed_everything(cfg.runtime.seed)
     splits = (data if data is not None else load_data(cfg.data)).to(device)
-    model = create_model(cfg, splits.num_classes).to(device)
+    model = config_model(cfg, splits.num_classes).to(device)
     if device.type == "cuda" and cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.runtime.compile:

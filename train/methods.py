@@ -27,13 +27,13 @@ from extune.augment import (
     soft_targets,
     standard_view,
 )
-from extune.errors import RegistryError
 from extune.evaluate import eval_mode
-from extune.models import Network, SupConLoss
+from extune.models import Network, SupConLoss, create_model
+from extune.registry import Registry
 from extune.train.config import Config
 
-__all__ = ["Method", "StepOutput", "config_explainer", "evaluation_explainer", "create_method",
-           "list_methods"]
+__all__ = ["METHODS", "Method", "StepOutput", "config_explainer", "config_model",
+           "evaluation_explainer", "create_method", "list_methods"]
 
 
 @dataclass
@@ -240,9 +240,22 @@ class RandomOcclusion(EDDA):
 
 
 # ------------------------------------------------------------------------ helpers
-_METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (CrossEntropy, SupCon, ExCon, EDDA, RandomOcclusion)
-}
+METHODS: Registry[type[Method]] = Registry("method")
+"""Training methods by name (``method``)."""
+for _method in (CrossEntropy, SupCon, ExCon, EDDA, RandomOcclusion):
+    METHODS.register(_method.name, _method)
+del _method
+
+
+def config_model(cfg: Config, num_classes: int) -> Network:
+    """The :class:`~extune.models.Network` described by ``cfg.model`` (fresh weights).
+
+    ``model.cifar_stem=None`` means the CIFAR stem when ``data.image_size <= 64``.
+    """
+    m = cfg.model
+    cifar_stem = cfg.data.image_size <= 64 if m.cifar_stem is None else m.cifar_stem
+    return create_model(backbone=m.backbone, num_classes=num_classes, cifar_stem=cifar_stem,
+                        projection_dim=m.projection_dim, projection_hidden=m.projection_hidden)
 
 
 def config_explainer(cfg: Config) -> Explainer:
@@ -262,16 +275,18 @@ def evaluation_explainer(cfg: Config) -> Explainer:
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    """Sorted names of the registered methods."""
+    return METHODS.names()
 
 
 def create_method(cfg: Config, model: Network, num_classes: int, mean: tuple[float, ...],
                   std: tuple[float, ...]) -> Method:
-    """Instantiate the method named by ``cfg.method``."""
-    if cfg.method not in _METHODS:
-        raise RegistryError(f"unknown method '{cfg.method}'; "
-                            f"available: {', '.join(list_methods())}")
-    return _METHODS[cfg.method](cfg, model, num_classes, mean, std)
+    """Instantiate the method named by ``cfg.method``.
+
+    Raises:
+        RegistryError: ``cfg.method`` is not registered.
+    """
+    return METHODS.get(cfg.method)(cfg, model, num_classes, mean, std)
 
 
 def _pairs(z: Tensor) -> Tensor:

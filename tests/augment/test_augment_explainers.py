@@ -174,4 +174,4 @@ def test_template_subclass_gets_postprocessing_and_registration(
         assert sal.shape == (4, 1, 16, 16) and sal.min() == 0 and sal.max() == 1
         assert torch.all(sal[..., 1:] >= sal[..., :-1])  # upsampled ramp, left to right
     finally:
-        explainers_module._REGISTRY.pop("test_ones_low_res")
+        explainers_module.EXPLAINERS.remove("test_ones_low_res")

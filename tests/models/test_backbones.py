@@ -13,7 +13,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from extune.errors import RegistryError
-from extune.models import backbones, create_backbone, list_backbones, register_backbone
+from extune.models import backbones, create_backbone, list_backbones, register_backbone, resnet
 
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
@@ -70,8 +70,8 @@ def test_backbone_contract(name):
 
 _SMALL_NETS = {  # one per block type; the hook test above covers every registered backbone
     "basic_block": lambda: create_backbone("resnet_mini"),
-    "bottleneck": lambda: backbones.ResNetBackbone(backbones.Bottleneck, (1, 1, 1, 1),
-                                                   (8, 8, 16, 16)),
+    "bottleneck": lambda: resnet.ResNetBackbone(resnet.Bottleneck, (1, 1, 1, 1),
+                                                (8, 8, 16, 16)),
     "tiny_cnn": lambda: create_backbone("tiny_cnn"),
 }
 
@@ -153,5 +153,5 @@ def test_register_backbone():
         with pytest.raises(ValueError, match="already registered"):
             register_backbone("_test_cnn")(_test_cnn)
     finally:
-        backbones._BACKBONES.pop("_test_cnn", None)
-        backbones._BACKBONES.pop("_test_bad", None)
+        backbones.BACKBONES.remove("_test_cnn")
+        backbones.BACKBONES.remove("_test_bad")

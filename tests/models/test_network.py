@@ -12,7 +12,6 @@ from torch import nn
 import extune.models
 from extune.errors import RegistryError
 from extune.models import Network, ProjectionHead, create_backbone, create_model
-from extune.train.config import Config
 
 
 @pytest.fixture
@@ -73,31 +72,26 @@ def test_network_rejects_encoder_without_contract():
         Network(nn.Conv2d(3, 4, 3), num_classes=2)
 
 
-def test_create_model_default_config():
-    cfg = Config()
-    model = create_model(cfg, num_classes=10)
-    assert cfg.model.backbone == "resnet_mini"
+def test_create_model_defaults():
+    model = create_model(backbone="resnet_mini", num_classes=10)
     assert model.default_layer == "layer4" and model.feature_dim == 128
     assert model.classifier.out_features == 10
     assert model.head.mlp[0].out_features == 128 and model.head.mlp[2].out_features == 128
-    assert model.encoder.conv1.kernel_size == (3, 3)  # image_size 32 <= 64: CIFAR stem
+    assert model.encoder.conv1.kernel_size == (3, 3)  # the CIFAR stem by default
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_create_model_honours_model_config():
-    cfg = Config().with_overrides({"model.backbone": "resnet18", "model.projection_dim": 16,
-                                   "model.projection_hidden": 24, "data.image_size": 96})
-    model = create_model(cfg, num_classes=3)
-    assert model.encoder.conv1.kernel_size == (7, 7)  # image_size 96 > 64: ImageNet stem
+def test_create_model_honours_its_arguments():
+    model = create_model(backbone="resnet18", num_classes=3, cifar_stem=False,
+                         projection_dim=16, projection_hidden=24)
+    assert model.encoder.conv1.kernel_size == (7, 7)  # ImageNet stem
     assert model.feature_dim == 512
     assert (model.head.mlp[0].out_features, model.head.mlp[2].out_features) == (24, 16)
-    forced = create_model(cfg.with_overrides({"model.cifar_stem": True}), num_classes=3)
-    assert forced.encoder.conv1.kernel_size == (3, 3)
 
 
 def test_create_model_unknown_backbone():
     with pytest.raises(RegistryError, match="resnet_mini"):
-        create_model(Config().with_overrides({"model.backbone": "vgg"}), num_classes=3)
+        create_model(backbone="vgg", num_classes=3)
 
 
 def test_public_api():
@@ -108,7 +102,7 @@ def test_public_api():
 
 def test_import_pulls_no_search_stack():
     code = ("import sys, extune.models; "
-            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'extune.train') "
+            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'extune.train', 'torchvision') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ray.tune import Callback
 
-from extune.search.cli import main
+from extune.cli import main
 from extune.search.export import export_search
 from extune.search.settings import SearchSettings
 from extune.search.tracking import mlflow_client

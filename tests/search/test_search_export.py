@@ -7,8 +7,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from extune.cli import main
 from extune.errors import ConfigError
-from extune.search.cli import main
 from extune.search.export import export_search
 from extune.search.settings import SearchSettings
 from extune.search.store import SearchDir

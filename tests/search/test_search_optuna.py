@@ -9,12 +9,8 @@ import pickle
 import optuna
 from optuna.trial import TrialState
 
-from extune.search.optuna_search import (
-    TRIAL_NUMBER,
-    PruneAwareOptunaSearch,
-    reported_metrics,
-    split_config,
-)
+from extune.search.optuna_search import PruneAwareOptunaSearch
+from extune.search.trials import TRIAL_NUMBER, split_config
 from extune.train.config import Config
 
 BASE = Config().with_overrides({"optim.epochs": 3}).to_dict()
@@ -93,9 +89,3 @@ def test_restore_fails_trials_asked_after_the_last_snapshot(tmp_path):
     fresh.on_trial_complete("a", result(3, 0.6))  # the restored trial still ends normally
     assert fresh._ot_study.get_trials()[0].state == TrialState.COMPLETE
     pickle.dumps(fresh)  # Ray pickles the searcher into the experiment state
-
-
-def test_reported_metrics_drop_ray_keys():
-    r = {"epoch": 2.0, "val/accuracy": 0.5, "train/loss": math.inf, "training_iteration": 2,
-         "config/optim.lr": 0.1, "done": True, "node_id": "n", "pid": 7, "val/top5": True}
-    assert reported_metrics(r) == {"epoch": 2.0, "val/accuracy": 0.5}

@@ -10,8 +10,8 @@ import pytest
 
 from extune.errors import ConfigError
 from extune.search.export import config_from_params, export_run
-from extune.search.optuna_search import TRIAL_NUMBER
-from extune.search.tracking import MlflowCallback, MlflowTracker, error_summary, param_value
+from extune.search.tracking import MlflowCallback, MlflowTracker, param_value
+from extune.search.trials import TRIAL_NUMBER
 from extune.train.config import Config
 
 BASE = Config().with_overrides({"optim.epochs": 3, "model.backbone": "tiny_cnn"})
@@ -124,10 +124,3 @@ def test_param_strings_round_trip_to_a_typed_config():
     assert config_from_params(params) == cfg
     with pytest.raises(ConfigError, match="no extune config params"):
         config_from_params({"lr": "0.1"})
-
-
-def test_error_summary_takes_the_exception_line():
-    assert error_summary(None) == "unknown error"
-    trace = "Traceback (most recent call last):\n  File 'a.py', line 1\nValueError: bad lr"
-    assert error_summary(trace) == "ValueError: bad lr"
-    assert error_summary("x\nextune.errors.RegistryError: no: x") == "RegistryError: no: x"

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from extune.search.cli import main
+from extune.cli import main
 from extune.search.tracking import mlflow_client
 
 pytestmark = pytest.mark.slow

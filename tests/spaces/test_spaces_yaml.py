@@ -56,7 +56,12 @@ def test_example_space_random_draws_are_valid():
      "excon.mask_threshold: 1.0 is out of range"),
     ("optim.batch_size: {type: float, low: 32, high: 64}",
      "optim.batch_size: 32.0 is not a valid value; expected int"),
-    ("method: {type: choice, values: [excon, magic]}", "method: 'magic' is not allowed"),
+    ("method: {type: choice, values: [excon, magic]}",
+     "method: unknown method 'magic'; registered: ce, "),
+    ("explain.explainer: {type: choice, values: [saliency, gradcm]}",
+     "space file bad.yaml: explain.explainer: unknown explainer 'gradcm'; did you mean "
+     "'gradcam'?"),
+    ("model.backbone: resnet5", "unknown backbone 'resnet5'; did you mean 'resnet50'?"),
     ("optim.lr: {type: normal, low: 0.1, high: 1}", "type must be float, int, choice or bool"),
     ("optim.lr: {type: float, lo: 0.1, high: 1}", "unknown field(s) lo"),
     ("optim.lr: {type: float, high: 1}", "needs both low and high"),

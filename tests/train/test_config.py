@@ -55,9 +55,7 @@ def test_parse_assignments_reads_yaml_scalars():
     ({"excon.mask_threshold": 1.0}, r"excon.mask_threshold: 1.0 is out of range; allowed: >= 0 and < 1"),
     ({"optim.epochs": 2.5}, r"optim.epochs: 2.5 is not a valid value; expected int"),
     ({"optim.epochs": "ten"}, r"optim.epochs: 'ten' is not a valid value; expected int"),
-    ({"method": "excn"}, r"method: 'excn' is not allowed \(did you mean 'excon'\?\); allowed: ce"),
     ({"runtime.device": "tpu"}, r"runtime.device: 'tpu' is not allowed"),
-    ({"eval.corruptions": ["fog"]}, r"unknown corruption 'fog'; allowed: gaussian_noise"),
     ({"data": 3}, r"'data' is a config section"),
     ({"excon.negative_pair": "maybe"}, r"excon.negative_pair: 'maybe' is not a valid value; expected bool"),
 ])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-import extune.train.data as data_mod
 from extune.train.config import DataConfig
 from extune.train.data import (
+    DATASETS,
     DataSplits,
     DecodedData,
     ImageSet,
@@ -36,9 +36,12 @@ def _cfg(tmp_path: Path, **kw) -> DataConfig:
 
 # ----------------------------------------------------------------------------- a toy data set
 @pytest.fixture
-def toy(monkeypatch):
-    """Registers ``toy``: 200 images whose first pixels encode their index; counts loads."""
-    monkeypatch.setattr(data_mod, "_REGISTRY", dict(data_mod._REGISTRY))
+def toy():
+    """Registers ``toy``: 200 images whose first pixels encode their index; counts loads.
+
+    Whatever a test registers is removed afterwards.
+    """
+    before = set(DATASETS)
     calls = []
 
     @register_dataset("toy", key=lambda cfg: {"tag": "toy"})
@@ -53,7 +56,9 @@ def toy(monkeypatch):
         test = ImageSet(images[:10].clone(), labels[:10].clone())
         return DecodedData(ImageSet(images, labels), test, ["a", "b", "c"])
 
-    return calls
+    yield calls
+    for name in set(DATASETS) - before:
+        DATASETS.remove(name)
 
 
 def _ids(s: ImageSet) -> set[int]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from extune.models import SupConLoss, create_model
-from extune.train.methods import ExCon, create_method
+from extune.errors import RegistryError
+from extune.models import SupConLoss
+from extune.train.config import Config
+from extune.train.methods import ExCon, config_model, create_method
 
 NUM_CLASSES = 4
 
@@ -14,7 +16,7 @@ NUM_CLASSES = 4
 def _excon(tiny_config, **overrides) -> ExCon:
     cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 0, **overrides})
     torch.manual_seed(0)
-    model = create_model(cfg, NUM_CLASSES)
+    model = config_model(cfg, NUM_CLASSES)
     method = create_method(cfg, model, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3)
     assert isinstance(method, ExCon)
     return method
@@ -107,3 +109,30 @@ def test_excon_step_leaves_batchnorm_statistics_to_the_contrastive_forward(tiny_
     method.step(images, labels, epoch=1)
     # one training-mode BN pass (the contrastive forward); explanation/filter run in eval mode
     assert calls.count(True) == 1 and model.training
+
+
+def test_config_model_default_config():
+    cfg = Config()
+    model = config_model(cfg, num_classes=10)
+    assert cfg.model.backbone == "resnet_mini"
+    assert model.default_layer == "layer4" and model.feature_dim == 128
+    assert model.classifier.out_features == 10
+    assert model.head.mlp[0].out_features == 128 and model.head.mlp[2].out_features == 128
+    assert model.encoder.conv1.kernel_size == (3, 3)  # image_size 32 <= 64: CIFAR stem
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_config_model_honours_model_config():
+    cfg = Config().with_overrides({"model.backbone": "resnet18", "model.projection_dim": 16,
+                                   "model.projection_hidden": 24, "data.image_size": 96})
+    model = config_model(cfg, num_classes=3)
+    assert model.encoder.conv1.kernel_size == (7, 7)  # image_size 96 > 64: ImageNet stem
+    assert model.feature_dim == 512
+    assert (model.head.mlp[0].out_features, model.head.mlp[2].out_features) == (24, 16)
+    forced = config_model(cfg.with_overrides({"model.cifar_stem": True}), num_classes=3)
+    assert forced.encoder.conv1.kernel_size == (3, 3)
+
+
+def test_config_model_unknown_backbone():
+    with pytest.raises(RegistryError, match="resnet_mini"):
+        config_model(Config().with_overrides({"model.backbone": "vgg"}), num_classes=3)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from extune.train.errors import DataError
+from extune.errors import DataError
 
 __all__ = ["one_line", "resize_uint8", "decode_files", "image_files", "IMAGE_EXTENSIONS"]
 

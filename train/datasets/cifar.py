@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.data import DecodedData, ImageSet, register_dataset
 from extune.train.datasets._common import one_line, resize_uint8
-from extune.train.errors import DataError
+from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
 __all__: list[str] = []
 

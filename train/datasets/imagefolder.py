@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.data import DecodedData, ImageSet, register_dataset
 from extune.train.datasets._common import decode_files, image_files
-from extune.train.errors import DataError
+from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
 __all__: list[str] = []
 

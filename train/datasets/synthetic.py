@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from extune.train.config import DataConfig
-from extune.train.data import DecodedData, ImageSet, register_dataset
+from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
 __all__ = ["SHAPES", "COLOURS", "synthetic_class_pairs", "render_synthetic"]
 

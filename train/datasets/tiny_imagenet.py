@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.data import DecodedData, ImageSet, register_dataset
 from extune.train.datasets._common import decode_files, image_files
-from extune.train.errors import DataError
+from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
 __all__: list[str] = []
 
@@ -44,11 +43,7 @@ def _root(cfg: DataConfig) -> Path:
                     f"there or set data.root to the folder that holds {_FOLDER}/")
 
 
-def _key(cfg: DataConfig) -> dict[str, Any]:
-    return {"root": str(Path(cfg.root).expanduser().resolve())}
-
-
-@register_dataset("tiny-imagenet", key=_key)
+@register_dataset("tiny-imagenet")  # the cache key: the resolved root (the default)
 def _load(cfg: DataConfig) -> DecodedData:
     root = _root(cfg)
     wnids = sorted(set((root / "wnids.txt").read_text().split()))

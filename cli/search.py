@@ -1,4 +1,4 @@
-"""``extune search``, ``extune export`` and ``extune ui`` (added to the app by :func:`register`).
+"""``extune search``, ``extune export`` and ``extune ui``: a search, its best config, MLflow.
 
 Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
 """
@@ -12,25 +12,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from extune.cli._common import (
+    ExperimentOpt,
+    StorageOpt,
+    TrackingUriOpt,
+    console,
+    interruptible,
+    option_values,
+    refuse_with_resume,
+)
 from extune.errors import ConfigError
+from extune.search.services import DEFAULT_TRACKING_URI
 
-__all__ = ["register", "search", "export", "ui"]
-
-console = Console()
+__all__ = ["search", "export", "ui"]
 
 _RESUME_OK = {"resume", "address"}
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``search``, ``study``, ``export`` and ``ui`` commands to ``app``."""
-    from extune.search.cli_study import study
-
-    app.command("search")(search)
-    app.command("study")(study)
-    app.command("export")(export)
-    app.command("ui")(ui)
 
 
 def search(
@@ -65,12 +62,9 @@ def search(
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (HOST:PORT, ray://HOST:PORT, auto); default: local Ray.")]
     = None,
-    storage: Annotated[str | None, typer.Option(
-        help="Shared path or bucket URI for trial results and checkpoints (clusters).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI. (default: sqlite:///mlflow.db)")] = None,
-    experiment: Annotated[str | None, typer.Option(
-        help="MLflow experiment. (default: extune)")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = None,
     name: Annotated[str | None, typer.Option(
         help="Search name. (default: <space>-<date>-<time>)")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -91,19 +85,17 @@ def search(
     from extune.search.tuner import run_search
     from extune.train.config import parse_assignments
 
-    given = {k: v for k, v in locals().items() if k in _OPTION_NAMES and v is not None}
+    given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
-        extra = sorted(set(given) - _RESUME_OK)
-        if extra:
-            flags = ", ".join("--" + e.rstrip("_").replace("_", "-") for e in extra)
-            raise ConfigError(f"--resume continues a search with its saved settings; drop {flags}")
-        result = _run(lambda: run_search(resume=resume, address=address), resume=resume)
+        refuse_with_resume(given, _RESUME_OK, "search")
+        result = interruptible(lambda: run_search(resume=resume, address=address), "search",
+                               resume)
     else:
         kwargs = _settings_kwargs(given, parse_assignments(set_ or []))
         kwargs["fixed"] = parse_assignments(fix or [])
         settings = SearchSettings(**kwargs, live=live)
         _print_plan(settings)
-        result = _run(lambda: run_search(settings), resume=None)
+        result = interruptible(lambda: run_search(settings), "search", None)
     _print_result(result)
     if result.interrupted:
         raise typer.Exit(130)
@@ -124,15 +116,6 @@ def _settings_kwargs(given: dict[str, Any], overrides: dict[str, Any]) -> dict[s
             kwargs[target] = str(value) if isinstance(value, Path) else value
     kwargs["overrides"] = overrides
     return kwargs
-
-
-def _run(call: Any, resume: Path | None) -> Any:
-    try:
-        return call()
-    except KeyboardInterrupt:
-        hint = f" --resume {resume}" if resume else " --resume <the search folder>"
-        console.print(f"[bold red]interrupted[/]; continue with: extune search{hint}")
-        raise typer.Exit(130) from None
 
 
 def _print_plan(settings: Any) -> None:
@@ -185,7 +168,7 @@ def export(
     run: Annotated[str | None, typer.Option(
         help="Export the config of this MLflow trial run instead.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow store of --run. (default: sqlite:///mlflow.db)")] = None,
+        help=f"MLflow store of --run. (default: {DEFAULT_TRACKING_URI})")] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Train the export this many epochs, with warm-ups scaled to keep their share "
              "of training.")] = None,
@@ -215,19 +198,19 @@ def export(
 
 def ui(
     tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow store. (default: sqlite:///mlflow.db)")] = None,
+        help=f"MLflow store. (default: {DEFAULT_TRACKING_URI})")] = None,
     port: Annotated[int, typer.Option(help="Port.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")]
     = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
-    from extune.search.export import DEFAULT_TRACKING_URI, _existing_store
+    from extune.search.services import existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         console.print(f"{uri} is already a tracking server: open it in a browser")
         return
-    uri = _existing_store(uri)
+    uri = existing_store(uri)
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
             raise ConfigError(f"port {port} on {host} is in use; pass --port")

@@ -1,35 +1,19 @@
-"""The ``extune`` command line: ``train``, ``evaluate``, ``config``, ``search``, ``export``, ``ui``.
-
-Every user error (bad key or value, unknown name, missing files, unreachable services) is printed
-as one line ``error: ...`` with exit status 2, never as a traceback.
-"""
+"""``extune train``, ``extune evaluate`` and ``extune config``: one model, one config."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from extune.cli._common import console
 from extune.errors import ExtuneError
 
-__all__ = ["app", "main", "load_config"]
-
-app = typer.Typer(
-    name="extune",
-    help="Hyperparameter search for explanation-driven training (ExCon, EDDA) of image "
-    "classifiers.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["train", "evaluate", "show_config", "load_config"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -37,14 +21,14 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def load_config(config: Path | None, overrides: list[str] | None) -> Any:
-    """The defaults, then the YAML file, then ``--set`` overrides, validated."""
+    """The defaults, then the YAML file, then ``--set`` overrides, validated (names too)."""
     from extune.train.config import Config, parse_assignments
+    from extune.train.validate import validate_config
 
     cfg = Config.load(config) if config is not None else Config()
-    return cfg.with_overrides(parse_assignments(overrides or []))
+    return validate_config(cfg.with_overrides(parse_assignments(overrides or [])))
 
 
-@app.command()
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -66,7 +50,6 @@ def train(
     console.print(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
 
 
-@app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt or the run folder holding it.")],
     set_: SetOpt = None,
@@ -87,7 +70,6 @@ def evaluate(
     console.print(f"wrote {out}")
 
 
-@app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved config as YAML (every key, with its value)."""
     console.print(load_config(config, set_).to_yaml(), highlight=False, markup=False)
@@ -101,41 +83,3 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
         value = metrics[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-
-
-def _register_search_commands() -> None:
-    try:
-        from extune.search.cli_search import register
-    except ImportError:  # search commands not installed in this build
-        return
-    register(app)
-
-
-_register_search_commands()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: runs the app, turning user errors into one-line messages."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except ExtuneError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]; a training run resumes with "
-                          "--resume <out>/checkpoint.pt")
-        return 130
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return code if isinstance(code, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``extune study``: a fair, seeded comparison of methods (added to the app by ``register``)."""
+"""``extune study``: a fair, seeded comparison of methods."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from extune.errors import ConfigError
+from extune.cli._common import (
+    ExperimentOpt,
+    StorageOpt,
+    TrackingUriOpt,
+    console,
+    interruptible,
+    option_values,
+    refuse_with_resume,
+)
 
 __all__ = ["study"]
-
-console = Console()
 
 _RESUME_OK = {"resume"}
 
@@ -56,12 +61,9 @@ def study(
         help="GPUs per trial. (default: 1 where the cluster has GPUs)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials running at once.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
-    storage: Annotated[str | None, typer.Option(
-        help="Shared path or bucket URI for trial results and checkpoints (clusters).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI. (default: sqlite:///mlflow.db)")] = None,
-    experiment: Annotated[str | None, typer.Option(
-        help="MLflow experiment. (default: extune)")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = None,
     name: Annotated[str | None, typer.Option(help="Study name. (default: study-<date>-<time>)")]
     = None,
     out: Annotated[Path | None, typer.Option(
@@ -75,18 +77,15 @@ def study(
     from extune.search.study import StudySettings, run_study
     from extune.train.config import parse_assignments
 
-    given = {k: v for k, v in locals().items() if k in _OPTION_NAMES and v is not None}
+    given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
-        extra = sorted(set(given) - _RESUME_OK)
-        if extra or quick:
-            flags = ", ".join("--" + e.rstrip("_").replace("_", "-") for e in extra or ["quick"])
-            raise ConfigError(f"--resume continues a study with its saved settings; drop {flags}")
-        result = _run(lambda: run_study(resume=resume), resume)
+        refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
+        result = interruptible(lambda: run_study(resume=resume), "study", resume)
     else:
         kwargs = _kwargs(given, parse_assignments(set_ or []), parse_assignments(fix or []))
         settings = StudySettings.preset(quick, **kwargs, live=live)
         _print_plan(settings)
-        result = _run(lambda: run_study(settings), None)
+        result = interruptible(lambda: run_study(settings), "study", None)
     _print_result(result)
     _exit_on_failed_runs(result)
 
@@ -119,15 +118,6 @@ def _kwargs(given: dict[str, Any], overrides: dict[str, Any], fixed: dict[str, A
     kwargs["overrides"] = overrides
     kwargs["fixed"] = fixed
     return kwargs
-
-
-def _run(call: Any, resume: Path | None) -> Any:
-    try:
-        return call()
-    except KeyboardInterrupt:
-        hint = f" --resume {resume}" if resume else " --resume <the study folder>"
-        console.print(f"interrupted; continue with: extune study{hint}", markup=False)
-        raise typer.Exit(130) from None
 
 
 def _print_plan(s: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extune.search.cli import main
+from extune.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +30,13 @@ def _in_tmp(tmp_path, monkeypatch):
     (["export", "--run", "abc"], "no MLflow store at mlflow.db"),
     (["ui"], "no MLflow store at mlflow.db"),
     (["search", "--fix", "explain.explainr=gradcam"], "--fix names unknown config key"),
+    (["search", "--fix", "explain.explainer=gradcm"],
+     "explain.explainer: unknown explainer 'gradcm'; did you mean 'gradcam'?"),
+    (["search", "--set", "model.backbone=tiny_cn"],
+     "model.backbone: unknown backbone 'tiny_cn'; did you mean 'tiny_cnn'?"),
+    (["study", "--eval-explainer", "gradcm"],
+     "eval.explainer: unknown explainer 'gradcm'; did you mean 'gradcam'?"),
+    (["study", "--set", "data.name=cifar"], "unknown data set 'cifar'; did you mean 'cifar10'?"),
     (["study", "--methods", "ce,excn"], "unknown method(s) excn in --methods"),
     (["study", "--seeds", "0"], "--seeds must be >= 1"),
     (["study", "--objective", "accuracy,alignment"], "selects each method's config on one"),
@@ -49,6 +56,22 @@ def test_bad_space_file_is_rejected_before_anything_runs(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("optim.lr: {type: float, low: 1.0, high: 0.1}\n")
     assert main(["search", "--space", "bad.yaml"]) == 2
     assert "low (1) is greater than high (0.1)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_explainer_in_a_space_file_fails_fast_in_one_line(tmp_path, capsys):
+    """A typo in a space's choice of explainers fails before anything starts, naming the closest
+    registered explainer (the acceptance check of the registries)."""
+    import time
+
+    (tmp_path / "bad.yaml").write_text("explain.explainer: {type: choice, values: [gradcm]}\n")
+    start = time.perf_counter()
+    assert main(["search", "--space", "bad.yaml"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "space file bad.yaml: explain.explainer: unknown explainer 'gradcm'; did you mean " \
+           "'gradcam'?" in " ".join(err.split())
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 

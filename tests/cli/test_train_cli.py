@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from extune.search.cli import main
+from extune.cli import main
 
 
 def _sets(overrides: dict) -> list[str]:
@@ -45,10 +45,13 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "--set", "optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
     (["train", "--set", "optim.lr=-1"], "optim.lr: -1.0 is out of range"),
-    (["train", "--set", "method=magic"], "method: 'magic' is not allowed"),
+    (["train", "--set", "method=magic"], "method: unknown method 'magic'; registered: ce, "),
     (["train", "--set", "data.name=imagenet22k"], "unknown data set 'imagenet22k'"),
     (["train", "--set", "model.backbone=vit_huge"], "unknown backbone 'vit_huge'"),
     (["train", "--set", "explain.explainer=lime"], "unknown explainer 'lime'"),
+    (["train", "--set", "eval.explainer=gradcm"], "eval.explainer: unknown explainer 'gradcm'; "
+                                                  "did you mean 'gradcam'?"),
+    (["config", "--set", "model.backbone=resnet5"], "did you mean 'resnet50'?"),
     (["train", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "cifar-10"),
     (["train", "--config", "/nonexistent/config.yaml"], "cannot read config file"),
     (["evaluate", "--checkpoint", "/nonexistent"], "checkpoint not found"),
@@ -63,7 +66,7 @@ def test_bad_input_is_one_line_error(args, message, tiny_args, capsys):
 
 def test_console_script_entry_point(tmp_path):
     """The installed `extune` command runs and reports errors with exit status 2."""
-    code = ("import sys; from extune.search.cli import main; "
+    code = ("import sys; from extune.cli import main; "
             "sys.exit(main(['train', '--set', 'optim.epochs=0']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -1,0 +1,60 @@
+"""The ``extune`` command line: ``train``, ``evaluate``, ``config``, ``search``, ``study``,
+``export``, ``ui``.
+
+One module per family of commands: :mod:`~extune.cli.train` (``train``, ``evaluate``,
+``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``ui``) and
+:mod:`~extune.cli.study` (``study``). Heavy imports (torch, ray, optuna, mlflow) happen inside
+the commands, so ``extune --help`` stays fast.
+
+Every user error (bad key or value, unknown name, missing files, unreachable services) is printed
+as one line ``error: ...`` with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from extune.cli import search, study, train
+from extune.cli._common import err_console
+from extune.errors import ExtuneError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="extune",
+    help="Hyperparameter search for explanation-driven training (ExCon, EDDA) of image "
+    "classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(train.train)
+app.command()(train.evaluate)
+app.command("config")(train.show_config)
+app.command("search")(search.search)
+app.command("study")(study.study)
+app.command("export")(search.export)
+app.command("ui")(search.ui)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: runs the app, turning user errors into one-line messages."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except ExtuneError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]; a training run resumes with "
+                          "--resume <out>/checkpoint.pt")
+        return 130
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return code if isinstance(code, int) else 0

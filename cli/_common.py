@@ -1,0 +1,56 @@
+"""What the command modules share: the consoles, common options and Ctrl-C handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from extune.errors import ConfigError
+from extune.search.services import DEFAULT_TRACKING_URI
+
+__all__ = ["console", "err_console", "option_values", "refuse_with_resume", "interruptible",
+           "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+StorageOpt = Annotated[str | None, typer.Option(
+    help="Shared path or bucket URI for trial results and checkpoints (clusters).")]
+TrackingUriOpt = Annotated[str | None, typer.Option(
+    help=f"MLflow tracking URI. (default: {DEFAULT_TRACKING_URI})")]
+ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment. (default: extune)")]
+
+
+def option_values(options: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The options among ``names`` that were given (not ``None``)."""
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+def refuse_with_resume(given: Iterable[str], allowed: set[str], what: str) -> None:
+    """``--resume`` continues with the saved settings: any other option given is an error.
+
+    Raises:
+        ConfigError: naming the options to drop.
+    """
+    extra = sorted(set(given) - allowed)
+    if extra:
+        flags = ", ".join("--" + e.rstrip("_").replace("_", "-") for e in extra)
+        raise ConfigError(f"--resume continues a {what} with its saved settings; drop {flags}")
+
+
+def interruptible(call: Callable[[], T], command: str, resume: Path | None) -> T:
+    """Run ``call``; on Ctrl-C say how to continue and exit with status 130."""
+    try:
+        return call()
+    except KeyboardInterrupt:
+        folder = str(resume) if resume else f"<the {command} folder>"
+        console.print(f"[bold red]interrupted[/]; continue with: extune {command} --resume "
+                      f"{escape(folder)}")
+        raise typer.Exit(130) from None

@@ -1,0 +1,130 @@
+"""Import hygiene of the whole package: no import circles, light imports stay light.
+
+The import graph is read from the source with ``ast``: every ``import`` of an ``extune`` module,
+at module level or inside a function (a lazy import is a dependency too), ``TYPE_CHECKING``
+blocks included. An edge goes to the module named (``from extune.models import resnet`` names
+``extune.models.resnet``), not to the packages Python initialises on the way.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name, from pyproject's ``package-dir``."""
+    line = re.search(r"^package-dir = \{(.*)\}$", (ROOT / "pyproject.toml").read_text(), re.M)
+    modules: dict[str, Path] = {}
+    for package, folder in re.findall(r'"([\w.]+)" = "(\w+)"', line.group(1)):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((package, *parts))] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> modules of extune it imports`` (see the module docstring)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{anchor}.{base}".rstrip(".")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                           for a in node.names]
+            else:
+                continue
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_sees_the_packages():
+    graph = import_graph()
+    assert {"extune.registry", "extune.cli", "extune.train.validate",
+            "extune.search.trials"} <= set(graph)
+    assert "extune.train.config" in graph["extune.train.validate"]
+    assert "extune.models.resnet" in graph["extune.models.backbones"]  # a lazy import counts
+
+
+def test_no_import_circles():
+    assert cycles(import_graph()) == []
+
+
+def test_dependencies_point_one_way():
+    """``models``, ``augment`` and ``evaluate`` never import ``train``, ``spaces``, ``search`` or
+    the CLI; ``train`` never imports ``spaces``, ``search`` or the CLI."""
+    graph = import_graph()
+    rules = {("extune.models", "extune.augment", "extune.evaluate"):
+             ("extune.train", "extune.spaces", "extune.search", "extune.cli"),
+             ("extune.train",): ("extune.spaces", "extune.search", "extune.cli"),
+             ("extune.spaces",): ("extune.search", "extune.cli"),
+             ("extune.search",): ("extune.cli",)}
+    bad = [(m, t) for low, high in rules.items() for m, targets in graph.items()
+           if m.startswith(low) for t in targets if t.startswith(high)]
+    assert bad == []
+
+
+@pytest.mark.parametrize("module, absent", [
+    ("extune.models", ("torchvision", "extune.train", "ray", "optuna", "mlflow")),
+    ("extune.augment", ("extune.train", "ray", "optuna", "mlflow")),
+    ("extune.evaluate", ("extune.train", "ray", "optuna", "mlflow")),
+    ("extune.train.config", ("torch", "ray", "optuna", "mlflow")),
+    ("extune.cli", ("torch", "ray", "optuna", "mlflow")),
+    ("extune.spaces", ("torch", "ray", "mlflow")),
+    ("extune.search.tuner", ("torch", "ray", "mlflow")),
+    ("extune.search.trainable", ("optuna", "mlflow")),
+])
+def test_light_imports_stay_light(module, absent):
+    code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
