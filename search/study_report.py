@@ -132,22 +132,24 @@ def compare(runs: Sequence[dict], methods: Sequence[str], confidence: float = 0.
 
 
 # --------------------------------------------------------------------------- markdown
-def _cell(interval: dict[str, Any], digits: int = 3) -> str:
-    mean, low, high = interval.get("mean"), interval.get("low"), interval.get("high")
-    if mean is None:
-        return "-"
-    if low is None or high is None:
-        return f"{mean:.{digits}f} (n={interval.get('n', 0)})"
-    return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+def _cell(interval: dict[str, Any]) -> str:
+    """``0.436 ± 0.023``: a method's mean and the half-width of its interval."""
+    return _interval_text(interval, "{mean:.3f} ± {half:.3f}", "{mean:.3f} (n={n})")
 
 
 def _diff_cell(interval: dict[str, Any]) -> str:
+    """``+0.007 [-0.031, +0.044]``: a paired difference and its interval."""
+    return _interval_text(interval, "{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+                          "{mean:+.3f} (no interval, n={n})")
+
+
+def _interval_text(interval: dict[str, Any], with_interval: str, without: str) -> str:
     mean, low, high = interval.get("mean"), interval.get("low"), interval.get("high")
     if mean is None:
         return "-"
     if low is None or high is None:
-        return f"{mean:+.3f} (no interval, n={interval.get('n', 0)})"
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+        return without.format(mean=mean, n=interval.get("n", 0))
+    return with_interval.format(mean=mean, low=low, high=high, half=(high - low) / 2)
 
 
 def report_markdown(results: dict[str, Any]) -> str:
