@@ -122,11 +122,12 @@ def _kwargs(given: dict[str, Any], overrides: dict[str, Any], fixed: dict[str, A
 
 def _print_plan(s: Any) -> None:
     base = s.base_config()
+    stopping = s.search_settings(s.methods[0], out=".", parent_run=None,
+                                 study_id="").scheduler_text()
     console.print(
         f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
         f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
-        f"{s.search_settings(s.methods[0], out='.', parent_run=None, study_id='').scheduler_text()}"
-        "), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
+        f"{stopping}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
         "evaluated on the test split", highlight=False, markup=False)
 
 

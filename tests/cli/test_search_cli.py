@@ -84,3 +84,11 @@ def test_first_line_states_the_gpu_rule_and_early_stopping(capsys):
                  "--address", "127.0.0.1:1"]) == 2
     first = " ".join(capsys.readouterr().out.split())
     assert "no GPU" in first and "no early stopping" in first
+
+
+def test_study_first_line_states_the_budget(capsys):
+    assert main(["study", "--quick", "--tracking-uri", "http://127.0.0.1:1"]) == 2
+    first = " ".join(capsys.readouterr().out.split())
+    assert "per method 2 trials x 1 epochs" in first
+    assert "then 2 seeds x 2 epochs evaluated on the test split" in first
+    assert "{" not in first
