@@ -13,7 +13,8 @@ from rich.markup import escape
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI
 
-__all__ = ["console", "err_console", "option_values", "refuse_with_resume", "interruptible",
+__all__ = ["console", "err_console", "option_values", "settings_kwargs", "refuse_with_resume",
+           "interruptible",
            "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
 
 console = Console()
@@ -31,6 +32,21 @@ ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment. (def
 def option_values(options: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """The options among ``names`` that were given (not ``None``)."""
     return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+def settings_kwargs(given: dict[str, Any], rename: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """The given options as settings fields: ``--set`` -> ``overrides``, ``--fix`` ->
+    ``fixed`` (both parsed ``KEY=VALUE`` lists), paths as strings, ``--resume`` left out,
+    other options under their name or their ``rename``."""
+    from extune.train.config import parse_assignments
+
+    rename = rename or {}
+    kwargs = {rename.get(k, k): (str(v) if isinstance(v, Path) else v)
+              for k, v in given.items() if k not in ("set_", "fix", "resume")}
+    kwargs["overrides"] = parse_assignments(given.get("set_") or [])
+    kwargs["fixed"] = parse_assignments(given.get("fix") or [])
+    return kwargs
 
 
 def refuse_with_resume(given: Iterable[str], allowed: set[str], what: str) -> None:

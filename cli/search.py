@@ -21,6 +21,7 @@ from extune.cli._common import (
     interruptible,
     option_values,
     refuse_with_resume,
+    settings_kwargs,
 )
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI
@@ -83,7 +84,6 @@ def search(
     """
     from extune.search.settings import SearchSettings
     from extune.search.tuner import run_search
-    from extune.train.config import parse_assignments
 
     given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
@@ -91,9 +91,8 @@ def search(
         result = interruptible(lambda: run_search(resume=resume, address=address), "search",
                                resume)
     else:
-        kwargs = _settings_kwargs(given, parse_assignments(set_ or []))
-        kwargs["fixed"] = parse_assignments(fix or [])
-        settings = SearchSettings(**kwargs, live=live)
+        settings = SearchSettings(**settings_kwargs(given, {"time_budget": "time_budget_s"}),
+                                  live=live)
         _print_plan(settings)
         result = interruptible(lambda: run_search(settings), "search", None)
     _print_result(result)
@@ -105,17 +104,6 @@ _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_pe
                  "gpus_per_trial", "time_budget", "sampler", "seed", "scheduler", "objective",
                  "max_failures", "address", "storage", "tracking_uri", "experiment", "name",
                  "resume", "out", "fix")
-
-
-def _settings_kwargs(given: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    rename = {"time_budget": "time_budget_s", "set_": None, "resume": None, "fix": None}
-    kwargs: dict[str, Any] = {}
-    for key, value in given.items():
-        target = rename.get(key, key)
-        if target is not None:
-            kwargs[target] = str(value) if isinstance(value, Path) else value
-    kwargs["overrides"] = overrides
-    return kwargs
 
 
 def _print_plan(settings: Any) -> None:

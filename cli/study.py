@@ -15,6 +15,7 @@ from extune.cli._common import (
     interruptible,
     option_values,
     refuse_with_resume,
+    settings_kwargs,
 )
 
 __all__ = ["study"]
@@ -75,15 +76,13 @@ def study(
     """Compare methods fairly: the same search budget for each, the chosen configs retrained
     with several seeds, test metrics with 95% intervals and the papers' claims with verdicts."""
     from extune.search.study import StudySettings, run_study
-    from extune.train.config import parse_assignments
 
     given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
         refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
         result = interruptible(lambda: run_study(resume=resume), "study", resume)
     else:
-        kwargs = _kwargs(given, parse_assignments(set_ or []), parse_assignments(fix or []))
-        settings = StudySettings.preset(quick, **kwargs, live=live)
+        settings = StudySettings.preset(quick, **settings_kwargs(given), live=live)
         _print_plan(settings)
         result = interruptible(lambda: run_study(settings), "study", None)
     _print_result(result)
@@ -109,15 +108,6 @@ _OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "epochs", "config
                  "eval_explainer", "sampler", "seed", "scheduler", "objective",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "address", "storage",
                  "tracking_uri", "experiment", "name", "out", "resume")
-
-
-def _kwargs(given: dict[str, Any], overrides: dict[str, Any], fixed: dict[str, Any]
-            ) -> dict[str, Any]:
-    kwargs = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()
-              if k not in ("set_", "fix", "resume")}
-    kwargs["overrides"] = overrides
-    kwargs["fixed"] = fixed
-    return kwargs
 
 
 def _print_plan(s: Any) -> None:

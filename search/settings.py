@@ -172,32 +172,31 @@ class SearchSettings:
         Raises:
             ConfigError: the first bad setting, in one line.
         """
-        _check(self.trials >= 1, f"--trials must be >= 1, got {self.trials}")
-        _check(self.max_concurrent is None or self.max_concurrent >= 1,
+        require(self.trials >= 1, f"--trials must be >= 1, got {self.trials}")
+        require(self.max_concurrent is None or self.max_concurrent >= 1,
                f"--max-concurrent must be >= 1, got {self.max_concurrent}")
-        _check(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
-        _check(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+        require(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        require(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
                f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
-        _check(self.time_budget_s is None or self.time_budget_s > 0,
+        require(self.time_budget_s is None or self.time_budget_s > 0,
                f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
-        _check(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
+        require(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
                f"{', '.join(SAMPLERS)}")
-        _check(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use auto, "
+        require(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use auto, "
                "asha or none")
-        _check(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
-        _check(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
-        _check(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        require(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
+        require(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
+        require(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
         from extune.train.validate import validate_config  # imports the registries (torch)
 
         bad = [k for k in self.fixed if k not in Config.keys()]
-        _check(not bad, f"--fix names unknown config key(s) {', '.join(bad)}")
+        require(not bad, f"--fix names unknown config key(s) {', '.join(bad)}")
         validate_config(Config().with_overrides(self.fixed))  # bad types, ranges, names
         objectives = parse_objectives(self.objective)
-        _check(not (self.sampler == "cmaes" and len(objectives) > 1),
+        require(not (self.sampler == "cmaes" and len(objectives) > 1),
                "the cmaes sampler optimises one objective; use tpe or nsga2 for several")
         if self.name is not None:
-            _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", self.name)),
-                   f"--name '{self.name}' may only use letters, digits, '.', '_' and '-'")
+            check_name(self.name)
 
     @property
     def objectives(self) -> list[Objective]:
@@ -269,9 +268,20 @@ def absolute_data_paths(cfg: Config) -> Config:
     return cfg.with_overrides(paths)
 
 
-def _check(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok`` (one bad setting, one line)."""
     if not ok:
         raise ConfigError(message)
+
+
+def check_name(name: str) -> None:
+    """A search or study name is also a folder name and an MLflow run name.
+
+    Raises:
+        ConfigError: characters other than letters, digits, ``.``, ``_`` and ``-``.
+    """
+    require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name)),
+            f"--name '{name}' may only use letters, digits, '.', '_' and '-'")
 
 
 def make_sampler(name: str, seed: int, trials: int, n_objectives: int,

@@ -27,7 +27,7 @@ from extune.search.settings import Objective, SearchSettings
 from extune.spaces import get_space, space_name
 from extune.train.config import Config
 
-__all__ = ["SearchDir", "META_NAME", "chosen_trial"]
+__all__ = ["SearchDir", "META_NAME", "storage_root", "chosen_trial"]
 
 META_NAME = "search.json"
 
@@ -56,10 +56,7 @@ class SearchDir:
         base.save(path / "base_config.yaml")
         space_file = _write_space(path, space)
         if settings.storage:
-            storage = settings.storage
-            if "://" not in storage:  # a local or shared path: Ray wants it absolute
-                storage = str(Path(storage).expanduser().resolve())
-            experiment_path = f"{storage.rstrip('/')}/{name}"
+            experiment_path = f"{storage_root(settings.storage)}/{name}"
         else:
             experiment_path = str(path / "trials")
         meta = {
@@ -160,6 +157,14 @@ def chosen_trial(search: SearchDir) -> dict[str, Any]:
         chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
                       params=best.params)
     return chosen
+
+
+def storage_root(storage: str) -> str:
+    """``--storage`` as Ray wants it: a bucket URI as given, a local or shared path absolute;
+    no trailing slash."""
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return storage.rstrip("/")
 
 
 def _write_space(path: Path, space: Any) -> str | None:

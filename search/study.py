@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,7 +36,13 @@ from typing import Any
 from rich.console import Console
 
 from extune.errors import ConfigError
-from extune.search.settings import QUICK_BASE, SearchSettings, parse_objectives
+from extune.search.settings import (
+    QUICK_BASE,
+    SearchSettings,
+    check_name,
+    parse_objectives,
+    require,
+)
 from extune.search.store import SearchDir, chosen_trial
 from extune.train.config import Config
 from extune.train.methods import METHODS
@@ -129,21 +134,20 @@ class StudySettings:
             ConfigError: the first bad setting, in one line.
         """
         unknown = [m for m in self.methods if m not in METHODS]
-        _check(not unknown, f"unknown method(s) {', '.join(unknown)} in --methods; use "
+        require(not unknown, f"unknown method(s) {', '.join(unknown)} in --methods; use "
                f"{', '.join(METHODS.names())}")
-        _check(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
+        require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
                "--methods needs one or more different methods, e.g. ce,excon")
-        _check(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
-        _check(self.final_epochs is None or self.final_epochs >= 1,
+        require(self.seeds >= 1, f"--seeds must be >= 1, got {self.seeds}")
+        require(self.final_epochs is None or self.final_epochs >= 1,
                f"--final-epochs must be >= 1, got {self.final_epochs}")
-        _check(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got "
+        require(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got "
                f"{self.epochs}")
-        _check(0.5 <= self.confidence < 1, "the confidence level must be in [0.5, 1)")
-        _check(len(parse_objectives(self.objective)) == 1,
+        require(0.5 <= self.confidence < 1, "the confidence level must be in [0.5, 1)")
+        require(len(parse_objectives(self.objective)) == 1,
                "a study selects each method's config on one objective, e.g. accuracy")
         if self.name is not None:
-            _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", self.name)),
-                   f"--name '{self.name}' may only use letters, digits, '.', '_' and '-'")
+            check_name(self.name)
         for method in self.methods:  # bad trials, sampler, objective... fail before anything
             self.search_settings(method, out=".", parent_run=None, study_id="")
 
@@ -204,11 +208,6 @@ class StudySettings:
         if quick:
             given = {"trials": 2, "seeds": 2, "final_epochs": 2, **given}
         return cls(quick=quick, **given)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -295,9 +294,9 @@ class StudyDir:
     def final_experiment_path(self) -> str:
         storage = self.settings.storage
         if storage:
-            if "://" not in storage:
-                storage = str(Path(storage).expanduser().resolve())
-            return f"{storage.rstrip('/')}/{self.name}/final"
+            from extune.search.store import storage_root
+
+            return f"{storage_root(storage)}/{self.name}/final"
         return str(self.final_dir / "trials")
 
 
@@ -362,7 +361,7 @@ def run_study(settings: StudySettings | None = None, *,
         sdir.add_seconds("final", time.time() - t0)
         if any(r["state"] in ("unfinished", "missing") for r in runs):
             raise KeyboardInterrupt  # Ctrl-C during the final runs: resume trains the rest
-        results, files = write_report(sdir, runs)
+        results, files = write_report(sdir, runs, best)
         _log_study(tracker, results, files)
         incomplete = any(r["state"] != "complete" for r in runs)
         sdir.update(status="finished" if not incomplete else "finished with failures")

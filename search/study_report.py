@@ -303,20 +303,21 @@ def _plot_files(folder: Path, methods: Sequence[str], summary: dict, runs: Seque
 
 
 # --------------------------------------------------------------------------- all of it
-def build_results(sdir: Any, runs: Sequence[dict]) -> dict[str, Any]:
-    """Everything the report shows, as plain data (``results.json``)."""
-    from extune.search.store import SearchDir, chosen_trial
+def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """Everything the report shows, as plain data (``results.json``).
 
+    Args:
+        sdir: the study folder.
+        runs: the final runs (:func:`~extune.search.study_final.run_final_stage`).
+        chosen: method -> what its search chose (:func:`~extune.search.store.chosen_trial`).
+    """
     s = sdir.settings
     base = s.base_config()
     summary = summarise(runs, s.methods, s.confidence)
-    methods = {}
-    for method in s.methods:
-        folder = sdir.search_dir(method)
-        found = (folder / "search.json").is_file()
-        chosen = chosen_trial(SearchDir.load(folder)) if found else {}
-        methods[method] = {"search": chosen, "final": summary[method],
-                           "runs": [r for r in runs if r["method"] == method]}
+    methods = {method: {"search": chosen.get(method, {}), "final": summary[method],
+                        "runs": [r for r in runs if r["method"] == method]}
+               for method in s.methods}
     return {"study": sdir.name, "study_id": sdir.study_id, "data": base.data.name,
             "settings": s.to_dict(), "search_epochs": base.optim.epochs,
             "final_epochs": s.final_epochs or base.optim.epochs,
@@ -330,9 +331,10 @@ def build_results(sdir: Any, runs: Sequence[dict]) -> dict[str, Any]:
             "methods": methods, "comparisons": compare(runs, s.methods, s.confidence)}
 
 
-def write_report(sdir: Any, runs: Sequence[dict]) -> tuple[dict[str, Any], dict[str, Path]]:
+def write_report(sdir: Any, runs: Sequence[dict], chosen: dict[str, dict[str, Any]]
+                 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write ``results.json``, ``report.md`` and the plots into the study folder."""
-    results = build_results(sdir, runs)
+    results = build_results(sdir, runs, chosen)
     files = {"results": sdir.path / "results.json", "report": sdir.path / "report.md"}
     files["results"].write_text(json.dumps(results, indent=2, default=str))
     files["report"].write_text(report_markdown(results))
