@@ -77,6 +77,8 @@ def search(
         help="Hold a searched setting at a value, e.g. --fix explain.explainer=gradcam "
              "(repeatable).")] = None,
     live: Annotated[bool, typer.Option(help="Live table of trials on a terminal.")] = True,
+    log_checkpoints: Annotated[bool, typer.Option(
+        help="Also log each trial's final checkpoint to MLflow (large).")] = False,
 ) -> None:
     """Search hyperparameters: Optuna samples, Ray Tune runs trials, MLflow records them.
 
@@ -92,7 +94,7 @@ def search(
                                resume)
     else:
         settings = SearchSettings(**settings_kwargs(given, {"time_budget": "time_budget_s"}),
-                                  live=live)
+                                  live=live, log_checkpoints=log_checkpoints)
         _print_plan(settings)
         result = interruptible(lambda: run_search(settings), "search", None)
     _print_result(result)

@@ -1,8 +1,9 @@
 """Export the config of a trial as a YAML file that ``extune train --config`` consumes.
 
 Two sources: a search folder (the trial chosen by a rule: the best by an objective, or the knee
-of the Pareto front) or any MLflow child run (a trial picked in the UI), whose params are the
-flattened Config as strings.
+of the Pareto front) or any MLflow child run (a trial picked in the UI), whose ``config.yaml``
+artifact is its full Config (runs of older versions: the params, the flattened Config as
+strings, over the parent run's constant params).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
                epochs: int | None = None) -> Config:
-    """Write the Config logged as params of an MLflow trial run (``epochs``: as
-    :func:`export_search`).
+    """Write the Config of an MLflow trial run (``epochs``: as :func:`export_search`).
 
     Raises:
         ServiceError: the tracking store cannot be reached.
@@ -92,15 +92,17 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
 
     from extune.search.tracking import mlflow_client
 
+    client = mlflow_client(uri)
     try:
-        run = mlflow_client(uri).get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as e:
         message = " ".join(str(e.message if hasattr(e, "message") else e).split())[:200]
         raise ConfigError(f"cannot read MLflow run '{run_id}' from {uri}: {message}") from None
     if run.data.tags.get("extune.role") == "search":
         raise ConfigError(f"run '{run_id}' is a search's parent run; export one of its trial "
                           "runs, or the search folder with `extune export SEARCH_DIR`")
-    config = config_from_params(run.data.params, source=f"run '{run_id}'")
+    config = _logged_config(client, run) or config_from_params(
+        _run_params(client, run), source=f"run '{run_id}'")
     header = (f"# exported from MLflow run {run_id} ({run.info.run_name})\n"
               f"# found with {epoch_settings(config)}\n")
     if epochs is not None:
@@ -108,6 +110,28 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
         header += f"# rescaled to {epoch_settings(config)}\n"
     _write(out, header, config)
     return config
+
+
+def _logged_config(client: Any, run: Any) -> Config | None:
+    """The run's ``config.yaml`` artifact as a Config, or ``None`` when it has none."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run.info.run_id, "config.yaml", tmp)
+        except (MlflowException, OSError):
+            return None
+        return Config.load(path)
+
+
+def _run_params(client: Any, run: Any) -> dict[str, str]:
+    """The run's params over its parent's (a search logs its constants on the parent)."""
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return dict(run.data.params)
+    return {**client.get_run(parent_id).data.params, **run.data.params}
 
 
 def config_from_params(params: dict[str, str], source: str = "params") -> Config:

@@ -131,6 +131,8 @@ class SearchSettings:
         fixed: searched parameters held at a value (dotted key -> value): the space still asks
             for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
             follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
+        log_checkpoints: log each trial's final checkpoint to its MLflow run (large: off by
+            default; the checkpoints stay in the Ray storage either way).
         run_tags: more tags of the search's MLflow parent run (a study nests its searches under
             its own run with ``mlflow.parentRunId``).
     """
@@ -158,6 +160,7 @@ class SearchSettings:
     grace_period: int = 1
     live: bool = True
     fixed: dict[str, Any] = field(default_factory=dict)
+    log_checkpoints: bool = False
     run_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

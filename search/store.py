@@ -17,6 +17,7 @@ import inspect
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,12 @@ class SearchDir:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, settings: SearchSettings, base: Config, space: Any) -> SearchDir:
+    def create(cls, settings: SearchSettings, base: Config, space: Any,
+               searched: Iterable[str] = ()) -> SearchDir:
         """Make ``<out>/<name>`` and write the settings, base config and space.
+
+        ``searched``: the keys the space sets (from its validation draws); the others are the
+        search's constants (the MLflow parent run's params).
 
         Raises:
             ConfigError: the folder already holds a search (use ``--resume``).
@@ -70,6 +75,7 @@ class SearchDir:
             "tracking_uri": settings.resolved_tracking_uri(),
             "optuna_storage": f"sqlite:///{path / 'optuna.db'}",
             "experiment_path": experiment_path,
+            "searched_keys": sorted(searched),
         }
         found = cls(path, meta)
         found.save()

@@ -23,6 +23,7 @@ from typing import Any
 from ray.tune import Callback
 
 from extune.search.services import ServiceError, check_tracking_uri
+from extune.search.settings import Objective
 from extune.search.trials import (
     config_label,
     reported_metrics,
@@ -31,10 +32,18 @@ from extune.search.trials import (
     trial_error,
     trial_label,
 )
+from extune.train.checkpoint import CHECKPOINT_NAME
+from extune.train.grid import GRID_NAME
 
-__all__ = ["MlflowTracker", "MlflowCallback", "mlflow_client", "param_value", "GRID_NAME"]
+__all__ = ["MlflowTracker", "MlflowCallback", "mlflow_client", "param_value", "STATE_TAG",
+           "EXPERIMENT_KIND_TAG"]
 
-GRID_NAME = "saliency_grid.png"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment with this kind in its model-training view (the runs
+table), not in the GenAI view (traces) it infers for an experiment without the tag."""
+STATE_TAG = "extune.state"
+"""A trial run's state: ``running``, ``complete``, ``pruned``, ``failed`` or ``interrupted``."""
 log = logging.getLogger(__name__)
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _MAX_METRICS = 1000
@@ -104,9 +113,13 @@ class MlflowTracker:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made by MLflow itself, or older
+                    self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                   EXPERIMENT_KIND)
             else:
                 self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=self._artifact_location())
+                    self.experiment, artifact_location=self._artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         return self._experiment_id
 
     def _artifact_location(self) -> str | None:
@@ -193,6 +206,12 @@ class MlflowTracker:
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None
                      ) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -215,40 +234,64 @@ def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:
 class MlflowCallback(Callback):
     """Tune callback that mirrors every trial into a child run of the search's parent run.
 
-    Child runs hold the flattened Config (dotted keys) as params, the per-epoch metrics under the
-    names ``fit`` reports (step = epoch; no Ray keys), the tags ``extune.trial_id``,
-    ``extune.node_id``, ``extune.pruned`` (stopped early) and ``extune.error`` (failed), the
-    status FINISHED / FAILED / KILLED (interrupted) and the final saliency grid as an artifact.
+    A child run holds:
+
+    - params: the trial's searched parameters only (dotted keys; conditional ones only where
+      active, as the define-by-run space asked for them); the constants are on the parent;
+    - metrics: the per-epoch metrics under the names ``fit`` reports (step = epoch; no Ray
+      keys) and, once the trial ends, ``objective/<name>`` for each objective (the value told
+      to Optuna, or a pruned trial's last one);
+    - tags: ``extune.state`` (``running``, ``complete``, ``pruned``, ``failed``,
+      ``interrupted``), ``extune.trial_id``, ``extune.node_id``, ``extune.error`` (failed);
+      the run name ends with the state once the trial ends;
+    - artifacts: ``config.yaml`` (the trial's full Config), the labelled saliency grid of its
+      last epoch (every trial that trained an epoch), and with ``log_checkpoint`` the
+      checkpoint;
+    - status FINISHED (complete or pruned), FAILED, or KILLED (interrupted).
 
     Args:
         tracker: the search's :class:`MlflowTracker`.
         base: the base config as a dict (a trial's full config is ``base`` + its parameters).
         tags: tags of every child run (a study's final runs: ``extune.stage=final``).
+        objectives: the search's objectives (the ``objective/<name>`` metrics).
+        constant: keys held at one value (``--fix``): logged on the parent, not per trial.
+        log_checkpoint: also log each trial's final checkpoint (large; off by default).
     """
 
     def __init__(self, tracker: MlflowTracker, base: dict[str, Any],
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, *, objectives: tuple[Objective, ...] = (),
+                 constant: tuple[str, ...] = (), log_checkpoint: bool = False) -> None:
         self.tracker = tracker
         self.base = base
         self.tags = dict(tags or {})
+        self.objectives = tuple(objectives)
+        self.constant = frozenset(constant)
+        self.log_checkpoint = log_checkpoint
         self._last_step: dict[str, int] = {}
         self._ended: set[str] = set()
 
     def setup(self, **info: Any) -> None:
         self.tracker.parent_run()
 
+    def _label(self, trial: Any) -> str:
+        number, _ = split_config(trial.config)
+        return trial_label(number, trial.trial_id, config_label(trial.config))
+
     def _run(self, trial: Any) -> str:
         number, overrides = split_config(trial.config)
-        params = trial_params(self.base, overrides)
-        tags = {**self.tags, "extune.searched": ",".join(sorted(overrides)),
-                "extune.method": str(params.get("method", overrides.get("method", "")))}
+        params = {k: v for k, v in overrides.items() if k not in self.constant}
+        method = overrides.get("method", self.base.get("method", ""))
+        tags = {**self.tags, "extune.searched": ",".join(sorted(params)),
+                "extune.method": str(method), STATE_TAG: "running"}
         if number is not None:
             tags["extune.optuna_trial"] = str(number)
-        if "runtime.seed" in params:
-            tags["extune.seed"] = str(params["runtime.seed"])
-        run_id, created = self.tracker.child_run(
-            trial.trial_id, name=trial_label(number, trial.trial_id, config_label(trial.config)),
-            params=params, tags=tags)
+        seed = overrides.get("runtime.seed", self.base.get("runtime", {}).get("seed"))
+        if seed is not None:
+            tags["extune.seed"] = str(seed)
+        run_id, created = self.tracker.child_run(trial.trial_id, name=self._label(trial),
+                                                 params=params, tags=tags)
+        if created:
+            self.tracker.log_text(run_id, _config_yaml(self.base, trial.config), "config.yaml")
         if trial.trial_id not in self._last_step:
             self._last_step[trial.trial_id] = 0 if created else self.tracker.last_step(run_id)
         return run_id
@@ -256,7 +299,8 @@ class MlflowCallback(Callback):
     @_never_fail
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.discard(trial.trial_id)
-        self._run(trial)
+        run_id = self._run(trial)
+        self.tracker.set_tags(run_id, {STATE_TAG: "running"})
 
     @_never_fail
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
@@ -276,19 +320,31 @@ class MlflowCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run(trial)
         planned = trial_config(self.base, trial.config).optim.epochs
-        pruned = trial.last_result.get("epoch", planned) < planned
-        self.tracker.set_tags(run_id, {"extune.pruned": str(pruned).lower()})
-        self._log_grid(run_id, trial)
-        self.tracker.end(run_id, "FINISHED")
-        self._ended.add(trial.trial_id)
+        epoch = int(trial.last_result.get("epoch", planned))
+        state = "pruned" if epoch < planned else "complete"
+        self._settle(run_id, trial, state, "FINISHED",
+                     {"extune.pruned": str(state == "pruned").lower()},
+                     suffix=f"pruned at {epoch}/{planned}" if state == "pruned" else "complete")
 
     @_never_fail
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run(trial)
-        self.tracker.set_tags(run_id, {"extune.error": trial_error(trial),
-                                       "extune.pruned": "false"})
-        self._log_grid(run_id, trial)
-        self.tracker.end(run_id, "FAILED")
+        self._settle(run_id, trial, "failed", "FAILED",
+                     {"extune.error": trial_error(trial), "extune.pruned": "false"},
+                     suffix="failed")
+
+    def _settle(self, run_id: str, trial: Any, state: str, status: str, tags: dict[str, str],
+                *, suffix: str) -> None:
+        """A trial's end: state, objective metrics, artifacts, name, status."""
+        self.tracker.set_tags(run_id, {**tags, STATE_TAG: state})
+        if state != "failed":
+            values = {f"objective/{o.name}": trial.last_result.get(o.metric)
+                      for o in self.objectives}
+            self.tracker.log_metrics(run_id, {k: v for k, v in values.items() if v is not None},
+                                     step=int(trial.last_result.get("epoch", 0)))
+        self._log_checkpoint_files(run_id, trial)
+        self.tracker.rename(run_id, f"{self._label(trial)} · {suffix}")
+        self.tracker.end(run_id, status)
         self._ended.add(trial.trial_id)
 
     @_never_fail
@@ -302,23 +358,37 @@ class MlflowCallback(Callback):
         """Runs of trials that did not end (interrupted search, time budget) become KILLED."""
         for trial in trials:
             if trial.trial_id in self.tracker._children and trial.trial_id not in self._ended:
-                self.tracker.end(self.tracker._children[trial.trial_id], "KILLED")
+                run_id = self.tracker._children[trial.trial_id]
+                self.tracker.set_tags(run_id, {STATE_TAG: "interrupted"})
+                self.tracker.end(run_id, "KILLED")
 
-    def _log_grid(self, run_id: str, trial: Any) -> None:
-        """Log the saliency grid of the trial's latest checkpoint (any Ray storage)."""
+    def _log_checkpoint_files(self, run_id: str, trial: Any) -> None:
+        """Log the grid (and with ``log_checkpoint`` the checkpoint) of the trial's latest
+        checkpoint, on any Ray storage."""
+        names = [GRID_NAME] + ([CHECKPOINT_NAME] if self.log_checkpoint else [])
         checkpoint = trial.checkpoint
         if checkpoint is None:
             return
-        source = f"{checkpoint.path.rstrip('/')}/{GRID_NAME}"
-        try:
-            with checkpoint.filesystem.open_input_file(source) as f:
-                data = f.readall()
-        except (OSError, FileNotFoundError):
-            return
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, GRID_NAME)
-            path.write_bytes(data)
-            self.tracker.log_artifact(run_id, path)
+            for name in names:
+                source = f"{checkpoint.path.rstrip('/')}/{name}"
+                try:
+                    with checkpoint.filesystem.open_input_file(source) as f:
+                        data = f.readall()
+                except (OSError, FileNotFoundError):
+                    continue
+                path = Path(tmp, name)
+                path.write_bytes(data)
+                self.tracker.log_artifact(run_id, path,
+                                          "checkpoint" if name == CHECKPOINT_NAME else None)
+
+
+def _config_yaml(base: dict[str, Any], params: dict[str, Any]) -> str:
+    """The trial's full Config as YAML (``extune train --config`` reads it)."""
+    try:
+        return trial_config(base, params).to_yaml()
+    except Exception as e:  # an invalid draw: the trial fails and says why; keep the record
+        return f"# this trial's parameters do not make a valid config: {e}\n"
 
 
 def mlflow_client(uri: str) -> Any:
@@ -328,11 +398,3 @@ def mlflow_client(uri: str) -> Any:
     for name in ("mlflow", "alembic"):  # after the import: mlflow sets its levels on import
         logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
-
-
-def trial_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The flattened full Config of a trial (dotted keys), or the raw parameters if invalid."""
-    try:
-        return trial_config(base, params).flatten()
-    except Exception:
-        return dict(params)

@@ -13,6 +13,7 @@ The flow (DESIGN.md, Data flow):
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from extune.search.store import SearchDir
 from extune.spaces import get_space, validate_space
 
 __all__ = ["SearchResult", "run_search"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,7 +119,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         check = validate_space(space, base, name=settings.space, seed=settings.seed)
         probe_ray_address(settings.address)
         check_tracking_uri(settings.resolved_tracking_uri())
-        sdir = SearchDir.create(settings, base, space)
+        sdir = SearchDir.create(settings, base, space, searched=check.keys)
         max_epochs = check.max_epochs
     tracker = _tracker(sdir)
     if sdir.meta["status"] == "finished":
@@ -135,6 +138,7 @@ def _tracker(sdir: SearchDir) -> Any:
     run_id = tracker.parent_run(params=created)
     if sdir.meta.get("parent_run_id") != run_id:
         sdir.set_status(sdir.meta["status"], parent_run_id=run_id)
+        tracker.set_tags(run_id, _parent_tags(sdir))
         for name in ("base_config.yaml", sdir.meta.get("space_file"), "search.json"):
             if name and (sdir.path / name).is_file():
                 tracker.log_artifact(run_id, sdir.path / name)
@@ -156,7 +160,38 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
     }
     if s.resolved_scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
-    return params
+    return {**params, **_constant_params(sdir)}
+
+
+def _constant_params(sdir: SearchDir) -> dict[str, Any]:
+    """The base config's keys that no trial changes (``--fix`` values included): logged once,
+    on the parent run; a trial run holds only what the space searched."""
+    searched = set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.fixed)
+    config = sdir.base_config().with_overrides(sdir.settings.fixed).flatten()
+    return {k: v for k, v in config.items() if k not in searched}
+
+
+def _parent_tags(sdir: SearchDir) -> dict[str, str]:
+    """What the parent run says about itself: the Optuna study and a description (MLflow shows
+    ``mlflow.note.content`` on the run page)."""
+    s = sdir.settings
+    storage = sdir.meta["optuna_storage"]
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in sdir.objectives)
+    columns = ", ".join(f"objective/{o.name}" for o in sdir.objectives)
+    note = (
+        f"**extune search `{sdir.name}`**: space `{sdir.meta['space_name']}`, {s.trials} trials, "
+        f"objective {objectives}, sampler {s.sampler} (seed {s.seed}), "
+        f"{s.scheduler_text()}.\n\n"
+        f"Each trial is a child run (expand this row). Its state is the tag `extune.state` "
+        f"(complete, pruned, failed, interrupted) and the end of its name; filter with "
+        f"`tags.extune.state = 'complete'`, add the columns {columns} and the searched params "
+        f"to compare. The constant settings are this run's params.\n\n"
+        f"Plots (importances, parallel coordinates, contours, history or Pareto front): "
+        f"artifacts `plots/` (`plots/plots.html` is interactive).\n\n"
+        f"Optuna study `{sdir.name}` in `{storage}`: `optuna-dashboard {storage}`.")
+    return {"extune.optuna_storage": storage, "extune.optuna_study": sdir.name,
+            "extune.objectives": ",".join(o.metric for o in sdir.objectives),
+            "mlflow.note.content": note}
 
 
 def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: int | None, *,
@@ -279,7 +314,10 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
                           study=(sdir.meta["optuna_storage"], sdir.name))
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
-        callbacks=[MlflowCallback(tracker, base), console, *callbacks],
+        callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
+                                  constant=tuple(settings.fixed),
+                                  log_checkpoint=settings.log_checkpoints),
+                   console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
 
@@ -341,7 +379,9 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
     if any(r.state == "complete" for r in records):
         best = select_trial(records, objectives)
     files = _write_outputs(sdir, records, objectives, best)
+    plots = _write_plots(sdir, study, objectives)
     parent = tracker.parent_run()
+    _log_plots(tracker, parent, plots)
     _log_parent(tracker, parent, files, best, objectives)
     tracker.end(parent, "KILLED" if interrupted else "FINISHED")
     sdir.set_status("interrupted" if interrupted else "finished",
@@ -365,6 +405,25 @@ def _write_outputs(sdir: SearchDir, records: list[TrialRecord], objectives: list
         files["best_config"] = sdir.path / "best_config.yaml"
         files["best_config"].write_text(_config_header(sdir, best) + config.to_yaml())
     return files
+
+
+def _write_plots(sdir: SearchDir, study: Any, objectives: list[Objective]) -> dict[str, Path]:
+    """Optuna's plots of the search (:mod:`extune.search.plots`); a plotting failure costs the
+    plots, never the search's results."""
+    from extune.search.plots import PLOTS_DIR, search_plots
+
+    try:
+        return search_plots(study, objectives, sdir.path / PLOTS_DIR, title=sdir.name)
+    except Exception as e:  # plotting libraries raise many types on odd studies
+        log.warning("could not draw the search's plots: %s", " ".join(str(e).split())[:300])
+        return {}
+
+
+def _log_plots(tracker: Any, parent: str, plots: dict[str, Path]) -> None:
+    from extune.search.plots import PLOTS_DIR
+
+    for path in plots.values():
+        tracker.log_artifact(parent, path, PLOTS_DIR)
 
 
 def _config_header(sdir: SearchDir, best: TrialRecord) -> str:

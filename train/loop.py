@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from extune.augment import Explainer, denormalize, mask_salient
+from extune.augment import Explainer
 from extune.errors import ExtuneError
-from extune.evaluate import evaluate_split, saliency_grid
+from extune.evaluate import evaluate_split
 from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
+from extune.train.grid import GRID_NAME, explanation_grid
 from extune.train.methods import Method, config_model, create_method, evaluation_explainer
 from extune.train.progress import EpochProgress
 from extune.train.runtime import (
@@ -37,7 +38,6 @@ __all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
 Report = Callable[[dict[str, float], Path], None]
 """``report(metrics, checkpoint_dir)``: called after every epoch, after the checkpoint is saved."""
 
-GRID_NAME = "saliency_grid.png"
 
 
 class TrainingDiverged(ExtuneError, RuntimeError):
@@ -80,6 +80,7 @@ class _State:
     eval_explainer: Explainer
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
+    grid_each_epoch: bool = False
 
 
 def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
@@ -107,6 +108,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     validate_config(config)  # unknown names fail here, before any data is loaded
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
+        state.grid_each_epoch = report is not None  # a stopped trial still has its grid
         progress = EpochProgress(enabled=config.runtime.progress)
         test = (test or config.eval.test) and state.splits.test is not None
         for epoch in range(state.start_epoch, config.optim.epochs):
@@ -184,8 +186,10 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
                **_evaluate(state, state.splits.val, prefix="val", full=full)}
     if not full and state.history:  # carry the last full values so every report has every key
         metrics = {**state.history[-1], **metrics}
-    if last or (full and cfg.eval.grid_every):
-        _write_grid(state, epoch, last)
+    if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid
+        _write_grid(state, epoch, GRID_NAME)
+    if full and cfg.eval.grid_every and not last:
+        _write_grid(state, epoch, f"grids/epoch_{epoch + 1:03d}.png")
     progress.summary(epoch, cfg.optim.epochs, metrics)
     return metrics
 
@@ -230,21 +234,16 @@ def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool) -> dict[s
         explainer=state.eval_explainer, prefix=prefix, full=full)
 
 
-def _write_grid(state: _State, epoch: int, last: bool) -> None:
-    """PNG of a fixed set of validation images: image, saliency (true label), masked image."""
+def _write_grid(state: _State, epoch: int, name: str) -> None:
+    """The labelled grid of a fixed set of validation images (:func:`explanation_grid`)."""
     n = min(state.cfg.eval.grid_images, len(state.splits.val))
     if n == 0:
         return
-    images = state.splits.val.images[:n]
-    labels = state.splits.val.labels[:n]
-    standard = state.method.standard(images)
-    saliency = state.method.explainer(state.model, standard, labels)
-    masked = denormalize(mask_salient(standard, saliency, state.cfg.excon.mask_threshold),
-                         state.splits.mean, state.splits.std)  # what ExCon trains on, in [0, 1]
-    name = GRID_NAME if last else f"grids/epoch_{epoch + 1:03d}.png"
-    path = state.out_dir / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    saliency_grid(images, saliency, masked, path)
+    cfg = state.cfg
+    explanation_grid(state.model, state.method, state.splits.val.images[:n],
+                     state.splits.val.labels[:n], state.splits.classes, state.out_dir / name,
+                     heading=f"{cfg.method} · {cfg.explain.explainer} · epoch {epoch + 1}"
+                             f"/{cfg.optim.epochs} · validation images")
 
 
 def _save(state: _State, epoch: int) -> None:

@@ -83,6 +83,19 @@ class Method(ABC):
     def standard(self, images: Tensor) -> Tensor:
         return standard_view(images, self.mean, self.std)
 
+    def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """The views this method trains on, for the saliency grid's extra rows.
+
+        Args:
+            x: float ``[N, 3, H, W]`` standard views (normalised).
+            saliency: ``[N, 1, H, W]`` in [0, 1], of ``x`` for ``labels``.
+            labels: int64 ``[N]``.
+
+        Returns:
+            Row label -> normalised ``[N, 3, H, W]``; none for CE and SupCon.
+        """
+        return {}
+
 
 # ----------------------------------------------------------------------------- CE
 class CrossEntropy(Method):
@@ -146,6 +159,10 @@ class ExCon(SupCon):
 
     name = "excon"
 
+    def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        t = self.cfg.excon.mask_threshold
+        return {f"masked view\n(saliency > {t:g})": mask_salient(x, saliency, t)}
+
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         view1 = self.contrastive_views(images)
         view2 = self.contrastive_views(images)
@@ -201,10 +218,15 @@ class EDDA(Method):
 
     name = "edda"
 
-    def occlude(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Non-salient and salient occlusions of ``x`` [n,3,H,W] -> two [n,3,H,W] tensors."""
+    def occlude(self, x: Tensor, labels: Tensor,
+                saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Non-salient and salient occlusions of ``x`` [n,3,H,W] -> two [n,3,H,W] tensors.
+
+        ``saliency`` [n,1,H,W] when already computed, else ``x`` is explained for ``labels``.
+        """
         c = self.cfg.edda
-        saliency = self.explainer(self.model, x, labels)
+        if saliency is None:
+            saliency = self.explainer(self.model, x, labels)
         return (nonsalient_occlusion(x, saliency, c.keep_fraction, c.fill),
                 salient_occlusion(x, saliency, c.occlude_fraction, c.fill))
 
@@ -227,13 +249,23 @@ class EDDA(Method):
         stats["train/salient_confidence"] = probs_s.gather(1, labels[:n, None]).mean()
         return StepOutput(loss, stats)
 
+    occlusion_kind = "salient"
+
+    def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        c, kind = self.cfg.edda, self.occlusion_kind
+        kept, filled = self.occlude(x, labels, saliency)
+        return {f"occluded, {c.keep_fraction:.0%}\n{kind} kept": kept,
+                f"occluded, {c.occlude_fraction:.0%}\n{kind} filled": filled}
+
 
 class RandomOcclusion(EDDA):
     """EDDA's baseline: occlusions of the same areas at random places, all else equal."""
 
     name = "random_occlusion"
+    occlusion_kind = "random"
 
-    def occlude(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def occlude(self, x: Tensor, labels: Tensor,
+                saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.cfg.edda
         return (random_nonsalient_occlusion(x, c.keep_fraction, c.fill),
                 random_salient_occlusion(x, c.occlude_fraction, c.fill))

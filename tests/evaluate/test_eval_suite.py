@@ -87,16 +87,22 @@ def test_known_model_scores_through_the_suite() -> None:
     assert out["val/deletion_auc"] < 0.4 < 0.6 < out["val/insertion_auc"]
 
 
-def test_saliency_grid_writes_png(tmp_path: Path) -> None:
+def test_saliency_grid_writes_labelled_png(tmp_path: Path) -> None:
     images = noise_images(4, 32)
     sal = torch.rand(4, 1, 32, 32)
-    grid = saliency_grid(images, sal, images.float() / 255 * 0.5, tmp_path / "a" / "grid.png")
-    with Image.open(tmp_path / "a" / "grid.png") as im:
-        assert im.size == (4 * 64 + 5 * 2, 3 * 64 + 4 * 2)  # tiles upscaled to 64 px
-    assert grid.shape == (3, 3 * 64 + 4 * 2, 4 * 64 + 5 * 2)
-    two_rows = saliency_grid(images, sal, None, tmp_path / "b.png")
-    assert two_rows.shape[1] == 2 * 64 + 3 * 2
-    assert float(grid.min()) >= 0 and float(grid.max()) <= 1
+    views = {"masked view": images.float() / 255 * 0.5}
+    out = saliency_grid(images, sal, views, tmp_path / "a" / "grid.png",
+                        titles=["a", "b", "c", "d"], correct=[True, False, True, True],
+                        heading="excon")
+    assert out == tmp_path / "a" / "grid.png"
+    with Image.open(out) as im:
+        three = im.size
+    two = saliency_grid(images, sal, None, tmp_path / "b.png")
+    with Image.open(two) as im:
+        assert im.size[0] == three[0] and im.size[1] < three[1]  # one row less, same width
+    assert saliency_grid(images, sal, None, None) is None
+    with pytest.raises(ValueError, match="masked view"):
+        saliency_grid(images, sal, {"masked view": images[:2].float()}, tmp_path / "c.png")
 
 
 def test_every_metric_name_is_documented() -> None:

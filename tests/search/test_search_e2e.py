@@ -83,8 +83,16 @@ def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["trials"] == "4"
+    assert parent.data.params["model.backbone"] == "tiny_cnn"  # constants on the parent
+    assert "optim.lr" not in parent.data.params  # searched: on the trials only
+    assert parent.data.tags["extune.optuna_study"] == "single"
+    assert parent.data.tags["extune.optuna_storage"].endswith("optuna.db")
+    assert "optuna-dashboard" in parent.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best_config.yaml", "summary.csv", "optimization_history.png"} <= artifacts
+    assert {"best_config.yaml", "summary.csv", "optimization_history.png", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/param_importances.png", "plots/parallel_coordinate.png",
+            "plots/plots.html"} <= plots
     assert {c.data.tags["extune.trial_id"] for c in children} == {
         r.trial_id for r in result.records}
     for child in children:
@@ -93,9 +101,13 @@ def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
         assert not any(k.startswith(("time_", "training_iteration")) for k in child.data.metrics)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
         assert steps == list(range(1, len(steps) + 1))
-        assert child.data.params["model.backbone"] == "tiny_cnn"
+        assert "model.backbone" not in child.data.params and "optim.lr" in child.data.params
+        state = child.data.tags["extune.state"]
+        assert state in ("complete", "pruned") and child.info.run_name.endswith(
+            "complete" if state == "complete" else f"/{TINY['optim.epochs']}")
+        assert "objective/accuracy" in child.data.metrics
         files = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert "saliency_grid.png" in files or child.data.tags["extune.pruned"] == "true"
+        assert {"saliency_grid.png", "config.yaml"} <= files  # pruned trials have a grid too
 
     out = tmp_path / "best.yaml"
     config, record = export_search(result.path, out)

@@ -10,10 +10,12 @@ import pytest
 
 from extune.errors import ConfigError
 from extune.search.export import config_from_params, export_run
+from extune.search.settings import Objective
 from extune.search.tracking import MlflowCallback, MlflowTracker, param_value
 from extune.search.trials import TRIAL_NUMBER
 from extune.train.config import Config
 
+ACCURACY = Objective("accuracy", "val/accuracy", "max")
 BASE = Config().with_overrides({"optim.epochs": 3, "model.backbone": "tiny_cnn"})
 
 
@@ -44,7 +46,7 @@ def test_parent_and_child_runs(store, tmp_path):
     tracker = MlflowTracker(store, "test-tracking", "search-1", "demo")
     tracker.check()
     parent = tracker.parent_run(params={"sampler": "tpe", "trials": 3})
-    cb = MlflowCallback(tracker, BASE.to_dict())
+    cb = MlflowCallback(tracker, BASE.to_dict(), objectives=(ACCURACY,))
     cb.setup()
     done, stopped, failed = (fake_trial("aaa", 0, 0.1), fake_trial("bbb", 1, 0.2),
                              fake_trial("ccc", 2, 0.3))
@@ -64,17 +66,28 @@ def test_parent_and_child_runs(store, tmp_path):
     assert runs["parent"].info.run_id == parent and runs["parent"].data.params["trials"] == "3"
     child = runs["aaa"]
     assert child.data.tags["mlflow.parentRunId"] == parent
-    assert child.info.run_name == "trial-000" and child.info.status == "FINISHED"
+    assert child.info.run_name == "trial-000 · complete" and child.info.status == "FINISHED"
     assert child.data.tags["extune.pruned"] == "false"
+    assert child.data.tags["extune.state"] == "complete"
     assert child.data.tags["extune.node_id"] == "node-a"
-    assert set(child.data.params) == set(Config.keys())
-    assert child.data.params["optim.lr"] == "0.1" and child.data.params["method"] == "ce"
-    assert set(child.data.metrics) == {"epoch", "val/accuracy", "train/loss"}  # no Ray keys
+    assert child.data.params == {"optim.lr": "0.1", "method": "ce"}  # the searched keys only
+    assert set(child.data.metrics) == {"epoch", "val/accuracy", "train/loss",
+                                       "objective/accuracy"}  # no Ray keys
+    assert child.data.metrics["objective/accuracy"] == pytest.approx(0.3)
     history = tracker.client.get_metric_history(child.info.run_id, "val/accuracy")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
-    assert runs["bbb"].data.tags["extune.pruned"] == "true"
-    assert runs["ccc"].info.status == "FAILED"
+    artifacts = {f.path for f in tracker.client.list_artifacts(child.info.run_id)}
+    assert artifacts == {"config.yaml"}  # no checkpoint, so no grid
+    stopped_run = runs["bbb"]
+    assert stopped_run.data.tags["extune.pruned"] == "true"
+    assert stopped_run.data.tags["extune.state"] == "pruned"
+    assert stopped_run.info.run_name == "trial-001 · pruned at 1/3"
+    assert stopped_run.data.metrics["objective/accuracy"] == pytest.approx(0.05)
+    assert runs["ccc"].info.status == "FAILED" and runs["ccc"].data.tags["extune.state"] == "failed"
+    assert "objective/accuracy" not in runs["ccc"].data.metrics
     assert runs["ccc"].data.tags["extune.error"] == "ExtuneError: boom happened"
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # the trial's config comes back, typed, from the run's string params
     out = tmp_path / "best.yaml"
@@ -96,6 +109,7 @@ def test_resumed_search_reuses_its_runs(store):
     cb.on_trial_result(0, [], t, result(1, 0.2))
     cb.on_experiment_end([t])  # interrupted: the open run is KILLED
     assert {r.info.status for r in runs_of(tracker)} == {"RUNNING", "KILLED"}
+    assert {r.data.tags.get("extune.state") for r in runs_of(tracker)} == {None, "interrupted"}
 
     # a new process: new tracker and callback objects, same search id
     tracker2 = MlflowTracker(store, "test-tracking", "search-2", "demo2")
@@ -110,7 +124,7 @@ def test_resumed_search_reuses_its_runs(store):
     runs = runs_of(tracker2)
     assert len(runs) == 2  # one parent, one child: nothing duplicated
     child = next(r for r in runs if r.data.tags.get("extune.trial_id") == "ddd")
-    assert child.info.status == "FINISHED"
+    assert child.info.status == "FINISHED" and child.data.tags["extune.state"] == "complete"
     steps = [m.step for m in tracker2.client.get_metric_history(child.info.run_id, "epoch")]
     assert steps == [1, 2, 3]
 
