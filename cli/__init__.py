@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 app.command()(train.train)
 app.command()(train.evaluate)
+app.command()(train.explain)
 app.command("config")(train.show_config)
 app.command("search")(search.search)
 app.command("study")(study.study)

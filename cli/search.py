@@ -5,6 +5,8 @@ Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --he
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -143,8 +145,13 @@ def _print_result(result: Any) -> None:
         console.print(f"{kind}: [bold]{result.best.name}[/] -> {result.best_config}",
                       highlight=False)
         console.print(f"train it: extune train --config {result.best_config}", highlight=False)
-    console.print(f"search folder: {result.path}\nMLflow: {result.tracking_uri} (parent run "
-                  f"{result.parent_run_id}); browse with: extune ui", highlight=False)
+    console.print(f"search folder: {result.path}", highlight=False, markup=False)
+    if result.mlflow_view and result.tracking_uri.startswith(("http://", "https://")):
+        browse = f"{result.tracking_uri.rstrip('/')}/{result.mlflow_view}"
+    else:
+        browse = "extune ui (it prints the link of this search's trial table)"
+    console.print(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); "
+                  f"browse: {browse}", highlight=False, markup=False)
 
 
 def export(
@@ -204,11 +211,55 @@ def ui(
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
             raise ConfigError(f"port {port} on {host} is in use; pass --port")
-    console.print(f"MLflow UI: http://{host}:{port} (store {uri}); Ctrl-C stops it",
-                  highlight=False)
+    _print_ui_links(uri, f"http://{host}:{port}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port)]
+    run_until_stopped(command)
+
+
+def _print_ui_links(uri: str, address: str) -> None:
+    from extune.search.tracking import recent_views
+
+    console.print(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few "
+                  "seconds to start.", highlight=False, markup=False)
+    console.print(f"experiments: {address}/#/experiments?workflowType=machine_learning",
+                  highlight=False, markup=False)
+    for name, page in recent_views(uri):
+        console.print(f"search {name}: {address}/{page}", highlight=False, markup=False)
+
+
+def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
+    """Run a server until it exits or this process gets Ctrl-C or SIGTERM, then stop it with
+    every process it started (``mlflow ui`` starts uvicorn workers): the server runs in its own
+    process group and the whole group gets SIGTERM (SIGKILL after ``grace_s`` seconds).
+
+    Returns:
+        The server's exit status (negative: killed by that signal).
+    """
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        subprocess.run(command, check=False)
+        return process.wait()
     except KeyboardInterrupt:
-        pass
+        return _stop_group(process, grace_s)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            _stop_group(process, grace_s)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float) -> int:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()

@@ -13,7 +13,7 @@ from rich.table import Table
 from extune.cli._common import console
 from extune.errors import ExtuneError
 
-__all__ = ["train", "evaluate", "show_config", "load_config"]
+__all__ = ["train", "evaluate", "explain", "show_config", "load_config"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -68,6 +68,27 @@ def evaluate(
     out.write_text(json.dumps(metrics, indent=2))
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
     console.print(f"wrote {out}")
+
+
+def explain(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt or the run folder holding it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")]
+    = Path("grid.png"),
+    images: Annotated[Path | None, typer.Option(
+        help="Folder of images (one sub-folder per class, or flat: explained for the predicted "
+             "class). Default: validation images of the checkpoint's data set.")] = None,
+    explainer: Annotated[str | None, typer.Option(
+        help="Explainer (gradcam, integrated_gradients, ...). Default: the training one.")]
+    = None,
+    count: Annotated[int, typer.Option(help="Number of images.")] = 8,
+    set_: SetOpt = None,
+) -> None:
+    """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
+    from extune.train.evaluation import explain_checkpoint
+
+    path = explain_checkpoint(checkpoint, out, images=images, explainer=explainer, count=count,
+                              overrides=set_ or [])
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:

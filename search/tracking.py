@@ -11,6 +11,7 @@ trials report at once, and the workers need no MLflow access.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
@@ -36,12 +37,20 @@ from extune.train.checkpoint import CHECKPOINT_NAME
 from extune.train.grid import GRID_NAME
 
 __all__ = ["MlflowTracker", "MlflowCallback", "mlflow_client", "param_value", "STATE_TAG",
-           "EXPERIMENT_KIND_TAG"]
+           "EXPERIMENT_KIND_TAG", "VIEW_TAG", "view_page", "runs_table_view",
+           "recent_views"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """MLflow 3's UI opens an experiment with this kind in its model-training view (the runs
 table), not in the GenAI view (traces) it infers for an experiment without the tag."""
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+"""Experiment tag prefix of MLflow 3's shared runs-table views: the value is the view as JSON
+(``selectedColumns``, ``orderByKey``, ``runsExpanded``, ...), opened by the page URL's
+``viewStateShareKey``. The page's ``workflowType=machine_learning`` picks the model-training
+view; MLflow 3.17 ignores the experiment kind tag when its GenAI/model-training switch is on."""
+VIEW_TAG = "extune.mlflow_view"
+"""Tag of a search's parent run: the UI page of its runs table (:func:`view_page`)."""
 STATE_TAG = "extune.state"
 """A trial run's state: ``running``, ``complete``, ``pruned``, ``failed`` or ``interrupted``."""
 log = logging.getLogger(__name__)
@@ -205,6 +214,13 @@ class MlflowTracker:
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def share_view(self, key: str, view: dict[str, Any]) -> str:
+        """Save a runs-table view (columns, sort, expanded rows) as the experiment's shared view
+        ``key``; returns its page (:func:`view_page`)."""
+        self.client.set_experiment_tag(self.experiment_id, f"{SHARED_VIEW_TAG}{key}",
+                                       json.dumps(view))
+        return view_page(self.experiment_id, key)
 
     def rename(self, run_id: str, name: str) -> None:
         self.client.update_run(run_id, name=name)
@@ -389,6 +405,44 @@ def _config_yaml(base: dict[str, Any], params: dict[str, Any]) -> str:
         return trial_config(base, params).to_yaml()
     except Exception as e:  # an invalid draw: the trial fails and says why; keep the record
         return f"# this trial's parameters do not make a valid config: {e}\n"
+
+
+def view_page(experiment_id: str, share_key: str | None = None) -> str:
+    """The MLflow UI page (after ``http://host:port/``) of an experiment's runs table in the
+    model-training view, with a shared view when ``share_key`` is given."""
+    query = f"viewStateShareKey={share_key}&" if share_key else ""
+    return f"#/experiments/{experiment_id}/runs?{query}workflowType=machine_learning"
+
+
+def runs_table_view(parent_run: str, objectives: tuple[Objective, ...],
+                    params: list[str]) -> dict[str, Any]:
+    """A search's runs-table view: its trials expanded under the parent, sorted by the first
+    objective, with the columns that compare them (objectives, accuracy and alignment, the
+    state, the searched params)."""
+    metrics = [f"objective/{o.name}" for o in objectives]
+    metrics += [m for m in ("val/accuracy", "val/alignment")
+                if m not in {o.metric for o in objectives}]
+    columns = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+               + [f"tags.`{STATE_TAG}`"])
+    first = objectives[0] if objectives else None
+    view: dict[str, Any] = {"selectedColumns": columns, "runsExpanded": {parent_run: True},
+                            "searchFilter": ""}
+    if first is not None:
+        view.update(orderByKey=f"metrics.`objective/{first.name}`",
+                    orderByAsc=first.mode == "min")
+    return view
+
+
+def recent_views(uri: str, limit: int = 5) -> list[tuple[str, str]]:
+    """``(search name, UI page)`` of the latest searches in a store, newest first."""
+    client = mlflow_client(uri)
+    experiments = client.search_experiments()
+    if not experiments:
+        return []
+    runs = client.search_runs([e.experiment_id for e in experiments],
+                              filter_string="tags.`extune.role` = 'search'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    return [(r.info.run_name, r.data.tags[VIEW_TAG]) for r in runs if VIEW_TAG in r.data.tags]
 
 
 def mlflow_client(uri: str) -> Any:

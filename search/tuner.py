@@ -65,6 +65,7 @@ class SearchResult:
         interrupted: the search stopped before its trials ended (resume with ``--resume``).
         wall_s: seconds this call took.
         files: summary files written in the search folder.
+        mlflow_view: the MLflow UI page of the search's runs table (after ``http://host:port/``).
     """
 
     name: str
@@ -80,6 +81,7 @@ class SearchResult:
     interrupted: bool
     wall_s: float
     files: dict[str, Path] = field(default_factory=dict)
+    mlflow_view: str | None = None
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.records)
@@ -129,7 +131,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
 
 
 def _tracker(sdir: SearchDir) -> Any:
-    from extune.search.tracking import MlflowTracker
+    from extune.search.tracking import VIEW_TAG, MlflowTracker
 
     tracker = MlflowTracker(sdir.meta["tracking_uri"], sdir.settings.experiment,
                             sdir.search_id, sdir.name, tags=sdir.settings.run_tags)
@@ -137,8 +139,9 @@ def _tracker(sdir: SearchDir) -> Any:
     created = _parent_params(sdir)
     run_id = tracker.parent_run(params=created)
     if sdir.meta.get("parent_run_id") != run_id:
-        sdir.set_status(sdir.meta["status"], parent_run_id=run_id)
-        tracker.set_tags(run_id, _parent_tags(sdir))
+        view = _share_view(tracker, sdir, run_id)
+        sdir.set_status(sdir.meta["status"], parent_run_id=run_id, mlflow_view=view)
+        tracker.set_tags(run_id, {**_parent_tags(sdir), VIEW_TAG: view})
         for name in ("base_config.yaml", sdir.meta.get("space_file"), "search.json"):
             if name and (sdir.path / name).is_file():
                 tracker.log_artifact(run_id, sdir.path / name)
@@ -161,6 +164,15 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
     if s.resolved_scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
     return {**params, **_constant_params(sdir)}
+
+
+def _share_view(tracker: Any, sdir: SearchDir, parent: str) -> str:
+    """The search's runs table as an MLflow shared view; returns its UI page."""
+    from extune.search.tracking import runs_table_view
+
+    searched = sorted(set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.fixed))
+    view = runs_table_view(parent, tuple(sdir.objectives), searched)
+    return tracker.share_view(f"extune-{sdir.search_id[:12]}", view)
 
 
 def _constant_params(sdir: SearchDir) -> dict[str, Any]:
@@ -389,7 +401,7 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
     return SearchResult(sdir.name, sdir.path, sdir.search_id, objectives, records, best,
                         pareto_front(records, objectives), files.get("best_config"),
                         sdir.meta["tracking_uri"], parent, interrupted, time.time() - start,
-                        files)
+                        files, sdir.meta.get("mlflow_view"))
 
 
 def _write_outputs(sdir: SearchDir, records: list[TrialRecord], objectives: list[Objective],

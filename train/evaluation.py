@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split
 from extune.models import Network
@@ -14,7 +17,7 @@ from extune.train.methods import config_model, evaluation_explainer
 from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
-__all__ = ["evaluate_checkpoint", "load_model"]
+__all__ = ["evaluate_checkpoint", "explain_checkpoint", "load_model"]
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None
@@ -54,3 +57,94 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
                              explainer=explainer, prefix=split, full=True)
     out = checkpoint_path(checkpoint).parent / f"evaluation-{split}.json"
     return metrics, out
+
+
+def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
+                       images: str | Path | None = None, explainer: str | None = None,
+                       count: int = 8, overrides: list[str] | None = None) -> Path:
+    """The labelled saliency grid of a checkpoint (``extune explain``).
+
+    Args:
+        checkpoint: ``checkpoint.pt`` or the run folder holding it.
+        out: PNG to write.
+        images: a folder of images: with one sub-folder per class (named as the checkpoint's
+            classes) each image is explained for its class, else for the predicted class;
+            ``None``: the first ``count`` validation images of the checkpoint's data set.
+        explainer: an explainer name (default: the one the model was trained with).
+        count: how many images (the first, by name).
+        overrides: ``KEY=VALUE`` config overrides (``explain.layer=...``).
+
+    Raises:
+        ExtuneError: unreadable checkpoint, unknown explainer, no images, unknown class folder.
+    """
+    from extune.augment import create_explainer
+    from extune.train.grid import explanation_grid
+    from extune.train.methods import create_method
+
+    if count < 1:
+        raise ExtuneError(f"--count must be >= 1, got {count}")
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = load_model(checkpoint, overrides)
+    if explainer is not None:
+        cfg = validate_config(cfg.with_overrides({"explain.explainer": explainer,
+                                                  "explain.layer": None}))
+    device = resolve_device(cfg.runtime)
+    seed_everything(cfg.runtime.seed)
+    stats = (ckpt.get("classes"), ckpt.get("mean"), ckpt.get("std"))
+    if images is None or None in stats:  # older checkpoints: the statistics of the data
+        splits = load_data(cfg.data)
+        stats = (splits.classes, splits.mean, splits.std)
+    classes, mean, std = list(stats[0]), tuple(stats[1]), tuple(stats[2])
+    if images is None:
+        batch, labels = splits.val.images[:count], splits.val.labels[:count]
+    else:
+        batch, labels = _folder_images(Path(images), classes, cfg.data.image_size, count)
+    model = model.to(device).eval()
+    method = create_method(cfg, model, len(classes), mean, std)
+    if explainer is not None:
+        method.explainer = create_explainer(cfg.explain.explainer, layer=None,
+                                            steps=cfg.explain.steps)
+    source = "validation images" if images is None else str(images)
+    return explanation_grid(model, method, batch.to(device),
+                            None if labels is None else labels.to(device), classes, out,
+                            heading=f"{cfg.method} · {method.explainer.name} · {source}")
+
+
+def _folder_images(folder: Path, classes: list[str], size: int, count: int
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Up to ``count`` images of ``folder`` (uint8 ``[N,3,size,size]``) and their labels
+    (``None`` for a flat folder)."""
+    from extune.train.datasets._common import decode_files, image_files
+
+    if not folder.is_dir():
+        raise ExtuneError(f"--images {folder} is not a folder")
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    if subdirs:
+        unknown = [d.name for d in subdirs if d.name not in classes]
+        if unknown:
+            raise ExtuneError(f"--images {folder}: sub-folder(s) {', '.join(unknown[:5])} are "
+                              f"not classes of this model ({', '.join(classes[:10])}, ...); "
+                              "name them as the classes, or pass a flat folder of images")
+        pairs = [(f, classes.index(d.name)) for d in subdirs for f in image_files(d)]
+    else:
+        pairs = [(f, -1) for f in image_files(folder)]
+    pairs = _spread(pairs, count)
+    if not pairs:
+        raise ExtuneError(f"--images {folder} holds no image files (.png, .jpg, ...)")
+    decoded, _ = decode_files([f for f, _ in pairs], size)
+    labels = None if subdirs == [] else torch.tensor([y for _, y in pairs])
+    return decoded, labels
+
+
+def _spread(pairs: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
+    """``count`` items taking the classes in turn (first files of each class first)."""
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for pair in pairs:
+        by_class.setdefault(pair[1], []).append(pair)
+    queues = list(by_class.values())
+    picked: list[tuple[Path, int]] = []
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    return picked

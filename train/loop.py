@@ -254,6 +254,9 @@ def _save(state: _State, epoch: int) -> None:
         "scheduler": state.scheduler.state_dict(),
         "config": state.cfg.to_dict(),
         "history": state.history,
+        "classes": list(state.splits.classes),
+        "mean": list(state.splits.mean),
+        "std": list(state.splits.std),
         "rng": rng_state(),
     }, state.out_dir / CHECKPOINT_NAME)
 

@@ -40,6 +40,33 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     assert code == 0
     metrics = json.loads((out / "evaluation-test.json").read_text())
     assert "test/accuracy" in metrics and "test/adv/fgsm_accuracy" in metrics
+    _explain_the_checkpoint(out, tmp_path)
+
+
+def _explain_the_checkpoint(run, tmp_path):
+    """``extune explain``: validation images, a folder by class, a flat folder, bad input."""
+    from PIL import Image
+
+    from extune.train.checkpoint import load_checkpoint
+
+    classes = load_checkpoint(run)["classes"]
+    by_class, flat = tmp_path / "by_class", tmp_path / "flat"
+    for i, name in enumerate(classes[:2] * 2):
+        for folder in (by_class / name, flat):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24, 24), (60 * i, 100, 30)).save(folder / f"{i}.png")
+    sizes = {}
+    for label, extra in [("val", []), ("by_class", ["--images", str(by_class)]),
+                         ("flat", ["--images", str(flat), "--explainer", "saliency"])]:
+        png = tmp_path / f"{label}.png"
+        assert main(["explain", "--checkpoint", str(run), "--count", "3", "-o", str(png),
+                     *extra]) == 0
+        with Image.open(png) as im:
+            sizes[label] = im.size
+    assert sizes["val"] == sizes["by_class"]  # 3 columns, image and saliency rows (CE)
+    (by_class / "no_such_class").mkdir()
+    assert main(["explain", "--checkpoint", str(run), "--images", str(by_class)]) == 2
+    assert main(["explain", "--checkpoint", str(run), "--explainer", "gradcm"]) == 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -136,3 +136,22 @@ def test_config_model_honours_model_config():
 def test_config_model_unknown_backbone():
     with pytest.raises(RegistryError, match="resnet_mini"):
         config_model(Config().with_overrides({"model.backbone": "vgg"}), num_classes=3)
+
+
+@pytest.mark.parametrize("method, rows", [("ce", []), ("supcon", []), ("excon", ["masked view"]),
+                                          ("edda", ["salient kept", "salient filled"]),
+                                          ("random_occlusion", ["random kept", "random filled"])])
+def test_grid_views_are_the_views_each_method_trains_on(tiny_config, method, rows):
+    cfg = tiny_config.with_overrides({"method": method})
+    model = config_model(cfg, 4)
+    m = create_method(cfg, model, 4, (0.5,) * 3, (0.25,) * 3)
+    x = torch.randn(3, 3, 16, 16)
+    saliency = torch.rand(3, 1, 16, 16)
+    views = m.grid_views(x, saliency, torch.tensor([0, 1, 2]))
+    assert len(views) == len(rows)
+    for label, expected in zip(views, rows, strict=True):
+        assert expected in label.replace("\n", " ")
+        assert views[label].shape == x.shape
+    if method == "excon":  # exactly what ExCon trains on: pixels above the threshold kept
+        kept = saliency > cfg.excon.mask_threshold
+        assert torch.equal(next(iter(views.values())), torch.where(kept, x, torch.zeros(())))
