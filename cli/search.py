@@ -151,7 +151,7 @@ def _print_result(result: Any) -> None:
     else:
         browse = "extune ui (it prints the link of this search's trial table)"
     console.print(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); "
-                  f"browse: {browse}", highlight=False, markup=False)
+                  f"browse: {browse}", highlight=False, markup=False, soft_wrap=True)
 
 
 def export(
@@ -221,11 +221,12 @@ def _print_ui_links(uri: str, address: str) -> None:
     from extune.search.tracking import recent_views
 
     console.print(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few "
-                  "seconds to start.", highlight=False, markup=False)
+                  "seconds to start.", highlight=False, markup=False, soft_wrap=True)
     console.print(f"experiments: {address}/#/experiments?workflowType=machine_learning",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)
     for name, page in recent_views(uri):
-        console.print(f"search {name}: {address}/{page}", highlight=False, markup=False)
+        console.print(f"search {name}: {address}/{page}", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:

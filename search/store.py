@@ -43,10 +43,12 @@ class SearchDir:
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, settings: SearchSettings, base: Config, space: Any,
-               searched: Iterable[str] = ()) -> SearchDir:
+               searched: Iterable[str] = (), constants: dict[str, Any] | None = None
+               ) -> SearchDir:
         """Make ``<out>/<name>`` and write the settings, base config and space.
 
-        ``searched``: the keys the space sets (from its validation draws); the others are the
+        ``searched``: the keys the space varies (from its validation draws); ``constants``:
+        the keys it sets to one value. The base config's other keys and the constants are the
         search's constants (the MLflow parent run's params).
 
         Raises:
@@ -76,6 +78,7 @@ class SearchDir:
             "optuna_storage": f"sqlite:///{path / 'optuna.db'}",
             "experiment_path": experiment_path,
             "searched_keys": sorted(searched),
+            "space_constants": dict(constants or {}),
         }
         found = cls(path, meta)
         found.save()

@@ -121,7 +121,9 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         check = validate_space(space, base, name=settings.space, seed=settings.seed)
         probe_ray_address(settings.address)
         check_tracking_uri(settings.resolved_tracking_uri())
-        sdir = SearchDir.create(settings, base, space, searched=check.keys)
+        constants = check.constants()
+        sdir = SearchDir.create(settings, base, space, searched=check.keys - set(constants),
+                                constants=constants)
         max_epochs = check.max_epochs
     tracker = _tracker(sdir)
     if sdir.meta["status"] == "finished":
@@ -179,7 +181,8 @@ def _constant_params(sdir: SearchDir) -> dict[str, Any]:
     """The base config's keys that no trial changes (``--fix`` values included): logged once,
     on the parent run; a trial run holds only what the space searched."""
     searched = set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.fixed)
-    config = sdir.base_config().with_overrides(sdir.settings.fixed).flatten()
+    config = sdir.base_config().with_overrides(
+        {**sdir.meta.get("space_constants", {}), **sdir.settings.fixed}).flatten()
     return {k: v for k, v in config.items() if k not in searched}
 
 
@@ -327,7 +330,8 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
         callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
-                                  constant=tuple(settings.fixed),
+                                  constant=(*settings.fixed, *sdir.meta.get("space_constants",
+                                                                             {})),
                                   log_checkpoint=settings.log_checkpoints),
                    console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),

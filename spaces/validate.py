@@ -26,6 +26,19 @@ class SpaceCheck:
     max_epochs: int = 1
     samples: list[dict[str, Any]] = field(default_factory=list)
 
+    def constants(self) -> dict[str, Any]:
+        """Keys the space set to the same value in every sample (``method: excon`` in a YAML
+        space), with that value; the other keys are the ones it searches."""
+        found: dict[str, Any] = {}
+        for key in self.keys:
+            values = [sample.get(key, _ABSENT) for sample in self.samples]
+            if values and all(v == values[0] for v in values) and values[0] is not _ABSENT:
+                found[key] = values[0]
+        return found
+
+
+_ABSENT = object()
+
 
 def sample_params(space: Any, trial: Any) -> dict[str, Any]:
     """Run ``space`` on ``trial`` as Ray's OptunaSearch does: suggested plus returned values.

@@ -161,7 +161,7 @@ class ExCon(SupCon):
 
     def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
         t = self.cfg.excon.mask_threshold
-        return {f"masked view\n(saliency > {t:g})": mask_salient(x, saliency, t)}
+        return {f"masked view\n(saliency > {t:.3g})": mask_salient(x, saliency, t)}
 
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         view1 = self.contrastive_views(images)
