@@ -201,11 +201,14 @@ def ui(
     = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
-    from extune.search.services import existing_store
+    from extune.search.services import check_tracking_uri, existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
-        console.print(f"{uri} is already a tracking server: open it in a browser")
+        console.print(f"{uri} is already a tracking server: open it in a browser",
+                      highlight=False, markup=False)
+        check_tracking_uri(uri)  # a one-line error when it does not answer
+        _print_ui_links(uri, uri.rstrip("/"), server=False)
         return
     uri = existing_store(uri)
     with socket.socket() as s:
@@ -217,11 +220,12 @@ def ui(
     run_until_stopped(command)
 
 
-def _print_ui_links(uri: str, address: str) -> None:
+def _print_ui_links(uri: str, address: str, server: bool = True) -> None:
     from extune.search.tracking import recent_views
 
-    console.print(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few "
-                  "seconds to start.", highlight=False, markup=False, soft_wrap=True)
+    if server:
+        console.print(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few "
+                      "seconds to start.", highlight=False, markup=False, soft_wrap=True)
     console.print(f"experiments: {address}/#/experiments?workflowType=machine_learning",
                   highlight=False, markup=False, soft_wrap=True)
     for name, page in recent_views(uri):
