@@ -69,7 +69,12 @@ def run_final_stage(sdir: Any, best: dict[str, dict[str, Any]], tracker: Any) ->
     base, points = final_points(sdir, best)
     path = sdir.final_experiment_path()
     if points:
-        _tuner(sdir, base, points, tracker, path).fit()
+        from extune.search.writer import close_writer
+
+        try:
+            _tuner(sdir, base, points, tracker, path).fit()
+        finally:
+            close_writer(sdir.final_dir / "tracking", timeout=60)
     runs = _collect(path, points, base)
     (sdir.final_dir / "runs.json").write_text(json.dumps(runs, indent=2))
     return runs
@@ -99,7 +104,8 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
     storage, _, name = path.rpartition("/")
     callbacks = [
         MlflowCallback(tracker, base_dict, tags={"extune.stage": "final",
-                                                 "extune.study_id": sdir.study_id}),
+                                                 "extune.study_id": sdir.study_id},
+                       journal_dir=sdir.final_dir / "tracking"),
         LiveConsole(title=f"{sdir.name} final runs", objectives=[TEST_ACCURACY], base=base_dict,
                     total=len(points), live=settings.live),
     ]

@@ -4,8 +4,8 @@ Why not Ray's ``MLflowLoggerCallback``: it makes no parent run, logs Ray's inter
 metrics and opens new runs for restored trials (leaving the old ones RUNNING). Here every run is
 found again by its tags (``extune.search_id``, ``extune.trial_id``) before one is created, so a
 resumed search continues its runs instead of duplicating them. All writes happen on the driver,
-in Tune's event loop (one thread), batched with ``log_batch``: no write is lost when several
-trials report at once, and the workers need no MLflow access.
+batched with ``log_batch``, by one writer thread (:mod:`extune.search.writer`) that keeps their
+order and keeps them on disk until the store has them; the workers need no MLflow access.
 """
 
 from __future__ import annotations
@@ -234,13 +234,13 @@ class MlflowTracker:
 
 
 def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:
-    """A tracking hook that logs MLflow errors instead of stopping the search."""
+    """A tracking hook that logs its errors instead of stopping the search."""
 
     @functools.wraps(hook)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             hook(self, *args, **kwargs)
-        except Exception as e:  # the store went away: trials matter more than their records
+        except Exception as e:  # trials matter more than their records
             log.warning("MLflow tracking failed in %s: %s", hook.__name__,
                         " ".join(str(e).split())[:300])
 
@@ -265,6 +265,10 @@ class MlflowCallback(Callback):
       checkpoint;
     - status FINISHED (complete or pruned), FAILED, or KILLED (interrupted).
 
+    The hooks only build ops for the search's :class:`~extune.search.writer.TrackingWriter`
+    (one thread, in order, journaled in ``journal_dir``): a slow or unreachable tracking store
+    never stalls Tune's event loop.
+
     Args:
         tracker: the search's :class:`MlflowTracker`.
         base: the base config as a dict (a trial's full config is ``base`` + its parameters).
@@ -272,28 +276,47 @@ class MlflowCallback(Callback):
         objectives: the search's objectives (the ``objective/<name>`` metrics).
         constant: keys held at one value (``--fix``): logged on the parent, not per trial.
         log_checkpoint: also log each trial's final checkpoint (large; off by default).
+        journal_dir: the writer's journal and the copies of artifacts waiting to be sent (in
+            the search folder); ``None``: memory only.
     """
 
     def __init__(self, tracker: MlflowTracker, base: dict[str, Any],
                  tags: dict[str, str] | None = None, *, objectives: tuple[Objective, ...] = (),
-                 constant: tuple[str, ...] = (), log_checkpoint: bool = False) -> None:
+                 constant: tuple[str, ...] = (), log_checkpoint: bool = False,
+                 journal_dir: str | Path | None = None) -> None:
         self.tracker = tracker
         self.base = base
         self.tags = dict(tags or {})
         self.objectives = tuple(objectives)
         self.constant = frozenset(constant)
         self.log_checkpoint = log_checkpoint
-        self._last_step: dict[str, int] = {}
-        self._ended: set[str] = set()
+        self.journal_dir = str(journal_dir) if journal_dir is not None else None
+        self._started: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks; a new process starts
+        return {**self.__dict__, "_started": set()}  # its runs again (found by tag)
+
+    @property
+    def writer(self) -> Any:
+        from extune.search.writer import writer_for
+
+        return writer_for(self.tracker, self.journal_dir)
+
+    def _submit(self, op: str, trial: Any, **fields: Any) -> None:
+        self.writer.submit({"op": op, "trial": trial.trial_id, **fields})
 
     def setup(self, **info: Any) -> None:
-        self.tracker.parent_run()
+        self.writer  # noqa: B018  (starts the thread; unsent ops of a previous run go first)
 
     def _label(self, trial: Any) -> str:
         number, _ = split_config(trial.config)
         return trial_label(number, trial.trial_id, config_label(trial.config))
 
-    def _run(self, trial: Any) -> str:
+    def _start(self, trial: Any) -> None:
+        """Queue the trial's run (created or found again by tag) once per process."""
+        if trial.trial_id in self._started:
+            return
+        self._started.add(trial.trial_id)
         number, overrides = split_config(trial.config)
         params = {k: v for k, v in overrides.items() if k not in self.constant}
         method = overrides.get("method", self.base.get("method", ""))
@@ -304,99 +327,91 @@ class MlflowCallback(Callback):
         seed = overrides.get("runtime.seed", self.base.get("runtime", {}).get("seed"))
         if seed is not None:
             tags["extune.seed"] = str(seed)
-        run_id, created = self.tracker.child_run(trial.trial_id, name=self._label(trial),
-                                                 params=params, tags=tags)
-        if created:
-            self.tracker.log_text(run_id, _config_yaml(self.base, trial.config), "config.yaml")
-        if trial.trial_id not in self._last_step:
-            self._last_step[trial.trial_id] = 0 if created else self.tracker.last_step(run_id)
-        return run_id
+        self._submit("start", trial, name=self._label(trial), params=params, tags=tags,
+                     config_yaml=_config_yaml(self.base, trial.config))
 
     @_never_fail
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended.discard(trial.trial_id)
-        run_id = self._run(trial)
-        self.tracker.set_tags(run_id, {STATE_TAG: "running"})
+        self._start(trial)
 
     @_never_fail
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        run_id = self._run(trial)
+        self._start(trial)
         metrics = reported_metrics(result)
         step = int(metrics.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(trial.trial_id, 0):
-            return  # already logged before an interruption
-        if self._last_step.get(trial.trial_id, 0) == 0:
-            self.tracker.set_tags(run_id, {f"extune.{k}": result[k] for k in
-                                           ("node_id", "hostname", "pid") if k in result})
-        self.tracker.log_metrics(run_id, metrics, step)
-        self._last_step[trial.trial_id] = step
+        if step == 1:
+            self._submit("tags", trial, tags={f"extune.{k}": str(result[k]) for k in
+                                              ("node_id", "hostname", "pid") if k in result})
+        self._submit("metrics", trial, metrics=metrics, step=step)
 
     @_never_fail
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run(trial)
+        self._start(trial)
         planned = trial_config(self.base, trial.config).optim.epochs
         epoch = int(trial.last_result.get("epoch", planned))
         state = "pruned" if epoch < planned else "complete"
-        self._settle(run_id, trial, state, "FINISHED",
-                     {"extune.pruned": str(state == "pruned").lower()},
+        self._settle(trial, state, "FINISHED", {"extune.pruned": str(state == "pruned").lower()},
                      suffix=f"pruned at {epoch}/{planned}" if state == "pruned" else "complete")
 
     @_never_fail
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run(trial)
-        self._settle(run_id, trial, "failed", "FAILED",
+        self._start(trial)
+        self._settle(trial, "failed", "FAILED",
                      {"extune.error": trial_error(trial), "extune.pruned": "false"},
                      suffix="failed")
 
-    def _settle(self, run_id: str, trial: Any, state: str, status: str, tags: dict[str, str],
-                *, suffix: str) -> None:
+    def _settle(self, trial: Any, state: str, status: str, tags: dict[str, str], *,
+                suffix: str) -> None:
         """A trial's end: state, objective metrics, artifacts, name, status."""
-        self.tracker.set_tags(run_id, {**tags, STATE_TAG: state})
+        self._submit("tags", trial, tags={**tags, STATE_TAG: state})
         if state != "failed":
             values = {f"objective/{o.name}": trial.last_result.get(o.metric)
                       for o in self.objectives}
-            self.tracker.log_metrics(run_id, {k: v for k, v in values.items() if v is not None},
-                                     step=int(trial.last_result.get("epoch", 0)))
-        self._log_checkpoint_files(run_id, trial)
-        self.tracker.rename(run_id, f"{self._label(trial)} · {suffix}")
-        self.tracker.end(run_id, status)
-        self._ended.add(trial.trial_id)
+            values = {k: v for k, v in values.items() if v is not None}
+            if values:
+                self._submit("metrics", trial, metrics=values, once_per_step=False,
+                             step=int(trial.last_result.get("epoch", 0)))
+        for path, folder in self._checkpoint_files(trial):
+            self._submit("artifact", trial, path=str(path), dir=folder, spooled=True)
+        self._submit("end", trial, status=status, name=f"{self._label(trial)} · {suffix}")
 
     @_never_fail
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run(trial)
-        self.tracker.set_tags(run_id, {"extune.retries": trial.num_failures,
-                                       "extune.last_error": trial_error(trial)})
+        self._start(trial)
+        self._submit("tags", trial, tags={"extune.retries": str(trial.num_failures),
+                                          "extune.last_error": trial_error(trial)})
 
     @_never_fail
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Runs of trials that did not end (interrupted search, time budget) become KILLED."""
         for trial in trials:
-            if trial.trial_id in self.tracker._children and trial.trial_id not in self._ended:
-                run_id = self.tracker._children[trial.trial_id]
-                self.tracker.set_tags(run_id, {STATE_TAG: "interrupted"})
-                self.tracker.end(run_id, "KILLED")
+            if trial.trial_id in self._started and trial.status not in ("TERMINATED", "ERROR"):
+                self._submit("tags", trial, tags={STATE_TAG: "interrupted"})
+                self._submit("end", trial, status="KILLED")
 
-    def _log_checkpoint_files(self, run_id: str, trial: Any) -> None:
-        """Log the grid (and with ``log_checkpoint`` the checkpoint) of the trial's latest
-        checkpoint, on any Ray storage."""
-        names = [GRID_NAME] + ([CHECKPOINT_NAME] if self.log_checkpoint else [])
+    def _checkpoint_files(self, trial: Any) -> list[tuple[Path, str | None]]:
+        """Copies (in the journal folder, or a temporary one) of the grid and, with
+        ``log_checkpoint``, the checkpoint of the trial's latest checkpoint, on any Ray
+        storage; ``(path, artifact folder)`` each."""
         checkpoint = trial.checkpoint
         if checkpoint is None:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in names:
-                source = f"{checkpoint.path.rstrip('/')}/{name}"
-                try:
-                    with checkpoint.filesystem.open_input_file(source) as f:
-                        data = f.readall()
-                except (OSError, FileNotFoundError):
-                    continue
-                path = Path(tmp, name)
-                path.write_bytes(data)
-                self.tracker.log_artifact(run_id, path,
-                                          "checkpoint" if name == CHECKPOINT_NAME else None)
+            return []
+        names = [GRID_NAME] + ([CHECKPOINT_NAME] if self.log_checkpoint else [])
+        spool = (Path(self.journal_dir) / "files" if self.journal_dir
+                 else Path(tempfile.mkdtemp(prefix="extune-mlflow-"))) / trial.trial_id
+        copies = []
+        for name in names:
+            source = f"{checkpoint.path.rstrip('/')}/{name}"
+            try:
+                with checkpoint.filesystem.open_input_file(source) as f:
+                    data = f.readall()
+            except (OSError, FileNotFoundError):
+                continue
+            spool.mkdir(parents=True, exist_ok=True)
+            (spool / name).write_bytes(data)
+            copies.append((spool / name, "checkpoint" if name == CHECKPOINT_NAME else None))
+        return copies
 
 
 def _config_yaml(base: dict[str, Any], params: dict[str, Any]) -> str:

@@ -40,11 +40,18 @@ from extune.search.services import (
 )
 from extune.search.settings import Objective, SearchSettings, make_sampler
 from extune.search.store import SearchDir
+from extune.search.writer import bounded_http_client
 from extune.spaces import get_space, validate_space
 
 __all__ = ["SearchResult", "run_search"]
 
 log = logging.getLogger(__name__)
+
+TRACKING_DIR = "tracking"
+"""Folder of the search folder that holds the MLflow writes not yet sent (journal, files)."""
+FLUSH_TIMEOUT_S = 60.0
+"""How long a search that ends waits for an unreachable tracking store before it leaves the
+unsent writes in its journal (``extune sync`` sends them)."""
 
 
 @dataclass
@@ -66,6 +73,7 @@ class SearchResult:
         wall_s: seconds this call took.
         files: summary files written in the search folder.
         mlflow_view: the MLflow UI page of the search's runs table (after ``http://host:port/``).
+        tracking_pending: MLflow writes the store did not take (kept for ``extune sync``).
     """
 
     name: str
@@ -82,6 +90,7 @@ class SearchResult:
     wall_s: float
     files: dict[str, Path] = field(default_factory=dict)
     mlflow_view: str | None = None
+    tracking_pending: int = 0
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.records)
@@ -104,6 +113,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     """
     start = time.time()
     quiet_ray_env()
+    bounded_http_client()
     if resume is not None:
         sdir = SearchDir.load(resume)
         if sdir.meta["status"] == "failed":
@@ -224,7 +234,8 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
         except ExtuneError as e:  # nothing ran: the folder says why, --resume refuses it
             interrupted = False
             sdir.set_status("failed", error=str(e))
-            tracker.end(tracker.parent_run(), "FAILED")
+            _writer(sdir, tracker).submit({"op": "end", "trial": None, "status": "FAILED"})
+            _close_writer(sdir, timeout=10)
             raise
         sdir.set_status("running", resources=plan.text())
         Console().print(plan.text(), highlight=False, markup=False)
@@ -237,7 +248,8 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
     except BaseException:
         if interrupted:
             sdir.set_status("interrupted")
-            tracker.end(tracker.parent_run(), "KILLED")
+            _writer(sdir, tracker).submit({"op": "end", "trial": None, "status": "KILLED"})
+            _close_writer(sdir, timeout=10)
         raise
     finally:
         if started:
@@ -330,6 +342,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=0,
         callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
+                                  journal_dir=_journal(sdir),
                                   constant=(*settings.fixed, *sdir.meta.get("space_constants",
                                                                              {})),
                                   log_checkpoint=settings.log_checkpoints),
@@ -355,7 +368,7 @@ def _was_interrupted(trials: list[Any], settings: SearchSettings, elapsed: float
     return len(trials) < settings.trials and not budget_hit
 
 
-def _settle_stopped(study: Any, trials: list[Any], tracker: Any) -> None:
+def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any) -> None:
     """Trials the time budget stopped are never told to the searcher: PRUNED (or FAIL)."""
     from optuna.trial import Trial, TrialState
 
@@ -373,10 +386,11 @@ def _settle_stopped(study: Any, trials: list[Any], tracker: Any) -> None:
         if not metrics:
             live.set_user_attr("extune.error", "stopped by the time budget before an epoch ended")
         study.tell(t.number, state=TrialState.FAIL if failed else TrialState.PRUNED)
-        run_id = tracker.find_child(trial_id) if trial_id else None
-        if run_id is not None:
-            tracker.set_tags(run_id, {"extune.pruned": str(not failed).lower(),
-                                      "extune.stopped": "time budget"})
+        if trial_id:
+            state = "failed" if failed else "pruned"
+            _writer(sdir, tracker).submit({"op": "tags", "trial": trial_id, "tags": {
+                "extune.pruned": str(not failed).lower(), "extune.state": state,
+                "extune.stopped": "time budget"}})
 
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
@@ -385,7 +399,8 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
 
     study = sdir.study()
     if not interrupted:
-        _settle_stopped(study, trials, tracker)
+        _settle_stopped(sdir, study, trials, tracker)
+        _close_orphans(sdir, tracker, trials)
     objectives = sdir.objectives
     records = records_from_study(study, objectives)
     errors = {t.trial_id: trial_error(t) for t in trials if t.status == "ERROR"}
@@ -396,16 +411,16 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
         best = select_trial(records, objectives)
     files = _write_outputs(sdir, records, objectives, best)
     plots = _write_plots(sdir, study, objectives)
-    parent = tracker.parent_run()
-    _log_plots(tracker, parent, plots)
-    _log_parent(tracker, parent, files, best, objectives)
-    tracker.end(parent, "KILLED" if interrupted else "FINISHED")
+    writer = _writer(sdir, tracker)
+    _log_parent(writer, files, plots, best, objectives)
+    writer.submit({"op": "end", "trial": None, "status": "KILLED" if interrupted else "FINISHED"})
+    pending = _close_writer(sdir, timeout=FLUSH_TIMEOUT_S)
     sdir.set_status("interrupted" if interrupted else "finished",
-                    best_trial=best.name if best else None)
+                    best_trial=best.name if best else None, tracking_pending=pending)
     return SearchResult(sdir.name, sdir.path, sdir.search_id, objectives, records, best,
                         pareto_front(records, objectives), files.get("best_config"),
-                        sdir.meta["tracking_uri"], parent, interrupted, time.time() - start,
-                        files, sdir.meta.get("mlflow_view"))
+                        sdir.meta["tracking_uri"], sdir.meta.get("parent_run_id"), interrupted,
+                        time.time() - start, files, sdir.meta.get("mlflow_view"), pending)
 
 
 def _write_outputs(sdir: SearchDir, records: list[TrialRecord], objectives: list[Objective],
@@ -435,13 +450,6 @@ def _write_plots(sdir: SearchDir, study: Any, objectives: list[Objective]) -> di
         return {}
 
 
-def _log_plots(tracker: Any, parent: str, plots: dict[str, Path]) -> None:
-    from extune.search.plots import PLOTS_DIR
-
-    for path in plots.values():
-        tracker.log_artifact(parent, path, PLOTS_DIR)
-
-
 def _config_header(sdir: SearchDir, best: TrialRecord) -> str:
     values = ", ".join(f"{o.metric}={best.value(o):.4g}" for o in sdir.objectives
                        if best.value(o) is not None)
@@ -449,17 +457,61 @@ def _config_header(sdir: SearchDir, best: TrialRecord) -> str:
             f"{values}\n# train it: extune train --config best_config.yaml\n")
 
 
-def _log_parent(tracker: Any, parent: str, files: dict[str, Path], best: TrialRecord | None,
-                objectives: list[Objective]) -> None:
+def _log_parent(writer: Any, files: dict[str, Path], plots: dict[str, Path],
+                best: TrialRecord | None, objectives: list[Objective]) -> None:
+    """Queue the parent run's results: files, plots, ``best/<metric>`` and the best trial."""
+    from extune.search.plots import PLOTS_DIR
+
     for path in files.values():
-        tracker.log_artifact(parent, path)
+        writer.submit({"op": "artifact", "trial": None, "path": str(path)})
+    for path in plots.values():
+        writer.submit({"op": "artifact", "trial": None, "path": str(path), "dir": PLOTS_DIR})
     if best is None:
         return
     values = {f"best/{o.metric}": best.value(o) for o in objectives if best.value(o) is not None}
-    tracker.log_metrics(parent, values, step=0)
-    tags = {"extune.best_trial": best.name, "extune.best_trial_id": best.trial_id}
-    child = tracker.find_child(best.trial_id) if best.trial_id else None
-    if child:
-        tags["extune.best_run_id"] = child
-    tracker.set_tags(parent, tags)
+    writer.submit({"op": "metrics", "trial": None, "metrics": values, "step": 0,
+                   "once_per_step": False})
+    writer.submit({"op": "tags", "trial": None, "tags": {
+        "extune.best_trial": best.name, "extune.best_trial_id": best.trial_id}})
+    if best.trial_id:
+        writer.submit({"op": "best", "trial": None, "best_trial": best.trial_id})
 
+
+def _journal(sdir: SearchDir) -> Path:
+    return sdir.path / TRACKING_DIR
+
+
+def _writer(sdir: SearchDir, tracker: Any) -> Any:
+    from extune.search.writer import writer_for
+
+    return writer_for(tracker, _journal(sdir))
+
+
+def _close_writer(sdir: SearchDir, timeout: float) -> int:
+    from extune.search.writer import close_writer
+
+    return close_writer(_journal(sdir), timeout)
+
+
+def _close_orphans(sdir: SearchDir, tracker: Any, trials: list[Any]) -> None:
+    """End the search's MLflow runs that are still RUNNING but whose trial Ray no longer has
+    (it started after Ray's last saved state, and the driver died): FAILED, saying why. The
+    Optuna study fails such trials on resume (``PruneAwareOptunaSearch.restore``)."""
+    known = {t.trial_id for t in trials}
+    try:
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id], max_results=5000,
+            filter_string=f"tags.`extune.search_id` = '{sdir.search_id}' and "
+                          "tags.`extune.role` = 'trial' and attributes.status = 'RUNNING'")
+    except Exception as e:  # the store is down: the next --resume or sync looks again
+        log.warning("could not look for unfinished MLflow runs: %s", " ".join(str(e).split()))
+        return
+    writer = _writer(sdir, tracker)
+    for run in runs:
+        trial_id = run.data.tags.get("extune.trial_id")
+        if trial_id and trial_id not in known:
+            writer.submit({"op": "tags", "trial": trial_id, "tags": {
+                "extune.state": "failed", "extune.error": "lost: the search's driver stopped "
+                "before Ray saved this trial; --resume sampled a new trial instead"}})
+            writer.submit({"op": "end", "trial": trial_id, "status": "FAILED",
+                           "name": f"{run.info.run_name} · lost"})

@@ -13,6 +13,7 @@ from extune.search.export import config_from_params, export_run
 from extune.search.settings import Objective
 from extune.search.tracking import MlflowCallback, MlflowTracker, param_value
 from extune.search.trials import TRIAL_NUMBER
+from extune.search.writer import close_writer
 from extune.train.config import Config
 
 ACCURACY = Objective("accuracy", "val/accuracy", "max")
@@ -22,7 +23,7 @@ BASE = Config().with_overrides({"optim.epochs": 3, "model.backbone": "tiny_cnn"}
 def fake_trial(trial_id, number, lr, last_result=None):
     return SimpleNamespace(
         trial_id=trial_id, config={TRIAL_NUMBER: number, "optim.lr": lr, "method": "ce"},
-        last_result=last_result or {}, checkpoint=None, num_failures=1,
+        last_result=last_result or {}, checkpoint=None, num_failures=1, status="RUNNING",
         get_error=lambda: "Traceback...\n  File x\nextune.errors.ExtuneError: boom happened")
 
 
@@ -46,7 +47,8 @@ def test_parent_and_child_runs(store, tmp_path):
     tracker = MlflowTracker(store, "test-tracking", "search-1", "demo")
     tracker.check()
     parent = tracker.parent_run(params={"sampler": "tpe", "trials": 3})
-    cb = MlflowCallback(tracker, BASE.to_dict(), objectives=(ACCURACY,))
+    cb = MlflowCallback(tracker, BASE.to_dict(), objectives=(ACCURACY,),
+                        journal_dir=tmp_path / "journal")
     cb.setup()
     done, stopped, failed = (fake_trial("aaa", 0, 0.1), fake_trial("bbb", 1, 0.2),
                              fake_trial("ccc", 2, 0.3))
@@ -60,6 +62,8 @@ def test_parent_and_child_runs(store, tmp_path):
     cb.on_trial_complete(0, [], done)
     cb.on_trial_complete(0, [], stopped)
     cb.on_trial_error(0, [], failed)
+    assert close_writer(tmp_path / "journal", timeout=30) == 0
+    assert not (tmp_path / "journal" / "journal.jsonl").exists()  # all sent: no journal kept
 
     runs = {r.data.tags.get("extune.trial_id", "parent"): r for r in runs_of(tracker)}
     assert set(runs) == {"parent", "aaa", "bbb", "ccc"}
@@ -100,27 +104,29 @@ def test_parent_and_child_runs(store, tmp_path):
         export_run("nope", out, tracking_uri=store)
 
 
-def test_resumed_search_reuses_its_runs(store):
+def test_resumed_search_reuses_its_runs(store, tmp_path):
     tracker = MlflowTracker(store, "test-tracking", "search-2", "demo2")
     tracker.parent_run(params={"trials": 2})
-    cb = MlflowCallback(tracker, BASE.to_dict())
+    cb = MlflowCallback(tracker, BASE.to_dict(), journal_dir=tmp_path / "j1")
     t = fake_trial("ddd", 0, 0.5)
     cb.on_trial_start(0, [], t)
     cb.on_trial_result(0, [], t, result(1, 0.2))
     cb.on_experiment_end([t])  # interrupted: the open run is KILLED
+    close_writer(tmp_path / "j1", timeout=30)
     assert {r.info.status for r in runs_of(tracker)} == {"RUNNING", "KILLED"}
     assert {r.data.tags.get("extune.state") for r in runs_of(tracker)} == {None, "interrupted"}
 
     # a new process: new tracker and callback objects, same search id
     tracker2 = MlflowTracker(store, "test-tracking", "search-2", "demo2")
     tracker2.parent_run(params={"trials": 2})
-    cb2 = MlflowCallback(tracker2, BASE.to_dict())
+    cb2 = MlflowCallback(tracker2, BASE.to_dict(), journal_dir=tmp_path / "j2")
     cb2.on_trial_start(0, [], t)
     cb2.on_trial_result(0, [], t, result(1, 0.2))  # replayed epoch 1: skipped
     cb2.on_trial_result(0, [], t, result(2, 0.4))
     t.last_result = result(3, 0.5)
     cb2.on_trial_result(0, [], t, result(3, 0.5))
     cb2.on_trial_complete(0, [], t)
+    close_writer(tmp_path / "j2", timeout=30)
     runs = runs_of(tracker2)
     assert len(runs) == 2  # one parent, one child: nothing duplicated
     child = next(r for r in runs if r.data.tags.get("extune.trial_id") == "ddd")

@@ -1,0 +1,295 @@
+"""A search's MLflow writes, off Tune's event loop, in order, and kept on disk until sent.
+
+Why by hand: Ray's ``MLflowLoggerCallback`` writes inside Tune's event loop with the client's
+default retries (minutes per call while a server is down, every trial's bookkeeping stalled),
+and nothing in MLflow's client queues writes across an outage or a driver restart.
+
+How: :class:`~extune.search.tracking.MlflowCallback` turns each Tune event into an *op* (a
+JSON-able dict: ``start``, ``metrics``, ``tags``, ``artifact``, ``end``), appends it to the
+journal ``<folder>/journal.jsonl`` and queues it. One writer thread applies the ops in order
+and records the last one the store took in ``<folder>/sent``. When the store does not answer,
+the writer says once that tracking is behind, keeps the ops (in memory and in the journal) and
+retries with backoff; it says so again when it has caught up. Ops still unsent when the search
+ends stay in the journal: the next ``--resume`` or ``extune sync DIR`` sends them. Metrics are
+logged once per (run, epoch) even when an op is sent twice (a crash between the store taking it
+and ``sent`` being written): the writer skips epochs the run already has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Journal", "TrackingWriter", "writer_for", "close_writer", "apply_op",
+           "HTTP_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 15
+"""Timeout of one MLflow HTTP request from the writer; the writer retries, not the client."""
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+              "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+_MAX_DELAY_S = 30.0
+
+
+def bounded_http_client() -> None:
+    """One try per MLflow HTTP request, :data:`HTTP_TIMEOUT_S` each (unless the user set the
+    variables): the writer's own retries replace the client's minutes of backoff."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+
+
+class Journal:
+    """Ops on disk: ``journal.jsonl`` (one op per line, numbered by ``seq``) and ``sent`` (the
+    last ``seq`` the store took). ``folder=None``: in memory only."""
+
+    def __init__(self, folder: str | Path | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._lock = threading.Lock()
+        self._seq = max((op["seq"] for op in self._read()), default=0)
+
+    @property
+    def _ops_file(self) -> Path | None:
+        return self.folder / "journal.jsonl" if self.folder else None
+
+    def _read(self) -> list[dict[str, Any]]:
+        if self._ops_file is None or not self._ops_file.is_file():
+            return []
+        ops = []
+        for line in self._ops_file.read_text().splitlines():
+            try:
+                ops.append(json.loads(line))
+            except ValueError:  # a line cut by a crash: the ops before it are whole
+                break
+        return ops
+
+    def sent(self) -> int:
+        if self.folder is None:
+            return 0
+        try:
+            return int((self.folder / "sent").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def unsent(self) -> list[dict[str, Any]]:
+        last = self.sent()
+        return [op for op in self._read() if op["seq"] > last]
+
+    def append(self, op: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._seq += 1
+            op = {**op, "seq": self._seq}
+            if self._ops_file is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with self._ops_file.open("a") as f:
+                    f.write(json.dumps(op, default=str) + "\n")
+        return op
+
+    def mark_sent(self, seq: int) -> None:
+        if self.folder is None:
+            return
+        tmp = self.folder / "sent.tmp"
+        tmp.write_text(str(seq))
+        os.replace(tmp, self.folder / "sent")
+
+    def clear_if_sent(self) -> None:
+        """Drop the files once everything was sent (a finished search keeps no journal)."""
+        if self.folder is None or self.unsent():
+            return
+        with self._lock:
+            for name in ("journal.jsonl", "sent"):
+                (self.folder / name).unlink(missing_ok=True)
+            self._seq = 0
+
+
+class TrackingWriter:
+    """One thread that applies a tracker's ops in order (see the module docstring).
+
+    Args:
+        tracker: the :class:`~extune.search.tracking.MlflowTracker` of the search.
+        folder: the journal's folder (``None``: memory only).
+        warn: how the writer tells the user that tracking is behind or caught up.
+    """
+
+    def __init__(self, tracker: Any, folder: str | Path | None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.tracker = tracker
+        self.journal = Journal(folder)
+        self.warn = warn or (lambda text: log.warning("%s", text))
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._pending = 0
+        self._count_lock = threading.Lock()
+        self._behind_since: float | None = None
+        self._give_up_at: float | None = None
+        self._steps: dict[str, int] = {}
+        for op in self.journal.unsent():  # left by a previous process: sent first
+            self._enqueue(op)
+        self._thread = threading.Thread(target=self._loop, name="extune-mlflow-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Ops not yet taken by the store."""
+        return self._pending
+
+    def submit(self, op: dict[str, Any]) -> None:
+        """Journal and queue one op (returns at once)."""
+        self._enqueue(self.journal.append(op))
+
+    def _enqueue(self, op: dict[str, Any]) -> None:
+        with self._count_lock:
+            self._pending += 1
+            self._idle.clear()
+        self._queue.put(op)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every op was sent; ``False`` if some are still pending after
+        ``timeout`` seconds."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float) -> int:
+        """Send what is queued (trying for at most ``timeout`` seconds while the store does not
+        answer), stop the thread; returns the ops left unsent (kept in the journal)."""
+        self._give_up_at = time.time() + timeout
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout=HTTP_TIMEOUT_S + 5)
+        if self._pending == 0:
+            self.journal.clear_if_sent()
+        return self._pending
+
+    # ----------------------------------------------------------------- the thread
+    def _loop(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                return
+            if not self._send(op):
+                return  # giving up: this op and the rest stay in the journal
+            self.journal.mark_sent(op["seq"])
+            with self._count_lock:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
+
+    def _send(self, op: dict[str, Any]) -> bool:
+        """Apply ``op``, retrying while the store does not answer; ``False``: gave up."""
+        delay = 1.0
+        while True:
+            try:
+                apply_op(self.tracker, op, self._steps)
+                if self._behind_since is not None:
+                    self.warn(f"MLflow tracking caught up after "
+                              f"{time.time() - self._behind_since:.0f} s")
+                    self._behind_since = None
+                return True
+            except Exception as e:  # MLflow, requests and SQLAlchemy raise many types
+                if permanent_error(e):
+                    log.warning("MLflow rejected a write (%s): %s", op["op"], _line(e))
+                    return True
+                if self._behind_since is None:
+                    self._behind_since = time.time()
+                    self.warn(f"MLflow tracking is behind ({_line(e)[:160]}); the search goes "
+                              f"on, and {self._pending} write(s) are kept in "
+                              f"{self.journal.folder or 'memory'} until the store answers "
+                              "(or `extune sync` sends them)")
+                if self._give_up_at is not None and time.time() >= self._give_up_at:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_DELAY_S)
+
+
+def permanent_error(e: BaseException) -> bool:
+    """Whether retrying ``e`` cannot help (the store answered and refused the write)."""
+    return getattr(e, "error_code", None) in _PERMANENT
+
+
+def _line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+# ------------------------------------------------------------------ applying ops
+def apply_op(tracker: Any, op: dict[str, Any], steps: dict[str, int]) -> None:
+    """Perform one op on the store.
+
+    Args:
+        tracker: the search's tracker (finds runs by tag, so any process can apply any op).
+        op: ``{"op": kind, "trial": trial id or None (the parent run), ...}``.
+        steps: run id -> last logged epoch, filled on first use from the run's history.
+    """
+    kind, trial = op["op"], op.get("trial")
+    if kind == "start":
+        run_id, created = tracker.child_run(trial, name=op["name"], params=op["params"],
+                                            tags=op["tags"])
+        if created:
+            steps[run_id] = 0
+            if op.get("config_yaml"):
+                tracker.log_text(run_id, op["config_yaml"], "config.yaml")
+        tracker.set_tags(run_id, {"extune.state": "running"})
+        return
+    run_id = tracker.parent_run() if trial is None else tracker.find_child(trial)
+    if run_id is None:
+        log.warning("no MLflow run for trial %s; dropped a %s write", trial, kind)
+        return
+    if kind == "metrics":
+        step = int(op["step"])
+        if op.get("once_per_step", True):
+            if run_id not in steps:
+                steps[run_id] = tracker.last_step(run_id)
+            if step <= steps[run_id]:
+                return  # sent before (a resumed search replays its last epoch)
+        tracker.log_metrics(run_id, op["metrics"], step)
+        if op.get("once_per_step", True):
+            steps[run_id] = step
+    elif kind == "tags":
+        tracker.set_tags(run_id, op["tags"])
+    elif kind == "artifact":
+        path = Path(op["path"])
+        if path.is_file():
+            tracker.log_artifact(run_id, path, op.get("dir"))
+            if op.get("spooled"):
+                path.unlink(missing_ok=True)
+    elif kind == "best":
+        child = tracker.find_child(op["best_trial"])
+        if child:
+            tracker.set_tags(run_id, {"extune.best_run_id": child})
+    elif kind == "end":
+        if op.get("name"):
+            tracker.rename(run_id, op["name"])
+        tracker.end(run_id, op["status"])
+    else:
+        raise ValueError(f"unknown tracking op {kind!r}")
+
+
+# ------------------------------------------------------------------ one per folder
+_WRITERS: dict[str, TrackingWriter] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_for(tracker: Any, folder: str | Path | None,
+               warn: Callable[[str], None] | None = None) -> TrackingWriter:
+    """The process's writer of a journal folder (a Tune callback restored from Ray's saved
+    state and the search driver share it)."""
+    key = str(Path(folder).resolve()) if folder is not None else f"memory:{id(tracker)}"
+    with _WRITERS_LOCK:
+        if key not in _WRITERS:
+            _WRITERS[key] = TrackingWriter(tracker, folder, warn)
+        return _WRITERS[key]
+
+
+def close_writer(folder: str | Path, timeout: float) -> int:
+    """Close the folder's writer if this process has one; returns the ops left unsent."""
+    key = str(Path(folder).resolve())
+    with _WRITERS_LOCK:
+        writer = _WRITERS.pop(key, None)
+    return writer.close(timeout) if writer is not None else 0
