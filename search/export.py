@@ -16,7 +16,7 @@ from extune.errors import ConfigError
 from extune.search.results import TrialRecord, select_trial
 from extune.search.services import existing_store
 from extune.search.store import SearchDir
-from extune.train.config import Config
+from extune.train.config import Config, load_yaml
 
 __all__ = ["export_search", "export_run", "config_from_params", "epoch_settings",
            "rescale_epochs", "EPOCH_KEYS"]
@@ -113,7 +113,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
 def config_from_params(params: dict[str, str], source: str = "params") -> Config:
     """Rebuild a typed Config from MLflow params (dotted keys, string values).
 
-    Each value is read with ``yaml.safe_load`` (``0.1``, ``true``, ``null``, ``[a, b]``); a value
+    Each value is read as YAML (:func:`~extune.train.config.load_yaml`) (``0.1``, ``true``, ``null``, ``[a, b]``); a value
     the setting's type rejects that way is kept as the raw string (a string setting that looks
     like a number). Params that are not Config keys are ignored.
 
@@ -134,7 +134,7 @@ def config_from_params(params: dict[str, str], source: str = "params") -> Config
 
 def _typed(base: Config, key: str, raw: str) -> Any:
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError:
         return raw
     try:
