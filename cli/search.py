@@ -18,6 +18,7 @@ from extune.cli._common import (
     StorageOpt,
     TrackingUriOpt,
     console,
+    echo,
     interruptible,
     option_values,
     refuse_with_resume,
@@ -107,14 +108,13 @@ _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_pe
 
 
 def _print_plan(settings: Any) -> None:
-    console.print(
-        f"extune search: space [bold]{settings.space}[/], {settings.trials} "
-        f"trial{'s' if settings.trials != 1 else ''} "
-        f"({settings.max_concurrent or 'as many as fit'} at once, "
-        f"{settings.cpus_per_trial:g} CPU"
-        f"{_gpu_text(settings.gpus_per_trial)} each), "
-        f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
-        f"{','.join(settings.objective)}; Ray {settings.address or 'local'}", highlight=False)
+    echo("extune search: space ", (settings.space, "bold"),
+         f", {settings.trials} trial{'s' if settings.trials != 1 else ''} "
+         f"({settings.max_concurrent or 'as many as fit'} at once, "
+         f"{settings.cpus_per_trial:g} CPU"
+         f"{_gpu_text(settings.gpus_per_trial)} each), "
+         f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
+         f"{','.join(settings.objective)}; Ray {settings.address or 'local'}")
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:
@@ -130,19 +130,18 @@ def _print_result(result: Any) -> None:
 
     console.print(ranked_table(result.records, result.objectives, best=result.best,
                                title=f"{result.name}: trials, best first"))
-    console.print(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
-                  f"{result.count('failed')} failed in {result.wall_s:.0f} s", highlight=False)
+    echo(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
+         f"{result.count('failed')} failed in {result.wall_s:.0f} s")
     if result.interrupted:
-        console.print(f"[bold yellow]interrupted[/]: continue with: extune search --resume "
-                      f"{result.path}", highlight=False)
+        echo(("interrupted", "bold yellow"), f": continue with: extune search --resume "
+             f"{result.path}")
     if result.best is not None:
         kind = "knee of the Pareto front" if len(result.objectives) > 1 else "best"
         kind += " so far" if result.interrupted else ""
-        console.print(f"{kind}: [bold]{result.best.name}[/] -> {result.best_config}",
-                      highlight=False)
-        console.print(f"train it: extune train --config {result.best_config}", highlight=False)
-    console.print(f"search folder: {result.path}\nMLflow: {result.tracking_uri} (parent run "
-                  f"{result.parent_run_id}); browse with: extune ui", highlight=False)
+        echo(f"{kind}: ", (result.best.name, "bold"), f" -> {result.best_config}")
+        echo(f"train it: extune train --config {result.best_config}")
+    echo(f"search folder: {result.path}\nMLflow: {result.tracking_uri} (parent run "
+         f"{result.parent_run_id}); browse with: extune ui")
 
 
 def export(
@@ -172,16 +171,14 @@ def export(
         if select is not None:
             raise ConfigError("--select applies to a search folder, not to --run")
         config = export_run(run, out, tracking_uri, epochs)
-        console.print(f"wrote {out} ({config.method}) from MLflow run {run}", markup=False,
-                      highlight=False)
+        echo(f"wrote {out} ({config.method}) from MLflow run {run}")
     else:
         config, record = export_search(search_dir, out, select, epochs)
-        console.print(f"wrote {out} ({config.method}) from {record.name} of {search_dir}",
-                      markup=False, highlight=False)
+        echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
     hint = "" if epochs is not None else (
         "; a longer final run keeps these counts: pass --epochs N to scale them")
-    console.print(f"note: {epoch_settings(config)}{hint}", markup=False, highlight=False)
-    console.print(f"train it: extune train --config {out}", highlight=False)
+    echo(f"note: {epoch_settings(config)}{hint}")
+    echo(f"train it: extune train --config {out}")
 
 
 def ui(
@@ -196,14 +193,13 @@ def ui(
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
-        console.print(f"{uri} is already a tracking server: open it in a browser")
+        echo(f"{uri} is already a tracking server: open it in a browser")
         return
     uri = existing_store(uri)
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
             raise ConfigError(f"port {port} on {host} is in use; pass --port")
-    console.print(f"MLflow UI: http://{host}:{port} (store {uri}); Ctrl-C stops it",
-                  highlight=False)
+    echo(f"MLflow UI: http://{host}:{port} (store {uri}); Ctrl-C stops it")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port)]
     try:

@@ -113,9 +113,10 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
 def config_from_params(params: dict[str, str], source: str = "params") -> Config:
     """Rebuild a typed Config from MLflow params (dotted keys, string values).
 
-    Each value is read as YAML (:func:`~extune.train.config.load_yaml`) (``0.1``, ``true``, ``null``, ``[a, b]``); a value
-    the setting's type rejects that way is kept as the raw string (a string setting that looks
-    like a number). Params that are not Config keys are ignored.
+    Each value is read as YAML (:func:`~extune.train.config.load_yaml`: ``0.1``, ``1e-3``,
+    ``true``, ``null``, ``[a, b]``); a value the setting's type rejects that way is kept as the
+    raw string (a string setting that looks like a number). Params that are not Config keys
+    are ignored.
 
     Raises:
         ConfigError: no Config key among the params, or a value Config rejects.

@@ -113,7 +113,7 @@ def _require_every_class(train: ImageSet, classes: list[str], folder: Path) -> N
         DataError: naming the classes whose images were all unreadable.
     """
     counts = torch.bincount(train.labels, minlength=len(classes))
-    lost = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+    lost = [c for c, n in zip(classes, counts.tolist(), strict=True) if n == 0]
     if lost:
         raise DataError(f"imagefolder: no readable image in class folder(s) {', '.join(lost)} "
                         f"of {folder}; replace the files that cannot be decoded")
