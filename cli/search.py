@@ -99,6 +99,7 @@ def search(
     _print_result(result)
     if result.interrupted:
         raise typer.Exit(130)
+    _exit_if_all_failed(result)
 
 
 _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
@@ -144,6 +145,18 @@ def _print_result(result: Any) -> None:
          f"{result.parent_run_id}); browse with: extune ui")
 
 
+def _exit_if_all_failed(result: Any) -> None:
+    """A search whose every trial failed found nothing and exported nothing: exit 1."""
+    failed = result.count("failed")
+    if not result.records or failed < len(result.records):
+        return
+    first = next((r.error for r in result.records if r.error), None)
+    echo(("error:", "bold red"), f" all {failed} trial{'s' if failed != 1 else ''} failed, so "
+         "no config was exported" + (f"; the first error: {first}" if first else "")
+         + f"; see {result.path / 'summary.md'}", err=True)
+    raise typer.Exit(1)
+
+
 def export(
     search_dir: Annotated[Path | None, typer.Argument(
         help="Search folder written by `extune search`.")] = None,
@@ -170,8 +183,10 @@ def export(
     if run is not None:
         if select is not None:
             raise ConfigError("--select applies to a search folder, not to --run")
-        config = export_run(run, out, tracking_uri, epochs)
+        config, note = export_run(run, out, tracking_uri, epochs)
         echo(f"wrote {out} ({config.method}) from MLflow run {run}")
+        if note:
+            echo(("warning:", "bold yellow"), f" {note}")
     else:
         config, record = export_search(search_dir, out, select, epochs)
         echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")

@@ -46,7 +46,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def check_writable(path: str | Path, what: str = "folder") -> None:
+def check_writable(path: str | Path, what: str = "folder",
+                   fix: str = "choose a writable location") -> None:
     """Check, without creating anything, that files can be written in the folder ``path``.
 
     The nearest existing folder on the way to ``path`` must accept a new file (a temporary file
@@ -54,7 +55,7 @@ def check_writable(path: str | Path, what: str = "folder") -> None:
     on a read-only mount).
 
     Raises:
-        ConfigError: naming ``what``, the folder and the reason.
+        ConfigError: naming ``what``, the folder, the reason and ``fix`` (what to do).
     """
     target = Path(path).expanduser().absolute()
     existing = target
@@ -68,4 +69,4 @@ def check_writable(path: str | Path, what: str = "folder") -> None:
     except OSError as e:
         raise ConfigError(f"cannot write {what} {target}: {existing} is "
                           f"{'not a folder' if not existing.is_dir() else 'not writable'} "
-                          f"({e.strerror or e}); choose a writable location") from None
+                          f"({e.strerror or e}); {fix}") from None

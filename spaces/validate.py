@@ -45,10 +45,11 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
                    name: str = "space") -> SpaceCheck:
     """Sample ``space`` ``samples`` times (random sampler, no training) and build every config.
 
-    The base and every sampled config pass :class:`Config`,
-    :func:`~extune.train.validate.validate_config` (registered names) and
-    :func:`~extune.train.methods.check_explain_layer` (``explain.layer`` names a layer of the
-    backbone; one network per distinct backbone and layer is built).
+    The base and every sampled config pass :class:`Config` and
+    :func:`~extune.train.validate.validate_config` (registered names); the base's
+    ``explain.layer`` must name a layer of its backbone
+    (:func:`~extune.train.methods.check_explain_layer`; a draw with a bad layer is left to fail
+    as a trial, as any trial that raises).
 
     Args:
         space: a define-by-run space (see :class:`extune.spaces.Space`).
@@ -67,11 +68,11 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
     """
     import optuna
 
-    from extune.train.validate import validate_config  # the registries: imported on use
+    from extune.train.methods import check_explain_layer  # torch: imported on use
+    from extune.train.validate import validate_config
 
     validate_config(base)
-    layers = _LayerCheck()
-    layers(base)
+    check_explain_layer(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     check = SpaceCheck(max_epochs=base.optim.epochs)
@@ -80,7 +81,6 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
         try:
             params = sample_params(space, trial)
             cfg = validate_config(base.with_overrides(params))
-            layers(cfg)
         except ConfigError as e:
             raise ConfigError(f"space '{name}' gives an invalid config: {e}") from None
         check.keys.update(params)
@@ -91,19 +91,3 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
     if declared is not None:
         check.max_epochs = max(declared, check.max_epochs)
     return check
-
-
-class _LayerCheck:
-    """:func:`~extune.train.methods.check_explain_layer`, once per distinct network and layer."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def __call__(self, cfg: Config) -> None:
-        from extune.train.methods import check_explain_layer
-
-        key = repr((cfg.model, cfg.data.image_size <= 64, cfg.explain.explainer,
-                    cfg.explain.layer))
-        if key not in self.seen:
-            check_explain_layer(cfg)
-            self.seen.add(key)
