@@ -15,7 +15,7 @@ from __future__ import annotations
 import typer
 
 from extune.cli import search, study, train
-from extune.cli._common import err_console
+from extune.cli._common import echo
 from extune.errors import ExtuneError
 
 __all__ = ["app", "main"]
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except ExtuneError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        echo(("error:", "bold red"), f" {e}", err=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]; a training run resumes with "
-                          "--resume <out>/checkpoint.pt")
+        echo(("interrupted", "bold red"), "; a training run resumes with --resume "
+             "<out>/checkpoint.pt", err=True)
         return 130
     except Exception as e:  # click's own usage errors
         import click

@@ -8,19 +8,30 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI
 
-__all__ = ["console", "err_console", "option_values", "settings_kwargs", "refuse_with_resume",
-           "interruptible",
+__all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
+           "refuse_with_resume", "interruptible",
            "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
 
 console = Console()
 err_console = Console(stderr=True)
 
 T = TypeVar("T")
+
+
+def echo(*parts: str | tuple[str, str], err: bool = False) -> None:
+    """Print one message made of plain strings and ``(text, style)`` pairs.
+
+    No markup is read from any part: paths and values may hold ``[...]`` (``a[/b]`` would
+    crash rich's markup parser, ``[x]`` would vanish), so user text is always printed as is.
+    Long lines are not wrapped (a one-line error stays one line).
+    """
+    (err_console if err else console).print(Text.assemble(*parts), highlight=False,
+                                            soft_wrap=True)
 
 StorageOpt = Annotated[str | None, typer.Option(
     help="Shared path or bucket URI for trial results and checkpoints (clusters).")]
@@ -67,6 +78,5 @@ def interruptible(call: Callable[[], T], command: str, resume: Path | None) -> T
         return call()
     except KeyboardInterrupt:
         folder = str(resume) if resume else f"<the {command} folder>"
-        console.print(f"[bold red]interrupted[/]; continue with: extune {command} --resume "
-                      f"{escape(folder)}")
+        echo(("interrupted", "bold red"), f"; continue with: extune {command} --resume {folder}")
         raise typer.Exit(130) from None

@@ -20,6 +20,7 @@ from extune.cli._common import (
     StorageOpt,
     TrackingUriOpt,
     console,
+    echo,
     interruptible,
     option_values,
     refuse_with_resume,
@@ -102,6 +103,7 @@ def search(
     _print_result(result)
     if result.interrupted:
         raise typer.Exit(130)
+    _exit_if_all_failed(result)
 
 
 _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
@@ -111,14 +113,13 @@ _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_pe
 
 
 def _print_plan(settings: Any) -> None:
-    console.print(
-        f"extune search: space [bold]{settings.space}[/], {settings.trials} "
-        f"trial{'s' if settings.trials != 1 else ''} "
-        f"({settings.max_concurrent or 'as many as fit'} at once, "
-        f"{settings.cpus_per_trial:g} CPU"
-        f"{_gpu_text(settings.gpus_per_trial)} each), "
-        f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
-        f"{','.join(settings.objective)}; Ray {settings.address or 'local'}", highlight=False)
+    echo("extune search: space ", (settings.space, "bold"),
+         f", {settings.trials} trial{'s' if settings.trials != 1 else ''} "
+         f"({settings.max_concurrent or 'as many as fit'} at once, "
+         f"{settings.cpus_per_trial:g} CPU"
+         f"{_gpu_text(settings.gpus_per_trial)} each), "
+         f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
+         f"{','.join(settings.objective)}; Ray {settings.address or 'local'}")
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:
@@ -134,24 +135,38 @@ def _print_result(result: Any) -> None:
 
     console.print(ranked_table(result.records, result.objectives, best=result.best,
                                title=f"{result.name}: trials, best first"))
-    console.print(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
-                  f"{result.count('failed')} failed in {result.wall_s:.0f} s", highlight=False)
+    echo(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
+         f"{result.count('failed')} failed in {result.wall_s:.0f} s")
     if result.interrupted:
-        console.print(f"[bold yellow]interrupted[/]: continue with: extune search --resume "
-                      f"{result.path}", highlight=False)
+        echo(("interrupted", "bold yellow"), f": continue with: extune search --resume "
+             f"{result.path}")
     if result.best is not None:
         kind = "knee of the Pareto front" if len(result.objectives) > 1 else "best"
         kind += " so far" if result.interrupted else ""
-        console.print(f"{kind}: [bold]{result.best.name}[/] -> {result.best_config}",
-                      highlight=False)
-        console.print(f"train it: extune train --config {result.best_config}", highlight=False)
-    console.print(f"search folder: {result.path}", highlight=False, markup=False)
+        echo(f"{kind}: ", (result.best.name, "bold"), f" -> {result.best_config}")
+        echo(f"train it: extune train --config {result.best_config}")
+    echo(f"search folder: {result.path}")
     if result.mlflow_view and result.tracking_uri.startswith(("http://", "https://")):
         browse = f"{result.tracking_uri.rstrip('/')}/{result.mlflow_view}"
     else:
         browse = "extune ui (it prints the link of this search's trial table)"
-    console.print(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); "
-                  f"browse: {browse}", highlight=False, markup=False, soft_wrap=True)
+    echo(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); browse: {browse}")
+    if result.tracking_pending:
+        echo(("warning:", "bold yellow"), f" {result.tracking_pending} MLflow write(s) could not "
+             f"be sent; they are kept in {result.path / 'tracking'}: send them with "
+             f"extune sync {result.path}")
+
+
+def _exit_if_all_failed(result: Any) -> None:
+    """A search whose every trial failed found nothing and exported nothing: exit 1."""
+    failed = result.count("failed")
+    if not result.records or failed < len(result.records):
+        return
+    first = next((r.error for r in result.records if r.error), None)
+    echo(("error:", "bold red"), f" all {failed} trial{'s' if failed != 1 else ''} failed, so "
+         "no config was exported" + (f"; the first error: {first}" if first else "")
+         + f"; see {result.path / 'summary.md'}", err=True)
+    raise typer.Exit(1)
 
 
 def export(
@@ -180,17 +195,17 @@ def export(
     if run is not None:
         if select is not None:
             raise ConfigError("--select applies to a search folder, not to --run")
-        config = export_run(run, out, tracking_uri, epochs)
-        console.print(f"wrote {out} ({config.method}) from MLflow run {run}", markup=False,
-                      highlight=False)
+        config, note = export_run(run, out, tracking_uri, epochs)
+        echo(f"wrote {out} ({config.method}) from MLflow run {run}")
+        if note:
+            echo(("warning:", "bold yellow"), f" {note}")
     else:
         config, record = export_search(search_dir, out, select, epochs)
-        console.print(f"wrote {out} ({config.method}) from {record.name} of {search_dir}",
-                      markup=False, highlight=False)
+        echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
     hint = "" if epochs is not None else (
         "; a longer final run keeps these counts: pass --epochs N to scale them")
-    console.print(f"note: {epoch_settings(config)}{hint}", markup=False, highlight=False)
-    console.print(f"train it: extune train --config {out}", highlight=False)
+    echo(f"note: {epoch_settings(config)}{hint}")
+    echo(f"train it: extune train --config {out}")
 
 
 def ui(
@@ -205,8 +220,7 @@ def ui(
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
-        console.print(f"{uri} is already a tracking server: open it in a browser",
-                      highlight=False, markup=False)
+        echo(f"{uri} is already a tracking server: open it in a browser")
         check_tracking_uri(uri)  # a one-line error when it does not answer
         _print_ui_links(uri, uri.rstrip("/"), server=False)
         return
@@ -224,13 +238,11 @@ def _print_ui_links(uri: str, address: str, server: bool = True) -> None:
     from extune.search.tracking import recent_views
 
     if server:
-        console.print(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few "
-                      "seconds to start.", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"experiments: {address}/#/experiments?workflowType=machine_learning",
-                  highlight=False, markup=False, soft_wrap=True)
+        echo(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few seconds "
+             "to start.")
+    echo(f"experiments: {address}/#/experiments?workflowType=machine_learning")
     for name, page in recent_views(uri):
-        console.print(f"search {name}: {address}/{page}", highlight=False, markup=False,
-                      soft_wrap=True)
+        echo(f"search {name}: {address}/{page}")
 
 
 def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:

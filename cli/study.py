@@ -12,6 +12,7 @@ from extune.cli._common import (
     StorageOpt,
     TrackingUriOpt,
     console,
+    echo,
     interruptible,
     option_values,
     refuse_with_resume,
@@ -99,8 +100,8 @@ def _exit_on_failed_runs(result: Any) -> None:
     parts = [f"{r['label']} {r['state']}" + (f" ({r['error']})" if r.get("error") else "")
              for r in bad]
     parts += [f"{m}: its search had no complete trial, so no final runs" for m in missing]
-    console.print(f"warning: {len(parts)} problem(s); the report uses the runs that finished: "
-                  + "; ".join(parts), highlight=False, markup=False)
+    echo(f"warning: {len(parts)} problem(s); the report uses the runs that finished: "
+         + "; ".join(parts))
     raise typer.Exit(1)
 
 
@@ -114,11 +115,10 @@ def _print_plan(s: Any) -> None:
     base = s.base_config()
     stopping = s.search_settings(s.methods[0], out=".", parent_run=None,
                                  study_id="").scheduler_text()
-    console.print(
-        f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
-        f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
-        f"{stopping}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
-        "evaluated on the test split", highlight=False, markup=False)
+    echo(f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
+         f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
+         f"{stopping}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
+         "evaluated on the test split")
 
 
 def _print_result(result: Any) -> None:
@@ -137,7 +137,6 @@ def _print_result(result: Any) -> None:
         table.add_row(f"{c['a']} vs {c['b']}", c["metric"], mean, ci,
                       f"[{style.get(c['verdict'], 'yellow')}]{c['verdict']}[/]")
     console.print(table)
-    console.print(f"report: {result.files['report']}\nresults: {result.files['results']}\n"
-                  f"MLflow: {result.tracking_uri} (study run {result.parent_run_id}); browse "
-                  f"with: extune ui\nstudy folder: {result.path} ({result.wall_s / 60:.1f} min)",
-                  highlight=False, markup=False)
+    echo(f"report: {result.files['report']}\nresults: {result.files['results']}\n"
+         f"MLflow: {result.tracking_uri} (study run {result.parent_run_id}); browse "
+         f"with: extune ui\nstudy folder: {result.path} ({result.wall_s / 60:.1f} min)")

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from extune.cli._common import console
+from extune.cli._common import console, echo
 from extune.errors import ExtuneError
 
 __all__ = ["train", "evaluate", "explain", "show_config", "load_config"]
@@ -43,11 +44,11 @@ def train(
 
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"training [bold]{cfg.method}[/] on [bold]{cfg.data.name}[/] with "
-                  f"{cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
+    echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
+         f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
     result = fit(cfg, out_dir=out, resume=resume, test=test)
     _print_metrics(result.metrics, title=f"{cfg.method} after {cfg.optim.epochs} epochs")
-    console.print(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
+    echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
 
 
 def evaluate(
@@ -59,15 +60,17 @@ def evaluate(
     = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
-    from extune.train.evaluation import evaluate_checkpoint
+    from extune.files import atomic_write_text, check_writable
+    from extune.train.evaluation import evaluate_checkpoint, evaluation_path
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")
-    metrics, default_out = evaluate_checkpoint(checkpoint, set_ or [], split)
-    out = out or default_out
-    out.write_text(json.dumps(metrics, indent=2))
+    out = out or evaluation_path(checkpoint, split)
+    check_writable(out.parent, "the evaluation file's folder (--out)")
+    metrics = evaluate_checkpoint(checkpoint, set_ or [], split)
+    atomic_write_text(out, json.dumps(metrics, indent=2))
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
-    console.print(f"wrote {out}")
+    echo(f"wrote {out}")
 
 
 def explain(
@@ -97,7 +100,7 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def _print_metrics(metrics: dict[str, float], title: str) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
+    table = Table(title=Text(title), show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(metrics):

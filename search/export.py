@@ -14,12 +14,13 @@ from typing import Any
 import yaml
 
 from extune.errors import ConfigError
+from extune.files import atomic_write_text, check_writable
 from extune.search.results import TrialRecord, select_trial
 from extune.search.services import existing_store
 from extune.search.store import SearchDir
-from extune.train.config import Config
+from extune.train.config import Config, load_yaml
 
-__all__ = ["export_search", "export_run", "config_from_params", "epoch_settings",
+__all__ = ["export_search", "export_run", "run_caveat", "config_from_params", "epoch_settings",
            "rescale_epochs", "EPOCH_KEYS"]
 
 EPOCH_KEYS = ("optim.warmup_epochs", "excon.warmup_epochs", "edda.warmup_epochs")
@@ -65,6 +66,7 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
         ConfigError: not a search folder, no complete trial, unknown rule.
     """
     sdir = SearchDir.load(search_dir)
+    sdir.refuse_failed("there is nothing to export; start a new search")
     record = select_trial(sdir.records(), sdir.objectives, select)
     config = sdir.base_config().with_overrides(record.params)
     values = ", ".join(f"{o.metric}={record.value(o):.4g}" for o in sdir.objectives
@@ -80,8 +82,13 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
-               epochs: int | None = None) -> Config:
+               epochs: int | None = None) -> tuple[Config, str | None]:
     """Write the Config of an MLflow trial run (``epochs``: as :func:`export_search`).
+
+    Returns:
+        The exported config, and a warning when the run is not a complete trial (pruned,
+        failed or interrupted: its scores are partial or missing), else ``None``. The warning
+        is also a comment at the top of the file.
 
     Raises:
         ServiceError: the tracking store cannot be reached.
@@ -103,13 +110,28 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
                           "runs, or the search folder with `extune export SEARCH_DIR`")
     config = _logged_config(client, run) or config_from_params(
         _run_params(client, run), source=f"run '{run_id}'")
+    note = run_caveat(run)
     header = (f"# exported from MLflow run {run_id} ({run.info.run_name})\n"
-              f"# found with {epoch_settings(config)}\n")
+              + (f"# warning: {note}\n" if note else "")
+              + f"# found with {epoch_settings(config)}\n")
     if epochs is not None:
         config = rescale_epochs(config, epochs)
         header += f"# rescaled to {epoch_settings(config)}\n"
     _write(out, header, config)
-    return config
+    return config, note
+
+
+def run_caveat(run: Any) -> str | None:
+    """Why an MLflow trial run is not a complete trial (``None`` when it is one)."""
+    tags, name = run.data.tags, f"run {run.info.run_id} ({run.info.run_name})"
+    if tags.get("extune.pruned") == "true":
+        return (f"{name} was pruned: stopped early by the scheduler, so it never trained all "
+                "its epochs and its scores are partial (a search exports only complete trials)")
+    if run.info.status == "FAILED":
+        return f"{name} failed ({tags.get('extune.error', 'no error recorded')})"
+    if run.info.status != "FINISHED":
+        return f"{name} did not finish (status {run.info.status})"
+    return None
 
 
 def _logged_config(client: Any, run: Any) -> Config | None:
@@ -137,9 +159,10 @@ def _run_params(client: Any, run: Any) -> dict[str, str]:
 def config_from_params(params: dict[str, str], source: str = "params") -> Config:
     """Rebuild a typed Config from MLflow params (dotted keys, string values).
 
-    Each value is read with ``yaml.safe_load`` (``0.1``, ``true``, ``null``, ``[a, b]``); a value
-    the setting's type rejects that way is kept as the raw string (a string setting that looks
-    like a number). Params that are not Config keys are ignored.
+    Each value is read as YAML (:func:`~extune.train.config.load_yaml`: ``0.1``, ``1e-3``,
+    ``true``, ``null``, ``[a, b]``); a value the setting's type rejects that way is kept as the
+    raw string (a string setting that looks like a number). Params that are not Config keys
+    are ignored.
 
     Raises:
         ConfigError: no Config key among the params, or a value Config rejects.
@@ -158,7 +181,7 @@ def config_from_params(params: dict[str, str], source: str = "params") -> Config
 
 def _typed(base: Config, key: str, raw: str) -> Any:
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError:
         return raw
     try:
@@ -170,6 +193,5 @@ def _typed(base: Config, key: str, raw: str) -> Any:
 
 def _write(out: str | Path, header: str, config: Config) -> None:
     out = Path(out)
-    if out.parent != Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + config.to_yaml())
+    check_writable(out.parent, "the exported config (-o)")
+    atomic_write_text(out, header + config.to_yaml())

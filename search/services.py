@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -110,15 +111,19 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     return True
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when an HTTP(S) tracking server does not answer.
+def check_tracking_uri(uri: str, timeout: float = 5.0, *, write: bool = True) -> None:
+    """Fail fast, in one line, when the tracking store cannot be used.
 
-    Local stores (``sqlite:``, ``file:``) are created on first use and need no check.
+    An HTTP(S) server must answer ``/health`` within ``timeout`` seconds; a local SQLite store
+    (``write=True``) must be writable, checked in well under a second (MLflow itself would
+    retry for minutes, printing SQLAlchemy warnings, before it failed).
 
     Raises:
-        ServiceError: the server does not answer ``/health`` within ``timeout`` seconds.
+        ServiceError: the server does not answer, or the SQLite store cannot be written.
     """
     parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and write:
+        _check_sqlite_writable(uri)
     if parsed.scheme not in ("http", "https"):
         return
     url = uri.rstrip("/") + "/health"
@@ -133,6 +138,37 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(e, "reason", None) or e
         raise ServiceError(f"cannot reach the MLflow tracking server at {uri} ({reason}); "
                            "start it or pass another --tracking-uri") from None
+
+
+def _check_sqlite_writable(uri: str) -> None:
+    """An existing SQLite file must take a write lock; a new one needs a writable folder.
+
+    A lock held by another writer (``database is locked``) is not an error: MLflow waits.
+
+    Raises:
+        ServiceError: read-only file or folder, or not a database.
+    """
+    from extune.files import check_writable
+
+    path = Path(uri[len("sqlite:///"):]).expanduser()
+    hint = "pass a writable --tracking-uri (e.g. sqlite:///mlflow.db in a writable folder)"
+    if not path.exists():  # MLflow creates the file and its folders
+        try:
+            check_writable(path, "the MLflow store", fix=hint)
+        except ExtuneError as e:
+            raise ServiceError(str(e)) from None
+        return
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=1.0)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return
+        raise ServiceError(f"cannot write the MLflow store {path} ({e}); {hint}") from None
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -161,5 +197,5 @@ def existing_store(uri: str | None) -> str:
             raise ServiceError(f"no MLflow store at {Path(given).expanduser()}; pass "
                                "--tracking-uri (the one the search used)")
         return resolved
-    check_tracking_uri(resolved)
+    check_tracking_uri(resolved, write=False)
     return resolved

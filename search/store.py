@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
+from extune.files import atomic_write_text
 from extune.search.results import TrialRecord, records_from_study, select_trial
 from extune.search.settings import Objective, SearchSettings
 from extune.spaces import get_space, space_name
@@ -100,11 +101,22 @@ class SearchDir:
         return cls(path, meta)
 
     def save(self) -> None:
-        (self.path / META_NAME).write_text(json.dumps(self.meta, indent=2, default=str))
+        """Write ``search.json`` atomically."""
+        atomic_write_text(self.path / META_NAME, json.dumps(self.meta, indent=2, default=str))
 
     def set_status(self, status: str, **extra: Any) -> None:
         self.meta.update(status=status, **extra)
         self.save()
+
+    def refuse_failed(self, then: str) -> None:
+        """Refuse a search that failed before any trial ran (status ``failed``).
+
+        Raises:
+            ConfigError: naming the folder, the saved error and ``then`` (what to do).
+        """
+        if self.meta.get("status") == "failed":
+            raise ConfigError(f"{self.path} is a search that failed before any trial ran "
+                              f"({self.meta.get('error', 'unknown error')}); {then}")
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -180,12 +192,12 @@ def _write_space(path: Path, space: Any) -> str | None:
     """Keep the space with the search: the YAML text, or the preset's source code."""
     text = getattr(space, "text", None)
     if text:
-        (path / "space.yaml").write_text(text)
+        atomic_write_text(path / "space.yaml", text)
         return "space.yaml"
     try:  # the whole module: a preset's helpers (optimiser, explainer) are part of it
         module = inspect.getmodule(space)
         source = inspect.getsource(module if module is not None else space)
     except (OSError, TypeError):
         return None
-    (path / "space.py").write_text(source)
+    atomic_write_text(path / "space.py", source)
     return "space.py"

@@ -2,10 +2,13 @@
 
 The flow (DESIGN.md, Data flow):
 
-1. validate the settings, the base config and the space (sampled against Config) and reach the
-   tracking store -- all before Ray starts, so bad input fails in one line;
-2. create the search folder (:mod:`extune.search.store`) and the MLflow parent run;
-3. start or join Ray, put the decoded data set in the object store once;
+1. validate the settings, the base config and the space (sampled against Config), reach the
+   tracking store (writable), check that ``--out`` is writable and load the data set -- all
+   before Ray starts, so bad input fails in one line;
+2. start or join Ray and check the resources a trial asks for against the cluster;
+3. only then create the search folder (:mod:`extune.search.store`) and the MLflow parent run
+   (a failure from here on before any trial marks the folder ``failed``); the decoded data set
+   goes to Ray's object store once;
 4. ``Tuner(train_trial, PruneAwareOptunaSearch(space), ASHA)`` and fit (or ``Tuner.restore``);
 5. settle trials the time budget stopped, rank the trials, write the summary, the plots and the
    best config, and log them on the parent run.
@@ -17,11 +20,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from extune.errors import ConfigError, ExtuneError
+from extune.files import atomic_write_text, check_writable
 from extune.search.resources import ResourcePlan, cluster_plan
 from extune.search.results import (
     TrialRecord,
@@ -42,6 +46,11 @@ from extune.search.settings import Objective, SearchSettings, make_sampler
 from extune.search.store import SearchDir
 from extune.search.writer import bounded_http_client
 from extune.spaces import get_space, validate_space
+from extune.spaces.validate import SpaceCheck
+from extune.train.config import Config
+
+if TYPE_CHECKING:
+    from extune.train.data import DataSplits
 
 __all__ = ["SearchResult", "run_search"]
 
@@ -115,31 +124,34 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     quiet_ray_env()
     bounded_http_client()
     if resume is not None:
-        sdir = SearchDir.load(resume)
-        if sdir.meta["status"] == "failed":
-            raise ConfigError(f"{sdir.path} is a search that failed before any trial ran "
-                              f"({sdir.meta.get('error', 'unknown error')}); start a new one")
+        sdir: SearchDir | None = SearchDir.load(resume)
+        sdir.refuse_failed("start a new one")
         settings = sdir.settings
         settings.address = address or settings.address
-        probe_ray_address(settings.address)
-        check_tracking_uri(sdir.meta["tracking_uri"])
-        max_epochs = None
+        _check_services(settings, sdir.meta["tracking_uri"])
+        if sdir.meta["status"] == "finished":
+            return _finish(sdir, _tracker(sdir), interrupted=False, start=start, trials=[])
+        base, space, max_epochs, check = sdir.base_config(), None, None, None
     else:
         settings = settings or SearchSettings()
         base = settings.base_config()
         space = get_space(settings.space)
         check = validate_space(space, base, name=settings.space, seed=settings.seed)
-        probe_ray_address(settings.address)
-        check_tracking_uri(settings.resolved_tracking_uri())
-        constants = check.constants()
-        sdir = SearchDir.create(settings, base, space, searched=check.keys - set(constants),
-                                constants=constants)
         max_epochs = check.max_epochs
-    tracker = _tracker(sdir)
-    if sdir.meta["status"] == "finished":
-        return _finish(sdir, tracker, interrupted=False, start=start, trials=[])
-    return _run(sdir, settings, tracker, max_epochs, resumed=resume is not None, start=start,
+        _check_services(settings, settings.resolved_tracking_uri())
+        check_writable(settings.out, "search folders in --out")
+        sdir = None
+    from extune.train.data import load_data  # torch: imported on use
+
+    data = load_data(base.data)  # bad data fails here, before Ray or any folder
+    return _run(sdir, settings, base, space, data, max_epochs, check, start=start,
                 callbacks=callbacks or [])
+
+
+def _check_services(settings: SearchSettings, tracking_uri: str) -> None:
+    """The Ray address answers and the tracking store is reachable and writable."""
+    probe_ray_address(settings.address)
+    check_tracking_uri(tracking_uri)
 
 
 def _tracker(sdir: SearchDir) -> Any:
@@ -219,27 +231,52 @@ def _parent_tags(sdir: SearchDir) -> dict[str, str]:
             "mlflow.note.content": note}
 
 
-def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: int | None, *,
-         resumed: bool, start: float, callbacks: list[Any]) -> SearchResult:
+def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: Any,
+         data: DataSplits, max_epochs: int | None, check: SpaceCheck | None, *, start: float,
+         callbacks: list[Any]) -> SearchResult:
+    """Start or join Ray, plan the resources, then (only then) create the folder of a new
+    search (``sdir=None``) and run the trials."""
     import ray
 
     started = connect_ray(settings.address)
+    try:
+        plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
+                            gpus_per_trial=settings.gpus_per_trial,
+                            max_concurrent=settings.max_concurrent, trials=settings.trials)
+        _check_storage(settings)
+        resumed = sdir is not None
+        if sdir is None:
+            constants = check.constants() if check is not None else {}
+            searched = check.keys - set(constants) if check is not None else ()
+            sdir = SearchDir.create(settings, base, space, searched=searched,
+                                    constants=constants)
+        tracker = _prepared(sdir, resumed)
+        return _fit(sdir, settings, tracker, plan, data, max_epochs, resumed=resumed,
+                    start=start, callbacks=callbacks)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _prepared(sdir: SearchDir, resumed: bool) -> Any:
+    """The MLflow tracker of the search; a new search that fails here is marked failed (its
+    folder holds no trial: ``--resume`` and ``export`` refuse it, saying why)."""
+    try:
+        return _tracker(sdir)
+    except ExtuneError as e:
+        if not resumed:
+            sdir.set_status("failed", error=str(e))
+        raise
+
+
+def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: ResourcePlan,
+         data: DataSplits, max_epochs: int | None, *, resumed: bool, start: float,
+         callbacks: list[Any]) -> SearchResult:
     interrupted = True
     try:
-        try:
-            plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
-                                gpus_per_trial=settings.gpus_per_trial,
-                                max_concurrent=settings.max_concurrent, trials=settings.trials)
-            _check_storage(settings, sdir)
-        except ExtuneError as e:  # nothing ran: the folder says why, --resume refuses it
-            interrupted = False
-            sdir.set_status("failed", error=str(e))
-            _writer(sdir, tracker).submit({"op": "end", "trial": None, "status": "FAILED"})
-            _close_writer(sdir, timeout=10)
-            raise
         sdir.set_status("running", resources=plan.text())
         Console().print(plan.text(), highlight=False, markup=False)
-        tuner = _tuner(sdir, settings, plan, tracker, max_epochs, resumed, callbacks)
+        tuner = _tuner(sdir, settings, plan, data, tracker, max_epochs, resumed, callbacks)
         fit_start = time.time()
         tuner.fit()
         trials = _ray_trials(sdir)
@@ -251,12 +288,9 @@ def _run(sdir: SearchDir, settings: SearchSettings, tracker: Any, max_epochs: in
             _writer(sdir, tracker).submit({"op": "end", "trial": None, "status": "KILLED"})
             _close_writer(sdir, timeout=10)
         raise
-    finally:
-        if started:
-            ray.shutdown()
 
 
-def _check_storage(settings: SearchSettings, sdir: SearchDir) -> None:
+def _check_storage(settings: SearchSettings) -> None:
     """On a cluster of several machines, trial results and checkpoints need a path every node
     sees: Ray checks the storage path from the worker on every checkpoint upload, so a trial on
     another machine would fail after its first epoch."""
@@ -265,21 +299,20 @@ def _check_storage(settings: SearchSettings, sdir: SearchDir) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and not settings.storage:
         raise ConfigError(
-            f"this Ray cluster has {len(nodes)} nodes but trial results would go to "
-            f"{sdir.experiment_path} on this machine; pass --storage with a path every node "
-            "reaches (NFS) or a bucket URI (s3://..., gs://...)")
+            f"this Ray cluster has {len(nodes)} nodes but trial results would go to the search "
+            f"folder in {Path(settings.out).resolve()} on this machine; pass --storage with a "
+            "path every node reaches (NFS) or a bucket URI (s3://..., gs://...)")
 
 
-def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, tracker: Any,
-           max_epochs: int | None, resumed: bool, callbacks: list[Any]) -> Any:
+def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: DataSplits,
+           tracker: Any, max_epochs: int | None, resumed: bool, callbacks: list[Any]) -> Any:
     from ray import tune
 
     from extune.search.trainable import train_trial
-    from extune.train.data import load_data
 
     base = sdir.base_config()
     base_dict = base.to_dict()
-    data = load_data(base.data)  # decoded once, shared through Ray's object store
+    # data: decoded once, shared through Ray's object store
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=data,
                              cpus=settings.cpus_per_trial,
@@ -426,15 +459,15 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
 def _write_outputs(sdir: SearchDir, records: list[TrialRecord], objectives: list[Objective],
                    best: TrialRecord | None) -> dict[str, Path]:
     files = {"summary_csv": sdir.path / "summary.csv", "summary_md": sdir.path / "summary.md"}
-    files["summary_csv"].write_text(summary_csv(records, objectives))
-    files["summary_md"].write_text(summary_markdown(records, objectives, title=sdir.name))
+    atomic_write_text(files["summary_csv"], summary_csv(records, objectives))
+    atomic_write_text(files["summary_md"], summary_markdown(records, objectives, title=sdir.name))
     if any(r.state in ("complete", "pruned") for r in records):
         plot = "pareto_front.png" if len(objectives) > 1 else "optimization_history.png"
         files["plot"] = plot_summary(records, objectives, sdir.path / plot)
     if best is not None:
         config = sdir.base_config().with_overrides(best.params)
         files["best_config"] = sdir.path / "best_config.yaml"
-        files["best_config"].write_text(_config_header(sdir, best) + config.to_yaml())
+        atomic_write_text(files["best_config"], _config_header(sdir, best) + config.to_yaml())
     return files
 
 

@@ -59,7 +59,10 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
     """Sample ``space`` ``samples`` times (random sampler, no training) and build every config.
 
     The base and every sampled config pass :class:`Config` and
-    :func:`~extune.train.validate.validate_config` (registered names).
+    :func:`~extune.train.validate.validate_config` (registered names); the base's
+    ``explain.layer`` must name a layer of its backbone
+    (:func:`~extune.train.methods.check_explain_layer`; a draw with a bad layer is left to fail
+    as a trial, as any trial that raises).
 
     Args:
         space: a define-by-run space (see :class:`extune.spaces.Space`).
@@ -78,9 +81,11 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
     """
     import optuna
 
-    from extune.train.validate import validate_config  # the registries: imported on use
+    from extune.train.methods import check_explain_layer  # torch: imported on use
+    from extune.train.validate import validate_config
 
     validate_config(base)
+    check_explain_layer(base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     check = SpaceCheck(max_epochs=base.optim.epochs)

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from extune.errors import ConfigError
-from extune.train.config import Config
+from extune.train.config import Config, as_float, load_yaml
 
 __all__ = ["Param", "YamlSpace"]
 
@@ -130,7 +130,7 @@ class YamlSpace:
         """Parse and validate YAML text (see :meth:`from_dict`)."""
         where = f"space file {path}" if path else "space"
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
         space = cls.from_dict(data, where=where)
@@ -209,16 +209,14 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
 def _number(key: str, name: str, value: Any, where: str, integer: bool) -> float | int | None:
     if value is None:
         return None
-    if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or (integer and float(value) != int(value)):
+    try:
+        number = as_float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or (integer and number != int(number)):
         kind = "a whole number" if integer else "a number"
         raise ConfigError(f"{where}: {key}: {name} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
+    return int(number) if integer else number
 
 
 def _parse_range(key: str, kind: str, spec: dict[str, Any], when: Any, where: str) -> Param:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from extune.errors import ExtuneError
+from extune.files import atomic_writer
 
-__all__ = ["CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "checkpoint_path"]
+__all__ = ["CHECKPOINT_NAME", "CHECKPOINT_KEYS", "save_checkpoint", "load_checkpoint",
+           "checkpoint_path"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("epoch", "model", "config")
+"""Entries every extune checkpoint holds (a file without them was not written by extune)."""
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -28,27 +32,33 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     ``state`` must hold only tensors and plain Python containers/scalars so that it loads with
     ``weights_only=True``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_writer(path) as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no arbitrary code is unpickled)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (no arbitrary code is unpickled).
+
+    Raises:
+        ExtuneError: no such file, or (one line, in extune's words) a file that is truncated,
+            not a torch file, holds Python objects, or lacks :data:`CHECKPOINT_KEYS`.
+    """
     file = checkpoint_path(path)
     if not file.is_file():
         raise ExtuneError(f"checkpoint not found: {file}; pass a checkpoint.pt file or the run "
                           "folder that holds it")
+    hint = "pass the checkpoint.pt of an extune run"
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt or foreign file: say which, not a pickle traceback
-        reason = " ".join(str(e).split())[:200]
-        raise ExtuneError(f"cannot read checkpoint {file}: {reason}") from None
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a Python object
+        raise ExtuneError(f"{file} is not an extune checkpoint: it holds Python objects that "
+                          f"extune does not load (they could run code); {hint}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        raise ExtuneError(f"cannot read checkpoint {file}: it is truncated or not a torch "
+                          f"file; {hint}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ExtuneError(f"{file} is not an extune checkpoint (no {', '.join(missing)} "
+                          f"entries); {hint}")
+    return state

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from extune.errors import ConfigError
+from extune.files import atomic_write_text
 
 __all__ = [
     "Config",
@@ -45,7 +47,42 @@ __all__ = [
     "EvalConfig",
     "RuntimeConfig",
     "parse_assignments",
+    "load_yaml",
+    "as_float",
 ]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3``, ``5E+4`` as floats (YAML 1.2 does; PyYAML
+    follows YAML 1.1, whose floats need a dot, and would read them as strings)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in
+                                   yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads exponent floats without a dot (``1e-3``) as numbers.
+
+    Every YAML extune reads (config files, ``--set`` values, space files, MLflow params) goes
+    through it. Raises ``yaml.YAMLError`` as ``yaml.safe_load`` does.
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def as_float(value: Any) -> float:
+    """``value`` as a float: an int or float (not a bool), or any string ``float()`` reads
+    (``"1e-3"``, ``" 5E+4 "``, ``"1_000.5"``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
 
 
 def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -77,6 +114,7 @@ class DataConfig:
     split_seed: int = _num(0, 0)  # seed of the validation split: the same for every trial
     limit: int | None = _num(None, 1)  # at most this many training images (val is not capped)
     cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here ("": no cache)
+    strict: bool = False  # imagefolder: an undecodable image is an error (else skipped, warned)
     num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
     train_size: int = _num(6000, 10)  # synthetic only: training images (before the val split)
     test_size: int = _num(1000, 10)  # synthetic only: test images
@@ -215,7 +253,7 @@ class Config:
     @classmethod
     def from_yaml(cls, text: str) -> Config:
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"config is not valid YAML: {_one_line(e)}") from None
         if data is not None and not isinstance(data, dict):
@@ -233,7 +271,8 @@ class Config:
         return cls.from_yaml(text)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        """Write the config as YAML, atomically."""
+        atomic_write_text(path, self.to_yaml())
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys to values, e.g. ``{"optim.lr": 0.1, ...}``."""
@@ -384,19 +423,27 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: {value!r} is not a list")
         return [_coerce(key, v, item) for v in value]
+    if tp is float:
+        return _coerce_float(key, value)
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (tp is str and isinstance(value, str))
     )
     if not ok:
         raise ConfigError(f"{key}: {value!r} is not a valid value; expected {_type_name(tp)}")
-    if tp is float:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not a finite number")
     return value
+
+
+def _coerce_float(key: str, value: Any) -> float:
+    """A float setting: any number :func:`as_float` reads, finite."""
+    try:
+        number = as_float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not a valid value; expected float") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    return number
 
 
 def _check_range(key: str, value: float, low: float | None, high: float | None,
@@ -424,7 +471,7 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=0.1), got '{item}'")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and raw.strip().lower() in ("none", "null", "~"):

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import torch
 from torch import Tensor
 
 from extune.errors import DataError
+from extune.files import atomic_writer
 from extune.train.config import DataConfig
 from extune.train.datasets import (
     DATASETS,
@@ -202,22 +201,13 @@ def _write_cache(path: Path, decoded: DecodedData) -> None:
         arrays[f"{split}_labels"] = s.labels.cpu().numpy()
         if s.masks is not None:
             arrays[f"{split}_masks"] = np.packbits(s.masks.cpu().numpy(), axis=-1)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_writer(path) as f:  # readers never see a half-written file
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-        tmp = None
     except OSError as e:
         warnings.warn(f"cannot write the data cache {path} ({e.strerror or e}); continuing "
                       "without it (set data.cache_dir to a writable folder to decode once)",
                       stacklevel=4)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _read_cache(path: Path) -> DecodedData:

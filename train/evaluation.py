@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from extune.errors import ExtuneError
+from extune.errors import ConfigError, ExtuneError
 from extune.evaluate import evaluate_split
 from extune.models import Network
 from extune.train.checkpoint import checkpoint_path, load_checkpoint
@@ -17,7 +17,7 @@ from extune.train.methods import config_model, evaluation_explainer
 from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
-__all__ = ["evaluate_checkpoint", "explain_checkpoint", "load_model"]
+__all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "load_model"]
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None
@@ -36,18 +36,32 @@ def load_model(checkpoint: str | Path, overrides: list[str] | None = None
     return model, cfg
 
 
+def evaluation_path(checkpoint: str | Path, split: str) -> Path:
+    """Where ``extune evaluate`` writes by default: ``evaluation-<split>.json`` beside the
+    checkpoint."""
+    return checkpoint_path(checkpoint).parent / f"evaluation-{split}.json"
+
+
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
-                        ) -> tuple[dict[str, float], Path]:
+                        ) -> dict[str, float]:
     """All metrics of a checkpoint on ``split`` (``val`` or ``test``).
 
     Returns:
-        The metrics (``{split}/accuracy``, ``shift/ece``, ``adv/fgsm_accuracy``, ...) and the
-        default JSON path beside the checkpoint.
+        The metrics (``{split}/accuracy``, ``shift/ece``, ``adv/fgsm_accuracy``, ...).
+
+    Raises:
+        ExtuneError: not an extune checkpoint, a data set with another number of classes, no
+            test split.
     """
     model, cfg = load_model(checkpoint, overrides)
     device = resolve_device(cfg.runtime)
     seed_everything(cfg.runtime.seed)
     splits = load_data(cfg.data)
+    trained = model.classifier.out_features
+    if splits.num_classes != trained:
+        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained} classes but data "
+                          f"set '{cfg.data.name}' (data.root={cfg.data.root}) has "
+                          f"{splits.num_classes}; evaluate on the data set it was trained on")
     images = splits.val if split == "val" else splits.test
     if images is None:
         raise ExtuneError(f"data set '{cfg.data.name}' has no test split; use --split val")
@@ -55,8 +69,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     metrics = evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                              std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
                              explainer=explainer, prefix=split, full=True)
-    out = checkpoint_path(checkpoint).parent / f"evaluation-{split}.json"
-    return metrics, out
+    return metrics
 
 
 def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,

@@ -16,12 +16,19 @@ from torch import Tensor
 from extune.augment import Explainer
 from extune.errors import ExtuneError
 from extune.evaluate import evaluate_split
+from extune.files import atomic_write_text, check_writable
 from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
 from extune.train.grid import GRID_NAME, explanation_grid
-from extune.train.methods import Method, config_model, create_method, evaluation_explainer
+from extune.train.methods import (
+    Method,
+    check_explain_layer,
+    config_model,
+    create_method,
+    evaluation_explainer,
+)
 from extune.train.progress import EpochProgress
 from extune.train.runtime import (
     autocast,
@@ -106,6 +113,8 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
     """
     validate_config(config)  # unknown names fail here, before any data is loaded
+    if out_dir is not None:
+        check_writable(out_dir, "the output folder (--out)")
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         state.grid_each_epoch = report is not None  # a stopped trial still has its grid
@@ -133,6 +142,7 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     seed_everything(cfg.runtime.seed)
     splits = (data if data is not None else load_data(cfg.data)).to(device)
     model = config_model(cfg, splits.num_classes).to(device)
+    check_explain_layer(cfg, model)  # before anything is written
     if device.type == "cuda" and cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.runtime.compile:
@@ -278,4 +288,4 @@ def _restore(state: _State, resume: str | Path) -> None:
 
 def _write_metrics(state: _State, final: dict[str, float]) -> None:
     payload = {"final": final, "history": state.history}
-    (state.out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    atomic_write_text(state.out_dir / "metrics.json", json.dumps(payload, indent=2))

@@ -27,13 +27,15 @@ from extune.augment import (
     soft_targets,
     standard_view,
 )
+from extune.augment.explainers import EXPLAINERS
+from extune.errors import ConfigError, RegistryError
 from extune.evaluate import eval_mode
 from extune.models import Network, SupConLoss, create_model
 from extune.registry import Registry
 from extune.train.config import Config
 
 __all__ = ["METHODS", "Method", "StepOutput", "config_explainer", "config_model",
-           "evaluation_explainer", "create_method", "list_methods"]
+           "check_explain_layer", "evaluation_explainer", "create_method", "list_methods"]
 
 
 @dataclass
@@ -288,6 +290,25 @@ def config_model(cfg: Config, num_classes: int) -> Network:
     cifar_stem = cfg.data.image_size <= 64 if m.cifar_stem is None else m.cifar_stem
     return create_model(backbone=m.backbone, num_classes=num_classes, cifar_stem=cifar_stem,
                         projection_dim=m.projection_dim, projection_hidden=m.projection_hidden)
+
+
+def check_explain_layer(cfg: Config, model: Network | None = None) -> None:
+    """``explain.layer`` must name a layer of the model when the explainer explains a layer
+    (Grad-CAM); otherwise the first explanation, after the run folder exists, would fail.
+
+    Args:
+        cfg: the config.
+        model: its network; built from ``cfg`` (two classes) when ``None``.
+
+    Raises:
+        ConfigError: ``explain.layer: unknown layer ...`` with the backbone's layers.
+    """
+    if cfg.explain.layer is None or not EXPLAINERS.get(cfg.explain.explainer).uses_layer:
+        return
+    try:
+        (model or config_model(cfg, 2)).get_layer(cfg.explain.layer)
+    except RegistryError as e:
+        raise ConfigError(f"explain.layer: {e} (model.backbone={cfg.model.backbone})") from None
 
 
 def config_explainer(cfg: Config) -> Explainer:

@@ -11,20 +11,6 @@ import pytest
 from extune.cli import main
 
 
-def _sets(overrides: dict) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value}"]
-    return args
-
-
-@pytest.fixture
-def tiny_args(tiny_config) -> list[str]:
-    return _sets({k: v for k, v in tiny_config.flatten().items()
-                  if k.startswith(("data.", "model.", "optim.", "eval.", "runtime."))
-                  and k != "eval.corruptions"})
-
-
 def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", *tiny_args, "--set", "method=ce", "--out", str(out)])

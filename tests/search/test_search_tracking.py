@@ -95,7 +95,8 @@ def test_parent_and_child_runs(store, tmp_path):
 
     # the trial's config comes back, typed, from the run's string params
     out = tmp_path / "best.yaml"
-    cfg = export_run(child.info.run_id, out, tracking_uri=store)
+    cfg, note = export_run(child.info.run_id, out, tracking_uri=store)
+    assert note is None
     assert cfg == BASE.with_overrides({"optim.lr": 0.1, "method": "ce"})
     assert Config.load(out) == cfg
     with pytest.raises(ConfigError, match="parent run"):

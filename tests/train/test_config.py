@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extune.errors import ConfigError
-from extune.train.config import Config, parse_assignments
+from extune.train.config import Config, load_yaml, parse_assignments
 
 
 def test_yaml_round_trip_default_and_modified():
@@ -87,3 +87,26 @@ def test_direct_construction_is_validated():
 
     with pytest.raises(ConfigError, match="optim.batch_size"):
         Config(optim=OptimConfig(batch_size=0))
+
+
+@pytest.mark.parametrize("raw, value", [("1e-3", 0.001), (" 5E-4 ", 0.0005), ("1e6", 1e6),
+                                        ("+2.5e+1", 25.0), ("1_000.5", 1000.5), (3, 3.0)])
+def test_float_settings_take_every_number_float_reads(raw, value):
+    assert Config().with_overrides({"optim.lr": raw}).optim.lr == value
+    assert Config().with_overrides({"optim.probe_lr": raw}).optim.probe_lr == value
+
+
+@pytest.mark.parametrize("raw, message", [("abc", "expected float"), (True, "expected float"),
+                                          ("nan", "not a finite number"),
+                                          ("inf", "not a finite number")])
+def test_float_settings_reject_what_is_not_a_finite_number(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        Config().with_overrides({"optim.lr": raw})
+
+
+def test_yaml_reads_exponent_floats_as_numbers_and_leaves_safe_load_alone():
+    import yaml
+
+    assert load_yaml("a: 1e-3\nb: 5E+4\nc: -2e2\nd: '1e-3'\ne: 1e\nf: 10") == {
+        "a": 0.001, "b": 50000.0, "c": -200.0, "d": "1e-3", "e": "1e", "f": 10}
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # the global SafeLoader is unchanged

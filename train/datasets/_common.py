@@ -14,7 +14,8 @@ from torch import Tensor
 
 from extune.errors import DataError
 
-__all__ = ["one_line", "resize_uint8", "decode_files", "image_files", "IMAGE_EXTENSIONS"]
+__all__ = ["one_line", "resize_uint8", "decode_files", "decode_readable", "image_files",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -59,12 +60,37 @@ def decode_files(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor]:
         images uint8 ``[N, 3, size, size]`` and the original sizes int64 ``[N, 2]`` (w, h).
 
     Raises:
-        DataError: a file cannot be decoded (the message names it).
+        DataError: a file cannot be decoded (the message names the first one).
     """
+    images, sizes, failed = _decode(paths, size)
+    if failed:
+        i = min(failed)
+        raise DataError(f"cannot decode image {paths[i]} ({failed[i]}); remove or replace the "
+                        "file")
+    return images, sizes
+
+
+def decode_readable(paths: Sequence[Path], size: int
+                    ) -> tuple[Tensor, Tensor, dict[Path, str]]:
+    """:func:`decode_files` that skips the files it cannot decode (empty, truncated, not an
+    image) instead of raising.
+
+    Returns:
+        images uint8 ``[K, 3, size, size]`` of the readable files, their positions in
+        ``paths`` int64 ``[K]``, and ``{unreadable file: reason}`` in ``paths`` order.
+    """
+    images, _, failed = _decode(paths, size)
+    kept = torch.tensor([i for i in range(len(paths)) if i not in failed], dtype=torch.int64)
+    return images[kept], kept, {paths[i]: failed[i] for i in sorted(failed)}
+
+
+def _decode(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor, dict[int, str]]:
+    """Decode every file; the ones that fail are left black and returned by position."""
     from PIL import Image, UnidentifiedImageError
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    sizes = np.empty((len(paths), 2), dtype=np.int64)
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    failed: dict[int, str] = {}
 
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):
@@ -74,8 +100,8 @@ def decode_files(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor]:
                     im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
                     rgb = im.convert("RGB")
             except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise DataError(f"cannot decode image {paths[i]} ({one_line(e)}); remove or "
-                                "replace the file") from None
+                failed[i] = one_line(e)
+                continue
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased
             out[i] = np.asarray(rgb)
@@ -86,7 +112,8 @@ def decode_files(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor]:
                    for i in range(0, len(paths), step)]
         for f in futures:
             f.result()
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(sizes)
+    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(sizes), failed
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -2,13 +2,18 @@
 
 Classes are the sorted sub-folders of ``train`` (as in ``torchvision.datasets.ImageFolder``);
 test folders are mapped to them by name, and test folders of unknown classes are skipped with
-a warning. Images are decoded with PIL and resized to ``data.image_size``. The cache key
-includes the modification times of the class folders, so adding or removing files decodes
-the tree again.
+a warning. Images are decoded with PIL and resized to ``data.image_size``.
+
+Bad data is refused before anything trains: fewer than two class folders, or a class folder
+with no (readable) image is an error. Files that cannot be decoded (empty, truncated, not an
+image) are skipped with one warning that counts and names them, or are an error with
+``data.strict=true``. The cache key includes the name, size and modification time of every
+image file, so adding, removing or editing an image decodes the tree again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,10 +22,12 @@ import torch
 
 from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.datasets._common import decode_files, image_files
+from extune.train.datasets._common import decode_files, decode_readable, image_files
 from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
 __all__: list[str] = []
+
+_NAMED = 5  # unreadable files named in the warning (the rest are counted)
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -28,13 +35,17 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _key(cfg: DataConfig) -> dict[str, Any]:
+    """Root, ``data.strict`` and a digest of every image file's path, size and mtime."""
     root = Path(cfg.root).expanduser().resolve()
-    stamps = {}
+    digest = hashlib.sha256()
     for split in ("train", "test"):
         if (root / split).is_dir():
-            for d in [root / split, *_class_dirs(root / split)]:
-                stamps[str(d.relative_to(root))] = d.stat().st_mtime_ns
-    return {"root": str(root), "mtimes": stamps}
+            for d in _class_dirs(root / split):
+                for p in image_files(d):
+                    st = p.stat()
+                    digest.update(f"{p.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                                  .encode())
+    return {"root": str(root), "strict": cfg.strict, "files": digest.hexdigest()}
 
 
 @register_dataset("imagefolder", key=_key)
@@ -48,28 +59,72 @@ def _load(cfg: DataConfig) -> DecodedData:
     classes = [d.name for d in _class_dirs(train_dir)]
     if not classes:
         raise DataError(f"imagefolder: no class folders in {train_dir}; {hint}")
-    train = _split(train_dir, {c: i for i, c in enumerate(classes)}, cfg.image_size)
-    if len(train) == 0:
-        raise DataError(f"imagefolder: no image files in the class folders of {train_dir}; {hint}")
+    if len(classes) == 1:
+        raise DataError(f"imagefolder: {train_dir} has one class folder ({classes[0]}); a "
+                        "classifier needs at least 2 classes (one sub-folder of train/ each)")
+    index = {c: i for i, c in enumerate(classes)}
+    train, skipped = _split(train_dir, index, cfg, train=True)
+    _require_every_class(train, classes, train_dir)
     test = None
     if (root / "test").is_dir():
-        test = _split(root / "test", {c: i for i, c in enumerate(classes)}, cfg.image_size)
+        test, skipped_test = _split(root / "test", index, cfg, train=False)
+        skipped.update(skipped_test)
+    _warn_skipped(skipped, root)
     return DecodedData(train, test if test is not None and len(test) else None, classes)
 
 
-def _split(folder: Path, index: dict[str, int], size: int) -> ImageSet:
+def _split(folder: Path, index: dict[str, int], cfg: DataConfig, *, train: bool
+           ) -> tuple[ImageSet, dict[Path, str]]:
+    """The images of ``folder/<class>/*`` and the unreadable files skipped (none if strict).
+
+    Raises:
+        DataError: a class folder of the training split holds no image file; with
+            ``data.strict``, a file cannot be decoded.
+    """
     paths: list[Path] = []
     labels: list[int] = []
-    unknown = []
+    unknown, empty = [], []
     for d in _class_dirs(folder):
         if d.name not in index:
             unknown.append(d.name)
             continue
         files = image_files(d)
+        if not files:
+            empty.append(d.name)
         paths += files
         labels += [index[d.name]] * len(files)
     if unknown:
         warnings.warn(f"imagefolder: skipping {folder}/{{{','.join(unknown)}}}: not a class of "
-                      "the train folder", stacklevel=2)
-    images, _ = decode_files(paths, size)
-    return ImageSet(images, torch.tensor(labels, dtype=torch.int64))
+                      "the train folder", stacklevel=3)
+    if empty and train:
+        raise DataError(f"imagefolder: class folder(s) {', '.join(empty)} of {folder} hold no "
+                        "image file; add images or remove the folder(s)")
+    if cfg.strict:
+        images, _ = decode_files(paths, cfg.image_size)
+        return ImageSet(images, torch.tensor(labels, dtype=torch.int64)), {}
+    images, kept, skipped = decode_readable(paths, cfg.image_size)
+    return ImageSet(images, torch.tensor(labels, dtype=torch.int64)[kept]), skipped
+
+
+def _require_every_class(train: ImageSet, classes: list[str], folder: Path) -> None:
+    """Every class must keep a readable training image (else it is an output never trained).
+
+    Raises:
+        DataError: naming the classes whose images were all unreadable.
+    """
+    counts = torch.bincount(train.labels, minlength=len(classes))
+    lost = [c for c, n in zip(classes, counts.tolist(), strict=True) if n == 0]
+    if lost:
+        raise DataError(f"imagefolder: no readable image in class folder(s) {', '.join(lost)} "
+                        f"of {folder}; replace the files that cannot be decoded")
+
+
+def _warn_skipped(skipped: dict[Path, str], root: Path) -> None:
+    """One warning that counts the unreadable files and names the first few."""
+    if not skipped:
+        return
+    items = list(skipped.items())
+    named = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in items[:_NAMED])
+    more = f"; and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+    warnings.warn(f"imagefolder: skipped {len(items)} file(s) that cannot be decoded: "
+                  f"{named}{more}; set data.strict=true to make this an error", stacklevel=3)

@@ -1,0 +1,275 @@
+"""Bad input, one row each: what a new user might type or have on disk, and what must happen.
+
+Every row is ``(setup, command, exit code, words of the message, paths that must not exist)``.
+A row passes when the command exits with that code, prints those words (in a one-line
+``error:`` for a non-zero code; a warning counts as printed), shows no traceback and leaves
+none of those paths behind.
+``{tmp}`` in a command is the row's temporary folder (also the working folder) and ``{ro}`` a
+folder nothing can be written to. Most rows fail before Ray or MLflow start; the few that need
+them are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from extune.cli import main
+from extune.train.checkpoint import save_checkpoint
+from extune.train.config import Config, DataConfig
+from extune.train.data import load_data
+from extune.train.methods import config_model
+
+FAST = {"optim.epochs": 1, "eval.corruptions": "contrast", "eval.explain_samples": 4,
+        "eval.grid_images": 0, "optim.batch_size": 4}
+
+
+# --------------------------------------------------------------------------- setups
+def _images(folder: Path, colour: tuple[int, int, int], n: int = 4) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), colour).save(folder / f"{i}.png")
+
+
+def two_classes(tmp: Path) -> None:
+    _images(tmp / "data" / "train" / "ant", (250, 0, 0))
+    _images(tmp / "data" / "train" / "bee", (0, 250, 0))
+
+
+def one_class(tmp: Path) -> None:
+    _images(tmp / "data" / "train" / "ant", (250, 0, 0))
+
+
+def empty_class(tmp: Path) -> None:
+    two_classes(tmp)
+    (tmp / "data" / "train" / "cow").mkdir()
+
+
+def bad_files(tmp: Path) -> None:
+    """A zero-byte file, a truncated JPEG and a text file named like an image."""
+    two_classes(tmp)
+    ant = tmp / "data" / "train" / "ant"
+    (ant / "empty.png").write_bytes(b"")
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(jpeg, "JPEG")
+    (ant / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (tmp / "data" / "train" / "bee" / "notes.jpg").write_text("not an image")
+
+
+def cached_then_edited(tmp: Path) -> None:
+    """Decode (and cache) the tree, then replace one image in place by a broken file."""
+    two_classes(tmp)
+    load_data(DataConfig(name="imagefolder", root=str(tmp / "data"), image_size=16,
+                         cache_dir=str(tmp / "cache"), strict=True))
+    (tmp / "data" / "train" / "ant" / "0.png").write_bytes(b"edited: no longer an image")
+
+
+def space_file(text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "space.yaml").write_text(text)
+    return setup
+
+
+def config_file(text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "cfg.yaml").write_text(text)
+    return setup
+
+
+def foreign_torch_file(tmp: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, tmp / "other.pt")
+
+
+def pickled_objects(tmp: Path) -> None:
+    torch.save({"epoch": 0, "model": {}, "config": Fraction(1, 3)}, tmp / "objects.pt")
+
+
+def checkpoint(tmp: Path, truncate: bool = False) -> None:
+    """An extune checkpoint of a tiny 4-class network (no training needed)."""
+    cfg = Config().with_overrides({"model.backbone": "tiny_cnn", "data.num_classes": 4,
+                                   "data.image_size": 16})
+    path = save_checkpoint({"epoch": 0, "model": config_model(cfg, 4).state_dict(),
+                            "config": cfg.to_dict()}, tmp / "run" / "checkpoint.pt")
+    if truncate:
+        path.write_bytes(path.read_bytes()[:500])
+
+
+def failed_search(tmp: Path) -> None:
+    """A search folder whose start failed after it was created (e.g. the MLflow store)."""
+    folder = tmp / "runs" / "s"
+    folder.mkdir(parents=True)
+    (folder / "search.json").write_text(json.dumps({
+        "name": "s", "status": "failed", "error": "cannot use the MLflow tracking store"}))
+
+
+def pruned_run(tmp: Path) -> None:
+    """An MLflow store with one trial run that ASHA pruned."""
+    from extune.search.tracking import mlflow_client, param_value
+
+    client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
+    run = client.create_run(client.create_experiment("e"), run_name="trial-001",
+                            tags={"extune.pruned": "true"})
+    for key, value in Config().flatten().items():
+        client.log_param(run.info.run_id, key, param_value(value))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    (tmp / "run_id").write_text(run.info.run_id)
+
+
+def all_fail(tmp: Path) -> None:
+    """A space whose only trial diverges (a learning rate of a million)."""
+    space_file("method: ce\noptim.lr: 1e6\n")(tmp)
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass
+class Row:
+    """One bad input and what must happen."""
+
+    id: str
+    command: list[str]
+    code: int
+    words: list[str]
+    absent: list[str] = field(default_factory=list)
+    setup: Callable[[Path], None] | None = None
+    tiny: bool = False  # prepend the tiny config's --set options (train / search)
+    marks: tuple = ()
+
+
+TRAIN_IF = ["train", "--set", "data.name=imagefolder", "--set", "data.root={tmp}/data",
+            "--out", "{tmp}/run", "--no-test"]
+SEARCH = ["search", "--trials", "1", "--set", "data.train_size=40", "--set",
+          "data.cache_dir={tmp}/cache", "--no-live"]
+
+ROWS = [
+    # issue 14: floats
+    Row("float-set", ["config", "--set", "optim.lr=1e-3", "--set", "optim.weight_decay=5E-4"],
+        0, ["lr: 0.001", "weight_decay: 0.0005"]),
+    Row("float-config-file", ["config", "--config", "{tmp}/cfg.yaml"], 0,
+        ["lr: 0.0005", "probe_lr: 1000000.0"],
+        setup=config_file("optim:\n  lr: 5e-4\n  probe_lr: 1e6\n")),
+    Row("float-space-file", ["search", "--space", "{tmp}/space.yaml"], 2,
+        ["optim.momentum: 1000000.0 is out of range"], absent=["runs", "mlflow.db"],
+        setup=space_file("optim.lr: {type: choice, values: [1e-3, 5e-4]}\n"
+                         "optim.weight_decay: 1e-4\n"
+                         "optim.probe_lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n"
+                         "optim.momentum: 1e6\n")),
+    # issue 14 + 12: bad data
+    Row("single-class", TRAIN_IF, 2, ["one class folder (ant)", "at least 2 classes"],
+        absent=["run"], setup=one_class, tiny=True),
+    Row("empty-class-folder", TRAIN_IF, 2, ["class folder(s) cow", "hold no image file"],
+        absent=["run"], setup=empty_class, tiny=True),
+    Row("undecodable-files-skipped", [*TRAIN_IF, *sum((["--set", f"{k}={v}"]
+                                                      for k, v in FAST.items()), [])],
+        0, ["skipped 3 file(s) that cannot be decoded", "empty.png", "cut.jpg", "notes.jpg",
+            "data.strict=true"], setup=bad_files, tiny=True),
+    Row("undecodable-files-strict", [*TRAIN_IF, "--set", "data.strict=true"], 2,
+        ["cannot decode image", "remove or replace the file"], absent=["run"],
+        setup=bad_files, tiny=True),
+    Row("image-edited-in-place", [*TRAIN_IF, "--set", "data.strict=true"], 2,
+        ["cannot decode image", "0.png"], absent=["run"], setup=cached_then_edited, tiny=True),
+    Row("search-single-class", [*SEARCH, "--set", "data.name=imagefolder", "--set",
+                                "data.root={tmp}/data"], 2, ["one class folder"],
+        absent=["runs", "mlflow.db"], setup=one_class),
+    # issue 14: tracebacks
+    Row("train-read-only-out", ["train", "--out", "{ro}/run"], 2,
+        ["cannot write the output folder (--out)", "not writable"], tiny=True),
+    Row("search-read-only-out", [*SEARCH, "--out", "{ro}/runs"], 2,
+        ["cannot write search folders in --out", "not writable"], absent=["mlflow.db"]),
+    Row("evaluate-foreign-torch-file", ["evaluate", "--checkpoint", "{tmp}/other.pt"], 2,
+        ["is not an extune checkpoint (no epoch, model, config entries)"],
+        setup=foreign_torch_file),
+    Row("evaluate-python-objects", ["evaluate", "--checkpoint", "{tmp}/objects.pt"], 2,
+        ["is not an extune checkpoint: it holds Python objects"], setup=pickled_objects),
+    Row("evaluate-truncated-checkpoint", ["evaluate", "--checkpoint", "{tmp}/run"], 2,
+        ["cannot read checkpoint", "truncated or not a torch file"],
+        setup=lambda tmp: checkpoint(tmp, truncate=True)),
+    Row("evaluate-other-class-count", ["evaluate", "--checkpoint", "{tmp}/run", "--set",
+                                       "data.num_classes=3", "--set", "data.train_size=30",
+                                       "--set", "data.cache_dir={tmp}/cache"], 2,
+        ["was trained on 4 classes", "has 3"], absent=["run/evaluation-val.json"],
+        setup=checkpoint),
+    Row("evaluate-read-only-out", ["evaluate", "--checkpoint", "{tmp}/run", "--out",
+                                   "{ro}/e.json"], 2, ["not writable"], setup=checkpoint),
+    Row("markup-in-path", ["train", "--config", "{tmp}/a[/b]/c.yaml"], 2,
+        ["cannot read config file", "a[/b]/c.yaml"]),
+    Row("brackets-in-value", ["train", "--set", "data.name=imagefolder", "--set",
+                              "data.root={tmp}/no[x]"], 2, ["no[x]/train"]),
+    Row("read-only-tracking-store", [*SEARCH, "--tracking-uri", "sqlite:///{ro}/mlflow.db"],
+        2, ["cannot write the MLflow store", "not writable", "--tracking-uri"],
+        absent=["runs"]),
+    # issue 12: nothing half-written on a failed start
+    Row("train-unknown-layer", ["train", "--set", "explain.layer=nolayer", "--out",
+                                "{tmp}/run"], 2, ["explain.layer: unknown layer 'nolayer'"],
+        absent=["run"], tiny=True),
+    Row("search-unknown-layer", [*SEARCH, "--set", "explain.layer=nolayer"], 2,
+        ["explain.layer: unknown layer 'nolayer'"], absent=["runs", "mlflow.db"]),
+    Row("export-failed-search", ["export", "{tmp}/runs/s", "-o", "{tmp}/best.yaml"], 2,
+        ["failed before any trial ran", "nothing to export"], absent=["best.yaml"],
+        setup=failed_search),
+    Row("search-more-gpus-than-cluster", [*SEARCH, "--gpus-per-trial", "256"], 2,
+        ["--gpus-per-trial 256 but the Ray cluster has"], absent=["runs"],
+        marks=(pytest.mark.slow,)),
+    Row("search-all-trials-failed", [*SEARCH, "--space", "{tmp}/space.yaml", "--set",
+                                     "optim.epochs=1", "--set", "optim.batch_size=4",
+                                     "--max-failures", "0"], 1,
+        ["all 1 trial failed", "non-finite", "summary.md"], setup=all_fail,
+        marks=(pytest.mark.slow,)),
+    Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
+                              "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
+        ["warning:", "was pruned", "scores are partial"], setup=pruned_run,
+        marks=(pytest.mark.slow,)),
+]
+
+
+# --------------------------------------------------------------------------- the test
+def _read_only_folder(tmp: Path) -> Path:
+    """A folder no file can be created in: mode 0555, or /sys where modes do not stop us
+    (root)."""
+    folder = tmp / "read-only"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    for candidate in (folder, Path("/sys")):
+        try:
+            (candidate / "probe").touch()
+        except OSError:
+            return candidate
+        (candidate / "probe").unlink()
+    pytest.skip("no read-only folder on this machine")
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=r.marks) for r in ROWS])
+def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args):
+    monkeypatch.chdir(tmp_path)
+    if row.setup is not None:
+        row.setup(tmp_path)
+    fill = {"tmp": str(tmp_path), "ro": str(_read_only_folder(tmp_path)),
+            "run_id": (tmp_path / "run_id").read_text() if (tmp_path / "run_id").exists()
+            else ""}
+    args = [a.format(**fill) for a in row.command]
+    if row.tiny:
+        args = args[:1] + tiny_args + ["--set", f"data.cache_dir={tmp_path}/cache"] + args[1:]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(args)
+    out, err = capsys.readouterr()
+    printed = " ".join((out + err + " ".join(str(w.message) for w in caught)).split())
+    assert code == row.code, printed
+    assert "Traceback" not in out + err
+    for words in row.words:
+        assert words in printed, printed
+    if row.code:
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, err
+        assert all(w in errors[0] for w in row.words if w != "warning:"), errors[0]
+    for path in row.absent:
+        assert not (tmp_path / path).exists(), path
