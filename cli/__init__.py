@@ -35,6 +35,7 @@ app.command("config")(train.show_config)
 app.command("search")(search.search)
 app.command("study")(study.study)
 app.command("export")(search.export)
+app.command("sync")(search.sync)
 app.command("ui")(search.ui)
 
 

@@ -29,7 +29,7 @@ from extune.cli._common import (
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI
 
-__all__ = ["search", "export", "ui"]
+__all__ = ["search", "export", "sync", "ui"]
 
 _RESUME_OK = {"resume", "address"}
 
@@ -206,6 +206,27 @@ def export(
         "; a longer final run keeps these counts: pass --epochs N to scale them")
     echo(f"note: {epoch_settings(config)}{hint}")
     echo(f"train it: extune train --config {out}")
+
+
+def sync(
+    folder: Annotated[Path, typer.Argument(help="Search or study folder.")],
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to keep trying a tracking store that does not answer.")] = 60.0,
+) -> None:
+    """Send the MLflow writes a search or study kept because the tracking store was down."""
+    from extune.search.sync import sync_tracking
+
+    result = sync_tracking(folder, timeout)
+    if not result.folders:
+        echo(f"nothing to send: MLflow has every write of {folder}")
+        return
+    for journal, (sent, pending) in result.folders.items():
+        echo(f"{journal}: sent {sent} write(s)" + (f", {pending} still unsent" if pending
+                                                   else ""))
+    if result.pending:
+        echo(("error:", "bold red"), f" {result.pending} write(s) still unsent: the tracking "
+             "store did not answer; run extune sync again when it does", err=True)
+        raise typer.Exit(1)
 
 
 def ui(

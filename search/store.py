@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -55,12 +56,7 @@ class SearchDir:
         Raises:
             ConfigError: the folder already holds a search (use ``--resume``).
         """
-        name = settings.resolved_name()
-        path = (Path(settings.out) / name).resolve()
-        if (path / META_NAME).exists():
-            raise ConfigError(f"{path} already holds a search; pass --resume {path} to continue "
-                              "it or choose another --name")
-        path.mkdir(parents=True, exist_ok=True)
+        name, path = _claim(settings)
         base.save(path / "base_config.yaml")
         space_file = _write_space(path, space)
         if settings.storage:
@@ -162,6 +158,36 @@ class SearchDir:
 
     def records(self) -> list[TrialRecord]:
         return records_from_study(self.study(), self.objectives)
+
+
+CLAIM_NAME = ".extune_search"
+"""Created exclusively (``O_EXCL``) in a new search folder: of two searches started at once
+with the same ``--out`` and ``--name``, exactly one gets the folder."""
+
+
+def _claim(settings: SearchSettings) -> tuple[str, Path]:
+    """Create and claim ``<out>/<name>``; an automatic name gets ``-2``, ``-3``, ... when two
+    searches start in the same second.
+
+    Raises:
+        ConfigError: ``--name`` names a folder that holds (or is becoming) another search.
+    """
+    stem = settings.resolved_name()
+    for attempt in range(1, 100):
+        name = stem if attempt == 1 else f"{stem}-{attempt}"
+        path = (Path(settings.out) / name).resolve()
+        taken = (path / META_NAME).exists()
+        if not taken:
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(path / CLAIM_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return name, path
+            except FileExistsError:
+                taken = True
+        if settings.name is not None:
+            raise ConfigError(f"{path} already holds a search; pass --resume {path} to "
+                              "continue it or choose another --name")
+    raise ConfigError(f"could not find a free search folder name under {settings.out}")
 
 
 def chosen_trial(search: SearchDir) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from extune.search.settings import (
     require,
 )
 from extune.search.store import SearchDir, chosen_trial
+from extune.search.writer import bounded_http_client
 from extune.train.config import Config
 from extune.train.methods import METHODS
 
@@ -334,6 +335,7 @@ def run_study(settings: StudySettings | None = None, *,
 
     start = time.time()
     quiet_ray_env()
+    bounded_http_client()
     console = Console()
     if resume is not None:
         sdir = StudyDir.load(resume)
