@@ -165,6 +165,20 @@ CLAIM_NAME = ".extune_search"
 with the same ``--out`` and ``--name``, exactly one gets the folder."""
 
 
+def refuse_taken_name(settings: SearchSettings) -> None:
+    """Fail early (before data or Ray) when ``--name`` names an existing search; the claim in
+    :meth:`SearchDir.create` still decides between two searches started at once.
+
+    Raises:
+        ConfigError: the folder holds a search.
+    """
+    if settings.name is not None:
+        path = (Path(settings.out) / settings.name).resolve()
+        if (path / META_NAME).exists() or (path / CLAIM_NAME).exists():
+            raise ConfigError(f"{path} already holds a search; pass --resume {path} to "
+                              "continue it or choose another --name")
+
+
 def _claim(settings: SearchSettings) -> tuple[str, Path]:
     """Create and claim ``<out>/<name>``; an automatic name gets ``-2``, ``-3``, ... when two
     searches start in the same second.
@@ -185,8 +199,7 @@ def _claim(settings: SearchSettings) -> tuple[str, Path]:
             except FileExistsError:
                 taken = True
         if settings.name is not None:
-            raise ConfigError(f"{path} already holds a search; pass --resume {path} to "
-                              "continue it or choose another --name")
+            refuse_taken_name(settings)
     raise ConfigError(f"could not find a free search folder name under {settings.out}")
 
 

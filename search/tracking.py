@@ -10,6 +10,7 @@ order and keeps them on disk until the store has them; the workers need no MLflo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,7 +18,7 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,8 @@ class MlflowTracker:
         """
         check_tracking_uri(self.uri)
         try:
-            self.experiment_id  # noqa: B018
+            with _store_setup_lock(self.uri):
+                self.experiment_id  # noqa: B018
         except Exception as e:  # mlflow raises its own exception types
             raise ServiceError(f"cannot use the MLflow tracking store {self.uri}: "
                                f"{' '.join(str(e).split())[:200]}") from None
@@ -231,6 +233,26 @@ class MlflowTracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None
                      ) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def _store_setup_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive file lock beside a SQLite store while it is set up: MLflow creates and
+    migrates the tables and the experiment on first use, and two searches doing that at once
+    on a new store fail ("No such index ...", "experiment already exists"). Other stores need
+    no lock (a server serialises its own set-up)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///"):]).expanduser().with_suffix(".extune-lock")
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:

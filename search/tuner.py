@@ -43,7 +43,7 @@ from extune.search.services import (
     quiet_ray_env,
 )
 from extune.search.settings import Objective, SearchSettings, make_sampler
-from extune.search.store import SearchDir
+from extune.search.store import SearchDir, refuse_taken_name
 from extune.search.writer import bounded_http_client
 from extune.spaces import get_space, validate_space
 from extune.spaces.validate import SpaceCheck
@@ -140,6 +140,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         max_epochs = check.max_epochs
         _check_services(settings, settings.resolved_tracking_uri())
         check_writable(settings.out, "search folders in --out")
+        refuse_taken_name(settings)
         sdir = None
     from extune.train.data import load_data  # torch: imported on use
 

@@ -11,65 +11,29 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import BIN, free_port, http_ok, mlflow_server, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data.test_size=40",
         "model.backbone=tiny_cnn", "optim.epochs=1", "optim.batch_size=32",
         "eval.explain_samples=8", "eval.corruptions=[contrast]", "eval.grid_images=2"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process and everything it started (its process group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
-def _wait_for(check, what: str, timeout: float = 90.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise AssertionError(f"{what} did not come up in {timeout:.0f} s")
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback)
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _ray_nodes(address: str, env: dict[str, str]) -> int:
@@ -90,27 +54,23 @@ def test_search_on_a_cluster_started_like_a_user(tmp_path):
     short = Path(tempfile.mkdtemp(prefix="xr", dir="/tmp"))  # Ray's sockets: <= 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_port, mlflow_port = _free_port(), _free_port()
+    ray_port, mlflow_port = free_port(), free_port()
     address = f"127.0.0.1:{ray_port}"
     procs = []
     try:
-        procs.append(_start([str(BIN / "ray"), "start", "--head", "--block",
+        procs.append(start([str(BIN / "ray"), "start", "--head", "--block",
                              f"--port={ray_port}", "--node-ip-address=127.0.0.1",
                              "--num-cpus=1", "--include-dashboard=false",
                              f"--temp-dir={short / 'head'}"], tmp_path / "head.log", env))
-        _wait_for(lambda: _ray_nodes(address, env) >= 1, "the Ray head")
-        procs.append(_start([str(BIN / "ray"), "start", "--block", f"--address={address}",
+        wait_for(lambda: _ray_nodes(address, env) >= 1, "the Ray head")
+        procs.append(start([str(BIN / "ray"), "start", "--block", f"--address={address}",
                              "--node-ip-address=127.0.0.1", "--num-cpus=1",
                              f"--temp-dir={short / 'worker'}"], tmp_path / "worker.log",
                             env))
-        procs.append(_start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                             str(mlflow_port), "--backend-store-uri",
-                             f"sqlite:///{tmp_path / 'tracking.db'}", "--artifacts-destination",
-                             str(tmp_path / "artifacts"), "--workers", "1"],
-                            tmp_path / "mlflow.log", env))
-        _wait_for(lambda: _ray_nodes(address, env) >= 2, "the Ray worker node")
+        procs.append(mlflow_server(tmp_path, mlflow_port))
+        wait_for(lambda: _ray_nodes(address, env) >= 2, "the Ray worker node")
         uri = f"http://127.0.0.1:{mlflow_port}"
-        _wait_for(lambda: _http_ok(f"{uri}/health"), "the MLflow server")
+        wait_for(lambda: http_ok(f"{uri}/health"), "the MLflow server")
 
         args = [str(BIN / "extune"), "search", "--space", "ce", "--trials", "2",
                 "--max-concurrent", "2", "--scheduler", "none", "--address", address,
@@ -142,7 +102,7 @@ def test_search_on_a_cluster_started_like_a_user(tmp_path):
         assert "saliency_grid.png" in artifacts  # served by the tracking server
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
         shutil.rmtree(short, ignore_errors=True)
 
 

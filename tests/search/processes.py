@@ -1,0 +1,69 @@
+"""Helpers of the tests that start real processes (Ray, MLflow servers, ``extune`` commands):
+each process runs in its own session and is stopped by process group, never by ``ray stop``
+(which would stop every Ray on the machine)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], log: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``args`` in a new session, output to ``log``."""
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            cwd=cwd, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process and everything it started (its process group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_for(check, what: str, timeout: float = 90.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} did not come up in {timeout:.0f} s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback)
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:``port`` with its store and artifacts in ``folder``
+    (started again on the same folder, it serves the same runs)."""
+    return start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}",
+                  "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                 folder / f"mlflow-{time.time():.0f}.log")
