@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +35,6 @@ excon.mask_threshold: {type: float, low: 0.2, high: 0.8}
 TINY = ["data.image_size=16", "data.train_size=240", "data.num_classes=4", "optim.epochs=3",
         "model.backbone=tiny_cnn", "eval.explain_samples=16", "eval.grid_images=4",
         "eval.corruptions=[contrast]", "optim.batch_size=32"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
@@ -99,7 +94,7 @@ def searched(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ui(searched):
     """``extune ui`` on the search's store; yields (process, port, printed lines)."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "extune.cli", "ui", "--port", str(port)], cwd=searched,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
