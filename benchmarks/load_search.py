@@ -83,18 +83,17 @@ def run(trials: int, concurrent: int, work: Path) -> dict:
     mlflow_trials = [r.data.tags.get("extune.trial_id") for r in runs]
     optuna_ids = [r.trial_id for r in result.records]
     steps_ok = all(r.info.status == "FINISHED" for r in runs)
-    # memory: the first quarter of the run against the last (growth per trial)
-    samples = rss.samples
-    quarter = max(1, len(samples) // 4)
-    early = max(m for _, m in samples[:quarter])
-    late = max(m for _, m in samples[-quarter:])
+    # memory while trials run: at a quarter and at three quarters of the search's time (the end,
+    # with its plots of every trial, is reported as the peak)
+    rss_q1, rss_q3 = (_rss_at(rss.samples, q) for q in (0.25, 0.75))
     return {
         "trials": trials, "concurrent": concurrent, "wall_s": round(wall, 1),
         "trials_per_min": round(trials / wall * 60, 1),
         "training_s": round(trained, 1),
         "driver_overhead_per_trial_s": round((wall * concurrent - trained) / trials, 3),
-        "rss_peak_mb": round(max(m for _, m in samples) / 2**20),
-        "rss_first_quarter_mb": round(early / 2**20), "rss_last_quarter_mb": round(late / 2**20),
+        "rss_peak_mb": round(max(m for _, m in rss.samples) / 2**20),
+        "rss_at_25pct_mb": round(rss_q1 / 2**20), "rss_at_75pct_mb": round(rss_q3 / 2**20),
+        "rss_growth_per_100_trials_mb": round((rss_q3 - rss_q1) / 2**20 / (trials / 2) * 100),
         "optuna_trials": len(optuna_ids), "optuna_unique": len(set(optuna_ids)),
         "optuna_complete": result.count("complete"),
         "mlflow_trial_runs": len(mlflow_trials), "mlflow_unique": len(set(mlflow_trials)),
@@ -102,6 +101,12 @@ def run(trials: int, concurrent: int, work: Path) -> dict:
         "mlflow_matches_optuna": set(mlflow_trials) == set(optuna_ids),
         "tracking_pending": result.tracking_pending,
     }
+
+
+def _rss_at(samples: list[tuple[float, int]], fraction: float) -> int:
+    """The RSS sample nearest to ``fraction`` of the run's duration."""
+    end = samples[-1][0]
+    return min(samples, key=lambda sample: abs(sample[0] - fraction * end))[1]
 
 
 def _train_seconds(result_json: Path) -> float:
