@@ -20,6 +20,7 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULERS",
+    "FULL_EVAL",
     "QUICK_BASE",
     "parse_objectives",
     "make_sampler",
@@ -46,6 +47,9 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
 SCHEDULERS = ("auto", "asha", "none")
+FULL_EVAL = ("end", "milestones", "every")
+"""When a trial runs the full evaluation suite (``--full-eval``); the objectives run every
+epoch whatever the choice."""
 
 QUICK_BASE: dict[str, Any] = {
     "data.train_size": 3000,
@@ -128,6 +132,10 @@ class SearchSettings:
         out: folder that holds the search folder (``<out>/<name>``).
         reduction_factor, grace_period: ASHA settings (``grace_period`` in epochs).
         live: show the live table (else one line per finished trial).
+        full_eval: when a trial runs the full evaluation suite (corruptions, FGSM,
+            explanation metrics); its objectives are evaluated after every epoch in any case.
+            ``end``: after its last epoch only; ``milestones``: also at the ASHA milestones
+            (grace period x reduction factor^k); ``every``: as its config's ``eval.every`` says.
         fixed: searched parameters held at a value (dotted key -> value): the space still asks
             for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
             follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
@@ -157,6 +165,7 @@ class SearchSettings:
     reduction_factor: float = 2.0
     grace_period: int = 1
     live: bool = True
+    full_eval: str = "end"
     fixed: dict[str, Any] = field(default_factory=dict)
     run_tags: dict[str, str] = field(default_factory=dict)
 
@@ -187,6 +196,8 @@ class SearchSettings:
         require(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         require(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         require(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        require(self.full_eval in FULL_EVAL, f"unknown --full-eval '{self.full_eval}'; use "
+               f"{', '.join(FULL_EVAL)}")
         from extune.train.validate import validate_config  # imports the registries (torch)
 
         bad = [k for k in self.fixed if k not in Config.keys()]
@@ -221,6 +232,19 @@ class SearchSettings:
                 f"{self.reduction_factor:g}){bias}")
 
     # ------------------------------------------------------------------ derived
+    def full_epochs(self, max_epochs: int) -> tuple[int, ...] | None:
+        """Epochs (1-based) after which a trial runs the full suite besides its last
+        (``fit(full_epochs=...)``); ``None``: its config's ``eval.every``."""
+        if self.full_eval == "every":
+            return None
+        if self.full_eval == "end" or self.resolved_scheduler != "asha":
+            return ()
+        rungs, t = [], float(min(self.grace_period, max_epochs))
+        while t < max_epochs:  # ASHA's milestones: grace * rf^k below max_t
+            rungs.append(round(t))
+            t *= self.reduction_factor
+        return tuple(rungs)
+
     def base_config(self) -> Config:
         """The config every trial starts from: file (or quick defaults), then overrides, with
         the data paths made absolute (see :func:`absolute_data_paths`)."""

@@ -151,6 +151,7 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
         "time_budget_s": s.time_budget_s,
         "max_failures": s.max_failures, "address": s.address or "local",
+        "full_eval": s.full_eval,
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
         "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
     }
@@ -217,12 +218,14 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, tracke
 
     base = sdir.base_config()
     base_dict = base.to_dict()
+    epochs = max_epochs or base.optim.epochs
     data = load_data(base.data)  # decoded once, shared through Ray's object store
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=data,
                              cpus=settings.cpus_per_trial,
                              objectives=tuple(o.metric for o in settings.objectives),
-                             storage=sdir.experiment_path),
+                             storage=sdir.experiment_path,
+                             full_epochs=settings.full_epochs(epochs)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
         return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,
@@ -231,7 +234,7 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, tracke
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(sdir, settings, base_dict),
-            scheduler=_scheduler(settings, max_epochs or base.optim.epochs),
+            scheduler=_scheduler(settings, epochs),
             num_samples=settings.trials, max_concurrent_trials=plan.concurrency,
             time_budget_s=settings.time_budget_s, reuse_actors=True),
         run_config=_run_config(sdir, settings, tracker, base_dict, callbacks))

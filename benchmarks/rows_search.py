@@ -1,0 +1,198 @@
+"""Rows of ``run.py`` that start Ray: start-up, the data set's fetch from the object store, the
+search's own overhead per trial, and time to quality of TPE + ASHA against random sampling.
+
+Every figure comes from the real ``run_search`` path (Tune, Optuna, MLflow on a temporary
+SQLite store), not from a mock.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ray.tune import Callback
+from timing import Row
+
+from extune.search import SearchSettings, run_search
+from extune.search.services import connect_ray, quiet_ray_env
+from extune.train.config import Config
+
+__all__ = ["ray_rows", "FirstReach"]
+
+OVERHEAD_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
+                 "optim.epochs": 1, "eval.explain_samples": 64}
+"""Row 5's trials: one-epoch CE trials on the former quick base (about 1 s of training each)."""
+
+TTQ_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
+            "optim.epochs": 4, "eval.explain_samples": 32}
+TTQ_TARGET = 0.45
+"""Row 7: validation accuracy that the 4-epoch CE default run of :data:`TTQ_BASE` reaches."""
+
+
+def ray_rows(quick: bool, *, time_to_quality: bool = True) -> list[Row]:
+    """Start Ray (its own row), then the rows that need it; Ray is shut down at the end."""
+    import ray
+
+    quiet_ray_env()
+    start = time.perf_counter()
+    started = connect_ray(None)
+    rows = [Row("ray start-up (once per search)", time.perf_counter() - start, unit="s",
+                detail="ray.init of a local instance" if started else "Ray was running")]
+    try:
+        rows.append(fetch_row(quick))
+        rows += overhead_rows(quick)
+        if time_to_quality:
+            rows.append(time_to_quality_row(quick))
+    finally:
+        if started:
+            ray.shutdown()
+    return rows
+
+
+def _fetch_seconds(refs: list[Any]) -> float:
+    """Seconds a worker takes to get ``refs[0]`` from the object store and read one pixel."""
+    import ray
+
+    start = time.perf_counter()
+    value = ray.get(refs[0])
+    images = value["images"] if isinstance(value, dict) else value.images
+    int(images[-1, -1, -1, -1])
+    return time.perf_counter() - start
+
+
+def fetch_row(quick: bool) -> Row:
+    """Per-trial data start-up: the decoded set fetched in a Ray worker as torch tensors (as
+    before: Ray copies them) vs as extune's ``ImageSet`` (numpy buffers read without a copy).
+
+    Images uint8 ``[N, 3, S, S]``: 2000 x 32 px (quick) or 20000 x 64 px (a fifth of Tiny
+    ImageNet); the time is taken inside the worker, alternating the two forms.
+    """
+    import ray
+    import torch
+
+    from extune.train.data import ImageSet
+
+    n, size = (2000, 32) if quick else (20000, 64)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, 200, (n,))
+    refs = {"torch": [ray.put({"images": images, "labels": labels})],
+            "numpy": [ray.put(ImageSet(images, labels))]}
+    fetch = ray.remote(num_cpus=0)(_fetch_seconds)
+    times: dict[str, list[float]] = {k: [] for k in refs}
+    for _ in range(2 if quick else 6):
+        for k, ref in refs.items():
+            times[k].append(ray.get(fetch.remote(ref)))
+    t = {k: statistics.median(v[1:]) for k, v in times.items()}  # the first is a warm-up
+    return Row("data fetch per trial: torch / zero-copy numpy", t["torch"] / t["numpy"],
+               goal=">= 10", detail=f"{images.numel() / 2**20:.0f} MiB in a worker: "
+               f"{t['torch'] * 1e3:.1f} vs {t['numpy'] * 1e3:.2f} ms")
+
+
+def _settings(tmp: str, name: str, **kw: Any) -> SearchSettings:
+    """Search settings that write only under ``tmp`` (search folder and MLflow store)."""
+    return SearchSettings(out=tmp, name=name, tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                          live=False, **kw)
+
+
+def sequential_seconds(result: Any) -> float:
+    """The search's trials trained again, one after another in this process (same configs,
+    one torch thread as a trial has, data loaded beforehand as the search does)."""
+    from extune.search.trials import trial_config
+    from extune.train import fit
+    from extune.train.data import load_data
+
+    base = Config.load(result.path / "base_config.yaml").to_dict()
+    data = load_data(trial_config(base, {}).data)
+    start = time.perf_counter()
+    for record in result.records:
+        with tempfile.TemporaryDirectory() as out:
+            fit(trial_config(base, record.params, cpus=1), out_dir=out, data=data)
+    return time.perf_counter() - start
+
+
+def overhead_rows(quick: bool) -> list[Row]:
+    """Row 5: N one-epoch trials through ``run_search`` (one at a time, no early stopping) vs
+    the same N trainings in one process; in full mode also ``extune search`` end to end."""
+    n = 2 if quick else 8
+    kw = {"space": "ce", "trials": n, "max_concurrent": 1, "scheduler": "none",
+          "overrides": OVERHEAD_BASE}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_search(_settings(tmp, "overhead", **kw))
+        sequential = sequential_seconds(result)
+        pids = {r.pid for r in result.records if r.pid is not None}
+        per_trial = (result.wall_s - sequential) / n
+        rows = [Row(f"search overhead: {n} trials, beyond training", per_trial,
+                    unit="s/trial", goal="<= 0.5",
+                    detail=f"run_search {result.wall_s:.1f} s vs {sequential:.1f} s of the same "
+                    f"trainings in one process (ratio {result.wall_s / sequential:.2f}x)"
+                    + (f"; {len(pids)} worker process(es)" if pids else ""))]
+        if not quick:
+            rows.append(command_row(tmp, n, sequential))
+    return rows
+
+
+def command_row(tmp: str, n: int, sequential: float) -> Row:
+    """``extune search`` as a user runs it (imports, Ray start-up, search, shutdown)."""
+    sets = [a for k, v in OVERHEAD_BASE.items() for a in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "extune.cli", "search", "--space", "ce", "--trials", str(n),
+           "--max-concurrent", "1", "--scheduler", "none", "--no-live", "--out", tmp,
+           "--name", "command", "--tracking-uri", f"sqlite:///{tmp}/mlflow-cmd.db", *sets]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    return Row(f"extune search end to end: {n} trials", wall, unit="s",
+               detail=f"{(wall - sequential) / n:.2f} s/trial beyond training, Ray's start "
+               "and imports included")
+
+
+class FirstReach(Callback):
+    """Tune callback (driver side): the first time any trial reports ``metric >= target``."""
+
+    def __init__(self, metric: str, target: float) -> None:
+        self.metric, self.target = metric, target
+        self.reached: float | None = None
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        value = result.get(self.metric)
+        if self.reached is None and isinstance(value, float) and value >= self.target:
+            self.reached = time.time()
+
+
+def _time_to_target(tmp: str, sampler: str, scheduler: str, seed: int, trials: int,
+                    epochs: int) -> tuple[float, bool, float]:
+    """(seconds to the target or the whole search when never reached, reached, best value)."""
+    reach = FirstReach("val/accuracy", TTQ_TARGET)
+    settings = _settings(tmp, f"ttq-{sampler}-{seed}", space="ce", trials=trials,
+                         sampler=sampler, scheduler=scheduler, seed=seed,
+                         overrides={**TTQ_BASE, "optim.epochs": epochs})
+    start = time.time()
+    result = run_search(settings, callbacks=[reach])
+    best = result.best.value(result.objectives[0]) if result.best else float("nan")
+    if reach.reached is None:
+        return time.time() - start, False, best
+    return reach.reached - start, True, best
+
+
+def time_to_quality_row(quick: bool) -> Row:
+    """Row 7: wall time until the best trial reaches :data:`TTQ_TARGET`, TPE + ASHA vs random
+    sampling without early stopping, same trial budget, over sampler seeds (median ratio)."""
+    seeds, trials, epochs = ((0,), 2, 1) if quick else ((0, 1, 2), 8, 4)
+    times: dict[str, list[tuple[float, bool, float]]] = {"tpe": [], "random": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:  # interleaved: seed by seed, both arms
+            times["tpe"].append(_time_to_target(tmp, "tpe", "asha", seed, trials, epochs))
+            times["random"].append(_time_to_target(tmp, "random", "none", seed, trials, epochs))
+    med = {k: statistics.median(t for t, _, _ in v) for k, v in times.items()}
+
+    def text(arm: str) -> str:
+        return " ".join(f"{t:.0f}{'' if ok else '+'}s/{b:.2f}" for t, ok, b in times[arm])
+
+    return Row(f"time to val acc {TTQ_TARGET}: random / tpe+asha", med["random"] / med["tpe"],
+               goal=">= 2", detail=f"{trials} trials x {epochs} epochs, seeds {list(seeds)}; "
+               f"time/best per seed: tpe+asha {text('tpe')}, random {text('random')} "
+               "(+: target not reached, whole search)")
