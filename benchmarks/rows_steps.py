@@ -11,7 +11,8 @@ from timing import Row, interleaved, skipped
 
 from extune.train.config import Config, DataConfig
 
-__all__ = ["views_row", "excon_rows", "edda_row", "gradcam_row", "data_rows", "cuda_rows"]
+__all__ = ["views_row", "excon_rows", "edda_row", "gradcam_row", "eval_row", "data_rows",
+           "cuda_rows"]
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -54,16 +55,12 @@ def views_row(quick: bool, device: torch.device) -> Row:
                f"{t['extune'] * 1e3:.1f} ms")
 
 
-def _step_ratio(name: str, cfgs: dict[str, Config], device: torch.device, quick: bool,
-                goal: str, full_reps: int, floor: str | None = None) -> tuple[Row, dict]:
-    """Interleave full optimiser steps of ``cfgs`` (the first is the baseline)."""
+def step_medians(cfgs: dict[str, Config], device: torch.device, *, reps: int,
+                 warmup: int) -> dict[str, float]:
+    """Median seconds of one full optimiser step (:func:`excon_step.make_step`: views,
+    method, backward, SGD) of each config, interleaved."""
     steps = {k: make_step(c, device, 10) for k, c in cfgs.items()}
-    t = interleaved(steps, device=device, **_reps(quick, full_reps))
-    base, other = list(cfgs)[:2]
-    detail = f"{t[other] * 1e3:.0f} vs {t[base] * 1e3:.0f} ms/step"
-    if floor is not None:
-        detail += f"; floor {t[floor] / t[base]:.2f}x ({floor})"
-    return Row(name, t[other] / t[base], goal=goal, detail=detail), t
+    return interleaved(steps, device=device, reps=reps, warmup=warmup)
 
 
 def excon_rows(quick: bool, device: torch.device) -> list[Row]:
@@ -72,8 +69,7 @@ def excon_rows(quick: bool, device: torch.device) -> list[Row]:
     cfgs = {"supcon": base.with_overrides({"method": "supcon"}),
             "excon": base.with_overrides({"method": "excon"}),
             "excon+neg": base.with_overrides({"method": "excon", "excon.negative_pair": True})}
-    steps = {k: make_step(c, device, 10) for k, c in cfgs.items()}
-    t = interleaved(steps, device=device, **_reps(quick, 6))
+    t = step_medians(cfgs, device, **_reps(quick, 6))
     b = base.optim.batch_size
     return [
         Row("step: excon / supcon (negative_pair=false)", t["excon"] / t["supcon"], goal="<= 1.3",
@@ -93,11 +89,12 @@ def edda_row(quick: bool, device: torch.device) -> Row:
     n = round(base.edda.ratio * b)
     cfgs = {"ce": base.with_overrides({"method": "ce"}),
             "edda": base.with_overrides({"method": "edda"}),
-            f"ce at batch {b + 2 * n}": base.with_overrides({"method": "ce",
-                                                              "optim.batch_size": b + 2 * n})}
-    row, _ = _step_ratio("step: edda / ce", cfgs, device, quick, "<= 2.0", 6,
-                         floor=f"ce at batch {b + 2 * n}")
-    return row
+            "floor": base.with_overrides({"method": "ce", "optim.batch_size": b + 2 * n})}
+    t = step_medians(cfgs, device, **_reps(quick, 6))
+    return Row("step: edda / ce", t["edda"] / t["ce"], goal="<= 2.0",
+               detail=f"{t['edda'] * 1e3:.0f} vs {t['ce'] * 1e3:.0f} ms/step; floor "
+               f"{t['floor'] / t['ce']:.2f}x (a ce step on the {b + 2 * n} images EDDA trains "
+               "on, before its explanation)")
 
 
 def gradcam_row(quick: bool, device: torch.device) -> Row:
@@ -128,6 +125,32 @@ def gradcam_row(quick: bool, device: torch.device) -> Row:
                f"{cfg.model.backbone} batch {b}")
 
 
+def eval_row(quick: bool) -> Row:
+    """A search trial's evaluation: the full suite after every epoch (before) vs the
+    objective every epoch and the full suite after the last (now); whole ``fit`` calls of a
+    4-epoch CE trial (tiny_cnn, 3000 synthetic images, one thread), data loaded once."""
+    from extune.train import fit
+    from extune.train.data import load_data
+
+    epochs, size = (2, 300) if quick else (4, 3000)
+    cfg = Config().with_overrides({"method": "ce", "model.backbone": "tiny_cnn",
+                                   "data.train_size": size, "optim.epochs": epochs,
+                                   "eval.explain_samples": 64, "runtime.progress": False,
+                                   "runtime.threads": 1})
+    data = load_data(cfg.data)
+
+    def trial(full_epochs: tuple[int, ...] | None) -> None:
+        with tempfile.TemporaryDirectory() as out:
+            fit(cfg, out_dir=out, data=data, objectives=("val/accuracy",),
+                full_epochs=full_epochs)
+
+    t = interleaved({"every": lambda: trial(None), "end": lambda: trial(())},
+                    **_reps(quick, 3))
+    return Row("eval: full suite every epoch / at the end", t["every"] / t["end"], goal=None,
+               detail=f"{epochs}-epoch trial {t['every']:.1f} vs {t['end']:.1f} s: "
+               f"{t['every'] - t['end']:.1f} s saved per trial")
+
+
 def data_rows(quick: bool) -> list[Row]:
     """Row 6: ``load_data`` decoding (empty cache) vs reading the on-disk cache."""
     from extune.train.data import load_data
@@ -143,7 +166,7 @@ def data_rows(quick: bool) -> list[Row]:
 
         t = interleaved({"decode": decode, "cached": lambda: load_data(cfg)},
                         **_reps(quick, 3))
-    return [Row("data start-up: decode / cached load", t["decode"] / t["cached"], goal=">= 5",
+    return [Row("data start-up: decode / cached load", t["decode"] / t["cached"],
                 detail=f"synthetic {size}+1000 images: {t['decode']:.2f} vs {t['cached']:.3f} s")]
 
 
@@ -162,7 +185,6 @@ def cuda_rows(quick: bool) -> list[Row]:
             "channels_last": step_config(quick, **{**plain, "runtime.channels_last": True}),
             "bf16": step_config(quick, **{**plain, "runtime.amp": True}),
             "compile": step_config(quick, **{**plain, "runtime.compile": True})}
-    steps = {k: make_step(c, device, 10) for k, c in cfgs.items()}
-    t = interleaved(steps, device=device, reps=3 if quick else 30, warmup=3)
+    t = step_medians(cfgs, device, reps=3 if quick else 30, warmup=3)
     return [Row(n, t[k] / t["plain"], detail=f"{t[k] * 1e3:.1f} vs {t['plain'] * 1e3:.1f} ms")
             for n, k in zip(names, ("channels_last", "bf16", "compile"), strict=True)]

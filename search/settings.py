@@ -22,6 +22,7 @@ __all__ = [
     "SCHEDULERS",
     "FULL_EVAL",
     "QUICK_BASE",
+    "QUICK_FIXED",
     "parse_objectives",
     "make_sampler",
     "absolute_data_paths",
@@ -52,15 +53,20 @@ FULL_EVAL = ("end", "milestones", "every")
 epoch whatever the choice."""
 
 QUICK_BASE: dict[str, Any] = {
-    "data.train_size": 3000,
-    "data.image_size": 32,
-    "model.backbone": "tiny_cnn",
-    "optim.epochs": 4,
+    "optim.epochs": 3,
     "eval.explain_samples": 64,
     "eval.grid_images": 8,
 }
-"""Base overrides of a search started without ``--config``: small enough that the default
-``extune search`` (8 ExCon trials on the synthetic set) ends in minutes on a 2-core CPU."""
+"""Base overrides of a search started without ``--config``: ``extune train``'s defaults
+(resnet_mini, 6000 synthetic images) for 3 epochs, so that the exported config is one worth
+training (the former tiny_cnn / 3000-image base left configs worse than ``extune train``'s
+default); see docs/performance.md for its wall time."""
+
+QUICK_FIXED: dict[str, Any] = {"explain.explainer": "gradcam"}
+"""Held fixed in a search started without ``--config`` (unless ``--fix`` says otherwise):
+Grad-CAM costs ExCon one gradient to one layer, where integrated gradients cost ``steps``
+forwards and backwards per batch and would make single trials of the quick search take
+longer than the rest together. Its layer is still searched."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,9 @@ class SearchSettings:
         fixed: searched parameters held at a value (dotted key -> value): the space still asks
             for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
             follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
+        start_at_base: the first trial is the base config itself (the space's parameters at
+            the base's values, :func:`extune.spaces.base_point`; skipped where the base lies
+            outside the space), so the search never exports a config worse than its base.
         run_tags: more tags of the search's MLflow parent run (a study nests its searches under
             its own run with ``mlflow.parentRunId``).
     """
@@ -167,6 +176,7 @@ class SearchSettings:
     live: bool = True
     full_eval: str = "end"
     fixed: dict[str, Any] = field(default_factory=dict)
+    start_at_base: bool = True
     run_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,6 +222,11 @@ class SearchSettings:
     @property
     def objectives(self) -> list[Objective]:
         return parse_objectives(self.objective)
+
+    @property
+    def resolved_fixed(self) -> dict[str, Any]:
+        """``fixed``, plus :data:`QUICK_FIXED` for a search without ``--config``."""
+        return {**QUICK_FIXED, **self.fixed} if self.config is None else dict(self.fixed)
 
     @property
     def resolved_scheduler(self) -> str:

@@ -153,7 +153,8 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "max_failures": s.max_failures, "address": s.address or "local",
         "full_eval": s.full_eval,
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
-        "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
+        "fixed": ",".join(f"{k}={v}" for k, v in s.resolved_fixed.items()) or "none",
+        "start_at_base": s.start_at_base,
     }
     if s.resolved_scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
@@ -244,15 +245,20 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
     import optuna
 
     from extune.search.optuna_search import PruneAwareOptunaSearch
+    from extune.spaces import base_point
+    from extune.train.config import Config
 
     objectives = settings.objectives
     multi = len(objectives) > 1
+    space = sdir.space()
+    first = base_point(space, Config.from_dict(base).with_overrides(settings.resolved_fixed)) \
+        if settings.start_at_base else None
     return PruneAwareOptunaSearch(
-        sdir.space(), base=base,
+        space, base=base, points_to_evaluate=[first] if first else None,
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
-                             settings.fixed),
+                             settings.resolved_fixed),
         storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]),
         study_name=sdir.name)
 
