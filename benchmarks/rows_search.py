@@ -28,10 +28,13 @@ OVERHEAD_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size"
                  "optim.epochs": 1, "eval.explain_samples": 64}
 """Row 5's trials: one-epoch CE trials on the former quick base (about 1 s of training each)."""
 
-TTQ_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
+TTQ_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 2000,
             "optim.epochs": 4, "eval.explain_samples": 32}
-TTQ_TARGET = 0.45
-"""Row 7: validation accuracy that the 4-epoch CE default run of :data:`TTQ_BASE` reaches."""
+TTQ_TARGET = 0.35
+"""Row 7: a validation accuracy that the 4-epoch CE default run of :data:`TTQ_BASE` reaches."""
+TTQ_BUDGET_S = 75.0
+"""Row 7: each search stops after this long; a search that has not reached the target by then
+counts this time (a lower bound on its time to the target)."""
 
 
 def ray_rows(quick: bool, *, time_to_quality: bool = True) -> list[Row]:
@@ -204,7 +207,8 @@ def _time_to_target(tmp: str, sampler: str, scheduler: str, seed: int, trials: i
     """(seconds to the target or the whole search when never reached, reached, best value)."""
     reach = FirstReach("val/accuracy", TTQ_TARGET)
     settings = _settings(tmp, f"ttq-{sampler}-{seed}", space="ce", trials=trials,
-                         sampler=sampler, scheduler=scheduler, seed=seed,
+                         sampler=sampler, scheduler=scheduler, seed=seed, start_at_base=False,
+                         time_budget_s=None if quick else TTQ_BUDGET_S,
                          overrides={**TTQ_BASE, "optim.epochs": epochs,
                                     **({"data.train_size": 300} if quick else {})})
     start = time.time()
