@@ -119,7 +119,7 @@ def gradcam_row(quick: bool, device: torch.device) -> Row:
         return minmax_normalize(LayerAttribution.interpolate(raw, (32, 32), "bilinear"))
 
     t = interleaved({"captum": reference, "extune": lambda: ours(model, x, target)},
-                    device=device, **_reps(quick, 15))
+                    device=device, **_reps(quick, 9))
     return Row("gradcam: extune / captum LayerGradCam", t["extune"] / t["captum"], goal="<= 1.0",
                detail=f"{t['extune'] * 1e3:.1f} vs {t['captum'] * 1e3:.1f} ms, "
                f"{cfg.model.backbone} batch {b}")

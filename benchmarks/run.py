@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -64,12 +65,12 @@ def print_row(row: Row) -> None:
 
 
 def environment(device: torch.device) -> dict[str, object]:
-    """What the figures were taken on."""
+    """What the figures were taken on (and the machine's load at the end of the run)."""
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__,
             "cpus": torch.get_num_threads(), "device": str(device),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "machine": platform.machine()}
+            "machine": platform.machine(), "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:
