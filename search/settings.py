@@ -63,7 +63,8 @@ training (the former tiny_cnn / 3000-image base left configs worse than ``extune
 default); see docs/performance.md for its wall time."""
 
 QUICK_FIXED: dict[str, Any] = {"explain.explainer": "gradcam"}
-"""Held fixed in a search started without ``--config`` (unless ``--fix`` says otherwise):
+"""Held fixed in a search of a built-in space started without ``--config`` (unless ``--fix``
+says otherwise):
 Grad-CAM costs ExCon one gradient to one layer, where integrated gradients cost ``steps``
 forwards and backwards per batch and would make single trials of the quick search take
 longer than the rest together. Its layer is still searched."""
@@ -225,8 +226,10 @@ class SearchSettings:
 
     @property
     def resolved_fixed(self) -> dict[str, Any]:
-        """``fixed``, plus :data:`QUICK_FIXED` for a search without ``--config``."""
-        return {**QUICK_FIXED, **self.fixed} if self.config is None else dict(self.fixed)
+        """``fixed``, plus :data:`QUICK_FIXED` for a built-in space on the quick base (no
+        ``--config``); a YAML space is searched as it is written."""
+        quick = self.config is None and not self.space.endswith((".yaml", ".yml"))
+        return {**QUICK_FIXED, **self.fixed} if quick else dict(self.fixed)
 
     @property
     def resolved_scheduler(self) -> str:

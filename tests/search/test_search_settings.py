@@ -118,3 +118,6 @@ def test_quick_search_holds_gradcam_unless_fixed_otherwise(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  epochs: 2\n")
     assert SearchSettings(config=str(path)).resolved_fixed == {}
+    space = tmp_path / "s.yaml"
+    space.write_text("optim.lr: {type: float, low: 0.01, high: 0.1}\n")
+    assert SearchSettings(space=str(space)).resolved_fixed == {}
