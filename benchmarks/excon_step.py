@@ -15,8 +15,8 @@ the keep rate, so its cost does not depend on it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
@@ -24,13 +24,20 @@ from extune.train.config import Config
 from extune.train.methods import config_model, create_method
 from extune.train.runtime import autocast
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved  # noqa: E402  (benchmarks/ is not a package)
+
 
 def make_step(cfg: Config, device: torch.device, num_classes: int):
-    """A closure running one full optimiser step of ``cfg.method``; returns its stats."""
+    """A closure running one full optimiser step of ``cfg.method`` on a fixed random batch
+    (uint8 ``[optim.batch_size, 3, S, S]``); returns its stats. Channels-last on CUDA and
+    ``torch.compile`` follow ``cfg.runtime`` as in training."""
     torch.manual_seed(0)
     model = config_model(cfg, num_classes).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.runtime.compile:
+        model.compile()
     model.train()
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     method = create_method(cfg, model, num_classes, mean, std)
@@ -48,17 +55,6 @@ def make_step(cfg: Config, device: torch.device, num_classes: int):
         return out.stats
 
     return step
-
-
-def time_step(step, device: torch.device) -> tuple[float, dict[str, torch.Tensor]]:
-    """Seconds taken by one step, and its stats."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    stats = step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, stats
 
 
 def main() -> None:
@@ -89,22 +85,18 @@ def main() -> None:
           f"backbone={args.backbone}, batch={args.batch}, {args.size}px, "
           f"explainer={args.explainer}, threads={torch.get_num_threads()}")
     steps = {name: make_step(cfg, device, args.classes) for name, cfg in variants.items()}
-    results: dict[str, list[float]] = {name: [] for name in steps}
     stats: dict[str, dict[str, torch.Tensor]] = {}
-    for _ in range(args.warmup):  # warm up everything first (allocator, kernels)
-        for step in steps.values():
-            time_step(step, device)
-    for _ in range(args.steps):  # interleave so that drift hits all variants alike
-        for name, step in steps.items():
-            seconds, stats[name] = time_step(step, device)
-            results[name].append(seconds)
-    base_ms = statistics.median(results["supcon"]) * 1e3
-    for name, times in results.items():
-        ms = statistics.median(times) * 1e3
+
+    def timed(name: str):
+        return lambda: stats.__setitem__(name, steps[name]())
+
+    medians = interleaved({name: timed(name) for name in steps}, reps=args.steps,
+                          warmup=args.warmup, device=device)
+    for name, seconds in medians.items():
         keep = stats[name].get("train/mask_keep_rate")
         extra = f"  keep rate {float(keep):.2f}" if keep is not None else ""
-        print(f"{name:30s} {ms:8.1f} ms/step  ratio {ms / base_ms:4.2f}x{extra}")
-
+        print(f"{name:30s} {seconds * 1e3:8.1f} ms/step  ratio "
+              f"{seconds / medians['supcon']:4.2f}x{extra}")
 
 if __name__ == "__main__":
     main()

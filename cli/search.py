@@ -79,6 +79,10 @@ def search(
     fix: Annotated[list[str] | None, typer.Option(
         help="Hold a searched setting at a value, e.g. --fix explain.explainer=gradcam "
              "(repeatable).")] = None,
+    full_eval: Annotated[str | None, typer.Option(
+        help="When a trial runs the full evaluation suite (its objectives run every epoch): "
+             "end, milestones (also at ASHA's) or every (as eval.every says). (default: end)")]
+    = None,
     live: Annotated[bool, typer.Option(help="Live table of trials on a terminal.")] = True,
     log_checkpoints: Annotated[bool, typer.Option(
         help="Also log each trial's final checkpoint to MLflow (large).")] = False,
@@ -109,7 +113,7 @@ def search(
 _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
                  "gpus_per_trial", "time_budget", "sampler", "seed", "scheduler", "objective",
                  "max_failures", "address", "storage", "tracking_uri", "experiment", "name",
-                 "resume", "out", "fix")
+                 "resume", "out", "fix", "full_eval")
 
 
 def _print_plan(settings: Any) -> None:

@@ -9,7 +9,7 @@ list with formulas, ranges and directions is in ``docs/metrics.md`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import torch
@@ -30,7 +30,8 @@ from extune.evaluate.explanations import (
 )
 from extune.evaluate.robustness import fgsm_accuracy
 
-__all__ = ["CLASSIFICATION_METRICS", "EvalSettings", "metric_names", "evaluate_split"]
+__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "metric_names", "metric_groups",
+           "evaluate_split"]
 
 CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
 """Keys computed at every evaluation (also with ``full=False``)."""
@@ -94,6 +95,23 @@ def group_prefix(prefix: str, group: str) -> str:
     return group if prefix == "val" else f"{prefix}/{group}"
 
 
+GROUPS = ("shift", "adv", "explain")
+"""Metric groups beyond the classification metrics; ``full`` computes all of them."""
+
+
+def metric_groups(prefix: str, metrics: Collection[str]) -> set[str]:
+    """The groups of :data:`GROUPS` that compute any of ``metrics`` for this ``prefix``.
+
+    >>> sorted(metric_groups("val", ["val/accuracy", "val/alignment", "shift/ece"]))
+    ['explain', 'shift']
+    """
+    shift, adv = group_prefix(prefix, "shift") + "/", group_prefix(prefix, "adv") + "/"
+    explain = {f"{prefix}/{m}" for m in (*EXPLANATION_METRICS, *LOCALISATION_METRICS)}
+    groups = {"shift" for m in metrics if m.startswith(shift)}
+    groups |= {"adv" for m in metrics if m.startswith(adv)}
+    return groups | {"explain" for m in metrics if m in explain}
+
+
 def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings, prefix: str,
                    seed: int) -> dict[str, Tensor]:
@@ -141,7 +159,7 @@ def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Expla
 def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings,
                    explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
-                   seed: int = 0) -> dict[str, float]:
+                   seed: int = 0, metrics: Collection[str] = ()) -> dict[str, float]:
     """Evaluate a classifier on one split; every metric as a plain float.
 
     Always: ``{prefix}/accuracy``, ``top5`` (top-min(5, C)), ``loss`` (cross-entropy) and
@@ -169,8 +187,12 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         explainer: ``(model, x, target) -> saliency [B,1,H,W]`` from
             ``extune.augment.create_explainer``; ``None`` skips the explanation metrics.
         prefix: Namespace of the keys (``val``, ``test``).
-        full: ``False`` computes only the four classification metrics (cheap epochs).
+        full: ``False`` computes only the four classification metrics (cheap epochs) and the
+            groups that ``metrics`` need.
         seed: Seed of the corruption noise, the explanation subset and tie-breaking.
+        metrics: Keys needed even when ``full`` is ``False`` (a search's objectives): their
+            whole group (:func:`metric_groups`) is computed, e.g. ``val/alignment`` brings
+            every explanation metric.
 
     Returns:
         ``{name: float}`` with the keys of :func:`metric_names` for these settings.
@@ -186,12 +208,14 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
             raise ValueError(f"model returns {logits.shape[1]} logits, num_classes={num_classes}")
         values = _classification_tensors(logits, labels, num_classes)
         out = {f"{prefix}/{k}": v for k, v in values.items()}
-        if full:
+        groups = set(GROUPS) if full else metric_groups(prefix, metrics)
+        if "shift" in groups:
             out.update(_shift_metrics(model, images.images, labels, num_classes=num_classes,
                                       cfg=cfg, prefix=prefix, seed=seed, **kw))
+        if "adv" in groups:
             out[f"{group_prefix(prefix, 'adv')}/fgsm_accuracy"] = torch.tensor(fgsm_accuracy(
                 model, images.images, labels, eps=cfg.fgsm_eps, batch_size=cfg.batch_size, **kw))
-            if explainer is not None and cfg.explain_samples > 0:
-                out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
-                                                prefix=prefix, seed=seed, **kw))
+        if "explain" in groups and explainer is not None and cfg.explain_samples > 0:
+            out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
+                                            prefix=prefix, seed=seed, **kw))
     return {k: float(v) for k, v in out.items()}

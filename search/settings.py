@@ -20,7 +20,9 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULERS",
+    "FULL_EVAL",
     "QUICK_BASE",
+    "QUICK_FIXED",
     "parse_objectives",
     "make_sampler",
     "absolute_data_paths",
@@ -46,17 +48,26 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
 SCHEDULERS = ("auto", "asha", "none")
+FULL_EVAL = ("end", "milestones", "every")
+"""When a trial runs the full evaluation suite (``--full-eval``); the objectives run every
+epoch whatever the choice."""
 
 QUICK_BASE: dict[str, Any] = {
-    "data.train_size": 3000,
-    "data.image_size": 32,
-    "model.backbone": "tiny_cnn",
-    "optim.epochs": 4,
+    "optim.epochs": 3,
     "eval.explain_samples": 64,
     "eval.grid_images": 8,
 }
-"""Base overrides of a search started without ``--config``: small enough that the default
-``extune search`` (8 ExCon trials on the synthetic set) ends in minutes on a 2-core CPU."""
+"""Base overrides of a search started without ``--config``: ``extune train``'s defaults
+(resnet_mini, 6000 synthetic images) for 3 epochs, so that the exported config is one worth
+training (the former tiny_cnn / 3000-image base left configs worse than ``extune train``'s
+default); see docs/performance.md for its wall time."""
+
+QUICK_FIXED: dict[str, Any] = {"explain.explainer": "gradcam"}
+"""Held fixed in a search of a built-in space started without ``--config`` (unless ``--fix``
+says otherwise):
+Grad-CAM costs ExCon one gradient to one layer, where integrated gradients cost ``steps``
+forwards and backwards per batch and would make single trials of the quick search take
+longer than the rest together. Its layer is still searched."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +139,18 @@ class SearchSettings:
         out: folder that holds the search folder (``<out>/<name>``).
         reduction_factor, grace_period: ASHA settings (``grace_period`` in epochs).
         live: show the live table (else one line per finished trial).
+        full_eval: when a trial runs the full evaluation suite (corruptions, FGSM,
+            explanation metrics); its objectives are evaluated after every epoch in any case.
+            ``end``: after its last epoch only; ``milestones``: also at the ASHA milestones
+            (grace period x reduction factor^k); ``every``: as its config's ``eval.every`` says.
         fixed: searched parameters held at a value (dotted key -> value): the space still asks
             for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
             follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
         log_checkpoints: log each trial's final checkpoint to its MLflow run (large: off by
             default; the checkpoints stay in the Ray storage either way).
+        start_at_base: the first trial is the base config itself (the space's parameters at
+            the base's values, :func:`extune.spaces.base_point`; skipped where the base lies
+            outside the space), so the search never exports a config worse than its base.
         run_tags: more tags of the search's MLflow parent run (a study nests its searches under
             its own run with ``mlflow.parentRunId``).
     """
@@ -159,8 +177,10 @@ class SearchSettings:
     reduction_factor: float = 2.0
     grace_period: int = 1
     live: bool = True
+    full_eval: str = "end"
     fixed: dict[str, Any] = field(default_factory=dict)
     log_checkpoints: bool = False
+    start_at_base: bool = True
     run_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +210,8 @@ class SearchSettings:
         require(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         require(self.reduction_factor > 1, "the ASHA reduction factor must be > 1")
         require(self.grace_period >= 1, "the ASHA grace period must be >= 1 epoch")
+        require(self.full_eval in FULL_EVAL, f"unknown --full-eval '{self.full_eval}'; use "
+               f"{', '.join(FULL_EVAL)}")
         from extune.train.validate import validate_config  # imports the registries (torch)
 
         bad = [k for k in self.fixed if k not in Config.keys()]
@@ -204,6 +226,13 @@ class SearchSettings:
     @property
     def objectives(self) -> list[Objective]:
         return parse_objectives(self.objective)
+
+    @property
+    def resolved_fixed(self) -> dict[str, Any]:
+        """``fixed``, plus :data:`QUICK_FIXED` for a built-in space on the quick base (no
+        ``--config``); a YAML space is searched as it is written."""
+        quick = self.config is None and not self.space.endswith((".yaml", ".yml"))
+        return {**QUICK_FIXED, **self.fixed} if quick else dict(self.fixed)
 
     @property
     def resolved_scheduler(self) -> str:
@@ -224,6 +253,19 @@ class SearchSettings:
                 f"{self.reduction_factor:g}){bias}")
 
     # ------------------------------------------------------------------ derived
+    def full_epochs(self, max_epochs: int) -> tuple[int, ...] | None:
+        """Epochs (1-based) after which a trial runs the full suite besides its last
+        (``fit(full_epochs=...)``); ``None``: its config's ``eval.every``."""
+        if self.full_eval == "every":
+            return None
+        if self.full_eval == "end" or self.resolved_scheduler != "asha":
+            return ()
+        rungs, t = [], float(min(self.grace_period, max_epochs))
+        while t < max_epochs:  # ASHA's milestones: grace * rf^k below max_t
+            rungs.append(round(t))
+            t *= self.reduction_factor
+        return tuple(rungs)
+
     def base_config(self) -> Config:
         """The config every trial starts from: file (or quick defaults), then overrides, with
         the data paths made absolute (see :func:`absolute_data_paths`)."""

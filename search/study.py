@@ -37,7 +37,6 @@ from rich.console import Console
 
 from extune.errors import ConfigError
 from extune.search.settings import (
-    QUICK_BASE,
     SearchSettings,
     check_name,
     parse_objectives,
@@ -49,12 +48,23 @@ from extune.train.config import Config
 from extune.train.methods import METHODS
 
 __all__ = ["StudySettings", "StudyDir", "StudyResult", "run_study", "chosen_trial",
-           "QUICK_STUDY", "DEFAULT_METHODS"]
+           "QUICK_STUDY", "STUDY_BASE", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = tuple(METHODS)
 """Every registered method, in registration order (``ce, supcon, excon, edda,
 random_occlusion``): the methods a study compares by default, in the report's order."""
 STUDY_META = "study.json"
+
+STUDY_BASE: dict[str, Any] = {
+    "data.train_size": 3000,
+    "data.image_size": 32,
+    "model.backbone": "tiny_cnn",
+    "optim.epochs": 4,
+    "eval.explain_samples": 64,
+    "eval.grid_images": 8,
+}
+"""Base overrides of a study started without ``--config`` (the searches' former quick base,
+kept for studies: five methods' searches must stay affordable, and docs/results.md used it)."""
 
 QUICK_STUDY: dict[str, Any] = {
     "data.train_size": 400,
@@ -88,7 +98,7 @@ class StudySettings:
             methods trained with different explainers are measured alike; ``None``: the base
             config's ``explain.explainer``.
         config, overrides: base config file and ``--set`` overrides; with neither, the quick
-            search base (:data:`~extune.search.settings.QUICK_BASE`).
+            study base (:data:`STUDY_BASE`).
         quick: the tiny preset (:data:`QUICK_STUDY`, 2 trials, 2 seeds, 2 final epochs) unless
             those are given.
         cpus_per_trial, gpus_per_trial, max_concurrent, address, storage, tracking_uri,
@@ -158,7 +168,7 @@ class StudySettings:
         if self.config is not None:
             base = Config.load(self.config)
         else:
-            base = Config().with_overrides(QUICK_STUDY if self.quick else QUICK_BASE)
+            base = Config().with_overrides(QUICK_STUDY if self.quick else STUDY_BASE)
         base = base.with_overrides(self.overrides)
         if self.epochs is not None:
             base = base.with_overrides({"optim.epochs": self.epochs})
@@ -190,7 +200,7 @@ class StudySettings:
             objective=[self.objective], address=self.address,
             storage=f"{self.storage.rstrip('/')}/searches" if self.storage else None,
             tracking_uri=self.tracking_uri, experiment=self.experiment, name=method, out=out,
-            live=self.live, fixed=dict(self.fixed), run_tags=tags)
+            live=self.live, fixed=dict(self.fixed), start_at_base=False, run_tags=tags)
 
     def resolved_name(self) -> str:
         return self.name or f"study-{time.strftime('%Y%m%d-%H%M%S')}"

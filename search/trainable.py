@@ -23,7 +23,7 @@ every node sees, so a retry placed on another node reads it too."""
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = None,
                 cpus: float = 1.0, objectives: tuple[str, ...] = (),
-                storage: str | None = None) -> None:
+                storage: str | None = None, full_epochs: tuple[int, ...] | None = None) -> None:
     """Run one trial inside Ray Tune.
 
     Args:
@@ -36,6 +36,9 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
             them fails with a message naming them (instead of Tune stopping the search).
         storage: the experiment's storage path or URI (where the failure marker goes);
             ``None``: the trial folder (tests without a shared path).
+        full_epochs: epochs after which the full evaluation suite runs besides the last
+            (``fit(full_epochs=...)``); the objectives are evaluated every epoch. ``None``:
+            the config's ``eval.every``.
 
     Raises:
         ExtuneError: bad parameters or a non-finite loss (the trial is marked failed; a retry
@@ -67,7 +70,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
 
     resume = _restore_checkpoint(trial_dir)
     try:
-        fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data)
+        fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data,
+            objectives=objectives, full_epochs=full_epochs)
     except ExtuneError as e:
         marker.write({"type": type(e).__name__, "message": str(e)})
         raise

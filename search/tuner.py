@@ -183,8 +183,10 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
         "time_budget_s": s.time_budget_s,
         "max_failures": s.max_failures, "address": s.address or "local",
+        "full_eval": s.full_eval,
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
-        "fixed": ",".join(f"{k}={v}" for k, v in s.fixed.items()) or "none",
+        "fixed": ",".join(f"{k}={v}" for k, v in s.resolved_fixed.items()) or "none",
+        "start_at_base": s.start_at_base,
     }
     if s.resolved_scheduler == "asha":
         params.update(asha_reduction_factor=s.reduction_factor, asha_grace_period=s.grace_period)
@@ -195,7 +197,8 @@ def _share_view(tracker: Any, sdir: SearchDir, parent: str) -> str:
     """The search's runs table as an MLflow shared view; returns its UI page."""
     from extune.search.tracking import runs_table_view
 
-    searched = sorted(set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.fixed))
+    held = set(sdir.settings.resolved_fixed)
+    searched = sorted(set(sdir.meta.get("searched_keys", [])) - held)
     view = runs_table_view(parent, tuple(sdir.objectives), searched)
     return tracker.share_view(f"extune-{sdir.search_id[:12]}", view)
 
@@ -203,9 +206,9 @@ def _share_view(tracker: Any, sdir: SearchDir, parent: str) -> str:
 def _constant_params(sdir: SearchDir) -> dict[str, Any]:
     """The base config's keys that no trial changes (``--fix`` values included): logged once,
     on the parent run; a trial run holds only what the space searched."""
-    searched = set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.fixed)
+    searched = set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.resolved_fixed)
     config = sdir.base_config().with_overrides(
-        {**sdir.meta.get("space_constants", {}), **sdir.settings.fixed}).flatten()
+        {**sdir.meta.get("space_constants", {}), **sdir.settings.resolved_fixed}).flatten()
     return {k: v for k, v in config.items() if k not in searched}
 
 
@@ -313,12 +316,14 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
 
     base = sdir.base_config()
     base_dict = base.to_dict()
-    # data: decoded once, shared through Ray's object store
+    epochs = max_epochs or base.optim.epochs
+    # data: decoded once (in run_search), shared through Ray's object store
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=base_dict, data=data,
                              cpus=settings.cpus_per_trial,
                              objectives=tuple(o.metric for o in settings.objectives),
-                             storage=sdir.experiment_path),
+                             storage=sdir.experiment_path,
+                             full_epochs=settings.full_epochs(epochs)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
         return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,
@@ -327,7 +332,7 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(sdir, settings, base_dict),
-            scheduler=_scheduler(settings, max_epochs or base.optim.epochs),
+            scheduler=_scheduler(settings, epochs),
             num_samples=settings.trials, max_concurrent_trials=plan.concurrency,
             time_budget_s=settings.time_budget_s, reuse_actors=True),
         run_config=_run_config(sdir, settings, tracker, base_dict, callbacks))
@@ -337,15 +342,20 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
     import optuna
 
     from extune.search.optuna_search import PruneAwareOptunaSearch
+    from extune.spaces import base_point
+    from extune.train.config import Config
 
     objectives = settings.objectives
     multi = len(objectives) > 1
+    space = sdir.space()
+    first = base_point(space, Config.from_dict(base).with_overrides(settings.resolved_fixed)) \
+        if settings.start_at_base else None
     return PruneAwareOptunaSearch(
-        sdir.space(), base=base,
+        space, base=base, points_to_evaluate=[first] if first else None,
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
-                             settings.fixed),
+                             settings.resolved_fixed),
         storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]),
         study_name=sdir.name)
 
@@ -377,8 +387,8 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
         name=name, storage_path=storage, verbose=0,
         callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
                                   journal_dir=_journal(sdir),
-                                  constant=(*settings.fixed, *sdir.meta.get("space_constants",
-                                                                             {})),
+                                  constant=(*settings.resolved_fixed,
+                                            *sdir.meta.get("space_constants", {})),
                                   log_checkpoint=settings.log_checkpoints),
                    console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),

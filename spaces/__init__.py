@@ -22,7 +22,7 @@ from extune.spaces.registry import (
     register_space,
     space_name,
 )
-from extune.spaces.validate import SpaceCheck, sample_params, validate_space
+from extune.spaces.validate import SpaceCheck, base_point, sample_params, validate_space
 from extune.spaces.yaml_space import Param, YamlSpace
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "list_spaces",
     "register_space",
     "sample_params",
+    "base_point",
     "space_name",
     "validate_space",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from extune.errors import ConfigError
 from extune.train.config import Config
 
-__all__ = ["SpaceCheck", "sample_params", "validate_space"]
+__all__ = ["SpaceCheck", "sample_params", "validate_space", "base_point"]
 
 
 @dataclass
@@ -104,3 +104,46 @@ def validate_space(space: Any, base: Config, *, samples: int = 64, seed: int = 0
     if declared is not None:
         check.max_epochs = max(declared, check.max_epochs)
     return check
+
+
+def base_point(space: Any, base: Config) -> dict[str, Any] | None:
+    """The space's own parameters at the base config's values: the point a search evaluates
+    first (Optuna's ``enqueue_trial``), so that it never leaves a config worse than its base.
+
+    The space runs on :class:`optuna.trial.FixedTrial` objects; every parameter it asks for
+    (conditional ones included, as the base's values lead to them) takes the value of the
+    Config key of the same name.
+
+    Returns:
+        ``{parameter: value}``, or ``None`` when the base lies outside the space (a value out
+        of a range or not among the choices, or a parameter that is not a Config key).
+    """
+    import warnings
+
+    import optuna
+
+    flat = base.flatten()
+    params: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FixedTrial warns about out-of-range values
+        while True:
+            trial = optuna.trial.FixedTrial(params)
+            try:
+                sample_params(space, trial)
+            except ValueError as e:
+                name = _missing_parameter(e)
+                if name is None or name not in flat or name in params:
+                    return None  # a value not among the choices, or not a Config key
+                params[name] = flat[name]
+                continue
+            inside = all(dist._contains(dist.to_internal_repr(params[name]))
+                         for name, dist in trial.distributions.items())
+            return params if inside else None
+
+
+def _missing_parameter(error: ValueError) -> str | None:
+    """The parameter an :class:`optuna.trial.FixedTrial` was not given, from its error."""
+    import re
+
+    found = re.match(r"The value of the parameter '(.+)' is not found", str(error))
+    return found.group(1) if found else None

@@ -6,7 +6,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,8 @@ class _State:
     batch_size: int
     out_dir: Path
     eval_explainer: Explainer
+    objectives: Sequence[str] = ()
+    full_epochs: Collection[int] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
     grid_each_epoch: bool = False
@@ -92,7 +94,8 @@ class _State:
 
 def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
         resume: str | Path | None = None, data: DataSplits | None = None,
-        test: bool = False) -> FitResult:
+        test: bool = False, objectives: Sequence[str] = (),
+        full_epochs: Collection[int] | None = None) -> FitResult:
     """Train ``config.method`` on ``config.data`` and evaluate after every epoch.
 
     Args:
@@ -108,6 +111,12 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
             objective must never see the test set); ``eval.test`` asks for it too. The
             ``test/...`` metrics join the last epoch's metrics before it is reported, so a
             final run inside Ray Tune reports them.
+        objectives: metric names evaluated after every epoch even when the full suite does
+            not run (a search's objectives; their whole group runs, see
+            :func:`extune.evaluate.suite.metric_groups`).
+        full_epochs: epochs (1-based) after which the full evaluation suite runs, besides the
+            last epoch; ``None``: every ``eval.every`` epochs. A search passes its scheduler's
+            milestones, or nothing (the full suite at the trial's end only).
 
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
@@ -118,6 +127,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         state.grid_each_epoch = report is not None  # a stopped trial still has its grid
+        state.objectives, state.full_epochs = tuple(objectives), full_epochs
         progress = EpochProgress(enabled=config.runtime.progress)
         test = (test or config.eval.test) and state.splits.test is not None
         for epoch in range(state.start_epoch, config.optim.epochs):
@@ -191,9 +201,11 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
     cfg = state.cfg
     train_metrics = _train_epoch(state, epoch, progress)
     last = epoch == cfg.optim.epochs - 1
-    full = last or (epoch + 1) % cfg.eval.every == 0
+    full = last or (epoch + 1 in state.full_epochs if state.full_epochs is not None
+                    else (epoch + 1) % cfg.eval.every == 0)
     metrics = {"epoch": float(epoch + 1), **train_metrics,
-               **_evaluate(state, state.splits.val, prefix="val", full=full)}
+               **_evaluate(state, state.splits.val, prefix="val", full=full,
+                           metrics=state.objectives)}
     if not full and state.history:  # carry the last full values so every report has every key
         metrics = {**state.history[-1], **metrics}
     if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid
@@ -237,11 +249,12 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
     return means
 
 
-def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool) -> dict[str, float]:
+def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool,
+              metrics: Sequence[str] = ()) -> dict[str, float]:
     return evaluate_split(
         state.model, split, mean=state.splits.mean, std=state.splits.std,
         num_classes=state.splits.num_classes, cfg=state.cfg.eval,
-        explainer=state.eval_explainer, prefix=prefix, full=full)
+        explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics)
 
 
 def _write_grid(state: _State, epoch: int, name: str) -> None:

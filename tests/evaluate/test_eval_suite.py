@@ -122,3 +122,16 @@ def test_works_when_called_under_no_grad() -> None:
     assert 0.0 <= out["adv/fgsm_accuracy"] <= 1.0 and "val/alignment" in out
     with pytest.raises(ValueError, match="num_classes"):
         evaluate_split(TinyNet(), _split(16), mean=MEAN, std=STD, num_classes=5, cfg=_cfg())
+
+
+def test_cheap_evaluation_computes_the_groups_of_asked_metrics() -> None:
+    from extune.evaluate.suite import metric_groups
+
+    assert metric_groups("val", ["val/accuracy"]) == set()
+    assert metric_groups("val", ["shift/ece", "adv/fgsm_accuracy", "val/pointing_game"]) == {
+        "shift", "adv", "explain"}
+    assert metric_groups("test", ["shift/ece", "test/shift/ece"]) == {"shift"}
+    net = TinyNet()
+    out = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=_cfg(),
+                         explainer=_grad_explainer, full=False, metrics=["adv/fgsm_accuracy"])
+    assert list(out) == ["val/accuracy", "val/top5", "val/loss", "val/ece", "adv/fgsm_accuracy"]

@@ -74,9 +74,16 @@ def check_states_match_epochs(result):
 
 
 def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
-    result = run_search(make_settings(workdir, "single", sampler="random"))
+    settings = make_settings(workdir, "single", sampler="random",
+                             set={"optim.batch_size": 64})  # the base lies inside the space
+    result = run_search(settings)
     assert not result.interrupted and len(result.records) == 4
     check_states_match_epochs(result)
+    from extune.spaces import base_point, get_space
+
+    first = base_point(get_space("excon"), settings.base_config().with_overrides(
+        settings.resolved_fixed))
+    assert first and min(result.records, key=lambda r: r.number).params.items() >= first.items()
     assert result.best is not None and result.best.state == "complete"
 
     client, parents, children = runs_of(result)
@@ -150,12 +157,15 @@ def test_failing_trials_do_not_stop_the_search_and_stopped_ones_are_pruned(
         ray_local, workdir):
     # The objective is the reported learning rate: ASHA's decisions are then deterministic
     # (a lower lr than the median at epoch 1 is stopped); a trial drawing 'no_such_layer'
-    # raises in fit (unknown layer) and must end FAILED while the others go on.
+    # raises in fit (unknown layer, in the explanation metrics: full evaluations every epoch
+    # here) and must end FAILED while the others go on. Every trial is drawn (no first trial
+    # at the base config): the seed decides which one fails.
     path = workdir / "failing.yaml"
     path.write_text(FAILING_SPACE)
     result = run_search(make_settings(workdir, "failing", space=str(path), sampler="random",
                                       seed=0, trials=5, max_concurrent=1,
-                                      objective="train/lr:max", max_failures=1))
+                                      objective="train/lr:max", max_failures=1,
+                                      start_at_base=False, full_eval="every"))
     assert len(result.records) == 5 and not result.interrupted
     states = [r.state for r in result.records]
     assert "failed" in states and "pruned" in states and "complete" in states, states

@@ -37,6 +37,7 @@ def test_objectives_by_name_and_by_metric():
     ({"time_budget_s": 0}, "--time-budget must be > 0"),
     ({"sampler": "cmaes", "objective": "accuracy,alignment"}, "cmaes sampler optimises one"),
     ({"name": "a b"}, "--name 'a b' may only use"),
+    ({"full_eval": "sometimes"}, "unknown --full-eval 'sometimes'"),
 ])
 def test_bad_settings_fail_in_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -51,7 +52,8 @@ def test_samplers_are_seeded(name):
 
 def test_quick_base_and_overrides(tmp_path):
     base = SearchSettings(overrides={"optim.epochs": 2}).base_config()
-    assert base.optim.epochs == 2 and base.data.train_size == QUICK_BASE["data.train_size"]
+    assert base.optim.epochs == 2 and QUICK_BASE["optim.epochs"] == 3
+    assert base.model.backbone == "resnet_mini" and base.data.train_size == 6000  # as train
     assert base.runtime.progress is False
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  epochs: 7\n")
@@ -98,3 +100,24 @@ def test_fixed_parameters_are_checked_and_answered_by_the_sampler():
         params = get_space("excon")(trial)
         assert params["explain.explainer"] == "gradcam" and "explain.layer" in params
         study.tell(trial, 0.5)
+
+
+def test_full_suite_epochs_of_a_trial():
+    assert SearchSettings().full_epochs(8) == ()  # objectives every epoch, full at the end
+    assert SearchSettings(full_eval="every").full_epochs(8) is None  # the config's eval.every
+    assert SearchSettings(full_eval="milestones").full_epochs(8) == (1, 2, 4)  # ASHA's rungs
+    assert SearchSettings(full_eval="milestones", grace_period=2,
+                          reduction_factor=3).full_epochs(20) == (2, 6, 18)
+    assert SearchSettings(full_eval="milestones", scheduler="none").full_epochs(8) == ()
+
+
+def test_quick_search_holds_gradcam_unless_fixed_otherwise(tmp_path):
+    assert SearchSettings().resolved_fixed == {"explain.explainer": "gradcam"}
+    assert SearchSettings(fixed={"explain.explainer": "saliency"}).resolved_fixed == {
+        "explain.explainer": "saliency"}
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  epochs: 2\n")
+    assert SearchSettings(config=str(path)).resolved_fixed == {}
+    space = tmp_path / "s.yaml"
+    space.write_text("optim.lr: {type: float, low: 0.01, high: 0.1}\n")
+    assert SearchSettings(space=str(space)).resolved_fixed == {}

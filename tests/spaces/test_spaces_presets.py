@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import FixedTrial
 
 from extune.errors import RegistryError
-from extune.spaces import get_space, list_spaces, space_name, validate_space
+from extune.spaces import base_point, get_space, list_spaces, space_name, validate_space
 from extune.train.config import Config
 
 OPTIM = {"optim.lr": 0.1, "optim.weight_decay": 1e-4, "optim.batch_size": 128}
@@ -87,3 +87,18 @@ def test_random_occlusion_searches_what_edda_does_but_the_explainer():
 def test_unknown_space_lists_the_registered_ones():
     with pytest.raises(RegistryError, match="unknown space 'excn'; did you mean 'excon'"):
         get_space("excn")
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_base_point_is_the_base_config_inside_every_preset(name):
+    base = Config().with_overrides({"explain.explainer": "gradcam"})
+    point = base_point(get_space(name), base)
+    flat = base.flatten()
+    assert point and all(flat[k] == v for k, v in point.items())
+    FixedTrial(point)  # a complete answer to the space: nothing else is asked
+    get_space(name)(FixedTrial(point))
+
+
+def test_base_point_outside_the_space_is_none():
+    assert base_point(get_space("ce"), Config().with_overrides({"optim.lr": 5.0})) is None
+    assert base_point(get_space("ce"), Config().with_overrides({"optim.batch_size": 32})) is None

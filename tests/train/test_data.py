@@ -425,3 +425,19 @@ def test_imagefolder_real_cifar10_subset_and_cache(tmp_path, monkeypatch):
         second = load_data(cfg)
     assert torch.equal(second.train.images, first.train.images)
     assert torch.equal(second.test.labels, first.test.labels)
+
+
+def test_image_sets_pickle_as_numpy_and_share_memory_when_unpickled():
+    """Ray's object store hands numpy buffers out without a copy (pickle protocol 5)."""
+    from extune.train.data import ImageSet
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    masks = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(ImageSet(images, torch.arange(4), masks), protocol=5,
+                        buffer_callback=buffers.append)
+    assert len(data) < images.numel()  # the pixels went out of band
+    back = pickle.loads(data, buffers=buffers)
+    assert torch.equal(back.images, images) and torch.equal(back.masks, masks)
+    pixels = np.frombuffer(buffers[0], dtype=np.uint8)
+    assert back.images.data_ptr() == pixels.__array_interface__["data"][0]  # no copy

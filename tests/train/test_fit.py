@@ -85,3 +85,15 @@ def test_test_split_only_when_asked(tiny_config, tmp_path):
     assert not any(k.startswith("test/") for k in fit(cfg, out_dir=tmp_path / "a").metrics)
     final = fit(cfg, out_dir=tmp_path / "b", test=True).metrics
     assert "test/accuracy" in final and "test/pointing_game" in final
+
+
+def test_objectives_every_epoch_full_suite_where_asked(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "ce", "optim.epochs": 3})
+    reports = []
+    fit(cfg, out_dir=tmp_path / "a", report=lambda m, d: reports.append(m),
+        objectives=("val/alignment",), full_epochs=(2,))
+    first, second, last = reports
+    assert "val/alignment" in first and "val/deletion_auc" in first  # the objective's group
+    assert "shift/ece" not in first and "adv/fgsm_accuracy" not in first
+    assert "shift/ece" in second and "adv/fgsm_accuracy" in second  # a requested milestone
+    assert "shift/ece" in last and "val/pointing_game" in last  # always after the last epoch

@@ -9,6 +9,7 @@ built-in loaders (the other modules of this package) import this module, never
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,32 @@ class ImageSet:
         return ImageSet(self.images.to(device, non_blocking=non_blocking),
                         self.labels.to(device, non_blocking=non_blocking), masks)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle CPU tensors as numpy arrays, which Ray's object store hands to every trial
+        without a copy (pickle protocol 5 buffers); it copies torch tensors on every fetch.
+
+        The tensors of an unpickled set share that memory: read them, never write in place
+        (training and evaluation index or convert, which copies).
+        """
+        if self.images.device.type != "cpu":
+            return ImageSet, (self.images, self.labels, self.masks)
+        masks = None if self.masks is None else self.masks.numpy()
+        return _image_set_from_arrays, (self.images.numpy(), self.labels.numpy(), masks)
+
     def subset(self, index: Tensor) -> ImageSet:
         """The samples selected by ``index`` (int64 ``[K]`` positions or bool ``[N]``)."""
         index = index.to(self.images.device)
         masks = None if self.masks is None else self.masks[index]
         return ImageSet(self.images[index], self.labels[index], masks)
+
+
+def _image_set_from_arrays(images: Any, labels: Any, masks: Any) -> ImageSet:
+    """An :class:`ImageSet` on numpy arrays (``uint8 [N,3,H,W]``, ``int64 [N]``, ``bool
+    [N,1,H,W]`` or ``None``) without copying them, read-only ones (Ray's) included."""
+    with warnings.catch_warnings():  # read-only arrays: the tensors are only read
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return ImageSet(torch.from_numpy(images), torch.from_numpy(labels),
+                        None if masks is None else torch.from_numpy(masks))
 
 
 @dataclass
