@@ -314,9 +314,10 @@ class MlflowCallback(Callback):
         self.log_checkpoint = log_checkpoint
         self.journal_dir = str(journal_dir) if journal_dir is not None else None
         self._started: set[str] = set()
+        self._ended: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks; a new process starts
-        return {**self.__dict__, "_started": set()}  # its runs again (found by tag)
+        return {**self.__dict__, "_started": set(), "_ended": set()}  # its runs again (by tag)
 
     @property
     def writer(self) -> Any:
@@ -354,6 +355,7 @@ class MlflowCallback(Callback):
 
     @_never_fail
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.discard(trial.trial_id)
         self._start(trial)
 
     @_never_fail
@@ -397,6 +399,7 @@ class MlflowCallback(Callback):
         for path, folder in self._checkpoint_files(trial):
             self._submit("artifact", trial, path=str(path), dir=folder, spooled=True)
         self._submit("end", trial, status=status, name=f"{self._label(trial)} · {suffix}")
+        self._ended.add(trial.trial_id)
 
     @_never_fail
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -408,7 +411,7 @@ class MlflowCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Runs of trials that did not end (interrupted search, time budget) become KILLED."""
         for trial in trials:
-            if trial.trial_id in self._started and trial.status not in ("TERMINATED", "ERROR"):
+            if trial.trial_id in self._started and trial.trial_id not in self._ended:
                 self._submit("tags", trial, tags={STATE_TAG: "interrupted"})
                 self._submit("end", trial, status="KILLED")
 
