@@ -92,8 +92,8 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in searches)
     trials = by_role["trial"]
     finals = [r for r in trials if r.data.tags.get("extune.stage") == "final"]
-    assert sorted(r.info.run_name for r in finals) == ["ce-seed1", "ce-seed2", "edda-seed1",
-                                                      "edda-seed2"]
+    assert sorted(r.info.run_name.split(" · ")[0] for r in finals) == [
+        "ce-seed1", "ce-seed2", "edda-seed1", "edda-seed2"]
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in finals)
     assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics
                for r in finals)
