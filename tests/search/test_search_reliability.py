@@ -156,34 +156,3 @@ def test_two_searches_at_once_on_one_store_and_one_out(tmp_path):
     for name in ("left", "right"):
         check_every_epoch_once(uri, tmp_path / "runs" / name, trials=3, epochs=2)
 
-
-@pytest.mark.skipif(not os.environ.get("EXTUNE_LONG_OUTAGE"),
-                    reason="takes ~8 minutes: set EXTUNE_LONG_OUTAGE=180 (seconds) to run it")
-def test_long_outage_in_the_middle_of_a_search_is_caught_up(tmp_path):
-    """The server down for EXTUNE_LONG_OUTAGE seconds while trials keep training, then back
-    before the search ends: the writer catches up by itself, every epoch once, no sync."""
-    outage = float(os.environ["EXTUNE_LONG_OUTAGE"])
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = mlflow_server(tmp_path, port)
-    search = None
-    try:
-        wait_for(lambda: http_ok(f"{uri}/health"), "the MLflow server", timeout=120)
-        search = start(search_args(tmp_path, "long", "--tracking-uri", uri, epochs=12,
-                                   trials=6), tmp_path / "search.log", cwd=tmp_path)
-        runs = tmp_path / "runs" / "long"
-        wait_for(lambda: any(p.stat().st_size for p in runs.glob("trials/*/result.json")),
-                 "the first epoch", timeout=240)
-        stop(server)
-        time.sleep(outage)
-        assert search.poll() is None, "the search ended during the outage: make it longer"
-        server = mlflow_server(tmp_path, port)
-        assert search.wait(timeout=3600) == 0
-        log = (tmp_path / "search.log").read_text()
-        assert log.count("MLflow tracking is behind") == 1 and "caught up" in log, log[-3000:]
-        assert not (runs / "tracking" / "journal.jsonl").exists()
-        check_every_epoch_once(uri, runs, trials=6, epochs=12)
-    finally:
-        for proc in (search, server):
-            if proc is not None:
-                stop(proc)
