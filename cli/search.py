@@ -5,7 +5,6 @@ Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --he
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from extune.cli._common import (
     settings_kwargs,
 )
 from extune.errors import ConfigError
-from extune.search.services import DEFAULT_TRACKING_URI
+from extune.search.services import DEFAULT_TRACKING_URI, stop_process_group
 
 __all__ = ["search", "export", "sync", "ui"]
 
@@ -287,21 +286,9 @@ def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
     try:
         return process.wait()
     except KeyboardInterrupt:
-        return _stop_group(process, grace_s)
+        return stop_process_group(process, grace_s)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if process.poll() is None:
-            _stop_group(process, grace_s)
+            stop_process_group(process, grace_s)
 
-
-def _stop_group(process: subprocess.Popen, grace_s: float) -> int:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            continue
-    return process.wait()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sqlite3
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +16,8 @@ from urllib.parse import urlparse
 from extune.errors import ExtuneError
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
-           "quiet_ray_env", "DEFAULT_TRACKING_URI", "resolve_tracking_uri", "existing_store"]
+           "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
+           "resolve_tracking_uri", "existing_store"]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +202,23 @@ def existing_store(uri: str | None) -> str:
         return resolved
     check_tracking_uri(resolved, write=False)
     return resolved
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> int:
+    """Stop a process started with ``start_new_session=True`` and everything it started (its
+    process group: ``mlflow ui``'s uvicorn workers, a driver's Ray processes): SIGTERM, then
+    SIGKILL if it has not exited after ``grace_s`` seconds.
+
+    Returns:
+        Its exit status (negative: killed by that signal).
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()

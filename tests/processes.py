@@ -4,14 +4,14 @@ each process runs in its own session and is stopped by process group, never by `
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from extune.search.services import stop_process_group
 
 BIN = Path(sys.executable).parent
 
@@ -29,19 +29,37 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None,
                             cwd=cwd, start_new_session=True)
 
 
+def port_answers(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``process`` serves ``port``; fail if it exits or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode}")
+        if port_answers(port):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"nothing answered on port {port} in {timeout:.0f} s")
+
+
+def port_closes(port: int, timeout: float) -> bool:
+    """Whether ``port`` stops answering within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not port_answers(port):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a process and everything it started (its process group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
+    stop_process_group(proc, grace_s=20)
 
 def wait_for(check, what: str, timeout: float = 90.0) -> None:
     deadline = time.time() + timeout

@@ -14,14 +14,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from processes import free_port
+from processes import free_port, port_closes, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,28 +34,6 @@ excon.mask_threshold: {type: float, low: 0.2, high: 0.8}
 TINY = ["data.image_size=16", "data.train_size=240", "data.num_classes=4", "optim.epochs=3",
         "model.backbone=tiny_cnn", "eval.explain_samples=16", "eval.grid_images=4",
         "eval.corruptions=[contrast]", "optim.batch_size=32"]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"extune ui exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"the MLflow UI did not answer on port {port} in {timeout:.0f} s")
-
-
-def _port_closed(port: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return True
-        time.sleep(0.5)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +76,7 @@ def ui(searched):
         [sys.executable, "-m", "extune.cli", "ui", "--port", str(port)], cwd=searched,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_port(port, process, timeout=120)
+        wait_for_port(port, process, timeout=120)
         yield process, port
     finally:
         if process.poll() is None:
@@ -190,6 +167,6 @@ def test_mlflow_ui_shows_trials_states_charts_grid_and_plots(browser, searched, 
     # 4. SIGTERM stops extune ui and the MLflow server it started
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) is not None
-    assert _port_closed(port, timeout=20), "MLflow's server outlived extune ui"
+    assert port_closes(port, timeout=20), "MLflow's server outlived extune ui"
     printed = process.stdout.read()
     assert f"search demo: {address}/#/experiments/" in printed, printed
