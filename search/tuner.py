@@ -197,16 +197,19 @@ def _share_view(tracker: Any, sdir: SearchDir, parent: str) -> str:
     """The search's runs table as an MLflow shared view; returns its UI page."""
     from extune.search.tracking import runs_table_view
 
-    held = set(sdir.settings.resolved_fixed)
-    searched = sorted(set(sdir.meta.get("searched_keys", [])) - held)
-    view = runs_table_view(parent, tuple(sdir.objectives), searched)
+    view = runs_table_view(parent, tuple(sdir.objectives), sorted(_searched_keys(sdir)))
     return tracker.share_view(f"extune-{sdir.search_id[:12]}", view)
+
+
+def _searched_keys(sdir: SearchDir) -> set[str]:
+    """The keys the space varies, less those ``--fix`` (or the quick base) holds."""
+    return set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.resolved_fixed)
 
 
 def _constant_params(sdir: SearchDir) -> dict[str, Any]:
     """The base config's keys that no trial changes (``--fix`` values included): logged once,
     on the parent run; a trial run holds only what the space searched."""
-    searched = set(sdir.meta.get("searched_keys", [])) - set(sdir.settings.resolved_fixed)
+    searched = _searched_keys(sdir)
     config = sdir.base_config().with_overrides(
         {**sdir.meta.get("space_constants", {}), **sdir.settings.resolved_fixed}).flatten()
     return {k: v for k, v in config.items() if k not in searched}
