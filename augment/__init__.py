@@ -4,7 +4,7 @@ Everything takes and returns tensors on the caller's device; nothing here import
 or mlflow.
 
 - views: :class:`SupConViews`, :func:`standard_view`, :func:`to_unit`, :func:`normalize`,
-  :func:`denormalize`;
+  :func:`denormalize`, :func:`shift_hue`;
 - explainers: :func:`create_explainer`, :func:`list_explainers`, :func:`register_explainer`,
   :class:`Explainer`, :func:`grad_cam`;
 - ExCon masks: :func:`mask_salient`, :func:`keep_mask`;
@@ -37,7 +37,14 @@ from extune.augment.occlusion import (
     soft_targets,
     top_fraction_mask,
 )
-from extune.augment.views import SupConViews, denormalize, normalize, standard_view, to_unit
+from extune.augment.views import (
+    SupConViews,
+    denormalize,
+    normalize,
+    shift_hue,
+    standard_view,
+    to_unit,
+)
 
 __all__ = [
     # views
@@ -46,6 +53,7 @@ __all__ = [
     "to_unit",
     "normalize",
     "denormalize",
+    "shift_hue",
     # explainers
     "Explainer",
     "register_explainer",

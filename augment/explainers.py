@@ -287,23 +287,41 @@ class Explainer(ABC):
 def _grad_cam_raw(model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """Grad-CAM before ReLU: ``sum_k w_k A_k`` with ``w_k`` the spatial mean of ``dy_t / dA_k``.
 
-    One forward; the gradient goes to the layer's activation only (``torch.autograd.grad``),
-    so no parameter gradient is computed.
+    One forward, recorded for autograd only after ``layer``: everything up to it runs without
+    a graph, and the layer's output continues as a fresh leaf ``A`` (a clone of it, so that
+    in-place operations after the layer are allowed). The gradient goes to ``A`` only
+    (``torch.autograd.grad``), so no parameter gradient is computed. The forward of the
+    stages before the layer costs what an inference forward does (about a tenth less than a
+    recorded one on a ResNet-18 on CPU).
 
     Returns:
         ``[B, 1, h, w]`` at the layer's resolution.
     """
     captured: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+
+    def continue_with_leaf(_m: nn.Module, _i: object, out: object) -> object:
+        if not isinstance(out, Tensor):
+            return None
+        torch.set_grad_enabled(True)  # record the rest (the no_grad block restores the mode)
+        leaf = out.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(continue_with_leaf)
     try:
-        logits = model(x)
+        with torch.no_grad():
+            logits = model(x)
+            torch.set_grad_enabled(True)  # a model may leave the mode as it found it
+            score = logits.gather(1, target.view(-1, 1)).sum()
     finally:
         handle.remove()
-    if not captured or not isinstance(captured[-1], Tensor) or captured[-1].dim() != 4:
+    if not captured or captured[-1].dim() != 4:
         raise ValueError(f"Grad-CAM layer {type(layer).__name__} must output [B, K, h, w] during "
                          "the forward")
     activation = captured[-1]
-    score = logits.gather(1, target.view(-1, 1)).sum()
+    if not score.requires_grad:
+        raise ValueError(f"the logits do not depend on the output of Grad-CAM layer "
+                         f"{type(layer).__name__}")
     (grads,) = torch.autograd.grad(score, activation)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     return (weights * activation).sum(dim=1, keepdim=True)

@@ -86,3 +86,33 @@ def test_supcon_views_under_autocast() -> None:
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = SupConViews(16, MEAN, STD)(_images())
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_shift_hue_matches_kornia() -> None:
+    import math
+
+    import kornia
+
+    from extune.augment import shift_hue
+
+    x = _images(8).float() / 255
+    x[0] = 0.5  # grey: no hue
+    x[1, 0] = x[1, 1]  # red and green tie for the largest
+    x[2, :, :, :4] = 1.0  # saturated white
+    turns = torch.tensor([0.1, -0.1, 0.05, -0.5, 0.5, 0.25, 1.7, -2.2])
+    expected = kornia.enhance.adjust_hue(x, 2 * math.pi * turns)
+    assert torch.allclose(shift_hue(x, turns), expected, atol=1e-5, rtol=0)
+    assert torch.allclose(shift_hue(x, torch.zeros(8)), x, atol=1e-5, rtol=0)
+
+
+def test_supcon_views_colour_jitter_matches_kornia() -> None:
+    """SupConViews' jitter (with the fast hue step) draws and applies what kornia's does."""
+    import kornia.augmentation as K
+
+    from extune.augment.views import _ColorJitter
+
+    x = _images(16).float() / 255
+    torch.manual_seed(3)
+    expected = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)(x)
+    torch.manual_seed(3)
+    assert torch.allclose(_ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)(x), expected, atol=1e-5)
