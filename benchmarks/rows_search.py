@@ -16,25 +16,32 @@ from itertools import pairwise
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 from timing import Row
 
 from extune.search import SearchSettings, run_search
 from extune.search.services import connect_ray, quiet_ray_env
 from extune.train.config import Config
 
-__all__ = ["ray_rows", "FirstReach", "TrialTimes"]
+__all__ = ["ray_rows", "TargetReached", "TrialTimes"]
 
 OVERHEAD_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
                  "optim.epochs": 1, "eval.explain_samples": 64}
 """Row 5's trials: one-epoch CE trials on the former quick base (about 1 s of training each)."""
 
-TTQ_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 2000,
-            "optim.epochs": 4, "eval.explain_samples": 32}
-TTQ_TARGET = 0.35
-"""Row 7: a validation accuracy that the 4-epoch CE default run of :data:`TTQ_BASE` reaches."""
-TTQ_BUDGET_S = 75.0
-"""Row 7: each search stops after this long; a search that has not reached the target by then
-counts this time (a lower bound on its time to the target)."""
+TTQ_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
+            "data.val_fraction": 0.25, "optim.epochs": 4, "eval.explain_samples": 32}
+"""Row 7's trials: 4-epoch CE on 2250 training images, validated on 750 (a 200-image
+validation set, as 10% of 2000 gave, has a standard error of 3.4 points: wider than the gap
+between a good config and the best one, so the "time to target" measured noise)."""
+TTQ_TARGET = 0.45
+"""Row 7: a validation accuracy that good 4-epoch CE configs of :data:`TTQ_BASE` reach (the
+best of 24 random configs: 0.45-0.46, the median one 0.42; default CE config: see the docs)."""
+TTQ_TRIALS = 24
+TTQ_BUDGET_S = 90.0
+"""Row 7: a search that has not reached the target after this long stops and counts this time
+(a lower bound on its time to the target, printed with ``+``)."""
+TTQ_QUICK = {"data.train_size": 300, "optim.epochs": 1}
 
 
 def ray_rows(quick: bool, *, time_to_quality: bool = True) -> list[Row]:
@@ -188,52 +195,62 @@ def command_row(tmp: str, n: int, sequential: float) -> Row:
                "and imports included")
 
 
-class FirstReach(Callback):
-    """Tune callback (driver side): the first time any trial reports ``metric >= target``."""
+class TargetReached(Stopper):
+    """Tune stopper (driver side): notes the first time any trial reports ``metric >= target``
+    and then ends the whole search (``stop_all``), so that a search costs only its time to
+    the target."""
 
     def __init__(self, metric: str, target: float) -> None:
         self.metric, self.target = metric, target
         self.reached: float | None = None
+        self.best = float("nan")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def __call__(self, trial_id: str, result: dict) -> bool:
         value = result.get(self.metric)
-        if self.reached is None and isinstance(value, float) and value >= self.target:
-            self.reached = time.time()
+        if isinstance(value, float):
+            self.best = value if not self.best >= value else self.best
+            if self.reached is None and value >= self.target:
+                self.reached = time.time()
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reached is not None
 
 
 def _time_to_target(tmp: str, sampler: str, scheduler: str, seed: int, trials: int,
-                    epochs: int, quick: bool) -> tuple[float, bool, float]:
-    """(seconds to the target or the whole search when never reached, reached, best value)."""
-    reach = FirstReach("val/accuracy", TTQ_TARGET)
+                    quick: bool) -> tuple[float, bool, float]:
+    """(seconds to the target or the whole search when never reached, reached, best value
+    reported by then)."""
+    reach = TargetReached("val/accuracy", TTQ_TARGET)
     settings = _settings(tmp, f"ttq-{sampler}-{seed}", space="ce", trials=trials,
                          sampler=sampler, scheduler=scheduler, seed=seed, start_at_base=False,
                          time_budget_s=None if quick else TTQ_BUDGET_S,
-                         overrides={**TTQ_BASE, "optim.epochs": epochs,
-                                    **({"data.train_size": 300} if quick else {})})
+                         overrides={**TTQ_BASE, **(TTQ_QUICK if quick else {})})
     start = time.time()
-    result = run_search(settings, callbacks=[reach])
-    best = result.best.value(result.objectives[0]) if result.best else float("nan")
+    run_search(settings, stop=reach)
     if reach.reached is None:
-        return time.time() - start, False, best
-    return reach.reached - start, True, best
+        return time.time() - start, False, reach.best
+    return reach.reached - start, True, reach.best
 
 
 def time_to_quality_row(quick: bool, tmp: str) -> Row:
-    """Row 7: wall time until the best trial reaches :data:`TTQ_TARGET`, TPE + ASHA vs random
-    sampling without early stopping, same trial budget, over sampler seeds (median ratio)."""
-    seeds, trials, epochs = ((0,), 1, 1) if quick else ((0, 1, 2), 8, 4)
+    """Row 7: wall time until any trial reaches :data:`TTQ_TARGET`, TPE + ASHA (the defaults)
+    vs random sampling without early stopping, same trial budget, over sampler seeds (median
+    ratio). Each search ends at the target (:class:`TargetReached`)."""
+    seeds, trials = ((0,), 1) if quick else ((0, 1, 2), TTQ_TRIALS)
     times: dict[str, list[tuple[float, bool, float]]] = {"tpe": [], "random": []}
     for seed in seeds:  # interleaved: seed by seed, both arms
-        times["tpe"].append(_time_to_target(tmp, "tpe", "asha", seed, trials, epochs, quick))
-        times["random"].append(_time_to_target(tmp, "random", "none", seed, trials, epochs,
-                                               quick))
+        times["tpe"].append(_time_to_target(tmp, "tpe", "asha", seed, trials, quick))
+        times["random"].append(_time_to_target(tmp, "random", "none", seed, trials, quick))
     med = {k: statistics.median(t for t, _, _ in v) for k, v in times.items()}
 
     def text(arm: str) -> str:
-        return " ".join(f"{t:.0f}{'' if ok else '+'}s/{b:.2f}" for t, ok, b in times[arm])
+        return " ".join(f"{t:.0f}{'' if ok else '+'}s/{b:.3f}" for t, ok, b in times[arm])
 
+    epochs = (TTQ_QUICK if quick else TTQ_BASE)["optim.epochs"]
+    asha = SearchSettings()
     return Row(f"time to val acc {TTQ_TARGET}: random / tpe+asha", med["random"] / med["tpe"],
-               goal=">= 2", detail=f"{trials} trials x {epochs} epochs, seeds {list(seeds)}; "
+               goal=">= 2", detail=f"up to {trials} trials x {epochs} epochs, ASHA grace "
+               f"{asha.grace_period} reduction {asha.reduction_factor:g}, seeds {list(seeds)}; "
                f"time/best per seed: tpe+asha {text('tpe')}, random {text('random')} "
-               "(+: target not reached, whole search)")
+               "(+: target not reached)")

@@ -174,7 +174,7 @@ class SearchSettings:
     experiment: str = "extune"
     name: str | None = None
     out: str = "runs"
-    reduction_factor: float = 2.0
+    reduction_factor: float = 3.0
     grace_period: int = 1
     live: bool = True
     full_eval: str = "end"

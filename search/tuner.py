@@ -106,7 +106,8 @@ class SearchResult:
 
 
 def run_search(settings: SearchSettings | None = None, *, resume: str | Path | None = None,
-               address: str | None = None, callbacks: list[Any] | None = None) -> SearchResult:
+               address: str | None = None, callbacks: list[Any] | None = None,
+               stop: Any = None) -> SearchResult:
     """Run a search (or finish an interrupted one) and export its best config.
 
     Args:
@@ -115,6 +116,9 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         address: with ``resume``, a Ray cluster to join instead of the saved address.
         callbacks: extra Ray Tune callbacks (picklable: Ray saves them with the search and
             uses the saved ones on resume).
+        stop: a Ray Tune ``Stopper`` (``tune.stopper``); a search whose ``stop_all()`` it
+            answers with true ends as finished, as one that runs out of ``time_budget_s``
+            does (the benchmarks stop a search at a target accuracy this way).
 
     Raises:
         ExtuneError: bad settings, config or space; unreachable Ray cluster or tracking server;
@@ -146,7 +150,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
 
     data = load_data(base.data)  # bad data fails here, before Ray or any folder
     return _run(sdir, settings, base, space, data, max_epochs, check, start=start,
-                callbacks=callbacks or [])
+                callbacks=callbacks or [], stop=stop)
 
 
 def _check_services(settings: SearchSettings, tracking_uri: str) -> None:
@@ -240,7 +244,7 @@ def _parent_tags(sdir: SearchDir) -> dict[str, str]:
 
 def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: Any,
          data: DataSplits, max_epochs: int | None, check: SpaceCheck | None, *, start: float,
-         callbacks: list[Any]) -> SearchResult:
+         callbacks: list[Any], stop: Any = None) -> SearchResult:
     """Start or join Ray, plan the resources, then (only then) create the folder of a new
     search (``sdir=None``) and run the trials."""
     import ray
@@ -259,7 +263,7 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
                                     constants=constants)
         tracker = _prepared(sdir, resumed)
         return _fit(sdir, settings, tracker, plan, data, max_epochs, resumed=resumed,
-                    start=start, callbacks=callbacks)
+                    start=start, callbacks=callbacks, stop=stop)
     finally:
         if started:
             ray.shutdown()
@@ -278,17 +282,20 @@ def _prepared(sdir: SearchDir, resumed: bool) -> Any:
 
 def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: ResourcePlan,
          data: DataSplits, max_epochs: int | None, *, resumed: bool, start: float,
-         callbacks: list[Any]) -> SearchResult:
+         callbacks: list[Any], stop: Any = None) -> SearchResult:
     interrupted = True
     try:
         sdir.set_status("running", resources=plan.text())
         Console().print(plan.text(), highlight=False, markup=False)
-        tuner = _tuner(sdir, settings, plan, data, tracker, max_epochs, resumed, callbacks)
+        tuner = _tuner(sdir, settings, plan, data, tracker, max_epochs, resumed, callbacks,
+                       stop)
         fit_start = time.time()
         tuner.fit()
         trials = _ray_trials(sdir)
-        interrupted = _was_interrupted(trials, settings, time.time() - fit_start)
-        return _finish(sdir, tracker, interrupted=interrupted, start=start, trials=trials)
+        stopped = stop is not None and bool(stop.stop_all())
+        interrupted = not stopped and _was_interrupted(trials, settings, time.time() - fit_start)
+        return _finish(sdir, tracker, interrupted=interrupted, start=start, trials=trials,
+                       stopped_by="stopper" if stopped else "time budget")
     except BaseException:
         if interrupted:
             sdir.set_status("interrupted")
@@ -312,7 +319,8 @@ def _check_storage(settings: SearchSettings) -> None:
 
 
 def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: DataSplits,
-           tracker: Any, max_epochs: int | None, resumed: bool, callbacks: list[Any]) -> Any:
+           tracker: Any, max_epochs: int | None, resumed: bool, callbacks: list[Any],
+           stop: Any = None) -> Any:
     from ray import tune
 
     from extune.search.trainable import train_trial
@@ -338,7 +346,7 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
             scheduler=_scheduler(settings, epochs),
             num_samples=settings.trials, max_concurrent_trials=plan.concurrency,
             time_budget_s=settings.time_budget_s, reuse_actors=True),
-        run_config=_run_config(sdir, settings, tracker, base_dict, callbacks))
+        run_config=_run_config(sdir, settings, tracker, base_dict, callbacks, stop))
 
 
 def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -> Any:
@@ -376,7 +384,7 @@ def _scheduler(settings: SearchSettings, max_epochs: int) -> Any:
 
 
 def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
-                base: dict[str, Any], callbacks: list[Any]) -> Any:
+                base: dict[str, Any], callbacks: list[Any], stop: Any = None) -> Any:
     from ray import tune
 
     from extune.search.console import LiveConsole
@@ -387,7 +395,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
                           total=settings.trials, live=settings.live,
                           study=(sdir.meta["optuna_storage"], sdir.name))
     return tune.RunConfig(
-        name=name, storage_path=storage, verbose=0,
+        name=name, storage_path=storage, verbose=0, stop=stop,
         callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
                                   journal_dir=_journal(sdir),
                                   constant=(*settings.resolved_fixed,
@@ -415,8 +423,10 @@ def _was_interrupted(trials: list[Any], settings: SearchSettings, elapsed: float
     return len(trials) < settings.trials and not budget_hit
 
 
-def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any) -> None:
-    """Trials the time budget stopped are never told to the searcher: PRUNED (or FAIL)."""
+def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any,
+                    reason: str) -> None:
+    """Trials the time budget (or a stopper) stopped are never told to the searcher: PRUNED
+    (or FAIL)."""
     from optuna.trial import Trial, TrialState
 
     from extune.search.trials import reported_metrics
@@ -431,22 +441,22 @@ def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any
         if metrics:
             live.set_user_attr("extune.metrics", metrics)
         if not metrics:
-            live.set_user_attr("extune.error", "stopped by the time budget before an epoch ended")
+            live.set_user_attr("extune.error", f"stopped by the {reason} before an epoch ended")
         study.tell(t.number, state=TrialState.FAIL if failed else TrialState.PRUNED)
         if trial_id:
             state = "failed" if failed else "pruned"
             _writer(sdir, tracker).submit({"op": "tags", "trial": trial_id, "tags": {
                 "extune.pruned": str(not failed).lower(), "extune.state": state,
-                "extune.stopped": "time budget"}})
+                "extune.stopped": reason}})
 
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
-            trials: list[Any]) -> SearchResult:
+            trials: list[Any], stopped_by: str = "time budget") -> SearchResult:
     from extune.search.trials import trial_error
 
     study = sdir.study()
     if not interrupted:
-        _settle_stopped(sdir, study, trials, tracker)
+        _settle_stopped(sdir, study, trials, tracker, stopped_by)
         _close_orphans(sdir, tracker, trials)
     objectives = sdir.objectives
     records = records_from_study(study, objectives)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from extune.cli import main
 from extune.search.export import export_search
@@ -156,7 +157,7 @@ explain.layer: {type: choice, values: [null, no_such_layer]}
 def test_failing_trials_do_not_stop_the_search_and_stopped_ones_are_pruned(
         ray_local, workdir):
     # The objective is the reported learning rate: ASHA's decisions are then deterministic
-    # (a lower lr than the median at epoch 1 is stopped); a trial drawing 'no_such_layer'
+    # (an lr outside the best third at epoch 1 is stopped); a trial drawing 'no_such_layer'
     # raises in fit (unknown layer, in the explanation metrics: full evaluations every epoch
     # here) and must end FAILED while the others go on. Every trial is drawn (no first trial
     # at the base config): the seed decides which one fails.
@@ -184,6 +185,30 @@ def test_failing_trials_do_not_stop_the_search_and_stopped_ones_are_pruned(
     marker = result.path / "trials" / ".extune_failed" / f"{failed.trial_id}.json"
     assert "unknown layer" in json.loads(marker.read_text())["message"]
     assert not list((result.path / "trials").glob("*/.extune_failed"))
+
+
+class StopAfterFirstEpoch(Stopper):
+    """Ends the whole search once any trial has reported an epoch."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.seen = True
+        return False
+
+    def stop_all(self) -> bool:
+        return self.seen
+
+
+def test_a_stopper_ends_the_search_as_finished(ray_local, workdir):
+    result = run_search(make_settings(workdir, "stopped", space="ce", trials=4,
+                                      max_concurrent=1, scheduler="none"),
+                        stop=StopAfterFirstEpoch())
+    assert not result.interrupted and 1 <= len(result.records) < 4, result.records
+    assert json.loads((result.path / "search.json").read_text())["status"] == "finished"
+    _, _, children = runs_of(result)
+    assert children and all(c.info.status != "RUNNING" for c in children)
 
 
 def _image_tree(root: Path, classes=("cat", "dog", "fox"), per_class=16) -> None:

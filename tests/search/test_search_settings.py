@@ -105,7 +105,7 @@ def test_fixed_parameters_are_checked_and_answered_by_the_sampler():
 def test_full_suite_epochs_of_a_trial():
     assert SearchSettings().full_epochs(8) == ()  # objectives every epoch, full at the end
     assert SearchSettings(full_eval="every").full_epochs(8) is None  # the config's eval.every
-    assert SearchSettings(full_eval="milestones").full_epochs(8) == (1, 2, 4)  # ASHA's rungs
+    assert SearchSettings(full_eval="milestones").full_epochs(8) == (1, 3)  # ASHA's rungs
     assert SearchSettings(full_eval="milestones", grace_period=2,
                           reduction_factor=3).full_epochs(20) == (2, 6, 18)
     assert SearchSettings(full_eval="milestones", scheduler="none").full_epochs(8) == ()
