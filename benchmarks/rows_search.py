@@ -46,7 +46,7 @@ TTQ_BUDGET_S = 75.0
 TTQ_QUICK = {"data.train_size": 300, "optim.epochs": 1}
 
 
-def ray_rows(quick: bool, *, time_to_quality: bool = True) -> list[Row]:
+def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False) -> list[Row]:
     """Start Ray and the MLflow store (a row each: one-time costs), then the rows that need
     them; every search writes under one temporary folder; Ray is shut down at the end."""
     import ray
@@ -66,7 +66,7 @@ def ray_rows(quick: bool, *, time_to_quality: bool = True) -> list[Row]:
                             time.perf_counter() - start, unit="s",
                             detail="import, new SQLite schema, experiment"))
             rows.append(fetch_row(quick))
-            rows += overhead_rows(quick, tmp)
+            rows += overhead_rows(quick, tmp, command=command)
             if time_to_quality:
                 rows.append(time_to_quality_row(quick, tmp))
     finally:
@@ -163,13 +163,13 @@ def sequential_seconds(result: Any) -> dict[str, float]:
     return seconds
 
 
-def overhead_rows(quick: bool, tmp: str) -> list[Row]:
+def overhead_rows(quick: bool, tmp: str, *, command: bool = False) -> list[Row]:
     """Row 5: N one-epoch trials through ``run_search`` (one at a time, no early stopping) vs
     the same N trainings in one process.
 
     Per trial: the time between one trial's end and the next one's, less that trial's
     training (trials 2..N); one-time: the rest of ``run_search`` (set-up, the worker's start
-    and first imports, the summary). In full mode also ``extune search`` end to end.
+    and first imports, the summary). With ``command`` also ``extune search`` end to end.
     """
     n = 3 if quick else 6
     overrides = {**OVERHEAD_BASE, "data.train_size": 300} if quick else OVERHEAD_BASE
@@ -189,7 +189,7 @@ def overhead_rows(quick: bool, tmp: str) -> list[Row]:
                 detail=f"run_search {result.wall_s:.1f} s = {sum(train.values()):.1f} s "
                 f"training + {sum(gaps):.1f} s per trial + this (set-up, the worker's start "
                 "and first imports, summary)")]
-    if not quick:
+    if command:
         rows.append(command_row(tmp, n, sum(train.values())))
     return rows
 

@@ -98,7 +98,7 @@ def excon_rows(quick: bool, device: torch.device) -> list[Row]:
             "excon+neg": base.with_overrides({"method": "excon", "excon.negative_pair": True}),
             "supcon 3B": base.with_overrides({"method": "supcon",
                                               "optim.batch_size": 3 * b // 2})}
-    t = step_medians(cfgs, device, forward=base, **_reps(quick, 4))
+    t = step_medians(cfgs, device, forward=base, **_reps(quick, 3))
     floor = (t["supcon"] + 2 * t["forward"]) / t["supcon"]
     floor_neg = (t["supcon 3B"] + t["forward"]) / t["supcon"]
     return [
@@ -122,7 +122,7 @@ def edda_row(quick: bool, device: torch.device) -> Row:
     cfgs = {"ce": base.with_overrides({"method": "ce"}),
             "edda": base.with_overrides({"method": "edda"}),
             "floor": base.with_overrides({"method": "ce", "optim.batch_size": b + 2 * n})}
-    t = step_medians(cfgs, device, **_reps(quick, 5))
+    t = step_medians(cfgs, device, **_reps(quick, 4))
     return Row("step: edda / ce", t["edda"] / t["ce"], goal="<= 2.0",
                detail=f"{t['edda'] * 1e3:.0f} vs {t['ce'] * 1e3:.0f} ms/step; floor "
                f"{t['floor'] / t['ce']:.2f}x (a ce step on the {b + 2 * n} images EDDA trains "
@@ -151,7 +151,7 @@ def gradcam_row(quick: bool, device: torch.device) -> Row:
         return minmax_normalize(LayerAttribution.interpolate(raw, (32, 32), "bilinear"))
 
     t = interleaved({"captum": reference, "extune": lambda: ours(model, x, target)},
-                    device=device, **_reps(quick, 9))
+                    device=device, **_reps(quick, 15))
     return Row("gradcam: extune / captum LayerGradCam", t["extune"] / t["captum"], goal="<= 1.0",
                detail=f"{t['extune'] * 1e3:.1f} vs {t['captum'] * 1e3:.1f} ms, "
                f"{cfg.model.backbone} batch {b}")

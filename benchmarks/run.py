@@ -51,7 +51,7 @@ GROUPS: dict[str, Callable[[argparse.Namespace, torch.device], list[Row]]] = {
     "gradcam": lambda a, d: [gradcam_row(a.quick, d)],
     "eval": lambda a, d: [eval_row(a.quick)],
     "data": lambda a, d: data_rows(a.quick),
-    "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq),
+    "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command),
     "cuda": lambda a, d: cuda_rows(a.quick),
 }
 """Row groups in table order; ``--only`` picks some."""
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="device of the step rows (the search rows run on the CPU)")
     parser.add_argument("--no-ttq", action="store_true", help="skip the time-to-quality row")
+    parser.add_argument("--command", action="store_true", help="also time `extune search` end to "
+                        "end as a user runs it (a subprocess: about 45 s more)")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/"
                         "<date>.json; --quick writes none unless given)")
     args = parser.parse_args(argv)
