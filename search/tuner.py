@@ -443,7 +443,7 @@ def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any
         if not metrics:
             live.set_user_attr("extune.error", f"stopped by the {reason} before an epoch ended")
         study.tell(t.number, state=TrialState.FAIL if failed else TrialState.PRUNED)
-        if trial_id:
+        if trial_id and ray_trial is not None and ray_trial.status != "PENDING":  # has a run
             state = "failed" if failed else "pruned"
             _writer(sdir, tracker).submit({"op": "tags", "trial": trial_id, "tags": {
                 "extune.pruned": str(not failed).lower(), "extune.state": state,
