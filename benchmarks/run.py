@@ -1,6 +1,6 @@
 """One command, one table: every performance figure of extune as a ratio against its goal.
 
-    python benchmarks/run.py                 # the full table (under 10 minutes on a 2-core CPU)
+    python benchmarks/run.py                 # the full table (about 11 minutes on a 2-core CPU)
     python benchmarks/run.py --quick         # CI size: checks that every row gives a finite figure
     python benchmarks/run.py --only views,gradcam --device cuda
 
