@@ -125,6 +125,24 @@ def test_gradcam_works_with_frozen_parameters(tiny_net: nn.Module,
     assert torch.equal(create_explainer("gradcam")(tiny_net, x, target), expected)
 
 
+def test_gradcam_allows_in_place_operations_after_its_layer() -> None:
+    """The explained layer's output continues as a copy: an in-place ReLU after the layer
+    leaves the activation Grad-CAM weighs as the layer produced it."""
+
+    def net(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                             nn.ReLU(inplace=inplace), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3)).eval()
+
+    x = torch.randn(5, 3, 8, 8)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    in_place, plain = net(True), net(False)
+    ours = grad_cam(in_place, in_place[1], x, target)
+    assert torch.equal(ours, grad_cam(plain, plain[1], x, target))
+    assert ours.shape == (5, 1, 8, 8) and torch.isfinite(ours).all()
+
+
 def test_unknown_explainer_lists_registered_names() -> None:
     with pytest.raises(RegistryError) as info:
         create_explainer("gradcan")
