@@ -97,33 +97,58 @@ def saliency_grid(images: Tensor, saliency: Tensor,
 
 def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
           correct: Sequence[bool] | None, heading: str | None) -> Path:
-    """Lay the rows out with matplotlib and save the PNG."""
-    import matplotlib
+    """Lay the rows out as one mosaic image on one matplotlib axes, with the labels as text,
+    and save the PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    One image and a few text artists instead of an axes per tile: a search trial draws its
+    grid every epoch, and 32 axes cost 0.6 s a grid on a CPU (this: a tenth of that).
+    """
+    from matplotlib.collections import PatchCollection
+    from matplotlib.figure import Figure  # no pyplot: no global figure state
+    from matplotlib.patches import Rectangle
 
-    n = next(iter(rows.values())).shape[0]
-    tile = 1.15  # inches per image
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 + tile * n, 0.7 + tile * len(rows)),
-                             squeeze=False, dpi=110)
-    try:
-        for r, (label, batch) in enumerate(rows.items()):
-            for c in range(n):
-                ax = axes[r][c]
-                ax.imshow(batch[c].permute(1, 2, 0).numpy(), interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
-                if r == 0 and titles is not None:
-                    color = "black" if correct is None else ("green" if correct[c] else "red")
-                    ax.set_title(titles[c], fontsize=7, color=color)
-        if heading:
-            fig.suptitle(heading, fontsize=9)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    batches = list(rows.values())
+    n_rows, n_cols = len(batches), batches[0].shape[0]
+    h, w = batches[0].shape[-2:]
+    inch = _TILE / w  # inches per pixel of the images
+    caption = max((len(line) for t in titles or () for line in t.split("\n")), default=0)
+    gap_x = max(_GAP, 0.056 * caption + 0.1 - _TILE)  # 7 pt captions must not run together
+    gx, gy = max(1, round(gap_x / inch)), max(1, round(_GAP / inch))  # gaps in pixels
+    mosaic = torch.ones(n_rows * (h + gy) - gy, n_cols * (w + gx) - gx, 3)
+    for r, batch in enumerate(batches):
+        for c in range(n_cols):
+            y, x = r * (h + gy), c * (w + gx)
+            mosaic[y:y + h, x:x + w] = batch[c].permute(1, 2, 0)
+    step_x, step_y = (w + gx) * inch, (h + gy) * inch  # inches from one tile to the next
+    width, height = mosaic.shape[1] * inch, mosaic.shape[0] * inch
+    label_lines = [line for label in rows for line in label.split("\n")]
+    left = 0.2 + 0.065 * max(len(line) for line in label_lines)  # 8 pt text, right-aligned
+    title_lines = max((t.count("\n") + 1 for t in titles), default=0) if titles else 0
+    top = 0.1 + 0.13 * title_lines + (0.3 if heading else 0.0)
+    fig_w, fig_h = left + width + max(0.15, (gap_x + 0.1) / 2), top + height + 0.1
+    fig = Figure(figsize=(fig_w, fig_h), dpi=110)
+    ax = fig.add_axes((left / fig_w, 0.1 / fig_h, width / fig_w, height / fig_h))
+    ax.imshow(mosaic.numpy(), extent=(0, width, height, 0), interpolation="nearest")
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    ax.add_collection(PatchCollection(
+        [Rectangle((c * step_x, r * step_y), w * inch, h * inch)
+         for r in range(n_rows) for c in range(n_cols)],
+        facecolor="none", edgecolor="black", linewidth=0.6, clip_on=False))
+    for r, label in enumerate(rows):
+        ax.text(-0.08, r * step_y + h * inch / 2, label, fontsize=8, ha="right",
+                va="center", multialignment="center")
+    for c, title in enumerate(titles or ()):
+        color = "black" if correct is None else ("green" if correct[c] else "red")
+        ax.text(c * step_x + w * inch / 2, -0.05, title, fontsize=7, color=color, ha="center",
+                va="bottom", multialignment="center")
+    if heading:
+        fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
     return path
+
+
+_TILE, _GAP = 1.0, 0.15
+"""Inches per image in the grid, and between images."""

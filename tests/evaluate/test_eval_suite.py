@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from eval_helpers import MEAN, STD, QuadrantModel, Split, TinyNet, noise_images, quadrant_mask
@@ -99,10 +100,22 @@ def test_saliency_grid_writes_labelled_png(tmp_path: Path) -> None:
         three = im.size
     two = saliency_grid(images, sal, None, tmp_path / "b.png")
     with Image.open(two) as im:
-        assert im.size[0] == three[0] and im.size[1] < three[1]  # one row less, same width
+        assert im.size[1] < three[1]  # one row less
     assert saliency_grid(images, sal, None, None) is None
     with pytest.raises(ValueError, match="masked view"):
         saliency_grid(images, sal, {"masked view": images[:2].float()}, tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("correct", [[True, False, True, True], None])
+def test_saliency_grid_colours_captions_by_correctness(tmp_path: Path, correct) -> None:
+    gray = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)  # red or green: captions only
+    out = saliency_grid(gray, torch.zeros(4, 1, 32, 32), None, tmp_path / "g.png",
+                        titles=["a", "b", "c", "d"], correct=correct)
+    with Image.open(out) as im:
+        r, g, b = torch.as_tensor(np.array(im.convert("RGB")), dtype=torch.int32).unbind(-1)
+    green = bool(((g > 90) & (r < 60) & (b < 60)).any())
+    red = bool(((r > 200) & (g < 60) & (b < 60)).any())
+    assert (green, red) == ((True, True) if correct else (False, False))
 
 
 def test_every_metric_name_is_documented() -> None:
