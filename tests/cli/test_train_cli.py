@@ -49,7 +49,8 @@ def _explain_the_checkpoint(run, tmp_path):
                      *extra]) == 0
         with Image.open(png) as im:
             sizes[label] = im.size
-    assert sizes["val"] == sizes["by_class"]  # 3 columns, image and saliency rows (CE)
+    assert sizes["val"][1] == sizes["by_class"][1]  # image and saliency rows (CE), 2-line captions
+    assert sizes["flat"][1] < sizes["val"][1]  # unknown classes: 1-line captions (prediction)
     (by_class / "no_such_class").mkdir()
     assert main(["explain", "--checkpoint", str(run), "--images", str(by_class)]) == 2
     assert main(["explain", "--checkpoint", str(run), "--explainer", "gradcm"]) == 2
