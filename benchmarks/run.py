@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -90,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"{'row':44s} {'figure':>14s}  {'goal':12s} {'verdict':8s} detail")
     rows: list[Row] = []
+    group_seconds: dict[str, float] = {}
     for name in args.only.split(","):
+        group_start = time.perf_counter()
         for row in GROUPS[name](args, device):
             print_row(row)
             rows.append(row)
+        group_seconds[name] = time.perf_counter() - group_start
+        print(f"  {name} rows: {group_seconds[name]:.0f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     print(f"total {wall:.0f} s", flush=True)
     out = args.json or (None if args.quick else
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         payload = {"environment": environment(device), "quick": args.quick, "wall_s": wall,
+                   "group_seconds": group_seconds,
                    "rows": [asdict(r) | {"verdict": r.verdict()} for r in rows]}
         Path(out).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {out}")
@@ -109,4 +115,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    gc.freeze()  # skip the exit's collection of every torch/Ray object (2-3 s), as `extune` does
+    sys.exit(code)

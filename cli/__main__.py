@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from extune.cli import run
 
-from extune.cli import main
-
-sys.exit(main())
+run()

@@ -83,23 +83,29 @@ def search_plots(study: Any, objectives: Sequence[Objective], out_dir: str | Pat
     """
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str, Any]] = []
     missing: list[str] = []
-    for name, heading, make in _plan(study, objectives):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every call
-                result = make()
-        except (ValueError, RuntimeError, ZeroDivisionError) as e:
-            missing.append(f"{name}: {' '.join(str(e).split())[:200]}")
-            continue
-        if result is None:
-            missing.append(f"{name}: fewer than {MIN_TRIALS} comparable trials")
-            continue
-        figures.append((name, heading, result))
+    verbosity = optuna.logging.get_verbosity()
+    # Optuna logs a warning for each plot a study cannot support ("There are no complete
+    # trials."); the page lists those plots with the reason, so the console stays quiet.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        for name, heading, make in _plan(study, objectives):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every call
+                    result = make()
+            except (ValueError, RuntimeError, ZeroDivisionError) as e:
+                missing.append(f"{name}: {' '.join(str(e).split())[:200]}")
+                continue
+            if result is None:
+                missing.append(f"{name}: fewer than {MIN_TRIALS} comparable trials")
+                continue
+            figures.append((name, heading, result))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     files: dict[str, Path] = {}
     for name, heading, (png, _) in figures:
         files[name] = _save_png(png, out / f"{name}.png", heading)
