@@ -443,11 +443,13 @@ def _settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any
         if not metrics:
             live.set_user_attr("extune.error", f"stopped by the {reason} before an epoch ended")
         study.tell(t.number, state=TrialState.FAIL if failed else TrialState.PRUNED)
-        if trial_id and ray_trial is not None and ray_trial.status != "PENDING":  # has a run
+        if trial_id and ray_trial is not None and ray_trial.status != "PENDING":
+            # "if_run": a trial the stop caught while its actor was being set up has no run
             state = "failed" if failed else "pruned"
-            _writer(sdir, tracker).submit({"op": "tags", "trial": trial_id, "tags": {
-                "extune.pruned": str(not failed).lower(), "extune.state": state,
-                "extune.stopped": reason}})
+            _writer(sdir, tracker).submit({"op": "tags", "trial": trial_id, "if_run": True,
+                                           "tags": {"extune.pruned": str(not failed).lower(),
+                                                    "extune.state": state,
+                                                    "extune.stopped": reason}})
 
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,

@@ -239,7 +239,8 @@ def apply_op(tracker: Any, op: dict[str, Any], steps: dict[str, int]) -> None:
         return
     run_id = tracker.parent_run() if trial is None else tracker.find_child(trial)
     if run_id is None:
-        log.warning("no MLflow run for trial %s; dropped a %s write", trial, kind)
+        if not op.get("if_run"):  # "if_run": a write for a trial that may never have started
+            log.warning("no MLflow run for trial %s; dropped a %s write", trial, kind)
         return
     if kind == "metrics":
         step = int(op["step"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from extune.search.writer import Journal, TrackingWriter
+from extune.search.writer import Journal, TrackingWriter, apply_op
 
 
 class FlakyTracker:
@@ -129,3 +129,13 @@ def test_a_line_cut_by_a_crash_is_ignored(tmp_path):
     with (tmp_path / "journal.jsonl").open("a") as f:
         f.write('{"op": "tags", "tri')
     assert [op["seq"] for op in Journal(tmp_path).unsent()] == [1]
+
+
+def test_a_write_for_a_trial_without_a_run_is_dropped_and_said_unless_marked(caplog):
+    tracker = FlakyTracker()
+    apply_op(tracker, {"op": "tags", "trial": "never-started", "tags": {"a": "1"}}, {})
+    assert "no MLflow run for trial never-started" in caplog.text
+    caplog.clear()
+    apply_op(tracker, {"op": "tags", "trial": "never-started", "tags": {"a": "1"},
+                       "if_run": True}, {})  # e.g. a stop caught the trial before its start
+    assert caplog.text == "" and tracker.calls == []
