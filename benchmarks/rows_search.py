@@ -41,7 +41,7 @@ TTQ_TARGET = 0.45
 """Row 7: a validation accuracy that good 4-epoch CE configs of :data:`TTQ_BASE` reach (the
 best of 24 random configs: 0.45-0.46, the median one 0.42)."""
 TTQ_TRIALS = 24
-TTQ_BUDGET_S = 75.0
+TTQ_BUDGET_S = 60.0
 """Row 7: a search that has not reached the target after this long stops and counts this time
 (a lower bound on its time to the target, printed with ``+``)."""
 TTQ_QUICK = {"data.train_size": 300, "optim.epochs": 1}
@@ -217,10 +217,12 @@ class TargetReached(Stopper):
     def __init__(self, metric: str, target: float) -> None:
         self.metric, self.target = metric, target
         self.reached: float | None = None
+        self.last: float | None = None  # when the latest result came
         self.best = float("nan")
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         value = result.get(self.metric)
+        self.last = time.time()
         if isinstance(value, float):
             if math.isnan(self.best) or value > self.best:
                 self.best = value
@@ -234,8 +236,9 @@ class TargetReached(Stopper):
 
 def _time_to_target(tmp: str, sampler: str, scheduler: str, seed: int, trials: int,
                     quick: bool) -> tuple[float, bool, float]:
-    """(seconds to the target or the whole search when never reached, reached, best value
-    reported by then)."""
+    """(seconds to the target, reached, best value reported by then); a search that never
+    reaches it counts until its last result (its budget's end, or its last trial's), not its
+    summary: a lower bound on its time to the target."""
     reach = TargetReached("val/accuracy", TTQ_TARGET)
     settings = _settings(tmp, f"ttq-{sampler}-{seed}", space="ce", trials=trials,
                          sampler=sampler, scheduler=scheduler, seed=seed, start_at_base=False,
@@ -244,7 +247,7 @@ def _time_to_target(tmp: str, sampler: str, scheduler: str, seed: int, trials: i
     start = time.time()
     quiet_search(settings, stop=reach)
     if reach.reached is None:
-        return time.time() - start, False, reach.best
+        return (reach.last or time.time()) - start, False, reach.best
     return reach.reached - start, True, reach.best
 
 

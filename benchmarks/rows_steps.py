@@ -98,7 +98,7 @@ def excon_rows(quick: bool, device: torch.device) -> list[Row]:
             "excon+neg": base.with_overrides({"method": "excon", "excon.negative_pair": True}),
             "supcon 3B": base.with_overrides({"method": "supcon",
                                               "optim.batch_size": 3 * b // 2})}
-    t = step_medians(cfgs, device, forward=base, **_reps(quick, 3))
+    t = step_medians(cfgs, device, forward=base, **_reps(quick, 2))
     floor = (t["supcon"] + 2 * t["forward"]) / t["supcon"]
     floor_neg = (t["supcon 3B"] + t["forward"]) / t["supcon"]
     return [
@@ -122,7 +122,7 @@ def edda_row(quick: bool, device: torch.device) -> Row:
     cfgs = {"ce": base.with_overrides({"method": "ce"}),
             "edda": base.with_overrides({"method": "edda"}),
             "floor": base.with_overrides({"method": "ce", "optim.batch_size": b + 2 * n})}
-    t = step_medians(cfgs, device, **_reps(quick, 4))
+    t = step_medians(cfgs, device, **_reps(quick, 3))
     return Row("step: edda / ce", t["edda"] / t["ce"], goal="<= 2.0",
                detail=f"{t['edda'] * 1e3:.0f} vs {t['ce'] * 1e3:.0f} ms/step; floor "
                f"{t['floor'] / t['ce']:.2f}x (a ce step on the {b + 2 * n} images EDDA trains "
@@ -177,7 +177,7 @@ def eval_row(quick: bool) -> Row:
                 full_epochs=full_epochs)
 
     t = interleaved({"every": lambda: trial(None), "end": lambda: trial(())},
-                    reps=1 if quick else 3, warmup=0)
+                    reps=1 if quick else 2, warmup=0 if quick else 1)  # 1st fits: imports
     return Row("eval: full suite every epoch / at the end", t["every"] / t["end"], goal=None,
                detail=f"{epochs}-epoch trial {t['every']:.1f} vs {t['end']:.1f} s: "
                f"{t['every'] - t['end']:.1f} s saved per trial")

@@ -1,6 +1,6 @@
 """One command, one table: every performance figure of extune as a ratio against its goal.
 
-    python benchmarks/run.py                 # the full table (about 11 minutes on a 2-core CPU)
+    python benchmarks/run.py                 # the full table (about 7 minutes on a 2-core CPU)
     python benchmarks/run.py --quick         # CI size: checks that every row gives a finite figure
     python benchmarks/run.py --only views,gradcam --device cuda
 
@@ -74,6 +74,14 @@ def environment(device: torch.device) -> dict[str, object]:
             "machine": platform.machine(), "load_average": os.getloadavg()}
 
 
+def default_json() -> Path:
+    """``results/<date>.json``, or ``results/<date>-<HHMM>.json`` where a run of the same day
+    is there already (never overwritten)."""
+    now = datetime.datetime.now()
+    path = RESULTS / f"{now.date().isoformat()}.json"
+    return path if not path.exists() else RESULTS / f"{now:%Y-%m-%d-%H%M}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI size (finite figures only)")
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", action="store_true", help="also time `extune search` end to "
                         "end as a user runs it (a subprocess: about 45 s more)")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/"
-                        "<date>.json; --quick writes none unless given)")
+                        "<date>.json, <date>-<HHMM>.json if taken; --quick writes none unless "
+                        "given)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     Config()  # fail early on a broken install
@@ -101,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name} rows: {group_seconds[name]:.0f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     print(f"total {wall:.0f} s", flush=True)
-    out = args.json or (None if args.quick else
-                        str(RESULTS / f"{datetime.date.today().isoformat()}.json"))
+    out = args.json or (None if args.quick else str(default_json()))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         payload = {"environment": environment(device), "quick": args.quick, "wall_s": wall,
