@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,19 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
         tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
-    resume = _restore_checkpoint(trial_dir)
+    # fit's folder (and a restored checkpoint) live outside the trial's working folder: Ray
+    # uploads that folder with every experiment snapshot where the driver runs, which would
+    # store each checkpoint twice and copy files while fit replaces them. Each epoch's folder
+    # reaches the storage path as the trial's checkpoint (tune.report copies it).
+    work = Path(tempfile.mkdtemp(prefix=f"extune-trial-{context.get_trial_id()}-"))
     try:
-        fit(cfg, report=report, out_dir=trial_dir / "fit", resume=resume, data=data,
-            objectives=objectives, full_epochs=full_epochs)
+        fit(cfg, report=report, out_dir=work / "fit", resume=_restore_checkpoint(work),
+            data=data, objectives=objectives, full_epochs=full_epochs)
     except ExtuneError as e:
         marker.write({"type": type(e).__name__, "message": str(e)})
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class _Marker:
@@ -122,15 +129,15 @@ def _saved_error(text: str) -> BaseException:
         return ExtuneError("this trial failed before with an error a retry cannot fix")
 
 
-def _restore_checkpoint(trial_dir: Path) -> Path | None:
-    """Copy Tune's latest checkpoint of this trial (a retry or a resumed search) next to the
-    trial's working folder and return it for ``fit(resume=...)``."""
+def _restore_checkpoint(work: Path) -> Path | None:
+    """Copy Tune's latest checkpoint of this trial (a retry or a resumed search) into ``work``
+    and return it for ``fit(resume=...)``."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    target = trial_dir / "resume"
+    target = work / "resume"
     shutil.rmtree(target, ignore_errors=True)
     checkpoint.to_directory(str(target))
     return target
