@@ -238,12 +238,14 @@ class Explainer(ABC):
             one-channel layer maps ``[B, 1, h, w]``.
         relu: keep only positive evidence before normalising.
         uses_layer: whether the ``layer`` argument matters.
+        uses_steps: whether the ``steps`` argument matters.
     """
 
     name: ClassVar[str] = ""
     reduction: ClassVar[Literal["abs_sum", "none"]] = "abs_sum"
     relu: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
+    uses_steps: ClassVar[bool] = False
 
     def __init__(self, *, layer: str | None = None, steps: int = 16) -> None:
         if int(steps) < 1:
@@ -397,6 +399,8 @@ class IntegratedGradients(Explainer):
     Baseline: 0 in normalised space, i.e. the data set's mean colour. The interpolated images
     are evaluated ``B`` at a time (``steps`` forwards of the batch size).
     """
+
+    uses_steps = True
 
     def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         from captum.attr import IntegratedGradients as _IG

@@ -73,7 +73,7 @@ def main() -> None:
     base = Config().with_overrides({
         "model.backbone": args.backbone, "optim.batch_size": args.batch,
         "data.image_size": args.size, "explain.explainer": args.explainer,
-        "excon.warmup_epochs": 0, "runtime.progress": False,
+        "excon.warmup_fraction": 0.0, "runtime.progress": False,
     })
     variants = {
         "supcon": base.with_overrides({"method": "supcon"}),

@@ -22,7 +22,7 @@ def step_config(quick: bool, **overrides: object) -> Config:
     batch 16."""
     base = {"model.backbone": "resnet_mini" if quick else "resnet18",
             "optim.batch_size": 16 if quick else 64, "data.image_size": 32,
-            "excon.warmup_epochs": 0, "edda.warmup_epochs": 0, "runtime.progress": False}
+            "excon.warmup_fraction": 0.0, "edda.warmup_fraction": 0.0, "runtime.progress": False}
     return Config().with_overrides({**base, **overrides})
 
 

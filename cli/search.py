@@ -189,6 +189,7 @@ def export(
              "of training.")] = None,
 ) -> None:
     """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
+    from extune.cli.train import warn_inactive
     from extune.search.export import epoch_settings, export_run, export_search
 
     if epochs is not None and epochs < 1:
@@ -205,9 +206,11 @@ def export(
     else:
         config, record = export_search(search_dir, out, select, epochs)
         echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
-    hint = "" if epochs is not None else (
-        "; a longer final run keeps these counts: pass --epochs N to scale them")
+    hint = "" if epochs is not None or not config.optim.warmup_epochs else (
+        "; a longer final run keeps the learning-rate warm-up's epochs: pass --epochs N to "
+        "scale it")
     echo(f"note: {epoch_settings(config)}{hint}")
+    warn_inactive(config)
     echo(f"train it: extune train --config {out}")
 
 

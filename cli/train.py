@@ -14,7 +14,7 @@ from rich.text import Text
 from extune.cli._common import console, echo
 from extune.errors import ExtuneError
 
-__all__ = ["train", "evaluate", "explain", "show_config", "load_config"]
+__all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -46,9 +46,19 @@ def train(
     out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
          f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
+    warn_inactive(cfg)
     result = fit(cfg, out_dir=out, resume=resume, test=test)
     _print_metrics(result.metrics, title=f"{cfg.method} after {cfg.optim.epochs} epochs")
     echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
+
+
+def warn_inactive(cfg: Any) -> None:
+    """One line when ``cfg`` would never switch its method on (it would train the baseline)."""
+    from extune.train.methods import inactive_reason
+
+    reason = inactive_reason(cfg)
+    if reason:
+        echo(("warning:", "bold yellow"), f" {reason}")
 
 
 def evaluate(

@@ -23,18 +23,27 @@ from extune.train.config import Config, load_yaml
 __all__ = ["export_search", "export_run", "run_caveat", "config_from_params", "epoch_settings",
            "rescale_epochs", "EPOCH_KEYS"]
 
-EPOCH_KEYS = ("optim.warmup_epochs", "excon.warmup_epochs", "edda.warmup_epochs")
+EPOCH_KEYS = ("optim.warmup_epochs",)
 """Settings counted in epochs: chosen on short trials, they mean less of a longer final run
-(the cosine schedule needs nothing: it always spans ``optim.epochs``)."""
+(the cosine schedule needs nothing: it always spans ``optim.epochs``; the methods' warm-ups are
+shares of the run, ``excon.warmup_fraction`` and ``edda.warmup_fraction``)."""
 
 
 def epoch_settings(config: Config) -> str:
-    """One line naming the epoch-counted settings and their share of ``optim.epochs``."""
-    flat = config.flatten()
+    """One line with the warm-ups of ``config`` as epochs of its run and shares of it."""
+    from extune.train.methods import warmup_epochs
+
     epochs = config.optim.epochs
-    parts = [f"{k}={flat[k]} ({flat[k] / epochs:.0%})" for k in EPOCH_KEYS if flat[k]]
-    return (f"counted in epochs, for {epochs}-epoch training: "
-            f"{', '.join(parts) if parts else 'no warm-up'}")
+    parts = []
+    if config.optim.warmup_epochs:
+        parts.append(f"learning rate {config.optim.warmup_epochs} epoch(s) "
+                     f"({config.optim.warmup_epochs / epochs:.0%}, counted in epochs)")
+    share = {"excon": config.excon.warmup_fraction, "edda": config.edda.warmup_fraction,
+             "random_occlusion": config.edda.warmup_fraction}.get(config.method)
+    if share:
+        parts.append(f"{config.method} {warmup_epochs(share, epochs)} epoch(s) "
+                     f"({share:.0%} of the run)")
+    return f"warm-ups of {epochs}-epoch training: {', '.join(parts) if parts else 'none'}"
 
 
 def rescale_epochs(config: Config, epochs: int) -> Config:
@@ -73,10 +82,10 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
                        if record.value(o) is not None)
     header = (f"# exported from search {sdir.name}: {record.name} (Tune trial "
               f"{record.trial_id}), rule {select or 'default'}: {values}\n"
-              f"# found with {epoch_settings(config)}\n")
+              f"# {epoch_settings(config)}\n")
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-        header += f"# rescaled to {epoch_settings(config)}\n"
+        header += f"# rescaled: {epoch_settings(config)}\n"
     _write(out, header, config)
     return config, record
 
@@ -113,10 +122,10 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
     note = run_caveat(run)
     header = (f"# exported from MLflow run {run_id} ({run.info.run_name})\n"
               + (f"# warning: {note}\n" if note else "")
-              + f"# found with {epoch_settings(config)}\n")
+              + f"# {epoch_settings(config)}\n")
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-        header += f"# rescaled to {epoch_settings(config)}\n"
+        header += f"# rescaled: {epoch_settings(config)}\n"
     _write(out, header, config)
     return config, note
 

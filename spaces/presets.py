@@ -48,17 +48,28 @@ def _explainer(trial: Any) -> dict[str, Any]:
     return params
 
 
+WARMUP_SHARE = (0.0, 0.5)
+"""Range of the searched warm-ups, as a share of the run: a method's own training runs at least
+half of every trial, so no draw turns a trial into its baseline (a warm-up counted in epochs of
+0-2 did that to 2-epoch trials), and a chosen share means the same in a longer final run."""
+
+
+def _warmup(trial: Any, method: str) -> float:
+    key = f"{method}.warmup_fraction"
+    return trial.suggest_float(key, *WARMUP_SHARE)
+
+
 def _temperature(trial: Any) -> dict[str, Any]:
     return {"supcon.temperature": trial.suggest_float("supcon.temperature", 0.05, 0.5, log=True)}
 
 
 @register_space("excon")
 def excon(trial: Any) -> dict[str, Any]:
-    """ExCon: mask threshold, warm-up, negative pairs / background anchors, explainer,
-    SupCon temperature, lr (log 0.01-1), weight decay (log), batch size."""
+    """ExCon: mask threshold, warm-up (share of the run), negative pairs / background
+    anchors, explainer, SupCon temperature, lr (log 0.01-1), weight decay (log), batch size."""
     params: dict[str, Any] = {"method": "excon"}
     params["excon.mask_threshold"] = trial.suggest_float("excon.mask_threshold", 0.2, 0.8)
-    params["excon.warmup_epochs"] = trial.suggest_int("excon.warmup_epochs", 0, 2)
+    params["excon.warmup_fraction"] = _warmup(trial, "excon")
     negative = trial.suggest_categorical("excon.negative_pair", [False, True])
     params["excon.negative_pair"] = negative
     if negative:
@@ -90,10 +101,10 @@ def _occlusion(trial: Any) -> dict[str, Any]:
 
 @register_space("edda")
 def edda(trial: Any) -> dict[str, Any]:
-    """EDDA: warm-up, the occlusion settings (see ``_occlusion``), explainer, lr, weight decay,
-    batch size."""
+    """EDDA: warm-up (share of the run), the occlusion settings (see ``_occlusion``),
+    explainer, lr, weight decay, batch size."""
     params: dict[str, Any] = {"method": "edda"}
-    params["edda.warmup_epochs"] = trial.suggest_int("edda.warmup_epochs", 0, 2)
+    params["edda.warmup_fraction"] = _warmup(trial, "edda")
     params.update(_occlusion(trial))
     params.update(_explainer(trial))
     params.update(_optim(trial, lr=(0.005, 0.5)))
@@ -105,7 +116,7 @@ def random_occlusion(trial: Any) -> dict[str, Any]:
     """EDDA's baseline: the same space as ``edda`` without the explainer (its occlusions are at
     random places), so that a study compares the two with equal freedom."""
     params: dict[str, Any] = {"method": "random_occlusion"}
-    params["edda.warmup_epochs"] = trial.suggest_int("edda.warmup_epochs", 0, 2)
+    params["edda.warmup_fraction"] = _warmup(trial, "edda")
     params.update(_occlusion(trial))
     params.update(_optim(trial, lr=(0.005, 0.5)))
     return params

@@ -168,7 +168,9 @@ class ExConConfig:
     """Explanation-driven supervised contrastive learning (arXiv 2111.14271)."""
 
     mask_threshold: float = _num(0.5, 0.0, 1.0, high_open=True)
-    warmup_epochs: int = _num(1, 0)  # plain SupCon before this epoch
+    # share of optim.epochs trained as plain SupCon first: floor(share * epochs) epochs, so
+    # that any share below 1 leaves the method at least its last epoch
+    warmup_fraction: float = _num(0.1, 0.0, 1.0, high_open=True)
     negative_pair: bool = False  # rejected masked images join the batch as background samples
     background_anchor: bool = False  # background samples are anchors too (else only negatives)
 
@@ -177,7 +179,8 @@ class ExConConfig:
 class EDDAConfig:
     """Explanation-driven data augmentation (arXiv 2105.14162)."""
 
-    warmup_epochs: int = _num(1, 0)
+    # share of optim.epochs trained as plain CE first (floor(share * epochs) epochs)
+    warmup_fraction: float = _num(0.1, 0.0, 1.0, high_open=True)
     ratio: float = _num(0.5, 0.0, 1.0)  # fraction of each batch that is occluded
     keep_fraction: float = _num(0.3, 0.0, 1.0, low_open=True, high_open=True)
     occlude_fraction: float = _num(0.3, 0.0, 1.0, low_open=True, high_open=True)
@@ -195,7 +198,12 @@ class EvalConfig:
     every: int = _num(1, 1)  # evaluate every N epochs (and always after the last)
     batch_size: int = _num(256, 1)
     test: bool = False  # also evaluate on the test set after the last epoch (final runs)
-    explainer: str | None = None  # explanation metrics' explainer; None: explain.explainer
+    # The explanation metrics' protocol. explainer None: the training explainer as it is
+    # (explain.*); else this explainer with eval.layer and eval.steps, whatever the model
+    # trained with (a study scores every method alike this way).
+    explainer: str | None = None
+    layer: str | None = None  # with eval.explainer=gradcam: the layer; None: the last stage
+    steps: int = _num(16, 1, 512)  # with eval.explainer=integrated_gradients: its steps
     explain_samples: int = _num(256, 0)  # validation images used for explanation metrics
     top_fraction: float = _num(0.15, 0.0, 1.0, low_open=True, high_open=True)
     deletion_steps: int = _num(16, 2, 256)
@@ -321,7 +329,19 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+RENAMED_KEYS = {
+    "excon.warmup_epochs": "excon.warmup_fraction",
+    "edda.warmup_epochs": "edda.warmup_fraction",
+}
+"""Keys of earlier versions -> the key that replaced them (the warm-ups became a share of
+``optim.epochs``, so that a value chosen on short search trials means the same in a long run
+and no value switches the method off)."""
+
+
 def _unknown_key(bad: str, full: str) -> typing.NoReturn:
+    if full in RENAMED_KEYS:
+        raise ConfigError(f"'{full}' was replaced by '{RENAMED_KEYS[full]}', a share of "
+                          "optim.epochs in [0, 1) (1 warm-up epoch of 10 is 0.1)")
     keys = Config.keys()
     close = difflib.get_close_matches(full, keys, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; run `extune config` to list the keys"

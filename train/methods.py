@@ -7,8 +7,10 @@ over the epoch and reads them once at its end.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,8 @@ from extune.registry import Registry
 from extune.train.config import Config
 
 __all__ = ["METHODS", "Method", "StepOutput", "config_explainer", "config_model",
-           "check_explain_layer", "evaluation_explainer", "create_method", "list_methods"]
+           "check_explain_layer", "evaluation_explainer", "evaluation_protocol",
+           "warmup_epochs", "inactive_reason", "create_method", "list_methods"]
 
 
 @dataclass
@@ -168,8 +171,10 @@ class ExCon(SupCon):
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         view1 = self.contrastive_views(images)
         view2 = self.contrastive_views(images)
-        if epoch < self.cfg.excon.warmup_epochs:
-            return self.contrast(view2, view1, labels)
+        if epoch < warmup_epochs(self.cfg.excon.warmup_fraction, self.cfg.optim.epochs):
+            out = self.contrast(view2, view1, labels)
+            out.stats["train/driven_share"] = labels.new_zeros((), dtype=torch.float32)
+            return out
         standard = self.standard(images)
         saliency = self.explainer(self.model, standard, labels)  # [B,1,H,W]
         masked = mask_salient(standard, saliency, self.cfg.excon.mask_threshold)
@@ -180,6 +185,7 @@ class ExCon(SupCon):
         view0 = torch.where(keep[:, None, None, None], masked, view2)
         out = self.contrast(view0, view1, labels)
         out.stats["train/mask_keep_rate"] = keep.float().mean()
+        out.stats["train/driven_share"] = out.stats["train/mask_keep_rate"]
         out.stats["train/background_samples"] = keep.new_zeros((), dtype=torch.float32)
         return out
 
@@ -202,6 +208,7 @@ class ExCon(SupCon):
                               anchor=anchor)
         probe_loss, stats = self.probe(torch.cat([f_view0, f_view1]), labels.repeat(2))
         stats["train/mask_keep_rate"] = keep.float().mean()
+        stats["train/driven_share"] = stats["train/mask_keep_rate"]
         stats["train/background_samples"] = (~keep).float().sum()  # per batch
         return StepOutput(loss + probe_loss, stats)
 
@@ -210,11 +217,12 @@ class ExCon(SupCon):
 class EDDA(Method):
     """Explanation-driven data augmentation (DESIGN.md, EDDA).
 
-    After ``edda.warmup_epochs``, the first ``round(ratio * B)`` images of each (shuffled) batch
-    are explained for their label and occluded twice: the non-salient occlusion keeps the top
-    ``keep_fraction`` pixels and is trained with the label; the salient occlusion fills the top
-    ``occlude_fraction`` and is trained toward the low-confidence target. One forward covers the
-    clean and both occluded batches, so BatchNorm sees them together.
+    After the warm-up (:func:`warmup_epochs` of ``edda.warmup_fraction``), the first
+    ``round(ratio * B)`` images of each (shuffled) batch are explained for their label and
+    occluded twice: the non-salient occlusion keeps the top ``keep_fraction`` pixels and is
+    trained with the label; the salient occlusion fills the top ``occlude_fraction`` and is
+    trained toward the low-confidence target. One forward covers the clean and both occluded
+    batches, so BatchNorm sees them together.
     Loss = CE(x, y) + w_ns * CE(x_ns, y) + w_s * CE_soft(x_s, target).
     """
 
@@ -236,9 +244,11 @@ class EDDA(Method):
         c = self.cfg.edda
         x = self.classifier_views(images)
         n = round(c.ratio * labels.shape[0])
-        if epoch < c.warmup_epochs or n == 0:
+        if epoch < warmup_epochs(c.warmup_fraction, self.cfg.optim.epochs) or n == 0:
             logits = self.model(x)
-            return StepOutput(F.cross_entropy(logits, labels), _accuracy_stats(logits, labels))
+            stats = _accuracy_stats(logits, labels)
+            stats["train/driven_share"] = logits.new_zeros((), dtype=torch.float32)
+            return StepOutput(F.cross_entropy(logits, labels), stats)
         x_ns, x_s = self.occlude(x[:n], labels[:n])
         logits, logits_ns, logits_s = self.model(torch.cat([x, x_ns, x_s])).split(
             [labels.shape[0], n, n])
@@ -247,6 +257,8 @@ class EDDA(Method):
                 + c.nonsalient_weight * F.cross_entropy(logits_ns, labels[:n])
                 + c.salient_weight * F.cross_entropy(logits_s, target))
         stats = _accuracy_stats(logits, labels)
+        stats["train/driven_share"] = logits.new_full((), n / labels.shape[0],
+                                                      dtype=torch.float32)
         probs_s = logits_s.detach().float().softmax(1)
         stats["train/salient_confidence"] = probs_s.gather(1, labels[:n, None]).mean()
         return StepOutput(loss, stats)
@@ -293,8 +305,9 @@ def config_model(cfg: Config, num_classes: int) -> Network:
 
 
 def check_explain_layer(cfg: Config, model: Network | None = None) -> None:
-    """``explain.layer`` must name a layer of the model when the explainer explains a layer
-    (Grad-CAM); otherwise the first explanation, after the run folder exists, would fail.
+    """``explain.layer`` (and ``eval.layer``) must name a layer of the model when its explainer
+    explains a layer (Grad-CAM); otherwise the first explanation, after the run folder exists,
+    would fail.
 
     Args:
         cfg: the config.
@@ -303,12 +316,16 @@ def check_explain_layer(cfg: Config, model: Network | None = None) -> None:
     Raises:
         ConfigError: ``explain.layer: unknown layer ...`` with the backbone's layers.
     """
-    if cfg.explain.layer is None or not EXPLAINERS.get(cfg.explain.explainer).uses_layer:
-        return
-    try:
-        (model or config_model(cfg, 2)).get_layer(cfg.explain.layer)
-    except RegistryError as e:
-        raise ConfigError(f"explain.layer: {e} (model.backbone={cfg.model.backbone})") from None
+    checks = [("explain.layer", cfg.explain.layer, cfg.explain.explainer),
+              ("eval.layer", cfg.eval.layer, cfg.eval.explainer)]
+    for key, layer, explainer in checks:
+        if layer is None or explainer is None or not EXPLAINERS.get(explainer).uses_layer:
+            continue
+        try:
+            model = model or config_model(cfg, 2)
+            model.get_layer(layer)
+        except RegistryError as e:
+            raise ConfigError(f"{key}: {e} (model.backbone={cfg.model.backbone})") from None
 
 
 def config_explainer(cfg: Config) -> Explainer:
@@ -318,13 +335,53 @@ def config_explainer(cfg: Config) -> Explainer:
 
 
 def evaluation_explainer(cfg: Config) -> Explainer:
-    """The explainer of the explanation metrics: ``eval.explainer`` (with its default layer)
-    when set, so that methods trained with different explainers are measured alike (a study);
-    else the training explainer."""
+    """The explainer of the explanation metrics (the evaluation protocol).
+
+    ``eval.explainer`` set: that explainer with ``eval.layer`` and ``eval.steps``, whatever the
+    model trained with, so that methods trained with different explainers or layers are
+    measured alike (a study sets it); the training explainer's own layer never leaks in.
+    ``eval.explainer`` unset: the training explainer as it is (``explain.*``).
+    """
     name = cfg.eval.explainer
-    if name is None or name == cfg.explain.explainer:
+    if name is None:
         return config_explainer(cfg)
-    return create_explainer(name, layer=None, steps=cfg.explain.steps)
+    return create_explainer(name, layer=cfg.eval.layer, steps=cfg.eval.steps)
+
+
+def evaluation_protocol(cfg: Config) -> dict[str, Any]:
+    """What :func:`evaluation_explainer` uses, as plain data (``explainer``, ``layer``,
+    ``steps``; a layer of ``None`` is the backbone's last stage) for reports and records."""
+    e = cfg.eval if cfg.eval.explainer is not None else cfg.explain
+    uses = EXPLAINERS.get(e.explainer)
+    return {"explainer": e.explainer, "layer": e.layer if uses.uses_layer else None,
+            "steps": e.steps if uses.uses_steps else None}
+
+
+def warmup_epochs(share: float, epochs: int) -> int:
+    """Warm-up epochs of a method whose warm-up is ``share`` of ``epochs``: the floor, so a
+    share below 1 always leaves the method at least one epoch (``1e-9`` absorbs float error:
+    ``0.3 * 10`` is 3, not 2)."""
+    return math.floor(share * epochs + 1e-9)
+
+
+def inactive_reason(cfg: Config) -> str | None:
+    """Why ``cfg`` would train its method as a plain baseline, in one line; ``None`` when its
+    explanation-driven (or random-occlusion) part runs.
+
+    Cases: EDDA and random occlusion whose ``edda.ratio`` of a batch rounds to no image, or
+    whose two occlusion losses both weigh 0.
+    """
+    if cfg.method not in ("edda", "random_occlusion"):
+        return None
+    e = cfg.edda
+    if round(e.ratio * cfg.optim.batch_size) == 0:
+        return (f"{cfg.method} never occludes an image: edda.ratio={e.ratio:g} of a batch of "
+                f"{cfg.optim.batch_size} rounds to 0 images, so it trains plain CE; raise "
+                "edda.ratio")
+    if e.nonsalient_weight == 0 and e.salient_weight == 0:
+        return (f"{cfg.method} trains plain CE: edda.nonsalient_weight and edda.salient_weight "
+                "are both 0; give one of them a weight")
+    return None
 
 
 def list_methods() -> list[str]:

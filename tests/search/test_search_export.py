@@ -60,11 +60,11 @@ def test_export_cli(search_dir, tmp_path, capsys):
     assert main(["export", str(search_dir.path), "-o", str(out), "--select", "knee"]) == 0
     assert Config.load(out).optim.lr == 0.2
     printed = " ".join(capsys.readouterr().out.split())
-    assert "trial-001" in printed and "pass --epochs N to scale them" in printed
-    assert "# found with counted in epochs" in out.read_text()
+    assert "trial-001" in printed and "warm-ups of 3-epoch training: none" in printed
+    assert "# warm-ups of 3-epoch training: none" in out.read_text()
     assert main(["export", str(search_dir.path), "-o", str(out), "--epochs", "40"]) == 0
     assert Config.load(out).optim.epochs == 40
-    assert "for 40-epoch training" in " ".join(capsys.readouterr().out.split())
+    assert "warm-ups of 40-epoch training" in " ".join(capsys.readouterr().out.split())
     assert main(["export", str(search_dir.path), "-o", str(out), "--epochs", "0"]) == 2
     assert main(["export", str(tmp_path / "nothing"), "-o", str(out)]) == 2
     assert "is not a search folder" in " ".join(capsys.readouterr().err.split())
@@ -83,15 +83,17 @@ def test_a_search_folder_is_not_reused(search_dir):
         SearchDir.create(settings, settings.base_config(), get_space("supcon"))
 
 
-def test_epoch_counted_settings_are_named_and_can_be_rescaled():
+def test_warm_ups_are_named_and_only_the_epoch_counted_one_is_rescaled():
     from extune.search.export import epoch_settings, rescale_epochs
 
-    short = Config().with_overrides({"optim.epochs": 4, "excon.warmup_epochs": 1,
-                                     "optim.warmup_epochs": 2, "edda.warmup_epochs": 0})
-    assert epoch_settings(short) == ("counted in epochs, for 4-epoch training: "
-                                     "optim.warmup_epochs=2 (50%), excon.warmup_epochs=1 (25%)")
+    short = Config().with_overrides({"method": "excon", "optim.epochs": 4,
+                                     "excon.warmup_fraction": 0.25, "optim.warmup_epochs": 2})
+    assert epoch_settings(short) == (
+        "warm-ups of 4-epoch training: learning rate 2 epoch(s) (50%, counted in epochs), "
+        "excon 1 epoch(s) (25% of the run)")
     long = rescale_epochs(short, 200)
-    assert long.optim.epochs == 200
-    assert (long.optim.warmup_epochs, long.excon.warmup_epochs, long.edda.warmup_epochs) == (
-        100, 50, 0)
-    assert rescale_epochs(short, 2).excon.warmup_epochs == 1  # a warm-up stays a warm-up
+    assert long.optim.epochs == 200 and long.optim.warmup_epochs == 100
+    assert long.excon.warmup_fraction == 0.25  # a share means the same in a longer run
+    assert "excon 50 epoch(s)" in epoch_settings(long)
+    assert rescale_epochs(short, 2).optim.warmup_epochs == 1  # a warm-up stays a warm-up
+    assert epoch_settings(Config().with_overrides({"method": "ce"})).endswith(": none")

@@ -13,14 +13,14 @@ from extune.train.config import Config
 OPTIM = {"optim.lr": 0.1, "optim.weight_decay": 1e-4, "optim.batch_size": 128}
 
 FIXED = {
-    "excon": {"excon.mask_threshold": 0.4, "excon.warmup_epochs": 1,
+    "excon": {"excon.mask_threshold": 0.4, "excon.warmup_fraction": 0.2,
               "excon.negative_pair": False, "explain.explainer": "saliency",
               "supcon.temperature": 0.1, **OPTIM},
-    "edda": {"edda.warmup_epochs": 0, "edda.ratio": 0.5, "edda.keep_fraction": 0.3,
+    "edda": {"edda.warmup_fraction": 0.0, "edda.ratio": 0.5, "edda.keep_fraction": 0.3,
              "edda.occlude_fraction": 0.3, "edda.salient_target": "uniform", "edda.fill": "blur",
              "edda.nonsalient_weight": 1.0, "edda.salient_weight": 0.5,
              "explain.explainer": "input_x_gradient", **OPTIM},
-    "random_occlusion": {"edda.warmup_epochs": 1, "edda.ratio": 0.4, "edda.keep_fraction": 0.2,
+    "random_occlusion": {"edda.warmup_fraction": 0.3, "edda.ratio": 0.4, "edda.keep_fraction": 0.2,
                          "edda.occlude_fraction": 0.5, "edda.salient_target": "uniform",
                          "edda.fill": "mean", "edda.nonsalient_weight": 1.0,
                          "edda.salient_weight": 1.0, **OPTIM},

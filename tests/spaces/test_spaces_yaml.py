@@ -128,15 +128,15 @@ def test_loguniform_with_log_false_is_refused():
 
 def test_condition_on_a_float_key_is_an_error():
     text = ("excon.mask_threshold: {type: float, low: 0.2, high: 0.8}\n"
-            "excon.warmup_epochs: {type: int, low: 0, high: 2, when: {excon.mask_threshold: 0.5}}")
+            "optim.warmup_epochs: {type: int, low: 0, high: 2, when: {excon.mask_threshold: 0.5}}")
     with pytest.raises(ConfigError, match="a float drawn from a range, can never hold"):
         YamlSpace.from_yaml(text)
 
 
 def test_condition_on_an_int_key_outside_its_range_is_an_error():
-    text = ("excon.warmup_epochs: {type: int, low: 0, high: 2}\n"
+    text = ("optim.warmup_epochs: {type: int, low: 0, high: 2}\n"
             "excon.mask_threshold: {type: float, low: 0.2, high: 0.8, "
-            "when: {excon.warmup_epochs: 5}}")
+            "when: {optim.warmup_epochs: 5}}")
     with pytest.raises(ConfigError, match="can never hold"):
         YamlSpace.from_yaml(text)
 

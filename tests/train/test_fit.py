@@ -14,8 +14,8 @@ from extune.train.config import Config
 
 @pytest.mark.parametrize("method", ["ce", "supcon", "excon", "edda", "random_occlusion"])
 def test_every_method_trains_and_reports(tiny_config, tmp_path, method):
-    cfg = tiny_config.with_overrides({"method": method, "excon.warmup_epochs": 1,
-                                      "edda.warmup_epochs": 1})
+    cfg = tiny_config.with_overrides({"method": method, "excon.warmup_fraction": 0.5,
+                                      "edda.warmup_fraction": 0.5})
     reports = []
     result = fit(cfg, out_dir=tmp_path / "run", report=lambda m, d: reports.append((m, d)))
     assert [m["epoch"] for m, _ in reports] == [1.0, 2.0]
@@ -28,6 +28,14 @@ def test_every_method_trains_and_reports(tiny_config, tmp_path, method):
     if method == "excon":
         assert 0.0 <= last["train/mask_keep_rate"] <= 1.0
         assert "train/mask_keep_rate" not in reports[0][0]  # warm-up epoch is plain SupCon
+    if method in ("excon", "edda", "random_occlusion"):  # half the run (1 of 2 epochs) warms up
+        assert reports[0][0]["train/driven_share"] == 0.0
+        driven = reports[1][0]["train/driven_share"]
+        if method == "excon":  # the share of masked views kept as view 0
+            assert driven == pytest.approx(reports[1][0]["train/mask_keep_rate"])
+        else:  # the occluded share of each batch
+            assert driven == pytest.approx(round(0.5 * cfg.optim.batch_size)
+                                           / cfg.optim.batch_size)
     out = tmp_path / "run"
     assert (out / "checkpoint.pt").is_file() and (out / "saliency_grid.png").is_file()
     assert Config.load(out / "config.yaml") == cfg
@@ -37,7 +45,7 @@ def test_every_method_trains_and_reports(tiny_config, tmp_path, method):
 
 
 def test_excon_negative_pairs_report_background_samples(tiny_config, tmp_path):
-    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 0,
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_fraction": 0.0,
                                       "excon.negative_pair": True,
                                       "excon.background_anchor": True, "optim.epochs": 1})
     m = fit(cfg, out_dir=tmp_path).metrics
@@ -58,7 +66,7 @@ class _Stop(Exception):
 
 def test_resume_continues_exactly(tiny_config, tmp_path):
     # ExCon with one warm-up epoch: epoch 1 is SupCon, the resumed epoch 2 explains and masks
-    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 1})
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_fraction": 0.5})
     straight = fit(cfg, out_dir=tmp_path / "a")
 
     def stop_after_first(metrics, _):

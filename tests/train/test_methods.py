@@ -14,7 +14,7 @@ NUM_CLASSES = 4
 
 
 def _excon(tiny_config, **overrides) -> ExCon:
-    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_epochs": 0, **overrides})
+    cfg = tiny_config.with_overrides({"method": "excon", "excon.warmup_fraction": 0.0, **overrides})
     torch.manual_seed(0)
     model = config_model(cfg, NUM_CLASSES)
     method = create_method(cfg, model, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3)
