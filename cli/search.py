@@ -220,9 +220,11 @@ def sync(
         help="Seconds to keep trying a tracking store that does not answer.")] = 60.0,
 ) -> None:
     """Send the MLflow writes a search or study kept because the tracking store was down."""
-    from extune.search.sync import sync_tracking
+    from extune.search.sync import search_journals, sync_journals
+    from extune.study.tracking import is_study_folder, study_journals
 
-    result = sync_tracking(folder, timeout)
+    jobs = study_journals(folder) if is_study_folder(folder) else search_journals(folder)
+    result = sync_journals(jobs, timeout)
     if not result.folders:
         echo(f"nothing to send: MLflow has every write of {folder}")
         return

@@ -18,10 +18,14 @@ from extune.cli._common import (
     refuse_with_resume,
     settings_kwargs,
 )
+from extune.errors import ConfigError
+from extune.train.config import as_float, parse_assignments
 
 __all__ = ["study"]
 
-_RESUME_OK = {"resume"}
+_RESUME_OK = {"resume", "final_epochs", "seeds"}
+"""What ``--resume`` may change: more seeds reuse the finished runs, other final epochs train
+new ones; each change is recorded as a deviation in the study's report."""
 
 
 def study(
@@ -29,17 +33,29 @@ def study(
         help="Methods to compare, comma-separated. (default: ce,supcon,excon,edda,"
              "random_occlusion)")] = None,
     seeds: Annotated[int | None, typer.Option(
-        help="Final runs per method (seeds). (default: 3; --quick: 2)")] = None,
+        help="Final runs per method (seeds); with --resume, more seeds reuse the finished "
+             "ones. (default: 5; --quick: 2)")] = None,
     final_epochs: Annotated[int | None, typer.Option(
-        help="Epochs of a final run. (default: the search epochs; --quick: 2)")] = None,
+        help="Epochs of a final run; allowed with --resume (recorded as a deviation). "
+             "(default: the search epochs; --quick: 2)")] = None,
     trials: Annotated[int | None, typer.Option(
-        help="Trials of each method's search. (default: 8; --quick: 2)")] = None,
+        help="Trials of each method's search (a cap with --budget-epochs). (default: 8; "
+             "--quick: 2)")] = None,
+    budget_epochs: Annotated[int | None, typer.Option(
+        help="Each search stops once its trials trained this many epochs in all, so every "
+             "method consumes the same.")] = None,
+    startup_trials: Annotated[int | None, typer.Option(
+        help="TPE's random start-up trials. (default: max(2, min(10, trials // 4)))")] = None,
+    search_seeds: Annotated[int | None, typer.Option(
+        help="Searches per method with sampler seeds seed..seed+S-1; the final runs share "
+             "their configs, so the intervals include the search's variance. (default: 1)")]
+    = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs of a search trial (sets optim.epochs of the base).")] = None,
     quick: Annotated[bool, typer.Option(
-        help="Tiny preset: tiny_cnn on 16 px synthetic images, 2 trials, 2 seeds.")] = False,
+        help="Smoke test: tiny_cnn on 16 px synthetic images, 2 trials, 2 seeds.")] = False,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Base config YAML (default: the quick search base).")] = None,
+        "--config", "-c", help="Base config YAML (default: the study base).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s", help="Override a base config key, e.g. --set data.name=imagefolder.")]
     = None,
@@ -47,8 +63,21 @@ def study(
         help="Hold a searched setting in every search, e.g. --fix explain.explainer=gradcam.")]
     = None,
     eval_explainer: Annotated[str | None, typer.Option(
-        help="Explainer of every final run's explanation metrics. (default: the base's "
-             "explain.explainer)")] = None,
+        help="Explainer that scores every method's explanations. (default: gradcam)")] = None,
+    eval_layer: Annotated[str | None, typer.Option(
+        help="Layer of --eval-explainer (Grad-CAM). (default: the backbone's last stage)")]
+    = None,
+    protocols: Annotated[str | None, typer.Option(
+        help="Sensitivity protocols, comma-separated explainer[:layer] ('previous': the stage "
+             "before the last); '' for none. (default: gradcam,gradcam:previous,"
+             "integrated_gradients)")] = None,
+    test: Annotated[str | None, typer.Option(
+        "--test", help="welch, permutation or paired. (default: welch)")] = None,
+    correction: Annotated[str | None, typer.Option(
+        help="Across the claims: holm, bh or none. (default: holm)")] = None,
+    margin: Annotated[list[str] | None, typer.Option(
+        help="Equivalence margin of a metric, e.g. --margin accuracy=0.01 (repeatable).")]
+    = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler of every search. (default: tpe)")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
@@ -75,26 +104,42 @@ def study(
     live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
 ) -> None:
     """Compare methods fairly: the same search budget for each, the chosen configs retrained
-    with several seeds, test metrics with 95% intervals and the papers' claims with verdicts."""
-    from extune.search.study import StudySettings, run_study
+    with several seeds and scored under one evaluation protocol, and the papers' claims with
+    verdicts from corrected tests."""
+    from extune.study.run import run_study
+    from extune.study.settings import StudySettings
 
     given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
         refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
-        result = interruptible(lambda: run_study(resume=resume), "study", resume)
+        result = interruptible(lambda: run_study(resume=resume, final_epochs=final_epochs,
+                                                 seeds=seeds), "study", resume)
     else:
-        settings = StudySettings.preset(quick, **settings_kwargs(given), live=live)
+        kwargs = settings_kwargs(given)
+        kwargs["margins"] = {k: _margin(k, v) for k, v in
+                             parse_assignments(kwargs.pop("margin", None) or []).items()}
+        settings = StudySettings.preset(quick, **kwargs, live=live)
         _print_plan(settings)
         result = interruptible(lambda: run_study(settings), "study", None)
     _print_result(result)
     _exit_on_failed_runs(result)
 
 
+def _margin(metric: str, value: Any) -> Any:
+    """A ``--margin`` value as a number (validated with the other settings)."""
+    try:
+        return as_float(value)
+    except ValueError:
+        raise ConfigError(f"--margin {metric}={value}: the margin must be a number, e.g. "
+                          f"--margin {metric}=0.02") from None
+
+
 def _exit_on_failed_runs(result: Any) -> None:
     """Exit 1 (after the report) when a final run did not finish: its method has fewer seeds."""
     bad = [r for m in result.results["methods"].values() for r in m["runs"]
            if r["state"] != "complete"]
-    missing = [m for m, v in result.results["methods"].items() if not v["search"].get("config")]
+    missing = [m for m, v in result.results["methods"].items()
+               if not any(c.get("config") for c in v["searches"])]
     if not bad and not missing:
         return
     parts = [f"{r['label']} {r['state']}" + (f" ({r['error']})" if r.get("error") else "")
@@ -105,36 +150,47 @@ def _exit_on_failed_runs(result: Any) -> None:
     raise typer.Exit(1)
 
 
-_OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "epochs", "config", "set_", "fix",
-                 "eval_explainer", "sampler", "seed", "scheduler", "objective",
+_OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "budget_epochs", "startup_trials",
+                 "search_seeds", "epochs", "config", "set_", "fix", "eval_explainer",
+                 "eval_layer", "protocols", "test", "correction", "margin", "sampler", "seed",
+                 "scheduler", "objective",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "address", "storage",
                  "tracking_uri", "experiment", "name", "out", "resume")
 
 
 def _print_plan(s: Any) -> None:
     base = s.base_config()
-    stopping = s.search_settings(s.methods[0], out=".", parent_run=None,
+    stopping = s.search_settings(s.methods[0], 0, out=".", parent_run=None,
                                  study_id="").scheduler_text()
+    budget = (f"{s.budget_epochs} trial-epochs (at most {s.trials} trials)" if s.budget_epochs
+              else f"{s.trials} trials")
+    searches = f"{s.search_seeds} searches" if s.search_seeds > 1 else "a search"
     echo(f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
-         f"per method {s.trials} trials x {base.optim.epochs} epochs ({s.sampler} seed {s.seed}, "
-         f"{stopping}), then {s.seeds} seeds x {s.final_epochs or base.optim.epochs} epochs "
-         "evaluated on the test split")
+         f"per method {searches} of {budget} x {base.optim.epochs} epochs ({s.sampler} seed "
+         f"{s.seed}, {stopping}), then {s.seeds} seeds x {s.resolved_final_epochs()} epochs "
+         f"evaluated on the test split, explanations scored by {s.eval_explainer}"
+         f"{' at ' + s.eval_layer if s.eval_layer else ' (last stage)'}")
+    if s.quick:
+        echo("--quick is a smoke test: its numbers show the tool works, not the methods")
 
 
 def _print_result(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result.name}: claims (paired differences over seeds)",
+    st = result.results["statistics"]
+    table = Table(title=f"{result.name}: claims ({st['test']}, {st['correction']}-adjusted p)",
                   title_justify="left", header_style="bold")
-    for column in ("claim", "metric", "A - B", "95% CI", "verdict"):
+    for column in ("claim", "metric", "A - B", f"{st['confidence']:.0%} CI", "p adj.",
+                   "verdict"):
         table.add_column(column)
-    style = {"holds": "green", "reversed": "red"}
+    style = {"holds": "green", "reversed": "red", "equivalent": "cyan"}
     for c in result.results["comparisons"]:
         d = c["difference"]
         ci = (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None
-              else f"n={c['n']}")
-        mean = "-" if d.get("mean") is None else f"{d['mean']:+.3f}"
-        table.add_row(f"{c['a']} vs {c['b']}", c["metric"], mean, ci,
+              else f"n={c['n_a']}+{c['n_b']}")
+        mean = "-" if d.get("estimate") is None else f"{d['estimate']:+.3f}"
+        p = "-" if c.get("p_adjusted") is None else f"{c['p_adjusted']:.3f}"
+        table.add_row(f"{c['a']} vs {c['b']}", c["metric"], mean, ci, p,
                       f"[{style.get(c['verdict'], 'yellow')}]{c['verdict']}[/]")
     console.print(table)
     echo(f"report: {result.files['report']}\nresults: {result.files['results']}\n"

@@ -2,41 +2,17 @@
 
 The training loop calls :func:`evaluate_split`; the other functions are its building
 blocks, usable on their own. Metric names, formulas, ranges and directions are listed in
-``docs/metrics.md``. This package imports neither Ray, Optuna nor MLflow.
+``docs/metrics.md``; each metric's direction and range, for code, in
+:mod:`extune.evaluate.metric_info`. This package imports neither Ray, Optuna nor MLflow.
+
+Names are imported on first use, so that ``extune.evaluate.metric_info`` (read by search
+objectives, without torch) keeps a light import.
 """
 
 from __future__ import annotations
 
-from extune.evaluate._util import eval_mode
-from extune.evaluate.classification import (
-    ECE_BINS,
-    classification_metrics,
-    expected_calibration_error,
-    predict_logits,
-)
-from extune.evaluate.corruptions import (
-    CORRUPTION_SEVERITIES,
-    corrupt,
-    list_corruptions,
-    make_corruption,
-)
-from extune.evaluate.explanations import (
-    EXPLANATION_METRICS,
-    LOCALISATION_METRICS,
-    compute_saliency,
-    explanation_scores,
-    explanation_subset,
-    localisation_scores,
-    saliency_ranks,
-)
-from extune.evaluate.robustness import PixelSpaceModel, fgsm_accuracy, fgsm_attack
-from extune.evaluate.suite import (
-    CLASSIFICATION_METRICS,
-    EvalSettings,
-    evaluate_split,
-    metric_names,
-)
-from extune.evaluate.visualize import saliency_grid
+import importlib
+from typing import Any
 
 __all__ = [
     "evaluate_split",
@@ -63,4 +39,34 @@ __all__ = [
     "localisation_scores",
     "saliency_grid",
     "eval_mode",
+    "MetricInfo",
+    "metric_info",
 ]
+
+_WHERE = {
+    "evaluate_split": "suite", "EvalSettings": "suite", "metric_names": "suite",
+    "CLASSIFICATION_METRICS": "suite",
+    "EXPLANATION_METRICS": "explanations", "LOCALISATION_METRICS": "explanations",
+    "explanation_subset": "explanations", "compute_saliency": "explanations",
+    "saliency_ranks": "explanations", "explanation_scores": "explanations",
+    "localisation_scores": "explanations",
+    "ECE_BINS": "classification", "predict_logits": "classification",
+    "classification_metrics": "classification",
+    "expected_calibration_error": "classification",
+    "CORRUPTION_SEVERITIES": "corruptions", "list_corruptions": "corruptions",
+    "corrupt": "corruptions", "make_corruption": "corruptions",
+    "PixelSpaceModel": "robustness", "fgsm_attack": "robustness", "fgsm_accuracy": "robustness",
+    "saliency_grid": "visualize",
+    "eval_mode": "_util",
+    "MetricInfo": "metric_info", "metric_info": "metric_info",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"extune.evaluate.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'extune.evaluate' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -21,8 +21,6 @@ __all__ = [
     "SearchResult",
     "SearchSettings",
     "ServiceError",
-    "StudyResult",
-    "StudySettings",
     "TrialRecord",
     "config_from_params",
     "export_run",
@@ -30,7 +28,6 @@ __all__ = [
     "knee_point",
     "pareto_front",
     "run_search",
-    "run_study",
     "select_trial",
 ]
 
@@ -42,8 +39,6 @@ _WHERE = {
     "SearchResult": "tuner",
     "SearchSettings": "settings",
     "ServiceError": "services",
-    "StudyResult": "study",
-    "StudySettings": "study",
     "TrialRecord": "results",
     "config_from_params": "export",
     "export_run": "export",
@@ -51,7 +46,6 @@ _WHERE = {
     "knee_point": "results",
     "pareto_front": "results",
     "run_search": "tuner",
-    "run_study": "study",
     "select_trial": "results",
 }
 

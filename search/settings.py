@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
+from extune.evaluate.metric_info import metric_info
 from extune.search.services import resolve_tracking_uri
 from extune.train.config import Config
 
@@ -25,26 +26,21 @@ __all__ = [
     "QUICK_FIXED",
     "parse_objectives",
     "make_sampler",
+    "default_startup_trials",
     "absolute_data_paths",
 ]
 
+_OBJECTIVE_METRICS = {
+    "accuracy": "val/accuracy", "top5": "val/top5", "loss": "val/loss", "ece": "val/ece",
+    "alignment": "val/alignment", "avg_drop": "val/avg_drop",
+    "increase_confidence": "val/increase_confidence", "deletion_auc": "val/deletion_auc",
+    "insertion_auc": "val/insertion_auc", "pointing_game": "val/pointing_game",
+    "saliency_in_mask": "val/saliency_in_mask", "fgsm_accuracy": "adv/fgsm_accuracy",
+    "shift_accuracy": "shift/accuracy", "shift_ece": "shift/ece"}
 OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("val/accuracy", "max"),
-    "top5": ("val/top5", "max"),
-    "loss": ("val/loss", "min"),
-    "ece": ("val/ece", "min"),
-    "alignment": ("val/alignment", "max"),
-    "avg_drop": ("val/avg_drop", "min"),
-    "increase_confidence": ("val/increase_confidence", "max"),
-    "deletion_auc": ("val/deletion_auc", "min"),
-    "insertion_auc": ("val/insertion_auc", "max"),
-    "pointing_game": ("val/pointing_game", "max"),
-    "saliency_in_mask": ("val/saliency_in_mask", "max"),
-    "fgsm_accuracy": ("adv/fgsm_accuracy", "max"),
-    "shift_accuracy": ("shift/accuracy", "max"),
-    "shift_ece": ("shift/ece", "min"),
-}
-"""Objective names for ``--objective`` -> (reported metric, direction)."""
+    name: (metric, metric_info(metric).mode) for name, metric in _OBJECTIVE_METRICS.items()}
+"""Objective names for ``--objective`` -> (reported metric, direction); the direction is the
+metric's own (:func:`extune.evaluate.metric_info.metric_info`)."""
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
 SCHEDULERS = ("auto", "asha", "none")
@@ -121,7 +117,11 @@ class SearchSettings:
             ``gpus_per_trial=None``: one GPU per trial where the cluster has GPUs, else none
             (:mod:`extune.search.resources`).
         time_budget_s: stop the whole search after this many seconds.
+        epoch_budget: stop the whole search once its trials trained this many epochs in all
+            (:class:`~extune.search.budget.EpochBudget`); ``trials`` is then a cap.
         sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
+        startup_trials: TPE's random start-up trials; ``None``:
+            :func:`default_startup_trials` of ``trials``.
         seed: sampler seed.
         scheduler: ``asha`` (early stopping on the first objective), ``none``, or ``auto``:
             ASHA with one objective, none with several (ASHA ranks trials by the first objective
@@ -163,7 +163,9 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None
     time_budget_s: float | None = None
+    epoch_budget: int | None = None
     sampler: str = "tpe"
+    startup_trials: int | None = None
     seed: int = 0
     scheduler: str = "auto"
     objective: list[str] = field(default_factory=lambda: ["accuracy"])
@@ -203,6 +205,10 @@ class SearchSettings:
                f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         require(self.time_budget_s is None or self.time_budget_s > 0,
                f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
+        require(self.epoch_budget is None or self.epoch_budget >= 1,
+               f"the epoch budget must be >= 1 trial-epoch, got {self.epoch_budget}")
+        require(self.startup_trials is None or self.startup_trials >= 1,
+               f"--startup-trials must be >= 1, got {self.startup_trials}")
         require(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "
                f"{', '.join(SAMPLERS)}")
         require(self.scheduler in SCHEDULERS, f"unknown scheduler '{self.scheduler}'; use auto, "
@@ -329,15 +335,21 @@ def check_name(name: str) -> None:
             f"--name '{name}' may only use letters, digits, '.', '_' and '-'")
 
 
+def default_startup_trials(trials: int) -> int:
+    """TPE's random start-up trials for a search of ``trials``: ``max(2, min(10, trials //
+    4))`` (Optuna's default of 10 would leave a small search purely random)."""
+    return max(2, min(10, trials // 4))
+
+
 def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
-                 fixed: dict[str, Any] | None = None) -> Any:
+                 fixed: dict[str, Any] | None = None, startup_trials: int | None = None
+                 ) -> Any:
     """An Optuna sampler by name, seeded; wrapped in ``PartialFixedSampler`` when ``fixed``
     holds parameters at given values.
 
-    TPE starts from ``max(2, min(10, trials // 4))`` random trials (Optuna's default of 10
-    would leave a small search purely random), models parameters jointly (``multivariate``,
-    ``group`` for conditional spaces) and uses the constant-liar strategy so that concurrent
-    trials do not all get the same suggestion.
+    TPE starts from ``startup_trials`` random trials (default :func:`default_startup_trials`),
+    models parameters jointly (``multivariate``, ``group`` for conditional spaces) and uses the
+    constant-liar strategy so that concurrent trials do not all get the same suggestion.
 
     Raises:
         ConfigError: a sampler whose package is missing (``cmaes``).
@@ -348,15 +360,17 @@ def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
 
     with warnings.catch_warnings():  # several options are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = _sampler(optuna.samplers, name, seed, trials)
+        sampler = _sampler(optuna.samplers, name, seed, trials, startup_trials)
         if fixed:
             sampler = optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
         return sampler
 
 
-def _sampler(samplers: Any, name: str, seed: int, trials: int) -> Any:
+def _sampler(samplers: Any, name: str, seed: int, trials: int,
+             startup_trials: int | None = None) -> Any:
     if name == "tpe":
-        return samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 4)),
+        startup = startup_trials or default_startup_trials(trials)
+        return samplers.TPESampler(seed=seed, n_startup_trials=startup,
                                    multivariate=True, group=True, constant_liar=True)
     if name == "random":
         return samplers.RandomSampler(seed=seed)

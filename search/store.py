@@ -204,18 +204,36 @@ def _claim(settings: SearchSettings) -> tuple[str, Path]:
 
 
 def chosen_trial(search: SearchDir) -> dict[str, Any]:
-    """What a finished search chose: its best config file, trial, objective value, counts."""
+    """What a finished search chose (its best config file, trial, objective value) and what it
+    spent (trials by state, trial-epochs), with the settings that shaped it: sampler, seed,
+    TPE start-up trials, scheduler constants."""
+    from extune.search.budget import consumed_epochs
+    from extune.search.settings import default_startup_trials
+
     records = search.records()
     counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
     best_file = search.path / "best_config.yaml"
-    chosen: dict[str, Any] = {"config": str(best_file) if best_file.is_file() else None,
-                              "counts": counts, "search_dir": str(search.path),
-                              "parent_run_id": search.meta.get("parent_run_id")}
+    s = search.settings
+    chosen: dict[str, Any] = {
+        "config": str(best_file) if best_file.is_file() else None, "counts": counts,
+        "trial_epochs": consumed_epochs(records), "search_dir": str(search.path),
+        "parent_run_id": search.meta.get("parent_run_id"), "name": search.name,
+        "sampler": s.sampler, "seed": s.seed, "trials": s.trials,
+        "epoch_budget": s.epoch_budget,
+        "startup_trials": (s.startup_trials or default_startup_trials(s.trials))
+        if s.sampler == "tpe" else None,
+        "scheduler": s.scheduler_text(), "scheduler_settings": {
+            "name": s.resolved_scheduler, "reduction_factor": s.reduction_factor,
+            "grace_period": s.grace_period,
+            "max_epochs": search.base_config().optim.epochs},
+        "fixed": s.resolved_fixed}
     if counts["complete"]:
         best = select_trial(records, search.objectives)
         objective = search.objectives[0]
         chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
-                      params=best.params)
+                      params=best.params, number=best.number,
+                      startup=chosen["startup_trials"] is not None
+                      and best.number < chosen["startup_trials"])
     return chosen
 
 

@@ -1,8 +1,14 @@
 """``extune sync DIR``: send the MLflow writes that a search or a study left unsent (the store
-was down when it ended; see :mod:`extune.search.writer`)."""
+was down when it ended; see :mod:`extune.search.writer`).
+
+:func:`sync_journals` sends any list of journals, each with the tracker its writes go to;
+:func:`search_journals` lists a search folder's (a study lists its own with
+:func:`extune.study.study_journals`), so that this module knows nothing of studies.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +16,11 @@ from typing import Any
 from extune.errors import ConfigError
 from extune.search.writer import Journal, TrackingWriter, bounded_http_client
 
-__all__ = ["SyncResult", "sync_tracking"]
+__all__ = ["SyncResult", "Job", "sync_journals", "search_journals", "is_search_folder"]
+
+Job = tuple[Path, Callable[[], Any]]
+"""A journal folder and a function that returns the tracker its writes go to (called only when
+the journal holds unsent writes)."""
 
 
 @dataclass
@@ -29,34 +39,39 @@ class SyncResult:
         return sum(p for _, p in self.folders.values())
 
 
-def sync_tracking(path: str | Path, timeout: float = 60.0) -> SyncResult:
-    """Send the unsent writes of a search folder, or of every search and the final runs of a
-    study folder, in their order.
+def is_search_folder(path: str | Path) -> bool:
+    from extune.search.store import META_NAME
+
+    return (Path(path) / META_NAME).is_file()
+
+
+def search_journals(folder: str | Path) -> list[Job]:
+    """The journal of a search folder with its search's tracker.
+
+    Raises:
+        ConfigError: not a search folder.
+    """
+    from extune.search.tuner import TRACKING_DIR
+
+    root = Path(folder).resolve()
+    if not is_search_folder(root):
+        raise ConfigError(f"{root} is not a search or study folder (no search.json or "
+                          "study.json); pass the folder `extune search` printed")
+    return [(root / TRACKING_DIR, lambda: _search_tracker(root))]
+
+
+def sync_journals(jobs: Sequence[Job], timeout: float = 60.0) -> SyncResult:
+    """Send the unsent writes of each journal, in order.
 
     Args:
-        path: a folder written by ``extune search`` or ``extune study``.
+        jobs: journals and their trackers (:func:`search_journals`,
+            :func:`extune.study.study_journals`).
         timeout: seconds to keep trying a store that does not answer.
 
     Raises:
-        ConfigError: not a search or study folder.
         ServiceError: the tracking store cannot be reached at all.
     """
-    from extune.search.study import STUDY_META
-    from extune.search.tuner import TRACKING_DIR
-
     bounded_http_client()
-    root = Path(path).resolve()
-    jobs: list[tuple[Path, Any]] = []
-    searches = [root] if (root / "search.json").is_file() else []
-    if (root / STUDY_META).is_file():  # the study's searches, then its final runs
-        searches = sorted(m.parent for m in root.glob("*/*/search.json"))
-    for folder in searches:
-        jobs.append((folder / TRACKING_DIR, lambda folder=folder: _search_tracker(folder)))
-    if (root / STUDY_META).is_file():
-        jobs.append((root / "final" / TRACKING_DIR, lambda: _study_tracker(root)))
-    if not jobs:
-        raise ConfigError(f"{root} is not a search or study folder (no search.json or "
-                          f"{STUDY_META}); pass the folder `extune search` printed")
     result = SyncResult({})
     for journal, make_tracker in jobs:
         unsent = len(Journal(journal).unsent())
@@ -70,15 +85,6 @@ def sync_tracking(path: str | Path, timeout: float = 60.0) -> SyncResult:
 
 def _search_tracker(folder: Path) -> Any:
     from extune.search.store import SearchDir
-    from extune.search.tuner import _tracker
+    from extune.search.tuner import search_tracker
 
-    return _tracker(SearchDir.load(folder))
-
-
-def _study_tracker(folder: Path) -> Any:
-    from extune.search.services import resolve_tracking_uri
-    from extune.search.study import StudyDir, _study_tracker
-
-    sdir = StudyDir.load(folder)
-    uri = sdir.meta.get("tracking_uri") or resolve_tracking_uri(sdir.settings.tracking_uri)
-    return _study_tracker(sdir, uri)
+    return search_tracker(SearchDir.load(folder))

@@ -52,7 +52,7 @@ from extune.train.config import Config
 if TYPE_CHECKING:
     from extune.train.data import DataSplits
 
-__all__ = ["SearchResult", "run_search"]
+__all__ = ["SearchResult", "run_search", "search_tracker", "TRACKING_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         settings.address = address or settings.address
         _check_services(settings, sdir.meta["tracking_uri"])
         if sdir.meta["status"] == "finished":
-            return _finish(sdir, _tracker(sdir), interrupted=False, start=start, trials=[])
+            return _finish(sdir, search_tracker(sdir), interrupted=False, start=start, trials=[])
         base, space, max_epochs, check = sdir.base_config(), None, None, None
     else:
         settings = settings or SearchSettings()
@@ -159,7 +159,8 @@ def _check_services(settings: SearchSettings, tracking_uri: str) -> None:
     check_tracking_uri(tracking_uri)
 
 
-def _tracker(sdir: SearchDir) -> Any:
+def search_tracker(sdir: SearchDir) -> Any:
+    """The MLflow tracker of a search, its parent run created (or found again) and described."""
     from extune.search.tracking import VIEW_TAG, MlflowTracker
 
     tracker = MlflowTracker(sdir.meta["tracking_uri"], sdir.settings.experiment,
@@ -185,7 +186,8 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "seed": s.seed, "scheduler": s.resolved_scheduler, "trials": s.trials,
         "max_concurrent": s.max_concurrent or "auto", "cpus_per_trial": s.cpus_per_trial,
         "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
-        "time_budget_s": s.time_budget_s,
+        "time_budget_s": s.time_budget_s, "epoch_budget": s.epoch_budget,
+        "startup_trials": s.startup_trials or "auto",
         "max_failures": s.max_failures, "address": s.address or "local",
         "full_eval": s.full_eval,
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
@@ -273,7 +275,7 @@ def _prepared(sdir: SearchDir, resumed: bool) -> Any:
     """The MLflow tracker of the search; a new search that fails here is marked failed (its
     folder holds no trial: ``--resume`` and ``export`` refuse it, saying why)."""
     try:
-        return _tracker(sdir)
+        return search_tracker(sdir)
     except ExtuneError as e:
         if not resumed:
             sdir.set_status("failed", error=str(e))
@@ -292,10 +294,13 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
         fit_start = time.time()
         tuner.fit()
         trials = _ray_trials(sdir)
-        stopped = stop is not None and bool(stop.stop_all())
+        spent = settings.epoch_budget is not None and _epoch_budget(sdir, settings,
+                                                                   trials).stop_all()
+        stopped = spent or (stop is not None and bool(stop.stop_all()))
         interrupted = not stopped and _was_interrupted(trials, settings, time.time() - fit_start)
+        reason = "epoch budget" if spent else "stopper" if stopped else "time budget"
         return _finish(sdir, tracker, interrupted=interrupted, start=start, trials=trials,
-                       stopped_by="stopper" if stopped else "time budget")
+                       stopped_by=reason)
     except BaseException:
         if interrupted:
             sdir.set_status("interrupted")
@@ -366,7 +371,7 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
-                             settings.resolved_fixed),
+                             settings.resolved_fixed, settings.startup_trials),
         storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]),
         study_name=sdir.name)
 
@@ -391,6 +396,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     from extune.search.tracking import MlflowCallback
 
     storage, _, name = sdir.experiment_path.rpartition("/")
+    stop = _with_budget(sdir, settings, stop)
     console = LiveConsole(title=sdir.name, objectives=settings.objectives, base=base,
                           total=settings.trials, live=settings.live,
                           study=(sdir.meta["optuna_storage"], sdir.name))
@@ -404,6 +410,27 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
                    console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+def _with_budget(sdir: SearchDir, settings: SearchSettings, stop: Any) -> Any:
+    """``stop`` and, with ``epoch_budget``, the search's :class:`EpochBudget`."""
+    if settings.epoch_budget is None:
+        return stop
+    from ray.tune.stopper import CombinedStopper
+
+    budget = _epoch_budget(sdir, settings)
+    return budget if stop is None else CombinedStopper(stop, budget)
+
+
+def _epoch_budget(sdir: SearchDir, settings: SearchSettings, trials: list[Any] = ()) -> Any:
+    """The search's :class:`EpochBudget`, told the last results of ``trials`` (Ray's saved
+    trials: after ``fit``, what the stopping instance saw)."""
+    from extune.search.budget import EpochBudget
+
+    budget = EpochBudget(settings.epoch_budget, sdir.meta["optuna_storage"], sdir.name)
+    for trial in trials:
+        budget(trial.trial_id, trial.last_result or {})
+    return budget
 
 
 def _ray_trials(sdir: SearchDir) -> list[Any]:

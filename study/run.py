@@ -1,0 +1,222 @@
+"""``run_study``: a fair, seeded comparison of methods (docs/study.md).
+
+For each method: one search (or ``--search-seeds S``) of its built-in space with the same budget
+(trials or trial-epochs, epochs, scheduler, sampler and seed), selected on the validation split;
+then every method's chosen config is retrained with K seeds at the final epoch count, as Ray
+trials (a cluster runs them in parallel), and scored on the test split under one evaluation
+protocol; then the saved checkpoints are re-scored under the sensitivity protocols and the
+report is written (:mod:`extune.study.report`).
+
+Everything is resumable: a finished search is read, an unfinished one resumed; the final runs'
+Tune experiments are restored, so nothing is trained twice. MLflow: one parent run for the study
+(``extune.role=study``) whose children are the searches' parent runs (``extune.stage=search``)
+and the final runs (``extune.stage=final``), all tagged with ``extune.method``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from extune.search.store import SearchDir, chosen_trial
+from extune.search.writer import bounded_http_client
+from extune.study.folder import StudyDir
+from extune.study.settings import StudySettings
+
+__all__ = ["StudyResult", "run_study", "study_tracker"]
+
+
+@dataclass
+class StudyResult:
+    """What a study produced: the folder, the report files and the MLflow parent run."""
+
+    name: str
+    path: Path
+    files: dict[str, Path]
+    results: dict[str, Any]
+    parent_run_id: str
+    tracking_uri: str
+    wall_s: float
+
+
+def run_study(settings: StudySettings | None = None, *, resume: str | Path | None = None,
+              final_epochs: int | None = None, seeds: int | None = None) -> StudyResult:
+    """Run a study (or finish an interrupted one): searches, final runs, sensitivity, report.
+
+    Args:
+        settings: the study (``None``: the defaults).
+        resume: a study folder to finish with its saved settings.
+        final_epochs, seeds: with ``resume``, new values of these settings; each change is
+            recorded as a deviation (finished final runs of the same epochs are reused).
+
+    Raises:
+        ExtuneError: bad settings or spaces, unreachable Ray cluster or tracking server,
+            missing data.
+    """
+    import ray
+
+    from extune.search.services import (
+        check_tracking_uri,
+        connect_ray,
+        quiet_ray_env,
+        resolve_tracking_uri,
+    )
+
+    start = time.time()
+    quiet_ray_env()
+    bounded_http_client()
+    if resume is not None:
+        sdir = StudyDir.load(resume)
+        sdir.change_settings(final_epochs=final_epochs, seeds=seeds)
+        settings = sdir.settings
+    else:
+        settings = settings or StudySettings()
+        _validate_spaces(settings)
+    uri = resolve_tracking_uri(settings.tracking_uri)
+    check_tracking_uri(uri)
+    if resume is None:
+        sdir = StudyDir.create(settings)
+    tracker = study_tracker(sdir, uri)
+    started = connect_ray(settings.address)
+    try:
+        results, files = _stages(sdir, tracker)
+    except BaseException:
+        sdir.update(status="interrupted")
+        tracker.end(tracker.parent_run(), "KILLED")
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    return StudyResult(sdir.name, sdir.path, files, results, tracker.parent_run(), uri,
+                       time.time() - start)
+
+
+def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Searches, final runs, sensitivity and report of a study whose Ray is up."""
+    from extune.study.final import run_final_stage
+    from extune.study.report import write_report
+    from extune.study.sensitivity import rescore_stage
+
+    settings = sdir.settings
+    console = Console()
+    sdir.update(status="running", cluster=_cluster())
+    chosen = {}
+    for i, method in enumerate(settings.methods, 1):
+        console.print(f"study {sdir.name}: search {i}/{len(settings.methods)}: {method}",
+                      highlight=False, markup=False)
+        chosen[method] = [_search_stage(sdir, method, index, tracker.parent_run())
+                          for index in range(settings.search_seeds)]
+    console.print(f"study {sdir.name}: final runs ({len(chosen)} methods x "
+                  f"{settings.seeds} seeds)", highlight=False, markup=False)
+    t0 = time.time()
+    runs = run_final_stage(sdir, chosen, tracker)
+    sdir.add_seconds("final", time.time() - t0)
+    if any(r["state"] in ("unfinished", "missing") for r in runs):
+        raise KeyboardInterrupt  # Ctrl-C during the final runs: resume trains the rest
+    t0 = time.time()
+    sensitivity = rescore_stage(sdir, runs, console)
+    sdir.add_seconds("sensitivity", time.time() - t0)
+    results, files = write_report(sdir, runs, chosen, sensitivity)
+    _log_study(tracker, results, files)
+    incomplete = any(r["state"] != "complete" for r in runs)
+    sdir.update(status="finished" if not incomplete else "finished with failures")
+    tracker.end(tracker.parent_run(), "FINISHED")
+    return results, files
+
+
+def _cluster() -> dict[str, Any]:
+    """Where the study runs (recorded with its results): Ray's CPUs and GPUs, the driver's
+    platform."""
+    import platform
+
+    import ray
+
+    resources = ray.cluster_resources()
+    return {"cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "platform": platform.platform(), "processor": platform.processor() or
+            platform.machine()}
+
+
+def _validate_spaces(settings: StudySettings) -> None:
+    """Every method's space against the base, and the final runs' settings (the evaluation
+    protocol), before any folder or run exists."""
+    from extune.spaces import get_space, validate_space
+    from extune.train.methods import check_explain_layer
+    from extune.train.validate import validate_config
+
+    base = settings.base_config()
+    final = validate_config(settings.final_config(base, settings.final_seeds()[0]))
+    check_explain_layer(final)
+    for method in settings.methods:
+        validate_space(get_space(method), base, name=method, seed=settings.seed)
+
+
+def study_tracker(sdir: StudyDir, uri: str) -> Any:
+    """The MLflow tracker of the study's parent run (created, or found again on resume)."""
+    from extune.search.tracking import MlflowTracker
+
+    s = sdir.settings
+    tracker = MlflowTracker(uri, s.experiment, sdir.study_id, sdir.name, role="study",
+                            tags={"extune.study_id": sdir.study_id})
+    tracker.check()
+    base = s.base_config()
+    params = {"methods": ",".join(s.methods), "seeds": s.seeds, "final_seeds":
+              ",".join(map(str, s.final_seeds())), "trials_per_method": s.trials,
+              "budget_epochs": s.budget_epochs, "search_seeds": s.search_seeds,
+              "search_epochs": base.optim.epochs, "final_epochs": s.resolved_final_epochs(),
+              "sampler": s.sampler, "seed": s.seed, "scheduler": s.scheduler,
+              "objective": s.objective, "fixed": json.dumps(s.fixed) if s.fixed else "none",
+              "eval_explainer": s.eval_explainer, "eval_layer": s.eval_layer or "last stage",
+              "test": s.test, "correction": s.correction, "data": base.data.name,
+              "study_dir": str(sdir.path)}
+    run_id = tracker.parent_run(params=params)
+    if sdir.meta.get("parent_run_id") != run_id:
+        sdir.update(parent_run_id=run_id, tracking_uri=uri)
+        tracker.log_artifact(run_id, sdir.base_file)
+    return tracker
+
+
+def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str) -> dict[str, Any]:
+    """Run (or finish, or read) search ``index`` of ``method``; returns its chosen trial
+    (:func:`~extune.search.store.chosen_trial`) with the search's wall time."""
+    from extune.search.tuner import run_search
+
+    name = sdir.settings.search_name(method, index)
+    folder = sdir.search_dir(name)
+    t0 = time.time()
+    result = None
+    if (folder / "search.json").is_file():
+        if SearchDir.load(folder).meta.get("status") != "finished":
+            result = run_search(resume=folder)
+    else:
+        settings = sdir.settings.search_settings(
+            method, index, out=str(folder.parent), parent_run=parent_run,
+            study_id=sdir.study_id, base_file=str(sdir.base_file))
+        result = run_search(settings)
+    sdir.add_seconds(f"search/{name}", time.time() - t0)
+    if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
+        raise KeyboardInterrupt
+    chosen = chosen_trial(SearchDir.load(folder))
+    chosen["seconds"] = sdir.meta.get("stage_seconds", {}).get(f"search/{name}")
+    return chosen
+
+
+def _log_study(tracker: Any, results: dict[str, Any], files: dict[str, Path]) -> None:
+    parent = tracker.parent_run()
+    for key, path in files.items():
+        tracker.log_artifact(parent, path, "plots" if key.startswith("plot") else None)
+    metrics = {}
+    for method, summary in results["methods"].items():
+        for metric, interval in summary["final"].items():
+            if interval.get("mean") is not None:
+                metrics[f"{method}/test/{metric}"] = interval["mean"]  # mean over seeds
+    tracker.log_metrics(parent, metrics, step=0)
+    verdicts = {f"extune.claim.{c['a']}-{c['b']}.{c['metric']}": c["verdict"]
+                for c in results["comparisons"]}
+    tracker.set_tags(parent, verdicts)
