@@ -30,8 +30,9 @@ class EpochBudget(Stopper):
     Trials are counted from the Optuna study (their last epoch when finished, their
     intermediate values while running; so a resumed search counts what ran before, and a new
     instance after the search counts what the search's instance counted) and from the results
-    Tune passes here (several objectives report no intermediate values). The search's running trials end
-    when the budget is reached; the search marks them pruned (they are short of their epochs).
+    Tune passes here (several objectives report no intermediate values). The search's running
+    trials end when the budget is reached; the search marks them pruned (they are short of
+    their epochs).
 
     Args:
         budget: trial-epochs.

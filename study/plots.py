@@ -65,7 +65,11 @@ def _plot_curve(ax: Any, key: str, title: str, results: dict[str, Any]) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("epoch", fontsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, f"no run reported {key}", ha="center", va="center",
+                transform=ax.transAxes, fontsize=8)
 
 
 def write_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:

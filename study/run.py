@@ -111,6 +111,7 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
                       highlight=False, markup=False)
         chosen[method] = [_search_stage(sdir, method, index, tracker.parent_run())
                           for index in range(settings.search_seeds)]
+    _warn_inactive(chosen, console)
     console.print(f"study {sdir.name}: final runs ({len(chosen)} methods x "
                   f"{settings.seeds} seeds)", highlight=False, markup=False)
     t0 = time.time()
@@ -127,6 +128,20 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
     sdir.update(status="finished" if not incomplete else "finished with failures")
     tracker.end(tracker.parent_run(), "FINISHED")
     return results, files
+
+
+def _warn_inactive(chosen: dict[str, list[dict[str, Any]]], console: Console) -> None:
+    """One line for each chosen config that would never switch its method on (its claims will
+    be "not tested")."""
+    from extune.train.config import Config
+    from extune.train.methods import inactive_reason
+
+    for method, searches in chosen.items():
+        for search in searches:
+            reason = search.get("config") and inactive_reason(Config.load(search["config"]))
+            if reason:
+                console.print(f"warning: {search.get('name', method)}: {reason}",
+                              highlight=False, markup=False)
 
 
 def _cluster() -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """``extune study --quick`` end to end (real Ray, real training, MLflow SQLite): interrupted after
 the searches, resumed, then resumed again; nothing is trained twice, the report, results and
-plots exist and MLflow holds one study run with the searches and final runs as children."""
+plots exist and MLflow holds one study run with the searches and final runs as children; then
+resumed with more seeds (the finished runs are reused) and other final epochs, each recorded as
+a deviation."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def _study_runs(uri: str) -> dict[str, list]:
 
 
 def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
-    import extune.search.study_final as final
+    import extune.study.final as final
+    import extune.study.run as study_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["study", "--quick", "--methods", "ce,edda", "--name", "s", "--out",
@@ -34,6 +37,7 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     import extune.search.tuner as tuner
 
     real_stage, real_search = final.run_final_stage, tuner.run_search
+    assert study_run.run_study  # the stages import run_final_stage and run_search on use
 
     def ctrl_c_in_search(*a, **k):  # Tune returns normally on Ctrl-C; the result says so
         result = real_search(*a, **k)
@@ -65,18 +69,42 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     for method in ("ce", "edda"):
         runs = results["methods"][method]["runs"]
         assert [r["state"] for r in runs] == ["complete", "complete"]
-        assert all("test/accuracy" in r["metrics"] for r in runs)
+        assert all("test/accuracy" in r["metrics"] and len(r["history"]) == 2 for r in runs)
         assert results["methods"][method]["final"]["accuracy"]["n"] == 2
     claims = {(c["a"], c["b"], c["metric"]) for c in results["comparisons"]}
     assert ("edda", "ce", "alignment") in claims
-    assert all(c["verdict"] in ("holds", "not shown", "reversed")
+    assert all(c["verdict"] in ("holds", "reversed", "equivalent", "not shown", "not tested")
                for c in results["comparisons"])
+    assert results["protocol"]["explainer"] == "gradcam" and results["versions"]["ray"]
+    assert [p["text"] for p in results["sensitivity"]["protocols"]] == [
+        "gradcam", "gradcam:previous", "integrated_gradients"]
     report = (folder / "report.md").read_text()
-    assert "## Claims" in report and "edda vs ce" in report
+    for part in ("**Smoke test**", "## Claims", "edda vs ce", "## Sensitivity",
+                 "## Per seed", "## Compute", "## Reproducibility", "p adj."):
+        assert part in report, part
 
     before = _check_mlflow(uri)
     assert main(["study", "--resume", str(folder)]) == 0  # finished: nothing more is trained
     assert _check_mlflow(uri) == before
+
+    # more seeds: the four finished runs are reused, two are trained; then other final epochs
+    assert main(["study", "--resume", str(folder), "--seeds", "3"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert [r["seed"] for r in results["methods"]["ce"]["runs"]] == [1, 2, 3]
+    assert _final_runs(uri) == 6
+    assert main(["study", "--resume", str(folder), "--final-epochs", "3"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert all(r["epochs"] == 3 and r["state"] == "complete"
+               for m in results["methods"].values() for r in m["runs"])
+    assert [(d["setting"], d["from"], d["to"]) for d in results["deviations"]] == [
+        ("seeds", 2, 3), ("final_epochs", 2, 3)]
+    assert "`final_epochs` 2 -> 3" in (folder / "report.md").read_text()
+    assert _final_runs(uri) == 12
+    assert main(["study", "--resume", str(folder), "--trials", "4"]) == 2  # not changeable
+
+
+def _final_runs(uri: str) -> int:
+    return sum(r.data.tags.get("extune.stage") == "final" for r in _study_runs(uri)["trial"])
 
 
 def _check_mlflow(uri: str) -> tuple[int, int, int]:

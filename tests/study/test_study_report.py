@@ -1,108 +1,208 @@
-"""Study settings, the claims table and the report on hand-made runs (no Ray, no MLflow)."""
+"""Study settings, claims with verdicts, the evaluation protocol and the report on hand-made
+runs (no Ray, no MLflow)."""
 
 from __future__ import annotations
+
+import math
+from types import SimpleNamespace
 
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.study import StudySettings
-from extune.search.study_report import (
-    compare,
-    plot_metric,
-    present_metrics,
-    report_markdown,
-    summarise,
-)
+from extune.study.claims import claim_rows
+from extune.study.report import build_results, present_metrics, report_markdown, summarise
+from extune.study.settings import StudySettings
+from extune.train.config import Config
+from extune.train.methods import evaluation_explainer, evaluation_protocol
 
 
-def _run(method: str, index: int, **metrics: float) -> dict:
-    return {"method": method, "seed": index + 1, "seed_index": index, "label": f"{method}-{index}",
-            "state": "complete", "metrics": {"epoch": 2.0, **metrics}, "error": None}
+def _run(method: str, index: int, history: list | None = None, **metrics: float) -> dict:
+    return {"method": method, "seed": index + 1, "seed_index": index, "search_index": 0,
+            "label": f"{method}-seed{index + 1}", "state": "complete",
+            "metrics": {"epoch": 2.0, **metrics}, "error": None, "epochs": 2,
+            "seconds": 10.0, "checkpoint": f"/ckpt/{method}/{index}",
+            "history": history or [{"epoch": 1.0, "val/accuracy": 0.5,
+                                     "train/driven_share": 0.0},
+                                    {"epoch": 2.0, "val/accuracy": 0.6,
+                                     "train/driven_share": 0.8}]}
+
+
+EXCON = [0.80, 0.82, 0.81, 0.80, 0.83]
+SUPCON = [0.70, 0.71, 0.69, 0.72, 0.70]
 
 
 def _runs() -> list[dict]:
-    """excon clearly beats supcon on accuracy, ties on alignment, loses on ECE under shift;
-    no mask metrics (an imagefolder set)."""
+    """Five seeds each: excon clearly beats supcon on accuracy, is equivalent on alignment
+    (within ±0.02), loses on ECE under shift, and is unclear on deletion AUC."""
     runs = []
-    for i, (acc_ex, acc_sup) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.81, 0.69)]):
-        runs.append(_run("excon", i, **{"test/accuracy": acc_ex, "test/alignment": 0.30 + i / 100,
-                                        "test/shift/ece": 0.20 + i / 1000}))
-        runs.append(_run("supcon", i, **{"test/accuracy": acc_sup,
-                                         "test/alignment": 0.31 - i / 200,
-                                         "test/shift/ece": 0.10 + i / 1000}))
+    for i in range(5):
+        runs.append(_run("excon", i, **{
+            "test/accuracy": EXCON[i], "test/alignment": 0.300 + (i % 2) / 1000,
+            "test/shift/ece": 0.20 + i / 1000, "test/deletion_auc": 0.2 + (-1) ** i * 0.1}))
+        runs.append(_run("supcon", i, **{
+            "test/accuracy": SUPCON[i], "test/alignment": 0.301 - (i % 2) / 1000,
+            "test/shift/ece": 0.10 + i / 1000, "test/deletion_auc": 0.21 + (-1) ** i * 0.09}))
     return runs
 
 
-def test_claims_get_holds_not_shown_and_reversed():
-    rows = {r["metric"]: r for r in compare(_runs(), ["excon", "supcon"])}
-    assert set(rows) == {"accuracy", "alignment", "shift_ece"}  # only what the runs report
+def _values(runs):
+    def values(method, metric):
+        return {r["seed_index"]: r["metrics"][metric.key] for r in runs
+                if r["method"] == method and metric.key in r["metrics"]}
+    return values
+
+
+def _rows(runs, untested=None, correction="holm"):
+    present = [m.name for m in present_metrics(runs)]
+    settings = StudySettings(methods=["excon", "supcon"])
+    return {r["metric"]: r for r in claim_rows(
+        _values(runs), ["excon", "supcon"], present, untested=untested or {},
+        margins=settings.margin, test="welch", correction=correction, confidence=0.95)}
+
+
+def test_claims_get_each_verdict():
+    rows = _rows(_runs())
+    assert set(rows) == {"accuracy", "alignment", "shift_ece", "deletion_auc"}
     assert rows["accuracy"]["verdict"] == "holds"
-    assert rows["accuracy"]["difference"]["mean"] == pytest.approx(0.11)
-    assert rows["alignment"]["verdict"] == "not shown"
+    assert rows["accuracy"]["difference"]["estimate"] == pytest.approx(0.108)
+    assert rows["alignment"]["verdict"] == "equivalent"
     assert rows["shift_ece"]["verdict"] == "reversed"  # higher ECE is worse
-    assert all(r["n"] == 3 for r in rows.values())
+    assert rows["deletion_auc"]["verdict"] == "not shown"
+    assert rows["deletion_auc"]["mdd"] > 0.1  # the seeds could not see a small difference
+    for row in rows.values():  # Holm over the 4 claims: adjusted >= raw, at most 4x raw
+        assert row["p"] <= row["p_adjusted"] <= min(1.0, 4 * row["p"]) + 1e-12
+        assert row["n_a"] == row["n_b"] == 5
 
 
-def test_claims_need_both_methods():
-    assert compare(_runs(), ["excon"]) == []
+def test_holm_can_withdraw_a_verdict_that_raw_p_would_give():
+    runs = _runs()
+    for r in runs:  # a modest accuracy gain: p ~ 0.03 raw, above 0.05 after Holm over 4
+        if r["method"] == "excon":
+            r["metrics"]["test/accuracy"] = SUPCON[r["seed_index"]] + [0.03, 0.0, 0.02, 0.01,
+                                                                        0.025][r["seed_index"]]
+    raw = _rows(runs, correction="none")["accuracy"]
+    holm = _rows(runs)["accuracy"]
+    assert raw["p"] < 0.05 and raw["verdict"] == "holds"
+    assert holm["p_adjusted"] > 0.05 and holm["verdict"] != "holds"
+
+
+def test_a_method_that_never_ran_or_sits_at_chance_is_not_tested():
+    rows = _rows(_runs(), untested={"excon": "never switched on"})
+    assert {r["verdict"] for r in rows.values()} == {"not tested"}
+    assert all(r["p_adjusted"] is None for r in rows.values())  # out of the family
 
 
 def test_failed_runs_do_not_count():
     runs = _runs()
-    runs[0]["state"] = "failed"  # excon seed 0
-    summary = summarise(runs, ["excon", "supcon"])
-    assert summary["excon"]["accuracy"]["n"] == 2
-    rows = {r["metric"]: r for r in compare(runs, ["excon", "supcon"])}
-    assert rows["accuracy"]["n"] == 2  # the pair of seed 0 is gone
+    runs[0]["state"] = "failed"  # excon seed 1
+    assert summarise(runs, ["excon", "supcon"])["excon"]["accuracy"]["n"] == 4
 
 
-def test_mask_metrics_only_where_reported():
-    names = [m.name for m in present_metrics(_runs())]
-    assert "pointing_game" not in names and names[0] == "accuracy"
-
-
-def test_report_markdown_has_the_tables():
-    runs = _runs()
-    summary = summarise(runs, ["excon", "supcon"])
-    settings = StudySettings(methods=["excon", "supcon"], quick=True).to_dict()
-    results = {
-        "study": "s", "data": "synthetic", "settings": settings, "search_epochs": 1,
-        "final_epochs": 2, "final_seeds": "1, 2, 3", "eval_explainer": "gradcam", "fixed": "",
-        "wall_s": {"final": 60.0}, "metrics": [m.name for m in present_metrics(runs)],
-        "methods": {m: {"search": {"trial": "trial-001", "value": 0.5, "counts": {"complete": 2},
-                                   "params": {"optim.lr": 0.1}},
-                        "final": summary[m], "runs": [r for r in runs if r["method"] == m]}
-                    for m in ("excon", "supcon")},
-        "comparisons": compare(runs, ["excon", "supcon"]),
+def test_every_method_is_scored_by_the_same_explainer_and_layer():
+    """A study's final configs carry one evaluation protocol: a method that trained with
+    Grad-CAM at layer3 (or another explainer) is scored like the others, at the last stage."""
+    settings = StudySettings(methods=["ce", "excon", "edda"])
+    base = settings.base_config()
+    trained = {
+        "ce": base.with_overrides({"method": "ce"}),
+        "excon": base.with_overrides({"method": "excon", "explain.explainer": "gradcam",
+                                      "explain.layer": "layer2"}),
+        "edda": base.with_overrides({"method": "edda",
+                                     "explain.explainer": "integrated_gradients",
+                                     "explain.steps": 4}),
     }
+    protocols = set()
+    for method, chosen in trained.items():
+        final = settings.final_config(chosen, seed=1)
+        explainer = evaluation_explainer(final)
+        protocols.add((explainer.name, explainer.layer, evaluation_protocol(final)["layer"]))
+    assert protocols == {("gradcam", None, None)}  # one protocol; None: the last stage
+
+
+def test_eval_layer_is_used_and_checked():
+    cfg = Config().with_overrides({"model.backbone": "tiny_cnn", "explain.layer": "layer2",
+                                   "eval.explainer": "gradcam", "eval.layer": "layer1"})
+    assert evaluation_explainer(cfg).layer == "layer1"
+    assert evaluation_explainer(cfg.with_overrides({"eval.explainer": None})).layer == "layer2"
+    from extune.train.methods import check_explain_layer
+
+    with pytest.raises(ConfigError, match="eval.layer: unknown layer 'layer9'"):
+        check_explain_layer(cfg.with_overrides({"eval.layer": "layer9"}))
+
+
+def _sdir(settings: StudySettings) -> SimpleNamespace:
+    return SimpleNamespace(settings=settings, name="s", study_id="id", meta={
+        "versions": {"extune": "0.1.0", "torch": "2.14.1"}, "stage_seconds": {"final": 60.0},
+        "deviations": [{"setting": "final_epochs", "from": 2, "to": 4, "when": "today",
+                        "status_before": "finished"}]})
+
+
+def _sensitivity(runs) -> dict:
+    main = {"text": "gradcam", "explainer": "gradcam", "layer": "layer3", "steps": None,
+            "description": "gradcam at layer3 (the last stage)"}
+    other = {"text": "integrated_gradients", "explainer": "integrated_gradients",
+             "layer": None, "steps": 16, "description": "integrated_gradients (16 steps)"}
+    scores = {"gradcam": {r["label"]: {k: v for k, v in r["metrics"].items()
+                                       if k in ("test/alignment", "test/deletion_auc")}
+                          for r in runs},
+              # under IG, excon's alignment is clearly lower: the verdict changes
+              "integrated_gradients": {r["label"]: {
+                  "test/alignment": 0.1 + r["seed_index"] / 1000 if r["method"] == "excon"
+                  else 0.3 + r["seed_index"] / 1000, "test/deletion_auc": 0.2}
+                  for r in runs}}
+    return {"main": main, "protocols": [main, other], "scores": scores, "num_classes": 10,
+            "test_images": 1000, "explain_samples": 500}
+
+
+def test_report_from_results_alone():
+    runs = _runs()
+    settings = StudySettings(methods=["excon", "supcon"])
+    chosen = {m: [{"trial": "trial-001", "value": 0.5, "counts": {"complete": 2, "pruned": 3},
+                   "params": {"optim.lr": 0.1}, "trial_epochs": 11, "seconds": 120.0,
+                   "name": m, "seed": 0, "startup": True, "startup_trials": 4,
+                   "scheduler": "ASHA on val/accuracy (grace 1 epoch, reduction 3)"}]
+              for m in ("excon", "supcon")}
+    results = build_results(_sdir(settings), runs, chosen, _sensitivity(runs))
+    assert results["protocol"]["description"].startswith("gradcam at layer3")
+    assert results["startup_trials"] == 4 and results["versions"]["torch"] == "2.14.1"
+    sens = results["sensitivity"]
+    assert sens["verdicts"]["excon vs supcon: alignment"] == {
+        "gradcam": "equivalent", "integrated_gradients": "reversed"}
+    assert not sens["same_under_all"]["excon vs supcon: alignment"]
+    assert results["methods"]["excon"]["diagnostics"]["train/driven_share"] == \
+        pytest.approx(0.4)
     text = report_markdown(results)
-    assert "| excon | 3/3 | 0.810 ± 0.025 |" in text
-    assert "| excon vs supcon | accuracy ↑ | +0.110 [" in text and "**holds**" in text
-    assert "**reversed**" in text and "not shown" in text
-    assert "| supcon | 2 / 0 / 0 | trial-001 | 0.500 | lr=0.1 |" in text
-    assert "## Diagnostics" not in text  # the hand-made runs report no training statistics
-    for run in runs:
-        run["metrics"]["train/accuracy"] = 0.5 if run["method"] == "excon" else 0.7
-    text = report_markdown(results)
-    assert "| train/accuracy | 0.500 | 0.700 |" in text
+    for part in ("gradcam at layer3 (the last stage), on 500 test images",
+                 "Welch's unpaired t test", "Holm's correction",
+                 "| excon | excon (seed 0) | 2 / 3 / 0 | 11 | 2.0 min | trial-001 | yes (random)",
+                 "| excon | 5/5 | 0.812 ± ", "**holds**", "**equivalent**", "**reversed**",
+                 "| excon vs supcon: alignment | **equivalent** (-0.000) | **reversed** (-0.200)"
+                 " | **no** |", "| excon | 1 | 1 | complete | 2 | 0.800 |",
+                 "## Compute", "torch 2.14.1", "`final_epochs` 2 -> 4",
+                 "## What this does not show", "training seeds only"):
+        assert part in text, part
+    assert "Smoke test" not in text
 
 
-def test_plot_draws_bars_and_seed_points():
-    import matplotlib
+def test_quick_reports_say_they_are_smoke_tests():
+    runs = _runs()
+    settings = StudySettings.preset(True, methods=["excon", "supcon"])
+    results = build_results(_sdir(settings), runs, {"excon": [], "supcon": []},
+                            _sensitivity(runs))
+    assert "**Smoke test**" in report_markdown(results)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def test_plots_are_drawn_from_the_results(tmp_path):
+    from extune.study.plots import write_plots
 
     runs = _runs()
-    fig, ax = plt.subplots()
-    plot_metric(ax, present_metrics(runs)[0], ["excon", "supcon"],
-                summarise(runs, ["excon", "supcon"]), runs)
-    assert len(ax.patches) == 2  # one bar per method
-    from matplotlib.collections import PathCollection
-
-    points = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert sum(len(c.get_offsets()) for c in points) == 6  # one point per seed
-    plt.close(fig)
+    settings = StudySettings(methods=["excon", "supcon"])
+    results = build_results(_sdir(settings), runs, {"excon": [], "supcon": []},
+                            _sensitivity(runs))
+    files = write_plots(results, tmp_path)
+    for name in ("accuracy.png", "overview.png", "curves.png", "curve_val_accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert set(files) >= {"plot_accuracy", "plot_overview", "plot_curves"}
 
 
 def test_settings_are_checked_up_front():
@@ -116,6 +216,14 @@ def test_settings_are_checked_up_front():
         StudySettings(sampler="grid-ish")
     with pytest.raises(ConfigError, match="--fix names unknown"):
         StudySettings(fixed={"explain.explainr": "gradcam"})
+    with pytest.raises(ConfigError, match="unknown --correction"):
+        StudySettings(correction="sidak")
+    with pytest.raises(ConfigError, match="--margin accuracy"):
+        StudySettings(margins={"accuracy": -1})
+    with pytest.raises(ConfigError, match="protocol 'gradcm'"):
+        StudySettings(protocols="gradcm")
+    with pytest.raises(ConfigError, match="explains no layer"):
+        StudySettings(protocols="integrated_gradients:layer2")
 
 
 def test_quick_preset_and_final_config():
@@ -125,8 +233,11 @@ def test_quick_preset_and_final_config():
     assert s.final_seeds() == [1, 2]  # the searches use seed 0
     final = s.final_config(s.base_config().with_overrides({"method": "excon"}), seed=2)
     assert final.optim.epochs == 2 and final.runtime.seed == 2
-    assert final.eval.test and final.eval.explainer == "gradcam"
-    search = s.search_settings("excon", out="x", parent_run="abc", study_id="id")
-    assert search.space == "excon" and search.trials == 2
+    assert final.eval.test and final.eval.explainer == "gradcam" and final.eval.layer is None
+    assert final.eval.explain_samples == 500  # at least 500 test images
+    search = s.search_settings("excon", 1, out="x", parent_run="abc", study_id="id")
+    assert search.space == "excon" and search.trials == 2 and search.seed == 1
+    assert search.name == "excon-search2"
     assert search.run_tags["mlflow.parentRunId"] == "abc"
     assert search.run_tags["extune.stage"] == "search"
+    assert math.isclose(s.margin("accuracy"), 0.02)

@@ -1,85 +1,128 @@
-"""Intervals, paired differences and verdicts on hand-made numbers (no Ray, no MLflow)."""
+"""The study's statistics against values worked by hand and, where scipy has them, scipy."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from scipy import stats as sp
 
-from extune.search.stats import (
-    HOLDS,
-    NOT_SHOWN,
-    REVERSED,
+from extune.study.stats import (
+    adjust,
+    above_chance,
+    compare,
+    equivalence,
     mean_interval,
-    paired_difference,
-    verdict,
+    min_detectable_difference,
+    paired,
+    permutation_p,
+    seeds_needed,
+    welch,
 )
 
 
 def test_interval_of_three_values_by_hand():
     # mean 2, sd 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3) = 2.484138
     iv = mean_interval([1.0, 2.0, 3.0])
-    assert iv.mean == pytest.approx(2.0)
-    assert iv.sd == pytest.approx(1.0)
+    assert iv.mean == pytest.approx(2.0) and iv.sd == pytest.approx(1.0)
     assert iv.half_width == pytest.approx(2.484138, abs=1e-6)
-    assert (iv.low, iv.high) == pytest.approx((2.0 - 2.484138, 2.0 + 2.484138), abs=1e-6)
-    assert iv.text() == "2.000 ± 2.484"
+    assert mean_interval([0.7, math.nan]).n == 1 and not mean_interval([0.7]).defined
+    assert mean_interval([]).to_dict()["mean"] is None
 
 
-def test_interval_level_changes_the_width():
-    values = [0.5, 0.6, 0.55, 0.62, 0.58]
-    assert mean_interval(values, 0.99).half_width > mean_interval(values, 0.95).half_width \
-        > mean_interval(values, 0.8).half_width
+def test_welch_by_hand_and_against_scipy():
+    # a: mean 2, var 1 -> 1/3; b: mean 4, var 4 -> 4/3; se = sqrt(5/3) = 1.290994;
+    # t = -2 / se = -1.549193; df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 50/17 = 2.941176
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]
+    d = welch(a, b)
+    assert d.estimate == pytest.approx(-2.0)
+    assert d.se == pytest.approx(1.290994, abs=1e-6)
+    assert d.df == pytest.approx(50 / 17)
+    ref = sp.ttest_ind(a, b, equal_var=False)
+    assert d.p == pytest.approx(ref.pvalue, rel=1e-9)
+    half = sp.t.ppf(0.975, 50 / 17) * 1.290994
+    assert (d.low, d.high) == pytest.approx((-2 - half, -2 + half), abs=1e-5)
+    assert d.n_a == 3 and d.sd_b == pytest.approx(2.0)
 
 
-def test_one_value_has_no_interval_and_non_finite_values_are_left_out():
-    iv = mean_interval([0.7, math.nan])
-    assert iv.n == 1 and iv.mean == 0.7 and not iv.defined
-    assert iv.to_dict()["low"] is None
-    assert mean_interval([]).n == 0
+def test_welch_needs_two_values_a_side_and_handles_no_spread():
+    assert not welch([0.5], [0.4, 0.6]).defined
+    same = welch([0.5, 0.5], [0.5, 0.5])
+    assert same.p == 1.0 and same.estimate == 0.0
+    apart = welch([0.6, 0.6], [0.5, 0.5])
+    assert apart.p == 0.0 and apart.estimate == pytest.approx(0.1)
 
 
-def test_clear_win_holds():
-    a = {0: 0.80, 1: 0.82, 2: 0.81}
-    b = {0: 0.70, 1: 0.71, 2: 0.69}
-    diff = paired_difference(a, b)
-    assert diff.mean == pytest.approx(0.11)
-    assert diff.low > 0
-    assert verdict(diff, higher_is_better=True) == HOLDS
+def test_paired_by_seed_index_against_scipy():
+    a = {0: 0.5, 1: 0.7, 2: 0.9, 3: 0.65}
+    b = {2: 0.82, 0: 0.38, 1: 0.61, 3: 0.5}
+    d = paired(a, b)
+    ref = sp.ttest_rel([a[i] for i in range(4)], [b[i] for i in range(4)])
+    assert d.p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert d.df == 3 and d.estimate == pytest.approx((0.12 + 0.09 + 0.08 + 0.15) / 4)
+    assert compare(a, b, "paired").p == d.p
+    assert compare(a, b).test == "welch" and compare(a, b).p > d.p  # pairing removes spread
 
 
-def test_tie_is_not_shown():
-    a = {0: 0.70, 1: 0.74, 2: 0.69}
-    b = {0: 0.72, 1: 0.71, 2: 0.70}
-    diff = paired_difference(a, b)
-    assert diff.low < 0 < diff.high
-    assert verdict(diff, higher_is_better=True) == NOT_SHOWN
+def test_exact_permutation_by_hand():
+    # 20 ways to split {1..6} into 3 + 3; only the observed split and its mirror reach
+    # |mean difference| = 3: p = 2/20
+    assert permutation_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    ref = sp.permutation_test(([1, 2, 3], [4, 5, 6]), lambda x, y: x.mean() - y.mean(),
+                              permutation_type="independent", n_resamples=math.inf)
+    assert permutation_p([1, 2, 3], [4, 5, 6]) == pytest.approx(ref.pvalue)
+    assert compare({0: 1, 1: 2, 2: 3}, {0: 4, 1: 5, 2: 6}, "permutation").p == pytest.approx(0.1)
 
 
-def test_loss_is_reversed():
-    a = {0: 0.60, 1: 0.61, 2: 0.59}
-    b = {0: 0.70, 1: 0.72, 2: 0.71}
-    assert verdict(paired_difference(a, b), higher_is_better=True) == REVERSED
+def test_holm_and_bh_by_hand():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 -> max(0.06, 0.04)
+    assert adjust(p, "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # BH: p * m / rank = 0.02, 0.02, 0.04, 0.04 (sorted), then the running minimum from the top
+    assert adjust(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert adjust(p, "none") == p
+    with_nan = adjust([0.5, math.nan, 0.01], "holm")  # nan stays nan and is not counted (m=2)
+    assert math.isnan(with_nan[1]) and with_nan[::2] == pytest.approx([0.5, 0.02])
+    assert adjust([0.9, 0.8], "holm") == [1.0, 1.0]  # 0.8 * 2 is capped at 1; order is kept
+    with pytest.raises(ValueError, match="unknown correction"):
+        adjust(p, "sidak")
 
 
-def test_lower_is_better_turns_the_verdict():
-    lower_ece = paired_difference({0: 0.02, 1: 0.03, 2: 0.025}, {0: 0.08, 1: 0.09, 2: 0.085})
-    assert lower_ece.high < 0
-    assert verdict(lower_ece, higher_is_better=False) == HOLDS
-    assert verdict(lower_ece, higher_is_better=True) == REVERSED
+def test_equivalence_is_two_one_sided_tests():
+    d = welch([0.500, 0.505, 0.498, 0.502, 0.501], [0.499, 0.503, 0.500, 0.497, 0.502])
+    p = equivalence(d, 0.02)
+    lower = sp.t.sf((d.estimate + 0.02) / d.se, d.df)
+    upper = sp.t.sf((0.02 - d.estimate) / d.se, d.df)
+    assert p == pytest.approx(max(lower, upper)) and p < 0.001
+    # the same p < alpha <=> the (1 - 2 alpha) interval lies within the margin
+    iv = welch(*[[0.5, 0.505, 0.498, 0.502, 0.501], [0.499, 0.503, 0.5, 0.497, 0.502]], 0.90)
+    assert -0.02 < iv.low and iv.high < 0.02
+    wide = welch([0.4, 0.5, 0.6], [0.45, 0.55, 0.5])
+    assert equivalence(wide, 0.02) > 0.05  # a wide interval shows no equivalence
 
 
-def test_pairs_by_seed_index_not_by_order():
-    # the same per-seed gap of +0.1 although b lists its seeds in another order
-    a = {0: 0.5, 1: 0.7, 2: 0.9}
-    b = {2: 0.8, 0: 0.4, 1: 0.6}
-    diff = paired_difference(a, b)
-    assert diff.mean == pytest.approx(0.1)
-    assert diff.sd == pytest.approx(0.0, abs=1e-12)
-    assert verdict(diff, True) == HOLDS  # unpaired, the spread of the seeds would hide it
+def test_minimum_detectable_difference_by_hand_and_its_power():
+    # sd 0.02 both, 5 seeds each: se = 0.02 * sqrt(2/5) = 0.0126491; df = 8;
+    # t(0.975, 8) = 2.306004, t(0.8, 8) = 0.888890 -> 3.194894 * 0.0126491 = 0.0404126
+    mdd = min_detectable_difference(0.02, 0.02, 5, 5)
+    assert mdd == pytest.approx(0.0404126, abs=1e-6)
+    se, df = 0.02 * math.sqrt(2 / 5), 8
+    crit = sp.t.ppf(0.975, df)
+    power = sp.nct.sf(crit, df, mdd / se) + sp.nct.cdf(-crit, df, mdd / se)
+    assert power == pytest.approx(0.8, abs=0.03)  # the approximation is close to exact
+    assert math.isnan(min_detectable_difference(0.02, 0.02, 1, 5))
 
 
-def test_unpaired_seeds_are_left_out_and_one_pair_shows_nothing():
-    diff = paired_difference({0: 0.9, 1: 0.8}, {1: 0.1, 2: 0.2})
-    assert diff.n == 1
-    assert verdict(diff, True) == NOT_SHOWN
+def test_seeds_needed_is_the_smallest_that_reaches_the_margin():
+    n = seeds_needed(0.02, 0.02, 0.02)
+    assert min_detectable_difference(0.02, 0.02, n, n) <= 0.02
+    assert min_detectable_difference(0.02, 0.02, n - 1, n - 1) > 0.02
+    assert n == 17
+    assert seeds_needed(math.nan, 0.02, 0.02) is None
+
+
+def test_above_chance():
+    assert above_chance([0.30, 0.32, 0.31], 0.1)
+    assert not above_chance([0.09, 0.12, 0.10], 0.1)
+    assert not above_chance([0.157, 0.05], 0.1)  # two seeds far apart: not shown above chance
+    assert above_chance([0.5], 0.1) and not above_chance([], 0.1)

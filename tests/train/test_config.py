@@ -110,3 +110,11 @@ def test_yaml_reads_exponent_floats_as_numbers_and_leaves_safe_load_alone():
     assert load_yaml("a: 1e-3\nb: 5E+4\nc: -2e2\nd: '1e-3'\ne: 1e\nf: 10") == {
         "a": 0.001, "b": 50000.0, "c": -200.0, "d": "1e-3", "e": "1e", "f": 10}
     assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}  # the global SafeLoader is unchanged
+
+
+def test_a_renamed_key_says_what_replaced_it():
+    with pytest.raises(ConfigError, match="'excon.warmup_epochs' was replaced by "
+                                          "'excon.warmup_fraction', a share of optim.epochs"):
+        Config().with_overrides({"excon.warmup_epochs": 1})
+    with pytest.raises(ConfigError, match="edda.warmup_fraction"):
+        Config.from_yaml("edda:\n  warmup_epochs: 2\n")

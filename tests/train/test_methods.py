@@ -155,3 +155,23 @@ def test_grid_views_are_the_views_each_method_trains_on(tiny_config, method, row
     if method == "excon":  # exactly what ExCon trains on: pixels above the threshold kept
         kept = saliency > cfg.excon.mask_threshold
         assert torch.equal(next(iter(views.values())), torch.where(kept, x, torch.zeros(())))
+
+
+def test_warm_up_is_a_share_of_the_run_and_never_the_whole_run():
+    from extune.train.methods import warmup_epochs
+
+    assert warmup_epochs(0.0, 10) == 0 and warmup_epochs(0.3, 10) == 3  # not 2 (float error)
+    assert warmup_epochs(0.5, 4) == 2 and warmup_epochs(0.5, 12) == 6
+    assert all(warmup_epochs(share, epochs) < epochs  # any share < 1 leaves an epoch
+               for share in (0.0, 0.5, 0.9, 0.999) for epochs in (1, 2, 3, 7, 200))
+
+
+def test_a_config_that_never_switches_its_method_on_is_named(tiny_config):
+    from extune.train.methods import inactive_reason
+
+    edda = tiny_config.with_overrides({"method": "edda", "optim.batch_size": 32})
+    assert inactive_reason(edda) is None
+    assert "rounds to 0 images" in inactive_reason(edda.with_overrides({"edda.ratio": 0.01}))
+    assert "both 0" in inactive_reason(edda.with_overrides({"edda.nonsalient_weight": 0.0,
+                                                            "edda.salient_weight": 0.0}))
+    assert inactive_reason(tiny_config.with_overrides({"method": "ce"})) is None
