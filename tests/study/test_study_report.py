@@ -112,7 +112,7 @@ def test_every_method_is_scored_by_the_same_explainer_and_layer():
                                      "explain.steps": 4}),
     }
     protocols = set()
-    for method, chosen in trained.items():
+    for chosen in trained.values():
         final = settings.final_config(chosen, seed=1)
         explainer = evaluation_explainer(final)
         protocols.add((explainer.name, explainer.layer, evaluation_protocol(final)["layer"]))

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as sp
 
 from extune.study.stats import (
-    adjust,
     above_chance,
+    adjust,
     compare,
     equivalence,
     mean_interval,
