@@ -54,16 +54,42 @@ def main(argv: list[str] | None = None) -> int:
         echo(("interrupted", "bold red"), "; a training run resumes with --resume "
              "<out>/checkpoint.pt", err=True)
         return 130
-    except Exception as e:  # click's own usage errors
+    except Exception as e:  # usage errors: click's, or typer's own copy of click (>= 0.29)
+        if isinstance(e, typer.Abort):
+            return 1
+        if not isinstance(e, _usage_error_types()):
+            raise
+        if str(e).strip():  # no-args help has been printed already, with no message
+            echo(("error:", "bold red"), f" {_usage_message(e)}", err=True)
+        return int(getattr(e, "exit_code", 2))
+    return code if isinstance(code, int) else 0
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes of a usage error (bad option, value or command) for every typer
+    the pyproject allows: up to 0.28 typer raises the ``click`` package's ``ClickException``;
+    from 0.29 it carries click inside and raises its own (a ``typer.TyperException``)."""
+    types: list[type[BaseException]] = []
+    typer_base = getattr(typer, "TyperException", None)
+    if isinstance(typer_base, type):
+        types.append(typer_base)
+    try:
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return code if isinstance(code, int) else 0
+        types.append(click.exceptions.ClickException)
+    except ImportError:  # typer >= 0.29 needs no click package
+        pass
+    return tuple(types)
+
+
+def _usage_message(error: BaseException) -> str:
+    """One line: what was wrong (click's message) and where the help is."""
+    format_message = getattr(error, "format_message", None)
+    message = format_message() if callable(format_message) else str(error)
+    context = getattr(error, "ctx", None)
+    command = getattr(context, "command_path", None) or "extune"
+    message = " ".join(message.split()).rstrip(".")
+    return f"{message}; see '{command} --help'"
 
 
 def run() -> NoReturn:

@@ -5,6 +5,7 @@ Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --he
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import subprocess
@@ -190,7 +191,8 @@ def export(
 ) -> None:
     """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
     from extune.cli.train import warn_inactive
-    from extune.search.export import epoch_settings, export_run, export_search
+    from extune.search.export import epoch_settings, export_run, export_search, search_caveat
+    from extune.search.store import SearchDir
 
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
@@ -206,6 +208,9 @@ def export(
     else:
         config, record = export_search(search_dir, out, select, epochs)
         echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
+        note = search_caveat(SearchDir.load(search_dir))
+        if note:
+            echo(("warning:", "bold yellow"), f" {note}")
     hint = "" if epochs is not None or not config.optim.warmup_epochs else (
         "; a longer final run keeps the learning-rate warm-up's epochs: pass --epochs N to "
         "scale it")
@@ -253,6 +258,7 @@ def ui(
         check_tracking_uri(uri)  # a one-line error when it does not answer
         _print_ui_links(uri, uri.rstrip("/"), server=False)
         return
+    _check_address(host, port)
     uri = existing_store(uri)
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
@@ -261,6 +267,30 @@ def ui(
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", host, "--port", str(port)]
     run_until_stopped(command)
+
+
+def _check_address(host: str, port: int) -> None:
+    """``--port`` is a TCP port and ``--host`` an address of this machine (or a name of one).
+
+    Raises:
+        ConfigError: in one line, before the server starts.
+    """
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port; use 1-65535 (default 5000)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host} is not an address of this machine ({e}); use "
+                          "127.0.0.1, or 0.0.0.0 for every interface") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:  # in use: said below, with the port
+                raise ConfigError(f"--host {host}: the server cannot listen there "
+                                  f"({e.strerror}); use 127.0.0.1, or 0.0.0.0 for every "
+                                  "interface") from None
 
 
 def _print_ui_links(uri: str, address: str, server: bool = True) -> None:

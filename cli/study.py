@@ -103,9 +103,7 @@ def study(
         help="Finish the interrupted study in this folder (nothing is trained twice).")] = None,
     live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
 ) -> None:
-    """Compare methods fairly: the same search budget for each, the chosen configs retrained
-    with several seeds and scored under one evaluation protocol, and the papers' claims with
-    verdicts from corrected tests."""
+    """Compare methods fairly: equal budgets, seeds, one evaluation protocol, sound verdicts."""
     from extune.study.run import run_study
     from extune.study.settings import StudySettings
 

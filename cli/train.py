@@ -12,9 +12,10 @@ from rich.table import Table
 from rich.text import Text
 
 from extune.cli._common import console, echo
-from extune.errors import ExtuneError
+from extune.errors import ConfigError, ExtuneError
 
-__all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive"]
+__all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive",
+           "refuse_existing_run"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -44,12 +45,31 @@ def train(
 
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    refuse_existing_run(out, resume)
     echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
          f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
     warn_inactive(cfg)
     result = fit(cfg, out_dir=out, resume=resume, test=test)
     _print_metrics(result.metrics, title=f"{cfg.method} after {cfg.optim.epochs} epochs")
     echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
+
+
+def refuse_existing_run(out: Path, resume: Path | None) -> None:
+    """``--out`` must not hold another run's results, unless they are what ``--resume``
+    continues (as ``extune search`` refuses a name that exists).
+
+    Raises:
+        ConfigError: naming the folder and both ways on.
+    """
+    from extune.train.checkpoint import CHECKPOINT_NAME, checkpoint_path
+
+    held = [n for n in (CHECKPOINT_NAME, "config.yaml", "metrics.json") if (out / n).exists()]
+    if not held:
+        return
+    if resume is not None and checkpoint_path(resume).resolve().parent == out.resolve():
+        return
+    raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); continue it with "
+                      f"--resume {out}, or choose another --out")
 
 
 def warn_inactive(cfg: Any) -> None:

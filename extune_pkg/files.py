@@ -16,7 +16,26 @@ from typing import IO
 
 from extune.errors import ConfigError
 
-__all__ = ["atomic_writer", "atomic_write_text", "check_writable"]
+__all__ = ["atomic_writer", "atomic_write_text", "check_writable", "check_output_file",
+           "read_text_file"]
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a file the user gave (a config or space file).
+
+    Raises:
+        ConfigError: naming ``what`` and the file: it cannot be read, or it is not UTF-8 text
+            (with the first bad byte's position).
+    """
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start:e.start + 1].hex()
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{bad} at position "
+                          f"{e.start}); save it as UTF-8") from None
 
 
 @contextmanager
@@ -70,3 +89,21 @@ def check_writable(path: str | Path, what: str = "folder",
         raise ConfigError(f"cannot write {what} {target}: {existing} is "
                           f"{'not a folder' if not existing.is_dir() else 'not writable'} "
                           f"({e.strerror or e}); {fix}") from None
+
+
+def check_output_file(out: str | Path, what: str, example: str,
+                      suffixes: tuple[str, ...] = ()) -> None:
+    """``out`` can be written as a file, before any work: not a folder, in a writable folder,
+    with one of ``suffixes`` (when given).
+
+    Raises:
+        ConfigError: naming ``what`` and an ``example`` file name.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{what} {out} is a folder; give the file to write, e.g. "
+                          f"{out / example}")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{what} {out}: extune writes {', '.join(suffixes)} files; give a "
+                          f"name that ends so, e.g. {out.with_suffix(suffixes[0]).name}")
+    check_writable(out.parent, what)

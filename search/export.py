@@ -14,13 +14,14 @@ from typing import Any
 import yaml
 
 from extune.errors import ConfigError
-from extune.files import atomic_write_text, check_writable
+from extune.files import atomic_write_text, check_output_file, check_writable
 from extune.search.results import TrialRecord, select_trial
 from extune.search.services import existing_store
 from extune.search.store import SearchDir
 from extune.train.config import Config, load_yaml
 
-__all__ = ["export_search", "export_run", "run_caveat", "config_from_params", "epoch_settings",
+__all__ = ["export_search", "export_run", "run_caveat", "search_caveat",
+           "config_from_params", "epoch_settings",
            "rescale_epochs", "EPOCH_KEYS"]
 
 EPOCH_KEYS = ("optim.warmup_epochs",)
@@ -74,20 +75,39 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
     Raises:
         ConfigError: not a search folder, no complete trial, unknown rule.
     """
+    check_output_file(out, "the exported config (-o)", "best.yaml")
     sdir = SearchDir.load(search_dir)
     sdir.refuse_failed("there is nothing to export; start a new search")
-    record = select_trial(sdir.records(), sdir.objectives, select)
+    records = sdir.records()
+    record = select_trial(records, sdir.objectives, select)
     config = sdir.base_config().with_overrides(record.params)
     values = ", ".join(f"{o.metric}={record.value(o):.4g}" for o in sdir.objectives
                        if record.value(o) is not None)
+    note = search_caveat(sdir, records)
     header = (f"# exported from search {sdir.name}: {record.name} (Tune trial "
               f"{record.trial_id}), rule {select or 'default'}: {values}\n"
-              f"# {epoch_settings(config)}\n")
+              + (f"# warning: {note}\n" if note else "")
+              + f"# {epoch_settings(config)}\n")
     if epochs is not None:
         config = rescale_epochs(config, epochs)
         header += f"# rescaled: {epoch_settings(config)}\n"
     _write(out, header, config)
     return config, record
+
+
+def search_caveat(sdir: SearchDir, records: list[TrialRecord] | None = None) -> str | None:
+    """Why a search's best trial may not be its final answer (``None`` when it finished): it
+    is still running, or was interrupted, so the best is the best so far."""
+    status = sdir.meta.get("status")
+    if status == "finished":
+        return None
+    records = records if records is not None else sdir.records()
+    done = sum(r.state in ("complete", "pruned", "failed") for r in records)
+    state = {"running": "is still running (or its driver stopped without saying so)",
+             "interrupted": "was interrupted"}.get(status, f"is {status}")
+    return (f"search {sdir.name} {state}: this is the best of the {done} trial(s) that ended, of "
+            f"{sdir.settings.trials}; export again once `extune search --resume {sdir.path}` "
+            "has finished it")
 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
@@ -103,6 +123,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
         ServiceError: the tracking store cannot be reached.
         ConfigError: no such run, a search (parent) run, or params that do not make a Config.
     """
+    check_output_file(out, "the exported config (-o)", "best.yaml")
     uri = existing_store(tracking_uri)
     from mlflow.exceptions import MlflowException
 

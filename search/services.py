@@ -114,6 +114,11 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     return True
 
 
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql",
+                    "databricks")
+"""Stores MLflow's tracking client accepts (a ``+driver`` suffix aside)."""
+
+
 def check_tracking_uri(uri: str, timeout: float = 5.0, *, write: bool = True) -> None:
     """Fail fast, in one line, when the tracking store cannot be used.
 
@@ -125,6 +130,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, *, write: bool = True) ->
         ServiceError: the server does not answer, or the SQLite store cannot be written.
     """
     parsed = urlparse(uri)
+    if parsed.scheme.split("+")[0] not in TRACKING_SCHEMES and not uri.startswith("databricks"):
+        raise ServiceError(f"--tracking-uri {uri}: MLflow cannot keep runs in a "
+                           f"'{parsed.scheme}' store; use sqlite:///path/mlflow.db, "
+                           "http(s)://server or a database URI (postgresql://...)")
     if parsed.scheme == "sqlite" and write:
         _check_sqlite_writable(uri)
     if parsed.scheme not in ("http", "https"):

@@ -325,6 +325,10 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+NAME_MAX = 100
+"""Longest search or study name: folder names of the trials and studies append to it."""
+
+
 def check_name(name: str) -> None:
     """A search or study name is also a folder name and an MLflow run name.
 
@@ -333,6 +337,8 @@ def check_name(name: str) -> None:
     """
     require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name)),
             f"--name '{name}' may only use letters, digits, '.', '_' and '-'")
+    require(len(name) <= NAME_MAX, f"--name has {len(name)} characters; use at most {NAME_MAX} "
+            "(it names a folder and an MLflow run)")
 
 
 def default_startup_trials(trials: int) -> int:

@@ -141,6 +141,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         base = settings.base_config()
         space = get_space(settings.space)
         check = validate_space(space, base, name=settings.space, seed=settings.seed)
+        base, check = _apply_unsearched_fixes(settings, base, space, check)
         max_epochs = check.max_epochs
         _check_services(settings, settings.resolved_tracking_uri())
         check_writable(settings.out, "search folders in --out")
@@ -151,6 +152,23 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     data = load_data(base.data)  # bad data fails here, before Ray or any folder
     return _run(sdir, settings, base, space, data, max_epochs, check, start=start,
                 callbacks=callbacks or [], stop=stop)
+
+
+def _apply_unsearched_fixes(settings: SearchSettings, base: Config, space: Any,
+                            check: SpaceCheck) -> tuple[Config, SpaceCheck]:
+    """``--fix KEY=VALUE`` where the space does not search KEY: applied to the base config, as
+    ``--set`` would (the search trains with it and its parent run records it); said in one
+    line, since a fixed value is usually meant for a searched key."""
+    unsearched = {k: v for k, v in settings.resolved_fixed.items() if k not in check.keys}
+    if not unsearched or all(base.flatten()[k] == v for k, v in unsearched.items()):
+        return base, check
+    told = [f"{k}={v}" for k, v in unsearched.items() if k in settings.fixed]
+    if told:
+        Console().print(f"--fix {', '.join(told)}: space '{settings.space}' does not search "
+                        f"{'it' if len(told) == 1 else 'them'}; applied to the base config, "
+                        "as --set would", highlight=False, markup=False)
+    base = base.with_overrides(unsearched)
+    return base, validate_space(space, base, name=settings.space, seed=settings.seed)
 
 
 def _check_services(settings: SearchSettings, tracking_uri: str) -> None:

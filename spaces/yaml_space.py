@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from extune.errors import ConfigError
+from extune.files import read_text_file
 from extune.train.config import Config, as_float, load_yaml
 
 __all__ = ["Param", "YamlSpace"]
@@ -119,11 +120,7 @@ class YamlSpace:
             ConfigError: the file is missing, not YAML, or not a valid space.
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read space file {path}: {e.strerror or e}") from None
-        return cls.from_yaml(text, path=str(path))
+        return cls.from_yaml(read_text_file(path, "space file"), path=str(path))
 
     @classmethod
     def from_yaml(cls, text: str, path: str | None = None) -> YamlSpace:
@@ -133,6 +130,8 @@ class YamlSpace:
             data = load_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
         space = cls.from_dict(data, where=where)
         space.path, space.text = path, text
         return space

@@ -33,7 +33,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from extune.errors import ConfigError
-from extune.files import atomic_write_text
+from extune.files import atomic_write_text, read_text_file
 
 __all__ = [
     "Config",
@@ -57,6 +57,27 @@ class _Loader(yaml.SafeLoader):
     follows YAML 1.1, whose floats need a dot, and would read them as strings)."""
 
 
+def _mapping_without_repeats(loader: _Loader, node: yaml.MappingNode, deep: bool = False
+                            ) -> dict[Any, Any]:
+    """A YAML mapping whose keys are all different: PyPI's loader keeps the last of a repeated
+    key silently, which hides a typo'd or pasted-twice setting (as most YAML linters say)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise ConfigError(f"YAML key '{key}' is repeated (lines {seen[key]} and {line}): "
+                                  "the last value would win silently; keep one")
+            seen[key] = line
+        except TypeError:  # an unhashable key: PyYAML refuses it itself
+            continue
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _mapping_without_repeats)
 _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in
                                    yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
@@ -95,6 +116,10 @@ def _num(default: Any, low: float | None = None, high: float | None = None, **kw
     return field(default=default, metadata=_range(low, high, **kw))
 
 
+SEED_MAX = 2**63 - 1
+"""Largest seed: torch and NumPy generators take 64-bit seeds, Ray and JSON readers 63-bit."""
+
+
 def _all_corruptions() -> list[str]:
     """Every corruption of :mod:`extune.evaluate.corruptions`, in its order (the default)."""
     from extune.evaluate.corruptions import list_corruptions
@@ -111,14 +136,14 @@ class DataConfig:
     download: bool = False  # cifar10/cifar100 only: fetch the files when missing
     image_size: int = _num(32, 8, 512)  # images are resized to image_size x image_size once
     val_fraction: float = _num(0.1, 0.0, 0.9, low_open=True)  # held out of train for the objective
-    split_seed: int = _num(0, 0)  # seed of the validation split: the same for every trial
+    split_seed: int = _num(0, 0, SEED_MAX)  # seed of the validation split: the same for every trial
     limit: int | None = _num(None, 1)  # at most this many training images (val is not capped)
     cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here ("": no cache)
     strict: bool = False  # imagefolder: an undecodable image is an error (else skipped, warned)
     num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
     train_size: int = _num(6000, 10)  # synthetic only: training images (before the val split)
     test_size: int = _num(1000, 10)  # synthetic only: test images
-    synthetic_seed: int = _num(0, 0)  # synthetic only: generator seed
+    synthetic_seed: int = _num(0, 0, SEED_MAX)  # synthetic only: generator seed
     distractors: int = _num(2, 0, 8)  # synthetic only: distractor objects per image
 
 
@@ -219,7 +244,7 @@ class RuntimeConfig:
     """Where and how training runs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = _num(0, 0)
+    seed: int = _num(0, 0, SEED_MAX)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
@@ -259,11 +284,14 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> Config:
+    def from_yaml(cls, text: str, source: str = "config") -> Config:
+        """Build from YAML text; ``source`` names it in errors (``config file x.yaml``)."""
         try:
             data = load_yaml(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config is not valid YAML: {_one_line(e)}") from None
+            raise ConfigError(f"{source} is not valid YAML: {_one_line(e)}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         if data is not None and not isinstance(data, dict):
             raise ConfigError("config YAML must be a mapping of sections (data:, optim:, ...)")
         return cls.from_dict(data)
@@ -271,12 +299,7 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         """Read a YAML config file."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-        return cls.from_yaml(text)
+        return cls.from_yaml(read_text_file(path, "config file"), source=f"config file {path}")
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML, atomically."""
@@ -473,10 +496,14 @@ def _check_range(key: str, value: float, low: float | None, high: float | None,
     if bad_low or bad_high:
         parts = []
         if low is not None:
-            parts.append(f"{'>' if low_open else '>='} {low:g}")
+            parts.append(f"{'>' if low_open else '>='} {_bound(low)}")
         if high is not None:
-            parts.append(f"{'<' if high_open else '<='} {high:g}")
+            parts.append(f"{'<' if high_open else '<='} {_bound(high)}")
         raise ConfigError(f"{key}: {value!r} is out of range; allowed: {' and '.join(parts)}")
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

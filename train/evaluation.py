@@ -9,6 +9,7 @@ from torch import Tensor
 
 from extune.errors import ConfigError, ExtuneError
 from extune.evaluate import evaluate_split
+from extune.files import check_output_file
 from extune.models import Network
 from extune.train.checkpoint import checkpoint_path, load_checkpoint
 from extune.train.config import Config, parse_assignments
@@ -17,7 +18,11 @@ from extune.train.methods import config_model, evaluation_explainer
 from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
-__all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "load_model"]
+__all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "load_model",
+           "GRID_SUFFIXES"]
+
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+"""Image formats of ``extune explain -o`` (matplotlib writes them without extra packages)."""
 
 
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None
@@ -96,6 +101,7 @@ def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
 
     if count < 1:
         raise ExtuneError(f"--count must be >= 1, got {count}")
+    check_output_file(out, "the grid image (-o)", "grid.png", GRID_SUFFIXES)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = load_model(checkpoint, overrides)
     if explainer is not None:

@@ -162,13 +162,14 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     optimizer = _optimizer(cfg, model)
     scheduler = _cosine_schedule(optimizer, cfg, steps)
     method = create_method(cfg, model, splits.num_classes, splits.mean, splits.std)
+    ckpt = _resumed_model(model, resume, device) if resume is not None else None
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="extune-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint fits: nothing left behind
     cfg.save(out / "config.yaml")
     state = _State(cfg, device, splits, model, method, optimizer, scheduler, batch_size, out,
                    evaluation_explainer(cfg))
-    if resume is not None:
-        _restore(state, resume)
+    if ckpt is not None:
+        _restore(state, ckpt, resume)
     return state
 
 
@@ -284,15 +285,31 @@ def _save(state: _State, epoch: int) -> None:
     }, state.out_dir / CHECKPOINT_NAME)
 
 
-def _restore(state: _State, resume: str | Path) -> None:
-    ckpt = load_checkpoint(resume, map_location=state.device)
+def _resumed_model(model: Network, resume: str | Path, device: torch.device) -> dict:
+    """Load the checkpoint ``resume`` into ``model``, before anything is written.
+
+    Raises:
+        ExtuneError: not a checkpoint, or one of another model (backbone, classes).
+    """
+    ckpt = load_checkpoint(resume, map_location=device)
     try:
-        state.model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        trained = Config.from_dict(ckpt.get("config", {})).model.backbone \
+            if isinstance(ckpt.get("config"), dict) else "?"
+        raise ExtuneError(f"checkpoint {resume} holds another model (model.backbone={trained}, "
+                          f"its classes or heads differ: {' '.join(str(e).split())[:120]}); "
+                          "resume with the config it was trained with") from None
+    return ckpt
+
+
+def _restore(state: _State, ckpt: dict, resume: str | Path) -> None:
+    try:
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.scheduler.load_state_dict(ckpt["scheduler"])
     except (KeyError, RuntimeError, ValueError) as e:
-        raise ExtuneError(f"checkpoint {resume} does not match this config (model or "
-                          f"optimiser differ): {' '.join(str(e).split())[:160]}") from None
+        raise ExtuneError(f"checkpoint {resume} does not match this config (optimiser "
+                          f"differs): {' '.join(str(e).split())[:160]}") from None
     state.history = list(ckpt.get("history", []))
     state.start_epoch = int(ckpt["epoch"]) + 1
     if "rng" in ckpt:

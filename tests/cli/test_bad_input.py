@@ -125,6 +125,29 @@ def pruned_run(tmp: Path) -> None:
     (tmp / "run_id").write_text(run.info.run_id)
 
 
+def bomb_image(tmp: Path) -> None:
+    """A checkpoint, and a PNG whose header claims 20000 x 10000 pixels (twice PIL's limit):
+    PIL refuses it before decoding a pixel."""
+    import struct
+    import zlib
+
+    checkpoint(tmp)
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    (tmp / "images").mkdir()
+    (tmp / "images" / "huge.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def non_utf8(name: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_bytes(b"optim:\n  lr: 0.1 # caf\xe9 (latin-1)\n")
+    return setup
+
+
 def all_fail(tmp: Path) -> None:
     """A space whose only trial diverges (a learning rate of a million)."""
     space_file("method: ce\noptim.lr: 1e6\n")(tmp)
@@ -143,6 +166,7 @@ class Row:
     setup: Callable[[Path], None] | None = None
     tiny: bool = False  # prepend the tiny config's --set options (train / search)
     marks: tuple = ()
+    executable: bool = False  # run the installed `extune` executable, not main() in-process
 
 
 TRAIN_IF = ["train", "--set", "data.name=imagefolder", "--set", "data.root={tmp}/data",
@@ -224,6 +248,60 @@ ROWS = [
                                      "--max-failures", "0"], 1,
         ["all 1 trial failed", "non-finite", "summary.md"], setup=all_fail,
         marks=(pytest.mark.slow,)),
+    # issue 21: usage errors through the installed executable (typer >= 0.29 raises its own
+    # copy of click's exceptions)
+    Row("usage-unknown-option", ["train", "--registr", "x"], 2,
+        ["No such option: --registr", "see 'extune train --help'"], executable=True),
+    Row("usage-unknown-command", ["serch"], 2,
+        ["No such command 'serch'", "Did you mean 'search'?"], executable=True),
+    Row("usage-bad-integer", ["search", "--trials", "abc"], 2,
+        ["Invalid value for '--trials'", "see 'extune search --help'"], absent=["runs"],
+        executable=True),
+    # issue 21: tracebacks turned into one-line errors, nothing left behind
+    Row("config-not-utf8", ["config", "--config", "{tmp}/cfg.yaml"], 2,
+        ["cfg.yaml is not UTF-8 text (byte 0xe9", "save it as UTF-8"],
+        setup=non_utf8("cfg.yaml")),
+    Row("space-not-utf8", [*SEARCH, "--space", "{tmp}/space.yaml"], 2,
+        ["space.yaml is not UTF-8 text", "save it as UTF-8"], absent=["runs", "mlflow.db"],
+        setup=non_utf8("space.yaml")),
+    Row("config-repeated-key", ["train", "--config", "{tmp}/cfg.yaml", "--out", "{tmp}/run"],
+        2, ["YAML key 'lr' is repeated (lines 2 and 4)", "keep one"], absent=["run"],
+        setup=config_file("optim:\n  lr: 0.1\n  momentum: 0.8\n  lr: 0.2\n")),
+    Row("space-repeated-key", [*SEARCH, "--space", "{tmp}/space.yaml"], 2,
+        ["YAML key 'optim.lr' is repeated (lines 1 and 2)"], absent=["runs", "mlflow.db"],
+        setup=space_file("optim.lr: 0.1\noptim.lr: {type: float, low: 0.01, high: 0.1}\n")),
+    Row("seed-beyond-64-bits", ["train", "--set", "runtime.seed=99999999999999999999999",
+                                "--out", "{tmp}/run"], 2,
+        ["runtime.seed: 99999999999999999999999 is out of range", "<= 9223372036854775807"],
+        absent=["run"]),
+    Row("name-of-300-characters", [*SEARCH, "--name", "x" * 300], 2,
+        ["--name has 300 characters; use at most 100"], absent=["runs", "mlflow.db"]),
+    Row("tracking-uri-ftp", [*SEARCH, "--tracking-uri", "ftp://host/store"], 2,
+        ["--tracking-uri ftp://host/store", "cannot keep runs in a 'ftp' store"],
+        absent=["runs", "mlflow.db"]),
+    Row("export-out-is-a-folder", ["export", "{tmp}/runs/s", "-o", "{tmp}"], 2,
+        ["is a folder; give the file to write", "best.yaml"], setup=failed_search),
+    Row("explain-image-over-pixel-limit", ["explain", "--checkpoint", "{tmp}/run", "--images",
+                                           "{tmp}/images", "-o", "{tmp}/grid.png"], 2,
+        ["cannot decode image", "huge.png", "exceeds limit"], absent=["grid.png"],
+        setup=bomb_image),
+    Row("explain-out-unknown-suffix", ["explain", "--checkpoint", "{tmp}/run", "-o",
+                                       "{tmp}/x.jpgx"], 2,
+        ["x.jpgx: extune writes .png, .jpg", "x.png"], absent=["x.jpgx", "x.jpgx.png"],
+        setup=checkpoint),
+    Row("explain-out-is-a-folder", ["explain", "--checkpoint", "{tmp}/run", "-o", "{tmp}/run"],
+        2, ["is a folder; give the file to write", "grid.png"], absent=["run.png"],
+        setup=checkpoint),
+    Row("ui-port-negative", ["ui", "--port", "-1"], 2, ["--port -1 is not a TCP port"]),
+    Row("ui-port-too-large", ["ui", "--port", "70000"], 2, ["--port 70000 is not a TCP port"]),
+    Row("ui-host-not-an-address", ["ui", "--host", "999.1.1.1"], 2,
+        ["--host 999.1.1.1 is not an address of this machine"]),
+    Row("train-resume-other-backbone", ["train", "--resume", "{tmp}/run", "--set",
+                                        "model.backbone=resnet_mini", "--out", "{tmp}/more"], 2,
+        ["holds another model (model.backbone=tiny_cnn", "resume with the config"],
+        absent=["more"], setup=checkpoint),
+    Row("train-out-holds-a-run", ["train", "--out", "{tmp}/run"], 2,
+        ["--out", "already holds a run (checkpoint.pt)", "--resume"], setup=checkpoint),
     Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
                               "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
         ["warning:", "was pruned", "scores are partial"], setup=pruned_run,
@@ -258,10 +336,13 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args):
     args = [a.format(**fill) for a in row.command]
     if row.tiny:
         args = args[:1] + tiny_args + ["--set", f"data.cache_dir={tmp_path}/cache"] + args[1:]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        code = main(args)
-    out, err = capsys.readouterr()
+    if row.executable:
+        code, out, err, caught = _run_executable(args, tmp_path)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = main(args)
+        out, err = capsys.readouterr()
     printed = " ".join((out + err + " ".join(str(w.message) for w in caught)).split())
     assert code == row.code, printed
     assert "Traceback" not in out + err
@@ -273,3 +354,14 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args):
         assert all(w in errors[0] for w in row.words if w != "warning:"), errors[0]
     for path in row.absent:
         assert not (tmp_path / path).exists(), path
+
+
+def _run_executable(args: list[str], cwd: Path) -> tuple[int, str, str, list]:
+    """The installed ``extune`` console script, as a user types it."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "extune"
+    done = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    return done.returncode, done.stdout, done.stderr, []

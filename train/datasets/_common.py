@@ -99,7 +99,8 @@ def _decode(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor, dict[int,
                     sizes[i] = im.size
                     im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
                     rgb = im.convert("RGB")
-            except (OSError, UnidentifiedImageError, ValueError) as e:
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError
+                    ) as e:  # a bomb: more pixels than PIL's limit, refused before decoding
                 failed[i] = one_line(e)
                 continue
             if rgb.size != (size, size):
