@@ -21,6 +21,7 @@ import typer
 from extune.cli import search, study, train
 from extune.cli._common import echo
 from extune.errors import ExtuneError
+from extune.signals import handle_sigterm, interrupt_exit_code, terminated
 
 __all__ = ["app", "main", "run"]
 
@@ -45,15 +46,17 @@ app.command("ui")(search.ui)
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, turning user errors into one-line messages."""
+    handle_sigterm()
     try:
         code = app(args=argv, standalone_mode=False)
     except ExtuneError as e:
         echo(("error:", "bold red"), f" {e}", err=True)
         return 2
     except KeyboardInterrupt:
-        echo(("interrupted", "bold red"), "; a training run resumes with --resume "
-             "<out>/checkpoint.pt", err=True)
-        return 130
+        what = "terminated (SIGTERM)" if terminated() else "interrupted"
+        echo((what, "bold red"), "; a training run resumes with --resume <out>/checkpoint.pt",
+             err=True)
+        return interrupt_exit_code()
     except Exception as e:  # usage errors: click's, or typer's own copy of click (>= 0.29)
         if isinstance(e, typer.Abort):
             return 1

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI
+from extune.signals import interrupt_exit_code, terminated
 
 __all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
            "refuse_with_resume", "interruptible",
@@ -73,10 +74,12 @@ def refuse_with_resume(given: Iterable[str], allowed: set[str], what: str) -> No
 
 
 def interruptible(call: Callable[[], T], command: str, resume: Path | None) -> T:
-    """Run ``call``; on Ctrl-C say how to continue and exit with status 130."""
+    """Run ``call``; on Ctrl-C (or SIGTERM) say how to continue and exit with status 130 (or
+    143)."""
     try:
         return call()
     except KeyboardInterrupt:
         folder = str(resume) if resume else f"<the {command} folder>"
-        echo(("interrupted", "bold red"), f"; continue with: extune {command} --resume {folder}")
-        raise typer.Exit(130) from None
+        what = "terminated (SIGTERM)" if terminated() else "interrupted"
+        echo((what, "bold red"), f"; continue with: extune {command} --resume {folder}")
+        raise typer.Exit(interrupt_exit_code()) from None

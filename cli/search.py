@@ -28,6 +28,7 @@ from extune.cli._common import (
 )
 from extune.errors import ConfigError
 from extune.search.services import DEFAULT_TRACKING_URI, stop_process_group
+from extune.signals import interrupt_exit_code
 
 __all__ = ["search", "export", "sync", "ui"]
 
@@ -106,7 +107,7 @@ def search(
         result = interruptible(lambda: run_search(settings), "search", None)
     _print_result(result)
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(interrupt_exit_code())
     _exit_if_all_failed(result)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from extune.errors import ExtuneError
+from extune.signals import handle_sigterm
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
            "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
@@ -111,6 +112,7 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         raise ServiceError(f"cannot connect to Ray at {address or 'a new local instance'}: "
                            f"{' '.join(str(e).split())[:200]}") from None
+    handle_sigterm()  # ray.init replaced it: SIGTERM stops the search as Ctrl-C does
     return True
 
 
