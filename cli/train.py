@@ -55,18 +55,18 @@ def train(
 
 
 def refuse_existing_run(out: Path, resume: Path | None) -> None:
-    """``--out`` must not hold another run's results, unless they are what ``--resume``
-    continues (as ``extune search`` refuses a name that exists).
+    """``--out`` must not hold a run's results unless ``--resume`` continues a run into it (as
+    ``extune search`` refuses a name that exists).
 
     Raises:
         ConfigError: naming the folder and both ways on.
     """
-    from extune.train.checkpoint import CHECKPOINT_NAME, checkpoint_path
+    from extune.train.checkpoint import CHECKPOINT_NAME
 
     held = [n for n in (CHECKPOINT_NAME, "config.yaml", "metrics.json") if (out / n).exists()]
     if not held:
         return
-    if resume is not None and checkpoint_path(resume).resolve().parent == out.resolve():
+    if resume is not None:  # e.g. its own checkpoint, or the rescue copy of a full disk
         return
     raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); continue it with "
                       f"--resume {out}, or choose another --out")

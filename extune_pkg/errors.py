@@ -5,7 +5,19 @@ The CLI prints ``ExtuneError`` messages without a traceback; anything else is a 
 
 from __future__ import annotations
 
-__all__ = ["ExtuneError", "ConfigError", "DataError", "RegistryError"]
+__all__ = ["ExtuneError", "ConfigError", "DataError", "RegistryError", "DiskFullError",
+           "one_line"]
+
+
+def one_line(value: object, limit: int | None = None) -> str:
+    """``value``'s text on one line; longer than ``limit`` characters, cut at a word and ended
+    with `` [...]`` so that a reader knows there was more (a library's message can run to pages:
+    SQL statements, tracebacks of other processes)."""
+    text = " ".join(str(value).split())
+    if limit is None or len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return f"{cut} [...]"
 
 
 class ExtuneError(Exception):
@@ -25,3 +37,7 @@ class RegistryError(ExtuneError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DiskFullError(ExtuneError):
+    """A disk extune writes to is full; the message says what was kept and how to go on."""

@@ -7,17 +7,23 @@ sees the old file or the new one, never half of one, even when the writer is kil
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from extune.errors import ConfigError
+from extune.errors import ConfigError, DiskFullError
 
 __all__ = ["atomic_writer", "atomic_write_text", "check_writable", "check_output_file",
-           "read_text_file"]
+           "read_text_file", "is_disk_full", "free_bytes", "check_free_space", "MIN_FREE_BYTES"]
+
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space a search or a training wants on the disks it writes to: below it a search stops
+(resumable) before checkpoints and results fail half-written, and a new one does not start."""
 
 
 def read_text_file(path: str | Path, what: str) -> str:
@@ -107,3 +113,50 @@ def check_output_file(out: str | Path, what: str, example: str,
         raise ConfigError(f"{what} {out}: extune writes {', '.join(suffixes)} files; give a "
                           f"name that ends so, e.g. {out.with_suffix(suffixes[0]).name}")
     check_writable(out.parent, what)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says a disk is full: ``ENOSPC`` or
+    ``EDQUOT``, or SQLite's "database or disk is full" (Optuna's and MLflow's stores)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(current)
+        if "No space left on device" in text or "database or disk is full" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk of ``path`` (its nearest existing folder); ``None`` for a URI
+    (``s3://...``) or where it cannot be told."""
+    if "://" in str(path):
+        return None
+    target = Path(path).expanduser().absolute()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        return shutil.disk_usage(target).free
+    except OSError:
+        return None
+
+
+def check_free_space(path: str | Path, what: str, need: int = MIN_FREE_BYTES) -> None:
+    """Refuse to start work whose results would not fit: less than ``need`` bytes free.
+
+    Raises:
+        DiskFullError: naming ``what``, the folder, the free and the needed space.
+    """
+    free = free_bytes(path)
+    if free is not None and free < need:
+        raise DiskFullError(f"only {_size(free)} free on the disk of {what} "
+                            f"{Path(path).expanduser().absolute()}; extune wants at least "
+                            f"{_size(need)} there: free some space or choose another folder")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"

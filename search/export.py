@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from extune.errors import ConfigError
+from extune.errors import ConfigError, one_line
 from extune.files import atomic_write_text, check_output_file, check_writable
 from extune.search.results import TrialRecord, select_trial
 from extune.search.services import existing_store
@@ -133,7 +133,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        message = " ".join(str(e.message if hasattr(e, "message") else e).split())[:200]
+        message = one_line(e.message if hasattr(e, "message") else e, 200)
         raise ConfigError(f"cannot read MLflow run '{run_id}' from {uri}: {message}") from None
     if run.data.tags.get("extune.role") == "search":
         raise ConfigError(f"run '{run_id}' is a search's parent run; export one of its trial "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extune.errors import one_line
 from extune.search.settings import Objective
 
 __all__ = ["MIN_TRIALS", "PLOTS_DIR", "search_plots", "comparable_study"]
@@ -98,7 +99,7 @@ def search_plots(study: Any, objectives: Sequence[Objective], out_dir: str | Pat
                     warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every call
                     result = make()
             except (ValueError, RuntimeError, ZeroDivisionError) as e:
-                missing.append(f"{name}: {' '.join(str(e).split())[:200]}")
+                missing.append(f"{name}: {one_line(e, 200)}")
                 continue
             if result is None:
                 missing.append(f"{name}: fewer than {MIN_TRIALS} comparable trials")

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from extune.errors import ExtuneError
+from extune.errors import ExtuneError, one_line
 from extune.signals import handle_sigterm
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
@@ -42,6 +42,9 @@ def quiet_ray_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_WARN_SLOW_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # "Unhandled error ... ImplicitFunc.train()": a trial stopped while it failed (a full disk);
+    # Tune records trial errors itself
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # "Trials did not complete: [...]": the summary table says which trials failed and why
@@ -111,7 +114,7 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         raise ServiceError(f"cannot connect to Ray at {address or 'a new local instance'}: "
-                           f"{' '.join(str(e).split())[:200]}") from None
+                           f"{one_line(e, 200)}") from None
     handle_sigterm()  # ray.init replaced it: SIGTERM stops the search as Ctrl-C does
     return True
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from extune.errors import one_line
 from extune.search.services import ServiceError, check_tracking_uri
 from extune.search.settings import Objective
 from extune.search.trials import (
@@ -116,7 +117,7 @@ class MlflowTracker:
                 self.experiment_id  # noqa: B018
         except Exception as e:  # mlflow raises its own exception types
             raise ServiceError(f"cannot use the MLflow tracking store {self.uri}: "
-                               f"{' '.join(str(e).split())[:200]}") from None
+                               f"{one_line(e, 200)}") from None
 
     @property
     def experiment_id(self) -> str:
@@ -264,7 +265,7 @@ def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:
             hook(self, *args, **kwargs)
         except Exception as e:  # trials matter more than their records
             log.warning("MLflow tracking failed in %s: %s", hook.__name__,
-                        " ".join(str(e).split())[:300])
+                        one_line(e, 300))
 
     return wrapper
 

@@ -17,6 +17,7 @@ The flow (DESIGN.md, Data flow):
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from extune.errors import ConfigError, ExtuneError
-from extune.files import atomic_write_text, check_writable
+from extune.errors import ConfigError, DiskFullError, ExtuneError, one_line
+from extune.files import atomic_write_text, check_free_space, check_writable, is_disk_full
 from extune.search.resources import ResourcePlan, cluster_plan
 from extune.search.results import (
     TrialRecord,
@@ -124,9 +125,12 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         ExtuneError: bad settings, config or space; unreachable Ray cluster or tracking server;
             missing data.
     """
+    from extune.search import disk
+
     start = time.time()
     quiet_ray_env()
     bounded_http_client()
+    disk.reset()
     if resume is not None:
         sdir: SearchDir | None = SearchDir.load(resume)
         sdir.refuse_failed("start a new one")
@@ -145,6 +149,8 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         max_epochs = check.max_epochs
         _check_services(settings, settings.resolved_tracking_uri())
         check_writable(settings.out, "search folders in --out")
+        check_free_space(settings.out, "search folders in --out")
+        check_free_space(tempfile.gettempdir(), "the temporary folder trials train in")
         refuse_taken_name(settings)
         sdir = None
     from extune.train.data import load_data  # torch: imported on use
@@ -311,6 +317,7 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
                        stop)
         fit_start = time.time()
         tuner.fit()
+        _raise_if_disk_full(sdir, tracker, None)
         trials = _ray_trials(sdir)
         spent = settings.epoch_budget is not None and _epoch_budget(sdir, settings,
                                                                    trials).stop_all()
@@ -319,12 +326,61 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
         reason = "epoch budget" if spent else "stopper" if stopped else "time budget"
         return _finish(sdir, tracker, interrupted=interrupted, start=start, trials=trials,
                        stopped_by=reason)
-    except BaseException:
-        if interrupted:
-            sdir.set_status("interrupted")
-            _writer(sdir, tracker).submit({"op": "end", "trial": None, "status": "KILLED"})
-            _close_writer(sdir, timeout=10)
+    except DiskFullError:
         raise
+    except BaseException as e:
+        if interrupted and is_disk_full(e):
+            _raise_if_disk_full(sdir, tracker, e)
+        if interrupted:
+            _mark_interrupted(sdir, tracker)
+        raise
+
+
+def _mark_interrupted(sdir: SearchDir, tracker: Any) -> None:
+    """A stopped search: ``interrupted`` in ``search.json`` (where the disk allows), its
+    MLflow runs still running ended KILLED."""
+    try:
+        sdir.set_status("interrupted")
+    except OSError:  # a full disk: resume reads "running" the same way
+        pass
+    writer = _writer(sdir, tracker)
+    for trial_id in _running_trial_runs(sdir, tracker):
+        writer.submit({"op": "end", "trial": trial_id, "status": "KILLED"})
+    writer.submit({"op": "end", "trial": None, "status": "KILLED"})
+    _close_writer(sdir, timeout=10)
+
+
+def _raise_if_disk_full(sdir: SearchDir, tracker: Any, error: BaseException | None) -> None:
+    """Stop a search that a full disk stopped (the guard, or ``error``): resumable, said in
+    one line.
+
+    Raises:
+        DiskFullError: when a disk is full.
+    """
+    from extune.files import free_bytes
+    from extune.search.disk import full_disk
+
+    found = full_disk()
+    if found is None and error is None:
+        return
+    folder, free = found if found is not None else (str(sdir.path), free_bytes(sdir.path))
+    _mark_interrupted(sdir, tracker)
+    left = f"{free / 2**20:.1f} MiB free" if free is not None else "full"
+    raise DiskFullError(f"the disk of {folder} is full ({left}): the search stopped, its "
+                        f"trials kept; free some space, then: extune search --resume {sdir.path}"
+                        ) from None
+
+
+def _running_trial_runs(sdir: SearchDir, tracker: Any) -> list[str]:
+    """Trial ids of the search's MLflow runs still RUNNING (none when the store is down)."""
+    try:
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id], max_results=5000,
+            filter_string=f"tags.`extune.search_id` = '{sdir.search_id}' and "
+                          "tags.`extune.role` = 'trial' and attributes.status = 'RUNNING'")
+    except Exception:  # the store is down: the journal keeps the parent's end
+        return []
+    return [r.data.tags["extune.trial_id"] for r in runs if r.data.tags.get("extune.trial_id")]
 
 
 def _check_storage(settings: SearchSettings) -> None:
@@ -360,6 +416,9 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
                              full_epochs=settings.full_epochs(epochs)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
+        from extune.search.disk import repair_error_files
+
+        repair_error_files(sdir.experiment_path)  # a full disk may have cut some short
         return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,
                                   resume_unfinished=True, resume_errored=False)
     return tune.Tuner(
@@ -411,6 +470,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     from ray import tune
 
     from extune.search.console import LiveConsole
+    from extune.search.disk import DiskGuard, watched_folders
     from extune.search.tracking import MlflowCallback
 
     storage, _, name = sdir.experiment_path.rpartition("/")
@@ -418,9 +478,10 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     console = LiveConsole(title=sdir.name, objectives=settings.objectives, base=base,
                           total=settings.trials, live=settings.live,
                           study=(sdir.meta["optuna_storage"], sdir.name))
+    guard = DiskGuard(watched_folders(sdir.path, sdir.experiment_path))
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=0, stop=stop,
-        callbacks=[MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
+        callbacks=[guard, MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
                                   journal_dir=_journal(sdir),
                                   constant=(*settings.resolved_fixed,
                                             *sdir.meta.get("space_constants", {})),
@@ -550,7 +611,7 @@ def _write_plots(sdir: SearchDir, study: Any, objectives: list[Objective]) -> di
     try:
         return search_plots(study, objectives, sdir.path / PLOTS_DIR, title=sdir.name)
     except Exception as e:  # plotting libraries raise many types on odd studies
-        log.warning("could not draw the search's plots: %s", " ".join(str(e).split())[:300])
+        log.warning("could not draw the search's plots: %s", one_line(e, 300))
         return {}
 
 

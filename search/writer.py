@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from extune.errors import one_line
+
 __all__ = ["Journal", "TrackingWriter", "writer_for", "close_writer", "apply_op",
            "HTTP_TIMEOUT_S"]
 
@@ -41,9 +43,13 @@ _MAX_DELAY_S = 30.0
 
 def bounded_http_client() -> None:
     """One try per MLflow HTTP request, :data:`HTTP_TIMEOUT_S` each (unless the user set the
-    variables): the writer's own retries replace the client's minutes of backoff."""
+    variables): the writer's own retries replace the client's minutes of backoff. Also keeps
+    MLflow from printing a link line for every run it ends."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+    # no "🏃 View run ... at: http://..." line per ended run (extune prints its own links),
+    # and one request less per run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class Journal:
@@ -83,21 +89,32 @@ class Journal:
         return [op for op in self._read() if op["seq"] > last]
 
     def append(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Number ``op`` and write it to the journal. A journal that cannot be written (a full
+        disk) keeps the op in memory only: :attr:`write_error` says why."""
         with self._lock:
             self._seq += 1
             op = {**op, "seq": self._seq}
             if self._ops_file is not None:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                with self._ops_file.open("a") as f:
-                    f.write(json.dumps(op, default=str) + "\n")
+                try:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    with self._ops_file.open("a") as f:
+                        f.write(json.dumps(op, default=str) + "\n")
+                except OSError as e:
+                    self.write_error = e
         return op
+
+    write_error: OSError | None = None
+    """Why the journal could not be written last (the ops are then in memory only)."""
 
     def mark_sent(self, seq: int) -> None:
         if self.folder is None:
             return
         tmp = self.folder / "sent.tmp"
-        tmp.write_text(str(seq))
-        os.replace(tmp, self.folder / "sent")
+        try:
+            tmp.write_text(str(seq))
+            os.replace(tmp, self.folder / "sent")
+        except OSError as e:  # a full disk: an op may be sent twice later, which is harmless
+            self.write_error = e
 
     def clear_if_sent(self) -> None:
         """Drop the files once everything was sent (a finished search keeps no journal)."""
@@ -131,6 +148,8 @@ class TrackingWriter:
         self._behind_since: float | None = None
         self._give_up_at: float | None = None
         self._steps: dict[str, int] = {}
+        self._said_memory_only = False
+        self._wake = threading.Event()  # set by close(): retry a silent store at once
         for op in self.journal.unsent():  # left by a previous process: sent first
             self._enqueue(op)
         self._thread = threading.Thread(target=self._loop, name="extune-mlflow-writer",
@@ -144,7 +163,13 @@ class TrackingWriter:
 
     def submit(self, op: dict[str, Any]) -> None:
         """Journal and queue one op (returns at once)."""
-        self._enqueue(self.journal.append(op))
+        journaled = self.journal.append(op)
+        if self.journal.write_error is not None and not self._said_memory_only:
+            self._said_memory_only = True
+            self.warn(f"cannot write the MLflow journal in {self.journal.folder} "
+                      f"({self.journal.write_error.strerror or self.journal.write_error}): "
+                      "tracking writes are kept in memory until the store takes them")
+        self._enqueue(journaled)
 
     def _enqueue(self, op: dict[str, Any]) -> None:
         with self._count_lock:
@@ -161,6 +186,7 @@ class TrackingWriter:
         """Send what is queued (trying for at most ``timeout`` seconds while the store does not
         answer), stop the thread; returns the ops left unsent (kept in the journal)."""
         self._give_up_at = time.time() + timeout
+        self._wake.set()  # a writer waiting out its backoff tries again now
         self.flush(timeout)
         self._queue.put(None)
         self._thread.join(timeout=HTTP_TIMEOUT_S + 5)
@@ -176,7 +202,7 @@ class TrackingWriter:
                 return
             if not self._send(op):
                 return  # giving up: this op and the rest stay in the journal
-            self.journal.mark_sent(op["seq"])
+            self.journal.mark_sent(op["seq"])  # never raises: the thread must not die
             with self._count_lock:
                 self._pending -= 1
                 if self._pending == 0:
@@ -195,27 +221,28 @@ class TrackingWriter:
                 return True
             except Exception as e:  # MLflow, requests and SQLAlchemy raise many types
                 if permanent_error(e):
-                    log.warning("MLflow rejected a write (%s): %s", op["op"], _line(e))
+                    log.warning("MLflow rejected a write (%s): %s", op["op"], one_line(e, 300))
                     return True
                 if self._behind_since is None:
                     self._behind_since = time.time()
-                    self.warn(f"MLflow tracking is behind ({_line(e)[:160]}); the search goes "
+                    self.warn(f"MLflow tracking is behind ({one_line(e, 160)}); the search goes "
                               f"on, and {self._pending} write(s) are kept in "
                               f"{self.journal.folder or 'memory'} until the store answers "
                               "(or `extune sync` sends them)")
                 if self._give_up_at is not None and time.time() >= self._give_up_at:
                     return False
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY_S)
+                # closing: retry every second or two, so that a store back shortly before the
+                # search ends gets the writes (a 30 s backoff would sleep past it)
+                if self._wake.wait(delay) or self._give_up_at is not None:
+                    self._wake.clear()
+                    delay = min(delay, 2.0)
+                else:
+                    delay = min(delay * 2, _MAX_DELAY_S)
 
 
 def permanent_error(e: BaseException) -> bool:
     """Whether retrying ``e`` cannot help (the store answered and refused the write)."""
     return getattr(e, "error_code", None) in _PERMANENT
-
-
-def _line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
 
 
 # ------------------------------------------------------------------ applying ops

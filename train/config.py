@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from extune.errors import ConfigError
+from extune.errors import ConfigError, one_line
 from extune.files import atomic_write_text, read_text_file
 
 __all__ = [
@@ -289,7 +289,7 @@ class Config:
         try:
             data = load_yaml(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{source} is not valid YAML: {_one_line(e)}") from None
+            raise ConfigError(f"{source} is not valid YAML: {one_line(e)}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         if data is not None and not isinstance(data, dict):
@@ -333,10 +333,6 @@ class Config:
 
 
 # --------------------------------------------------------------------- internals
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data

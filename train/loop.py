@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -14,9 +15,9 @@ import torch
 from torch import Tensor
 
 from extune.augment import Explainer
-from extune.errors import ExtuneError
+from extune.errors import DiskFullError, ExtuneError, one_line
 from extune.evaluate import evaluate_split
-from extune.files import atomic_write_text, check_writable
+from extune.files import atomic_write_text, check_free_space, check_writable, is_disk_full
 from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
@@ -41,6 +42,8 @@ from extune.train.runtime import (
 from extune.train.validate import validate_config
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
+
+log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, float], Path], None]
 """``report(metrics, checkpoint_dir)``: called after every epoch, after the checkpoint is saved."""
@@ -124,6 +127,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
     validate_config(config)  # unknown names fail here, before any data is loaded
     if out_dir is not None:
         check_writable(out_dir, "the output folder (--out)")
+        check_free_space(out_dir, "the output folder (--out)")
     with torch_threads(config.runtime.threads):
         state = _setup(config, out_dir, resume, data)
         state.grid_each_epoch = report is not None  # a stopped trial still has its grid
@@ -135,13 +139,13 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
             if test and epoch == config.optim.epochs - 1:
                 metrics.update(_evaluate(state, state.splits.test, prefix="test", full=True))
             state.history.append(metrics)
-            _save(state, epoch)
+            _save_or_rescue(state, epoch)
             if report is not None:
                 report(metrics, state.out_dir)
         final = dict(state.history[-1]) if state.history else {}
         if test and not any(k.startswith("test/") for k in final):  # resumed after the end
             final.update(_evaluate(state, state.splits.test, prefix="test", full=True))
-        _write_metrics(state, final)
+        _write_metrics_or_say(state, final)
         state.model.eval()
         return FitResult(config, final, state.history, state.model, state.out_dir)
 
@@ -259,7 +263,17 @@ def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool,
 
 
 def _write_grid(state: _State, epoch: int, name: str) -> None:
-    """The labelled grid of a fixed set of validation images (:func:`explanation_grid`)."""
+    """The labelled grid of a fixed set of validation images (:func:`explanation_grid`); on a
+    full disk it is skipped with a warning (the checkpoint, saved next, matters more)."""
+    try:
+        _draw_grid(state, epoch, name)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        log.warning("the disk of %s is full: %s not written", state.out_dir, name)
+
+
+def _draw_grid(state: _State, epoch: int, name: str) -> None:
     n = min(state.cfg.eval.grid_images, len(state.splits.val))
     if n == 0:
         return
@@ -270,7 +284,9 @@ def _write_grid(state: _State, epoch: int, name: str) -> None:
                              f"/{cfg.optim.epochs} · validation images")
 
 
-def _save(state: _State, epoch: int) -> None:
+def _save(state: _State, epoch: int, path: Path | None = None) -> None:
+    if path is not None:  # a rescue folder holds the config too, for --config on resume
+        state.cfg.save(path.parent / "config.yaml")
     save_checkpoint({
         "epoch": epoch,
         "model": state.model.state_dict(),
@@ -282,7 +298,7 @@ def _save(state: _State, epoch: int) -> None:
         "mean": list(state.splits.mean),
         "std": list(state.splits.std),
         "rng": rng_state(),
-    }, state.out_dir / CHECKPOINT_NAME)
+    }, path or state.out_dir / CHECKPOINT_NAME)
 
 
 def _resumed_model(model: Network, resume: str | Path, device: torch.device) -> dict:
@@ -298,9 +314,51 @@ def _resumed_model(model: Network, resume: str | Path, device: torch.device) -> 
         trained = Config.from_dict(ckpt.get("config", {})).model.backbone \
             if isinstance(ckpt.get("config"), dict) else "?"
         raise ExtuneError(f"checkpoint {resume} holds another model (model.backbone={trained}, "
-                          f"its classes or heads differ: {' '.join(str(e).split())[:120]}); "
+                          f"its classes or heads differ: {one_line(e, 120)}); "
                           "resume with the config it was trained with") from None
     return ckpt
+
+
+def _save_or_rescue(state: _State, epoch: int) -> None:
+    """Save the epoch's checkpoint; on a full disk, save it to a rescue folder instead and stop
+    with the way on (training cannot go on without a place for its checkpoints).
+
+    Raises:
+        DiskFullError: where the checkpoint went (or that it could be saved nowhere).
+    """
+    try:
+        _save(state, epoch)
+        return
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+    target = state.out_dir / CHECKPOINT_NAME
+    done = f"epoch {epoch + 1}/{state.cfg.optim.epochs}"
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="extune-rescue-"))
+        _save(state, epoch, rescue / CHECKPOINT_NAME)
+    except OSError as e:
+        raise DiskFullError(f"the disk of {state.out_dir} is full: the checkpoint of {done} "
+                            f"could not be written to {target} nor to a rescue folder "
+                            f"({e.strerror or e}); the model is lost: free some space and "
+                            "train again") from None
+    raise DiskFullError(f"the disk of {state.out_dir} is full: the checkpoint of {done} could "
+                        f"not be written to {target}, so it was saved to {rescue} instead; free "
+                        f"some space, then continue with: extune train --config "
+                        f"{rescue / 'config.yaml'} --resume {rescue} --out {state.out_dir}")
+
+
+def _write_metrics_or_say(state: _State, final: dict[str, float]) -> None:
+    """``metrics.json``; on a full disk the run is over and its checkpoint saved: say where."""
+    try:
+        _write_metrics(state, final)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(f"the disk of {state.out_dir} is full: training finished and its "
+                            f"checkpoint is in {state.out_dir / CHECKPOINT_NAME}, but "
+                            "metrics.json could not be written; free some space, then: extune "
+                            f"evaluate --checkpoint {state.out_dir} --split test") from None
 
 
 def _restore(state: _State, ckpt: dict, resume: str | Path) -> None:
@@ -309,7 +367,7 @@ def _restore(state: _State, ckpt: dict, resume: str | Path) -> None:
         state.scheduler.load_state_dict(ckpt["scheduler"])
     except (KeyError, RuntimeError, ValueError) as e:
         raise ExtuneError(f"checkpoint {resume} does not match this config (optimiser "
-                          f"differs): {' '.join(str(e).split())[:160]}") from None
+                          f"differs): {one_line(e, 160)}") from None
     state.history = list(ckpt.get("history", []))
     state.start_epoch = int(ckpt["epoch"]) + 1
     if "rng" in ckpt:

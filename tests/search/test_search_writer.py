@@ -139,3 +139,39 @@ def test_a_write_for_a_trial_without_a_run_is_dropped_and_said_unless_marked(cap
     apply_op(tracker, {"op": "tags", "trial": "never-started", "tags": {"a": "1"},
                        "if_run": True}, {})  # e.g. a stop caught the trial before its start
     assert caplog.text == "" and tracker.calls == []
+
+
+def test_a_journal_on_a_full_disk_keeps_the_writes_in_memory_and_says_so(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    tracker = FlakyTracker()
+    said = []
+    writer = TrackingWriter(tracker, tmp_path / "journal", warn=said.append)
+    real_open = Path.open
+
+    def full(self, *args, **kwargs):  # the journal's appends and the "sent" file fail
+        if self.parent == tmp_path / "journal" and "r" not in (args[0] if args else "r"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    monkeypatch.setattr(Path, "write_text", lambda self, text: full(self, "w"))
+    for epoch in (1, 2, 3):
+        writer.submit({"op": "metrics", "trial": None, "metrics": {"m": 1.0}, "step": epoch})
+    assert writer.close(timeout=5) == 0  # the store took every write; the thread lived on
+    assert [c[2] for c in tracker.calls if c[0] == "metrics"] == [1, 2, 3]
+    assert sum("kept in memory" in s for s in said) == 1  # said once, naming the reason
+    assert "No space left on device" in said[0]
+
+
+def test_closing_retries_a_store_back_within_the_backoff_at_once():
+    tracker = FlakyTracker()
+    writer = TrackingWriter(tracker, None, warn=lambda text: None)
+    tracker.down.set()
+    writer.submit({"op": "tags", "trial": None, "tags": {"a": "b"}})
+    time.sleep(8)  # the writer backs off: 1, 2, 4 s ... its next try would be 8 s away
+    tracker.down.clear()
+    started = time.time()
+    assert writer.close(timeout=30) == 0
+    assert time.time() - started < 4  # not the rest of an 8-16 s backoff

@@ -12,17 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from extune.errors import DataError
+from extune.errors import DataError, one_line
 
 __all__ = ["one_line", "resize_uint8", "decode_files", "decode_readable", "image_files",
            "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(e).split())
 
 
 def resize_uint8(images: Tensor, size: int, chunk: int = 1024) -> Tensor:
