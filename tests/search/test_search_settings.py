@@ -121,3 +121,18 @@ def test_quick_search_holds_gradcam_unless_fixed_otherwise(tmp_path):
     space = tmp_path / "s.yaml"
     space.write_text("optim.lr: {type: float, low: 0.01, high: 0.1}\n")
     assert SearchSettings(space=str(space)).resolved_fixed == {}
+
+
+def test_fix_on_a_key_the_space_does_not_search_is_applied_to_the_base(capsys):
+    from extune.search.tuner import _apply_unsearched_fixes
+    from extune.spaces import get_space, validate_space
+
+    settings = SearchSettings(space="ce", fixed={"data.image_size": 24, "optim.lr": 0.05})
+    base = settings.base_config()
+    space = get_space("ce")
+    check = validate_space(space, base, name="ce")
+    applied, _ = _apply_unsearched_fixes(settings, base, space, check)
+    assert applied.data.image_size == 24  # trained as --set would, not silently ignored
+    assert applied.optim.lr == base.optim.lr  # a searched key stays with the sampler
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--fix data.image_size=24: space 'ce' does not search it; applied to the base" in out
