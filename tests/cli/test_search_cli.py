@@ -41,7 +41,7 @@ def _in_tmp(tmp_path, monkeypatch):
     (["study", "--seeds", "0"], "--seeds must be >= 1"),
     (["study", "--objective", "accuracy,alignment"], "selects each method's config on one"),
     (["study", "--resume", "."], "is not a study folder"),
-    (["study", "--resume", ".", "--seeds", "2"], "drop --seeds"),
+    (["study", "--resume", ".", "--trials", "2"], "drop --trials"),
     (["study", "--tracking-uri", "http://127.0.0.1:1"],
      "cannot reach the MLflow tracking server at http://127.0.0.1:1"),
 ])
@@ -89,6 +89,8 @@ def test_first_line_states_the_gpu_rule_and_early_stopping(capsys):
 def test_study_first_line_states_the_budget(capsys):
     assert main(["study", "--quick", "--tracking-uri", "http://127.0.0.1:1"]) == 2
     first = " ".join(capsys.readouterr().out.split())
-    assert "per method 2 trials x 1 epochs" in first
+    assert "per method a search of 2 trials x 1 epochs" in first
+    assert "explanations scored by gradcam (last stage)" in first
+    assert "--quick is a smoke test" in first
     assert "then 2 seeds x 2 epochs evaluated on the test split" in first
     assert "{" not in first
