@@ -21,11 +21,11 @@ from extune.augment.explainers import (
     grad_cam,
     list_explainers,
     minmax_normalize,
-    preserved_model_state,
     register_explainer,
     resolve_layer,
 )
 from extune.augment.masks import keep_mask, mask_salient
+from extune.augment.model_state import eval_mode, preserved_model_state
 from extune.augment.occlusion import (
     fill,
     fraction_count,
@@ -63,6 +63,7 @@ __all__ = [
     "resolve_layer",
     "minmax_normalize",
     "preserved_model_state",
+    "eval_mode",
     # ExCon masks
     "mask_salient",
     "keep_mask",

@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extune.augment.model_state import preserved_model_state
 from extune.errors import RegistryError
 from extune.registry import Registry
 
@@ -55,15 +56,10 @@ __all__ = [
     "grad_cam",
     "resolve_layer",
     "minmax_normalize",
-    "preserved_model_state",
 ]
 
 EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
 """Explainer classes by name (``explain.explainer``), iterated in registration order."""
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
-               "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
 
 _E = TypeVar("_E", bound="Explainer")
 
@@ -130,37 +126,6 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:
                             f"{children} (or a dotted path such as 'layer1.0')") from None
 
 
-@contextlib.contextmanager
-def preserved_model_state(model: nn.Module) -> Iterator[None]:
-    """Run the body with ``model`` in eval mode and leave the model exactly as found.
-
-    Restores every module's ``training`` flag; sets each parameter's ``.grad`` to ``None`` for
-    the body (so nothing can accumulate into a gradient the caller holds) and puts back the very
-    same tensors afterwards; removes every hook that was added to any module during the body.
-    BatchNorm statistics are untouched because eval mode does not update them.
-    """
-    modules = list(model.modules())
-    modes = [m.training for m in modules]
-    params = list(model.parameters())
-    grads = [p.grad for p in params]
-    hook_keys = [{d: set(getattr(m, d, {})) for d in _HOOK_DICTS} for m in modules]
-    full_backward = [getattr(m, "_is_full_backward_hook", None) for m in modules]
-    for p in params:
-        p.grad = None
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode, keys, full in zip(modules, modes, hook_keys, full_backward, strict=True):
-            m.training = mode
-            m._is_full_backward_hook = full
-            for d, before in keys.items():
-                hooks = getattr(m, d, None)
-                if hooks is not None:
-                    for k in [k for k in hooks if k not in before]:
-                        del hooks[k]
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
 
 
 # ------------------------------------------------------------------------------ postprocessing

@@ -1,4 +1,4 @@
-"""ExCon's saliency masking (DESIGN.md, ExCon steps 2-3) as pure tensor functions.
+"""ExCon's saliency masking (docs/methods.md, ExCon steps 2-3) as pure tensor functions.
 
 No Python loop over samples and no host synchronisation: the results stay on the device and
 feed ``torch.where`` selections in the training step.

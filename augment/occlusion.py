@@ -1,4 +1,5 @@
-"""EDDA's occlusions (DESIGN.md, EDDA) and their random-place baseline, as pure tensor functions.
+"""EDDA's occlusions (docs/methods.md, EDDA) and their random-place baseline, as pure tensor
+functions.
 
 All functions are batched: no Python loop over samples and no host synchronisation. Areas are
 exact: a fraction ``f`` of an ``H x W`` image is :func:`fraction_count` ``(f, H * W)`` pixels,

@@ -23,7 +23,7 @@ from ray.tune.stopper import Stopper
 from timing import Row
 
 from extune.search import SearchSettings, run_search
-from extune.search.services import connect_ray, quiet_ray_env
+from extune.search.connections import connect_ray, quiet_ray_env
 from extune.train.config import Config
 
 __all__ = ["ray_rows", "TargetReached", "TrialTimes"]
@@ -52,7 +52,7 @@ def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False
     them; every search writes under one temporary folder; Ray is shut down at the end."""
     import ray
 
-    from extune.search.tracking import MlflowTracker
+    from extune.search.tracking.client import MlflowTracker
 
     quiet_ray_env()
     start = time.perf_counter()
@@ -149,7 +149,7 @@ def sequential_seconds(result: Any) -> dict[str, float]:
     """Seconds of each of the search's trainings run again one after another in this process
     (same configs, one torch thread as a trial has, data loaded beforehand as the search does,
     after one untimed warm-up training for the lazy imports); by Tune trial id."""
-    from extune.search.trials import trial_config
+    from extune.search.engine.trials import trial_config
     from extune.train import fit
     from extune.train.data import load_data
 

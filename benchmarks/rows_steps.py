@@ -69,7 +69,7 @@ def step_medians(cfgs: dict[str, Config], device: torch.device, *, reps: int,
 def make_inference_forward(cfg: Config, device: torch.device, num_classes: int):
     """A closure running one eval-mode, no-graph forward of ``cfg``'s model on a fixed batch
     ``[optim.batch_size, 3, S, S]``: what ExCon's explanation and filter cost at least."""
-    from extune.evaluate import eval_mode
+    from extune.augment.model_state import eval_mode
     from extune.train.methods import config_model
 
     model = config_model(cfg, num_classes).to(device)

@@ -1,8 +1,8 @@
-"""The ``extune`` command line: ``train``, ``evaluate``, ``config``, ``search``, ``study``,
-``export``, ``ui``.
+"""The ``extune`` command line: ``train``, ``evaluate``, ``explain``, ``config``, ``search``,
+``study``, ``export``, ``sync``, ``ui``.
 
 One module per family of commands: :mod:`~extune.cli.train` (``train``, ``evaluate``,
-``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``ui``) and
+``explain``, ``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``sync``, ``ui``) and
 :mod:`~extune.cli.study` (``study``). Heavy imports (torch, ray, optuna, mlflow) happen inside
 the commands, so ``extune --help`` stays fast.
 

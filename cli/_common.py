@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
-from extune.search.services import DEFAULT_TRACKING_URI
 from extune.signals import interrupt_exit_code, terminated
 
 __all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
@@ -57,7 +57,7 @@ def settings_kwargs(given: dict[str, Any], rename: dict[str, str] | None = None
     kwargs = {rename.get(k, k): (str(v) if isinstance(v, Path) else v)
               for k, v in given.items() if k not in ("set_", "fix", "resume")}
     kwargs["overrides"] = parse_assignments(given.get("set_") or [])
-    kwargs["fixed"] = parse_assignments(given.get("fix") or [])
+    kwargs["fixed"] = parse_assignments(given.get("fix") or [], option="--fix")
     return kwargs
 
 

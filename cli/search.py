@@ -26,8 +26,8 @@ from extune.cli._common import (
     refuse_with_resume,
     settings_kwargs,
 )
+from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
-from extune.search.services import DEFAULT_TRACKING_URI, stop_process_group
 from extune.signals import interrupt_exit_code
 
 __all__ = ["search", "export", "sync", "ui"]
@@ -37,7 +37,8 @@ _RESUME_OK = {"resume", "address"}
 
 def search(
     space: Annotated[str | None, typer.Option(
-        help="Built-in space (excon, edda, supcon, ce) or a YAML space file. (default: excon)")]
+        help="Built-in space (excon, edda, random_occlusion, supcon, ce) or a YAML space file. "
+             "(default: excon)")]
     = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Base config YAML (default: a quick synthetic-data base).")] = None,
@@ -92,8 +93,8 @@ def search(
 
     With no options: a quick ExCon search (8 trials) on the synthetic data set.
     """
+    from extune.search.engine.run import run_search
     from extune.search.settings import SearchSettings
-    from extune.search.tuner import run_search
 
     given = option_values(locals(), _OPTION_NAMES)
     if resume is not None:
@@ -128,7 +129,7 @@ def _print_plan(settings: Any) -> None:
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:
-    from extune.search.resources import GPU_RULE
+    from extune.search.engine.resources import GPU_RULE
 
     if gpus_per_trial is None:
         return f" + {GPU_RULE}"
@@ -136,7 +137,7 @@ def _gpu_text(gpus_per_trial: float | None) -> str:
 
 
 def _print_result(result: Any) -> None:
-    from extune.search.console import ranked_table
+    from extune.search.reporting.console import ranked_table
 
     console.print(ranked_table(result.records, result.objectives, best=result.best,
                                title=f"{result.name}: trials, best first"))
@@ -192,8 +193,13 @@ def export(
 ) -> None:
     """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
     from extune.cli.train import warn_inactive
-    from extune.search.export import epoch_settings, export_run, export_search, search_caveat
-    from extune.search.store import SearchDir
+    from extune.search.folder import SearchDir
+    from extune.search.reporting.export import (
+        epoch_settings,
+        export_run,
+        export_search,
+        search_caveat,
+    )
 
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
@@ -226,7 +232,7 @@ def sync(
         help="Seconds to keep trying a tracking store that does not answer.")] = 60.0,
 ) -> None:
     """Send the MLflow writes a search or study kept because the tracking store was down."""
-    from extune.search.sync import search_journals, sync_journals
+    from extune.search.tracking.sync import search_journals, sync_journals
     from extune.study.tracking import is_study_folder, study_journals
 
     jobs = study_journals(folder) if is_study_folder(folder) else search_journals(folder)
@@ -251,7 +257,7 @@ def ui(
     = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
-    from extune.search.services import check_tracking_uri, existing_store
+    from extune.search.connections import check_tracking_uri, existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
@@ -295,7 +301,7 @@ def _check_address(host: str, port: int) -> None:
 
 
 def _print_ui_links(uri: str, address: str, server: bool = True) -> None:
-    from extune.search.tracking import recent_views
+    from extune.search.tracking.views import recent_views
 
     if server:
         echo(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few seconds "
@@ -313,6 +319,8 @@ def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
     Returns:
         The server's exit status (negative: killed by that signal).
     """
+    from extune.search.connections import stop_process_group
+
     process = subprocess.Popen(command, start_new_session=True)
 
     def terminate(signum: int, frame: Any) -> None:

@@ -114,8 +114,8 @@ def study(
                                                  seeds=seeds), "study", resume)
     else:
         kwargs = settings_kwargs(given)
-        kwargs["margins"] = {k: _margin(k, v) for k, v in
-                             parse_assignments(kwargs.pop("margin", None) or []).items()}
+        margins = parse_assignments(kwargs.pop("margin", None) or [], "--margin")
+        kwargs["margins"] = {k: _margin(k, v) for k, v in margins.items()}
         settings = StudySettings.preset(quick, **kwargs, live=live)
         _print_plan(settings)
         result = interruptible(lambda: run_study(settings), "study", None)

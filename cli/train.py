@@ -91,7 +91,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
     from extune.files import atomic_write_text, check_writable
-    from extune.train.evaluation import evaluate_checkpoint, evaluation_path
+    from extune.train.saved_model import evaluate_checkpoint, evaluation_path
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")
@@ -117,7 +117,7 @@ def explain(
     set_: SetOpt = None,
 ) -> None:
     """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
-    from extune.train.evaluation import explain_checkpoint
+    from extune.train.saved_model import explain_checkpoint
 
     path = explain_checkpoint(checkpoint, out, images=images, explainer=explainer, count=count,
                               overrides=set_ or [])

@@ -38,7 +38,6 @@ __all__ = [
     "explanation_scores",
     "localisation_scores",
     "saliency_grid",
-    "eval_mode",
     "MetricInfo",
     "metric_info",
 ]
@@ -57,7 +56,7 @@ _WHERE = {
     "corrupt": "corruptions", "make_corruption": "corruptions",
     "PixelSpaceModel": "robustness", "fgsm_attack": "robustness", "fgsm_accuracy": "robustness",
     "saliency_grid": "visualize",
-    "eval_mode": "_util",
+
     "MetricInfo": "metric_info", "metric_info": "metric_info",
 }
 

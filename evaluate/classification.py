@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extune.augment.model_state import eval_mode
 from extune.augment.views import normalize, to_unit
-from extune.evaluate._util import batches, eval_mode, model_device
+from extune.evaluate.batching import batches, model_device
 
 __all__ = [
     "ECE_BINS",

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extune.augment.model_state import eval_mode
 from extune.augment.views import to_unit
-from extune.evaluate._util import batches, eval_mode, model_device, stats
+from extune.evaluate.batching import batches, model_device, stats
 
 __all__ = ["PixelSpaceModel", "fgsm_attack", "fgsm_accuracy"]
 

@@ -15,8 +15,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from extune.augment.model_state import eval_mode
 from extune.augment.views import normalize, to_unit
-from extune.evaluate._util import batches, eval_mode, model_device
+from extune.evaluate.batching import batches, model_device
 from extune.evaluate.classification import _classification_tensors, predict_logits
 from extune.evaluate.corruptions import make_corruption
 from extune.evaluate.explanations import (

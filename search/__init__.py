@@ -32,22 +32,25 @@ __all__ = [
 ]
 
 _WHERE = {
-    "LiveConsole": "console",
-    "MlflowCallback": "tracking",
-    "MlflowTracker": "tracking",
-    "PruneAwareOptunaSearch": "optuna_search",
-    "SearchResult": "tuner",
+    "LiveConsole": "reporting.console",
+    "MlflowCallback": "tracking.callback",
+    "MlflowTracker": "tracking.client",
+    "PruneAwareOptunaSearch": "engine.optuna_search",
+    "SearchResult": "engine.run",
     "SearchSettings": "settings",
-    "ServiceError": "services",
-    "TrialRecord": "results",
-    "config_from_params": "export",
-    "export_run": "export",
-    "export_search": "export",
-    "knee_point": "results",
-    "pareto_front": "results",
-    "run_search": "tuner",
-    "select_trial": "results",
+    "ServiceError": "connections",
+    "TrialRecord": "reporting.results",
+    "config_from_params": "reporting.export",
+    "export_run": "reporting.export",
+    "export_search": "reporting.export",
+    "knee_point": "reporting.results",
+    "pareto_front": "reporting.results",
+    "run_search": "engine.run",
+    "select_trial": "reporting.results",
 }
+"""Where each public name lives: ``settings.py`` (what a search takes), ``folder.py`` (the search
+folder), ``connections.py`` (Ray and the tracking store), and the rooms ``engine/`` (running the
+trials), ``tracking/`` (MLflow) and ``reporting/`` (records, console, plots, summary, export)."""
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from extune.errors import ConfigError
 from extune.evaluate.metric_info import metric_info
-from extune.search.services import resolve_tracking_uri
+from extune.search.connections import resolve_tracking_uri
 from extune.train.config import Config
 
 __all__ = [
@@ -55,8 +55,8 @@ QUICK_BASE: dict[str, Any] = {
 }
 """Base overrides of a search started without ``--config``: ``extune train``'s defaults
 (resnet_mini, 6000 synthetic images) for 3 epochs, so that the exported config is one worth
-training (the former tiny_cnn / 3000-image base left configs worse than ``extune train``'s
-default); see docs/performance.md for its wall time."""
+training (a smaller base finds configs worse than ``extune train``'s default); see
+docs/performance.md for its wall time."""
 
 QUICK_FIXED: dict[str, Any] = {"explain.explainer": "gradcam"}
 """Held fixed in a search of a built-in space started without ``--config`` (unless ``--fix``
@@ -107,7 +107,8 @@ class SearchSettings:
     """The settings of one search (what ``extune search`` takes).
 
     Attributes:
-        space: a built-in space name (``excon``, ``edda``, ``supcon``, ``ce``) or a YAML path.
+        space: a built-in space name (``excon``, ``edda``, ``random_occlusion``, ``supcon``,
+            ``ce``) or a YAML path.
         config: base config YAML; ``None``: defaults with :data:`QUICK_BASE` (a quick search).
         overrides: dotted-key overrides of the base (``--set``).
         trials: number of trials.
@@ -115,10 +116,10 @@ class SearchSettings:
             and GPUs hold (``CPUs // cpus_per_trial``, ``GPUs // gpus_per_trial``).
         cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional);
             ``gpus_per_trial=None``: one GPU per trial where the cluster has GPUs, else none
-            (:mod:`extune.search.resources`).
+            (:mod:`extune.search.engine.resources`).
         time_budget_s: stop the whole search after this many seconds.
         epoch_budget: stop the whole search once its trials trained this many epochs in all
-            (:class:`~extune.search.budget.EpochBudget`); ``trials`` is then a cap.
+            (:class:`~extune.search.engine.budget.EpochBudget`); ``trials`` is then a cap.
         sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
         startup_trials: TPE's random start-up trials; ``None``:
             :func:`default_startup_trials` of ``trials``.
@@ -132,7 +133,7 @@ class SearchSettings:
         storage: Ray storage for trial results/checkpoints (shared path or bucket URI);
             ``None``: inside the search folder.
         tracking_uri: MLflow tracking URI; ``None``:
-            :data:`~extune.search.services.DEFAULT_TRACKING_URI` (``mlflow.db`` in the working
+            :data:`~extune.defaults.DEFAULT_TRACKING_URI` (``mlflow.db`` in the working
             folder).
         experiment: MLflow experiment name.
         name: search name; ``None``: ``<space>-<date>-<time>``.
@@ -291,7 +292,7 @@ class SearchSettings:
 
     def resolved_tracking_uri(self) -> str:
         """The tracking URI with a relative SQLite path made absolute (resume from anywhere):
-        :func:`extune.search.services.resolve_tracking_uri`."""
+        :func:`extune.search.connections.resolve_tracking_uri`."""
         return resolve_tracking_uri(self.tracking_uri)
 
     def to_dict(self) -> dict[str, Any]:

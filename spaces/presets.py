@@ -30,8 +30,8 @@ def _optim(trial: Any, *, lr: tuple[float, float]) -> dict[str, Any]:
 
 def explainer_choices() -> list[str]:
     """Explainers the ExCon/EDDA presets choose from: every registered one, in registration
-    order (the order of Optuna's choices: ``gradcam`` first, as before the registry; a resumed
-    study sees the same choices)."""
+    order, ``gradcam`` first (the order of Optuna's choices: a resumed study must see the same
+    choices in the same order)."""
     from extune.augment.explainers import EXPLAINERS  # imported on use: extune.spaces stays light
 
     return list(EXPLAINERS)

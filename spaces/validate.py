@@ -136,9 +136,21 @@ def base_point(space: Any, base: Config) -> dict[str, Any] | None:
                     return None  # a value not among the choices, or not a Config key
                 params[name] = flat[name]
                 continue
-            inside = all(dist._contains(dist.to_internal_repr(params[name]))
+            inside = all(_within(dist, params[name])
                          for name, dist in trial.distributions.items())
             return params if inside else None
+
+
+def _within(distribution: Any, value: Any) -> bool:
+    """Whether ``value`` is one of a distribution's choices or inside its range (from the
+    public attributes of Optuna's distributions)."""
+    import optuna.distributions as d
+
+    if isinstance(distribution, d.CategoricalDistribution):
+        return value in distribution.choices
+    if isinstance(distribution, (d.FloatDistribution, d.IntDistribution)):
+        return distribution.low <= value <= distribution.high
+    return True
 
 
 def _missing_parameter(error: ValueError) -> str | None:

@@ -3,7 +3,7 @@
 Each final run is a Tune trial whose config is the full override dict of its run (``method``,
 the chosen parameters, ``runtime.seed``) and its label ``_label`` (``excon-seed2``), under the
 key ``_run``: an experiment is a Tune grid over these dicts, so each runs exactly once. The
-trainable is the search's own :func:`~extune.search.trainable.train_trial`, and the configs
+trainable is the search's own :func:`~extune.search.engine.trainable.train_trial`, and the configs
 carry ``eval.test=true``, so the last epoch's report holds the ``test/...`` metrics.
 
 Runs are reused across experiments: a run counts as done when some experiment of the study
@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from extune.files import atomic_write_text
-from extune.search.resources import cluster_plan
-from extune.search.settings import Objective
-from extune.search.trials import (
+from extune.search.engine.resources import cluster_plan
+from extune.search.engine.trials import (
     LABEL,
     RUN,
     config_label,
@@ -31,6 +30,7 @@ from extune.search.trials import (
     trial_config,
     trial_error,
 )
+from extune.search.settings import Objective
 from extune.train.config import Config
 
 __all__ = ["run_final_stage", "final_points", "load_runs", "HISTORY_KEYS"]
@@ -90,7 +90,7 @@ def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker:
     todo = [p for p in points if done.get(p[LABEL], {}).get("state") != "complete"]
     if todo:
         path = _experiment_for(sdir, [p[LABEL] for p in todo], epochs)
-        from extune.search.writer import close_writer
+        from extune.search.tracking.journal import close_writer
 
         try:
             _tuner(sdir, base, todo, tracker, path).fit()
@@ -119,9 +119,9 @@ def _experiment_for(sdir: Any, labels: list[str], epochs: int) -> str:
 def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str) -> Any:
     from ray import tune
 
-    from extune.search.console import LiveConsole
-    from extune.search.tracking import MlflowCallback
-    from extune.search.trainable import train_trial
+    from extune.search.engine.trainable import train_trial
+    from extune.search.reporting.console import LiveConsole
+    from extune.search.tracking.callback import MlflowCallback
     from extune.train.data import load_data
 
     settings = sdir.settings

@@ -159,7 +159,7 @@ class StudyDir:
         suffix = "" if not experiments else f"-{len(experiments) + 1}"
         storage = self.settings.storage
         if storage:
-            from extune.search.store import storage_root
+            from extune.search.folder import storage_root
 
             path = f"{storage_root(storage)}/{self.name}/final{suffix}"
         else:

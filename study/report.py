@@ -159,7 +159,7 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
         sdir: the study folder.
         runs: the final runs (:func:`~extune.study.final.run_final_stage`).
         chosen: method -> what each of its searches chose and spent
-            (:func:`~extune.search.store.chosen_trial`).
+            (:func:`~extune.search.folder.chosen_trial`).
         sensitivity: :func:`~extune.study.sensitivity.rescore_stage`.
     """
     s = sdir.settings

@@ -23,8 +23,8 @@ from typing import Any
 
 from rich.console import Console
 
-from extune.search.store import SearchDir, chosen_trial
-from extune.search.writer import bounded_http_client
+from extune.search.folder import SearchDir, chosen_trial
+from extune.search.tracking.journal import bounded_http_client
 from extune.study.folder import StudyDir
 from extune.study.settings import StudySettings
 
@@ -60,7 +60,7 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     """
     import ray
 
-    from extune.search.services import (
+    from extune.search.connections import (
         check_tracking_uri,
         connect_ray,
         quiet_ray_env,
@@ -174,7 +174,7 @@ def _validate_spaces(settings: StudySettings) -> None:
 
 def study_tracker(sdir: StudyDir, uri: str) -> Any:
     """The MLflow tracker of the study's parent run (created, or found again on resume)."""
-    from extune.search.tracking import MlflowTracker
+    from extune.search.tracking.client import MlflowTracker
 
     s = sdir.settings
     tracker = MlflowTracker(uri, s.experiment, sdir.study_id, sdir.name, role="study",
@@ -199,8 +199,8 @@ def study_tracker(sdir: StudyDir, uri: str) -> Any:
 
 def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str) -> dict[str, Any]:
     """Run (or finish, or read) search ``index`` of ``method``; returns its chosen trial
-    (:func:`~extune.search.store.chosen_trial`) with the search's wall time."""
-    from extune.search.tuner import run_search
+    (:func:`~extune.search.folder.chosen_trial`) with the search's wall time."""
+    from extune.search.engine.run import run_search
 
     name = sdir.settings.search_name(method, index)
     folder = sdir.search_dir(name)

@@ -106,8 +106,8 @@ class _Scorer:
     def score(self, checkpoint: str, explainer: str, layer: str | None) -> dict[str, float]:
         """The explanation metrics (``test/...``) of one checkpoint under one protocol."""
         from extune.evaluate import evaluate_split
-        from extune.train.evaluation import load_model
         from extune.train.methods import evaluation_explainer
+        from extune.train.saved_model import load_model
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")

@@ -1,4 +1,5 @@
-"""The MLflow journals of a study folder, for ``extune sync`` (:mod:`extune.search.sync`)."""
+"""The MLflow journals of a study folder, for ``extune sync``
+(:mod:`extune.search.tracking.sync`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search.sync import Job, search_journals
+from extune.search.tracking.sync import Job, search_journals
 from extune.study.folder import STUDY_META
 
 __all__ = ["study_journals", "is_study_folder"]
@@ -22,7 +23,7 @@ def study_journals(folder: str | Path) -> list[Job]:
     Raises:
         ConfigError: not a study folder.
     """
-    from extune.search.tuner import TRACKING_DIR
+    from extune.search.tracking.parent import TRACKING_DIR
 
     root = Path(folder).resolve()
     if not is_study_folder(root):
@@ -35,7 +36,7 @@ def study_journals(folder: str | Path) -> list[Job]:
 
 
 def _study_tracker(folder: Path) -> Any:
-    from extune.search.services import resolve_tracking_uri
+    from extune.search.connections import resolve_tracking_uri
     from extune.study.folder import StudyDir
     from extune.study.run import study_tracker
 

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from extune.search.services import stop_process_group
+from extune.search.connections import stop_process_group
 
 BIN = Path(sys.executable).parent
 

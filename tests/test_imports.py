@@ -90,13 +90,39 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_the_packages():
     graph = import_graph()
     assert {"extune.registry", "extune.cli", "extune.train.validate",
-            "extune.search.trials"} <= set(graph)
+            "extune.search.engine.trials"} <= set(graph)
     assert "extune.train.config" in graph["extune.train.validate"]
     assert "extune.models.resnet" in graph["extune.models.backbones"]  # a lazy import counts
 
 
 def test_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+def private_imports() -> list[tuple[str, str]]:
+    """``(module, name)`` for every import of a private name (``_x``, or a module ``_x``) of
+    another extune package (the package: ``extune.<first part>``)."""
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        own = ".".join(name.split(".")[:2])
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("extune."):
+                targets = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("extune.")]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                if ".".join(parts[:2]) != own and any(p.startswith("_") for p in parts[1:]):
+                    found.append((name, target))
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another_package():
+    assert private_imports() == []
 
 
 def test_dependencies_point_one_way():
@@ -120,10 +146,10 @@ def test_dependencies_point_one_way():
     ("extune.augment", ("extune.train", "ray", "optuna", "mlflow")),
     ("extune.evaluate", ("extune.train", "ray", "optuna", "mlflow")),
     ("extune.train.config", ("torch", "ray", "optuna", "mlflow")),
-    ("extune.cli", ("torch", "ray", "optuna", "mlflow")),
+    ("extune.cli", ("torch", "ray", "optuna", "mlflow", "extune.search", "extune.study")),
     ("extune.spaces", ("torch", "ray", "mlflow")),
-    ("extune.search.tuner", ("torch", "ray", "mlflow")),
-    ("extune.search.trainable", ("optuna", "mlflow")),
+    ("extune.search.engine.run", ("torch", "ray", "mlflow")),
+    ("extune.search.engine.trainable", ("optuna", "mlflow")),
     ("extune.search.settings", ("torch", "ray", "mlflow")),
     ("extune.study", ("torch", "ray", "optuna", "mlflow")),
     ("extune.evaluate.metric_info", ("torch",)),

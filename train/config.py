@@ -502,7 +502,8 @@ def _bound(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_assignments(items: list[str] | tuple[str, ...], option: str = "--set"
+                      ) -> dict[str, Any]:
     """Parse CLI ``KEY=VALUE`` strings; values are read as YAML scalars (``0.1``, ``true``).
 
     >>> parse_assignments(["optim.lr=0.1", "method=excon"])
@@ -512,7 +513,7 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=0.1), got '{item}'")
+            raise ConfigError(f"{option} expects KEY=VALUE (e.g. optim.lr=0.1), got '{item}'")
         try:
             value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:

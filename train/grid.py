@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from extune.augment import Explainer, denormalize
-from extune.evaluate import eval_mode, saliency_grid
+from extune.augment.model_state import eval_mode
+from extune.evaluate import saliency_grid
 from extune.models import Network
 from extune.train.methods import Method
 

@@ -30,8 +30,8 @@ from extune.augment import (
     standard_view,
 )
 from extune.augment.explainers import EXPLAINERS
+from extune.augment.model_state import eval_mode
 from extune.errors import ConfigError, RegistryError
-from extune.evaluate import eval_mode
 from extune.models import Network, SupConLoss, create_model
 from extune.registry import Registry
 from extune.train.config import Config
@@ -145,7 +145,7 @@ class SupCon(Method):
 
 # -------------------------------------------------------------------------- ExCon
 class ExCon(SupCon):
-    """Explanation-driven SupCon (DESIGN.md, ExCon).
+    """Explanation-driven SupCon (docs/methods.md, ExCon).
 
     Per batch: saliency of the standard view for the true label -> masked image (saliency <=
     threshold set to the mean colour) -> kept where the classifier still predicts the label.
@@ -215,7 +215,7 @@ class ExCon(SupCon):
 
 # --------------------------------------------------------------------------- EDDA
 class EDDA(Method):
-    """Explanation-driven data augmentation (DESIGN.md, EDDA).
+    """Explanation-driven data augmentation (docs/methods.md, EDDA).
 
     After the warm-up (:func:`warmup_epochs` of ``edda.warmup_fraction``), the first
     ``round(ratio * B)`` images of each (shuffled) batch are explained for their label and

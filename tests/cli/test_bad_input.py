@@ -114,7 +114,7 @@ def failed_search(tmp: Path) -> None:
 
 def pruned_run(tmp: Path) -> None:
     """An MLflow store with one trial run that ASHA pruned."""
-    from extune.search.tracking import mlflow_client, param_value
+    from extune.search.tracking.client import mlflow_client, param_value
 
     client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
     run = client.create_run(client.create_experiment("e"), run_name="trial-001",

@@ -90,7 +90,7 @@ def test_search_on_a_cluster_started_like_a_user(tmp_path):
         nodes = _trial_nodes(study)
         assert len(nodes) == 2, nodes  # one trial on each node
 
-        from extune.search.tracking import mlflow_client
+        from extune.search.tracking.client import mlflow_client
 
         client = mlflow_client(uri)
         experiment = client.get_experiment_by_name("extune")

@@ -1,4 +1,4 @@
-"""The search budget in trial-epochs (:class:`extune.search.budget.EpochBudget`) on a real
+"""The search budget in trial-epochs (:class:`extune.search.engine.budget.EpochBudget`) on a real
 Optuna study in SQLite, without Ray's loop."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from extune.search.budget import EpochBudget, consumed_epochs
+from extune.search.engine.budget import EpochBudget
+from extune.search.reporting.results import consumed_epochs
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_a_resumed_search_counts_what_ran_before(study):
 
 
 def test_consumed_epochs_of_records():
-    from extune.search.results import TrialRecord
+    from extune.search.reporting.results import TrialRecord
 
     records = [TrialRecord(0, metrics={"epoch": 4.0}), TrialRecord(1, metrics={"epoch": 1.0}),
                TrialRecord(2)]

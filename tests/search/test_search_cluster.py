@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from extune.errors import ConfigError
+from extune.search.engine.run import run_search
 from extune.search.settings import SearchSettings
-from extune.search.tuner import run_search
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from extune.cli import main
-from extune.search.export import export_search
+from extune.search.engine.run import run_search
+from extune.search.reporting.export import export_search
 from extune.search.settings import SearchSettings
-from extune.search.tracking import mlflow_client
-from extune.search.tuner import run_search
+from extune.search.tracking.client import mlflow_client
 from extune.train.config import Config
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from optuna.trial import TrialState, create_trial
 
 from extune.cli import main
 from extune.errors import ConfigError
-from extune.search.export import export_search
+from extune.search.folder import SearchDir
+from extune.search.reporting.export import export_search
 from extune.search.settings import SearchSettings
-from extune.search.store import SearchDir
 from extune.spaces import get_space
 from extune.train.config import Config
 
@@ -84,7 +84,7 @@ def test_a_search_folder_is_not_reused(search_dir):
 
 
 def test_warm_ups_are_named_and_only_the_epoch_counted_one_is_rescaled():
-    from extune.search.export import epoch_settings, rescale_epochs
+    from extune.search.reporting.export import epoch_settings, rescale_epochs
 
     short = Config().with_overrides({"method": "excon", "optim.epochs": 4,
                                      "excon.warmup_fraction": 0.25, "optim.warmup_epochs": 2})

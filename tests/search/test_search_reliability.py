@@ -33,7 +33,7 @@ def search_args(work: Path, name: str, *extra: str, epochs: int = 3, trials: int
 
 
 def mlflow_runs(uri: str, search_dir: Path) -> list:
-    from extune.search.tracking import mlflow_client
+    from extune.search.tracking.client import mlflow_client
 
     search_id = json.loads((search_dir / "search.json").read_text())["search_id"]
     client = mlflow_client(uri)
@@ -44,7 +44,7 @@ def mlflow_runs(uri: str, search_dir: Path) -> list:
 
 def check_every_epoch_once(uri: str, search_dir: Path, trials: int, epochs: int) -> None:
     """MLflow holds the parent FINISHED and each trial FINISHED with epochs 1..N once."""
-    from extune.search.tracking import mlflow_client
+    from extune.search.tracking.client import mlflow_client
 
     runs = mlflow_runs(uri, search_dir)
     parents = [r for r in runs if r.data.tags.get("extune.role") == "search"]

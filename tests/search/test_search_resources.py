@@ -8,7 +8,7 @@ import os
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.resources import hide_unassigned_gpus, plan_resources
+from extune.search.engine.resources import hide_unassigned_gpus, plan_resources
 from extune.train.config import Config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.results import (
+from extune.search.reporting.results import (
     TrialRecord,
     dominates,
     knee_point,

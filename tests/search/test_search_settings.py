@@ -124,15 +124,32 @@ def test_quick_search_holds_gradcam_unless_fixed_otherwise(tmp_path):
 
 
 def test_fix_on_a_key_the_space_does_not_search_is_applied_to_the_base(capsys):
-    from extune.search.tuner import _apply_unsearched_fixes
+    from extune.search.engine.held import reconcile_fixed
     from extune.spaces import get_space, validate_space
 
     settings = SearchSettings(space="ce", fixed={"data.image_size": 24, "optim.lr": 0.05})
     base = settings.base_config()
     space = get_space("ce")
     check = validate_space(space, base, name="ce")
-    applied, _ = _apply_unsearched_fixes(settings, base, space, check)
+    applied, _ = reconcile_fixed(settings, base, space, check)
     assert applied.data.image_size == 24  # trained as --set would, not silently ignored
     assert applied.optim.lr == base.optim.lr  # a searched key stays with the sampler
     out = " ".join(capsys.readouterr().out.split())
     assert "--fix data.image_size=24: space 'ce' does not search it; applied to the base" in out
+
+
+def test_set_on_a_searched_key_is_held_in_every_trial(capsys):
+    from extune.search.engine.held import reconcile_fixed
+    from extune.spaces import get_space, validate_space
+
+    settings = SearchSettings(space="excon", overrides={"excon.mask_threshold": 0.3,
+                                                        "optim.epochs": 2})
+    base = settings.base_config()
+    check = validate_space(get_space("excon"), base, name="excon")
+    reconcile_fixed(settings, base, get_space("excon"), check)
+    assert settings.fixed == {"excon.mask_threshold": 0.3}  # not optim.epochs: not searched
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("--set excon.mask_threshold=0.3: space 'excon' searches it; held at that value in "
+            "every trial, as --fix does") in out
+    sampler_params = [settings.resolved_fixed[k] for k in ("excon.mask_threshold",)]
+    assert sampler_params == [0.3]

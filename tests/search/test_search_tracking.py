@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.export import config_from_params, export_run
+from extune.search.engine.trials import TRIAL_NUMBER
+from extune.search.reporting.export import config_from_params, export_run
 from extune.search.settings import Objective
-from extune.search.tracking import MlflowCallback, MlflowTracker, param_value
-from extune.search.trials import TRIAL_NUMBER
-from extune.search.writer import close_writer
+from extune.search.tracking.callback import MlflowCallback
+from extune.search.tracking.client import MlflowTracker, param_value
+from extune.search.tracking.journal import close_writer
 from extune.train.config import Config
 
 ACCURACY = Objective("accuracy", "val/accuracy", "max")

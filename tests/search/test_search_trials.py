@@ -1,4 +1,4 @@
-"""What describes a trial (``extune.search.trials``): config keys, Config, name, metrics, error;
+"""What describes a trial (``extune.search.engine.trials``): config keys, Config, name, metrics, error;
 and that the trainable's import needs no Optuna."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.trials import (
+from extune.search.engine.trials import (
     LABEL,
     RUN,
     TRIAL_NUMBER,
@@ -87,7 +87,7 @@ def test_trial_error_reads_the_error_file(tmp_path):
 
 
 def test_the_trainable_imports_no_optuna():
-    code = "import sys, extune.search.trainable; print('optuna' in sys.modules)"
+    code = "import sys, extune.search.engine.trainable; print('optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from extune.search.writer import Journal, TrackingWriter, apply_op
+from extune.search.tracking.journal import Journal, Op, TrackingWriter, apply_op
 
 
 class FlakyTracker:
@@ -59,11 +59,11 @@ class FlakyTracker:
         self._store("end", run, status)
 
 
-def trial_ops(trial: str, epochs: int) -> list[dict]:
-    ops = [{"op": "start", "trial": trial, "name": trial, "params": {}, "tags": {}}]
-    ops += [{"op": "metrics", "trial": trial, "metrics": {"val/accuracy": 0.1 * e}, "step": e}
+def trial_ops(trial: str, epochs: int) -> list[Op]:
+    ops = [Op("start", trial, name=trial, params={}, tags={})]
+    ops += [Op("metrics", trial, metrics={"val/accuracy": 0.1 * e}, step=e)
             for e in range(1, epochs + 1)]
-    return ops + [{"op": "end", "trial": trial, "status": "FINISHED"}]
+    return ops + [Op("end", trial, status="FINISHED")]
 
 
 def test_writes_keep_their_order_and_nothing_is_left(tmp_path):
@@ -109,7 +109,7 @@ def test_unsent_writes_wait_on_disk_for_the_next_process(tmp_path):
     for op in trial_ops("b", 3):
         first.submit(op)
     assert first.close(timeout=1) == 5  # the search ends while the store is down
-    assert [op["op"] for op in Journal(tmp_path).unsent()] == [
+    assert [op.kind for op in Journal(tmp_path).unsent()] == [
         "start", "metrics", "metrics", "metrics", "end"]
 
     # a crash after the store took epoch 1 but before `sent` moved: sent twice, logged once
@@ -125,19 +125,19 @@ def test_unsent_writes_wait_on_disk_for_the_next_process(tmp_path):
 
 def test_a_line_cut_by_a_crash_is_ignored(tmp_path):
     journal = Journal(tmp_path)
-    journal.append({"op": "tags", "trial": None, "tags": {}})
+    journal.append(Op("tags", None, tags={}))
     with (tmp_path / "journal.jsonl").open("a") as f:
         f.write('{"op": "tags", "tri')
-    assert [op["seq"] for op in Journal(tmp_path).unsent()] == [1]
+    assert [op.seq for op in Journal(tmp_path).unsent()] == [1]
 
 
 def test_a_write_for_a_trial_without_a_run_is_dropped_and_said_unless_marked(caplog):
     tracker = FlakyTracker()
-    apply_op(tracker, {"op": "tags", "trial": "never-started", "tags": {"a": "1"}}, {})
+    apply_op(tracker, Op("tags", "never-started", tags={"a": "1"}), {})
     assert "no MLflow run for trial never-started" in caplog.text
     caplog.clear()
-    apply_op(tracker, {"op": "tags", "trial": "never-started", "tags": {"a": "1"},
-                       "if_run": True}, {})  # e.g. a stop caught the trial before its start
+    apply_op(tracker, Op("tags", "never-started", tags={"a": "1"}, if_run=True),
+             {})  # e.g. a stop caught the trial before its start
     assert caplog.text == "" and tracker.calls == []
 
 
@@ -158,7 +158,7 @@ def test_a_journal_on_a_full_disk_keeps_the_writes_in_memory_and_says_so(tmp_pat
     monkeypatch.setattr(Path, "open", full)
     monkeypatch.setattr(Path, "write_text", lambda self, text: full(self, "w"))
     for epoch in (1, 2, 3):
-        writer.submit({"op": "metrics", "trial": None, "metrics": {"m": 1.0}, "step": epoch})
+        writer.submit(Op("metrics", None, metrics={"m": 1.0}, step=epoch))
     assert writer.close(timeout=5) == 0  # the store took every write; the thread lived on
     assert [c[2] for c in tracker.calls if c[0] == "metrics"] == [1, 2, 3]
     assert sum("kept in memory" in s for s in said) == 1  # said once, naming the reason
@@ -169,9 +169,20 @@ def test_closing_retries_a_store_back_within_the_backoff_at_once():
     tracker = FlakyTracker()
     writer = TrackingWriter(tracker, None, warn=lambda text: None)
     tracker.down.set()
-    writer.submit({"op": "tags", "trial": None, "tags": {"a": "b"}})
+    writer.submit(Op("tags", None, tags={"a": "b"}))
     time.sleep(8)  # the writer backs off: 1, 2, 4 s ... its next try would be 8 s away
     tracker.down.clear()
     started = time.time()
     assert writer.close(timeout=30) == 0
     assert time.time() - started < 4  # not the rest of an 8-16 s backoff
+
+
+def test_an_op_is_one_journal_line_and_back():
+    op = Op("metrics", "t1", metrics={"m": 0.5}, step=3, seq=7)
+    line = op.to_json()
+    assert line == {"op": "metrics", "trial": "t1", "metrics": {"m": 0.5}, "step": 3, "seq": 7}
+    assert Op.from_json(line) == op
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown tracking op 'delete'"):
+        Op("delete")

@@ -108,7 +108,7 @@ def _image_rendered(page, timeout_s: float = 60.0) -> bool:
 
 
 def test_mlflow_ui_shows_trials_states_charts_grid_and_plots(browser, searched, ui, tmp_path):
-    from extune.search.tracking import mlflow_client
+    from extune.search.tracking.client import mlflow_client
 
     process, port = ui
     address = f"http://127.0.0.1:{port}"

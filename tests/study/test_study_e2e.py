@@ -11,7 +11,7 @@ import json
 import pytest
 
 from extune.cli import main
-from extune.search.tracking import mlflow_client
+from extune.search.tracking.client import mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     args = ["study", "--quick", "--methods", "ce,edda", "--name", "s", "--out",
             str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "study-e2e",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-live"]
-    import extune.search.tuner as tuner
+    import extune.search.engine.run as tuner
 
     real_stage, real_search = final.run_final_stage, tuner.run_search
     assert study_run.run_study  # the stages import run_final_stage and run_search on use

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from extune.errors import DataError, RegistryError
 from extune.train.config import DataConfig
 from extune.train.data import (
     DATASETS,
@@ -24,7 +25,6 @@ from extune.train.data import (
 )
 from extune.train.datasets import imagefolder as imagefolder_mod
 from extune.train.datasets.synthetic import COLOURS, synthetic_class_pairs
-from extune.train.errors import DataError, RegistryError
 
 CIFAR10_SUBSET = Path("/work/shared/data/cifar10-subset")
 

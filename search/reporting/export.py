@@ -15,9 +15,9 @@ import yaml
 
 from extune.errors import ConfigError, one_line
 from extune.files import atomic_write_text, check_output_file, check_writable
-from extune.search.results import TrialRecord, select_trial
-from extune.search.services import existing_store
-from extune.search.store import SearchDir
+from extune.search.connections import existing_store
+from extune.search.folder import SearchDir
+from extune.search.reporting.results import TrialRecord, select_trial
 from extune.train.config import Config, load_yaml
 
 __all__ = ["export_search", "export_run", "run_caveat", "search_caveat",
@@ -65,7 +65,8 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
         out: the YAML file to write.
         select: ``None`` (the objective; ``knee`` with several objectives), ``knee``, or an
             objective/metric name (``accuracy``, ``alignment``): see
-            :func:`extune.search.results.select_trial`. Only complete trials are candidates.
+            :func:`extune.search.reporting.results.select_trial`. Only complete trials are
+            candidates.
         epochs: train the export for this many epochs, with the epoch-counted settings
             (warm-ups) scaled to keep their share of training (:func:`rescale_epochs`).
 
@@ -127,7 +128,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
     uri = existing_store(tracking_uri)
     from mlflow.exceptions import MlflowException
 
-    from extune.search.tracking import mlflow_client
+    from extune.search.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
     try:

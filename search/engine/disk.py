@@ -20,9 +20,13 @@ from typing import Any
 
 from ray.tune import Callback
 
+from extune.errors import DiskFullError
 from extune.files import MIN_FREE_BYTES, free_bytes
+from extune.search.folder import SearchDir
+from extune.search.tracking.parent import mark_interrupted
 
-__all__ = ["DiskGuard", "full_disk", "reset", "repair_error_files", "watched_folders"]
+__all__ = ["DiskGuard", "full_disk", "reset", "repair_error_files", "watched_folders",
+           "raise_if_disk_full"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +112,21 @@ def repair_error_files(experiment_path: str) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def raise_if_disk_full(sdir: SearchDir, tracker: Any, error: BaseException | None) -> None:
+    """Stop a search that a full disk stopped (the guard, or ``error``): resumable, said in
+    one line.
+
+    Raises:
+        DiskFullError: when a disk is full.
+    """
+    found = full_disk()
+    if found is None and error is None:
+        return
+    folder, free = found if found is not None else (str(sdir.path), free_bytes(sdir.path))
+    mark_interrupted(sdir, tracker)
+    left = f"{free / 2**20:.1f} MiB free" if free is not None else "full"
+    raise DiskFullError(f"the disk of {folder} is full ({left}): the search stopped, its "
+                        f"trials kept; free some space, then: extune search --resume {sdir.path}"
+                        ) from None

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ExtuneError, one_line
 from extune.signals import handle_sigterm
 
@@ -22,8 +23,6 @@ __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_u
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-"""The MLflow store when ``--tracking-uri`` is not given: a SQLite file in the working folder."""
 
 
 class ServiceError(ExtuneError, ConnectionError):

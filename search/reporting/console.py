@@ -12,9 +12,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from extune.search.results import TrialRecord, pareto_front, rank_records
-from extune.search.settings import Objective
-from extune.search.trials import (
+from extune.search.engine.trials import (
     config_label,
     planned_epochs,
     reported_metrics,
@@ -22,6 +20,8 @@ from extune.search.trials import (
     trial_error,
     trial_label,
 )
+from extune.search.reporting.results import TrialRecord, pareto_front, rank_records
+from extune.search.settings import Objective
 
 __all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
 
@@ -151,7 +151,7 @@ class LiveConsole(Callback):
             study = optuna.load_study(storage=self.study[0], study_name=self.study[1])
         except Exception:  # a new search: no study yet
             return
-        from extune.search.results import records_from_study
+        from extune.search.reporting.results import records_from_study
 
         for r in records_from_study(study, self.objectives):
             if r.trial_id and r.state in ("complete", "pruned", "failed"):

@@ -25,7 +25,7 @@ from typing import Any
 
 from extune.errors import ConfigError
 from extune.files import atomic_write_text
-from extune.search.results import TrialRecord, records_from_study, select_trial
+from extune.search.reporting.results import TrialRecord, records_from_study, select_trial
 from extune.search.settings import Objective, SearchSettings
 from extune.spaces import get_space, space_name
 from extune.train.config import Config
@@ -207,7 +207,7 @@ def chosen_trial(search: SearchDir) -> dict[str, Any]:
     """What a finished search chose (its best config file, trial, objective value) and what it
     spent (trials by state, trial-epochs), with the settings that shaped it: sampler, seed,
     TPE start-up trials, scheduler constants."""
-    from extune.search.budget import consumed_epochs
+    from extune.search.reporting.results import consumed_epochs
     from extune.search.settings import default_startup_trials
 
     records = search.records()

@@ -4,8 +4,8 @@ Why by hand: Ray's ``MLflowLoggerCallback`` writes inside Tune's event loop with
 default retries (minutes per call while a server is down, every trial's bookkeeping stalled),
 and nothing in MLflow's client queues writes across an outage or a driver restart.
 
-How: :class:`~extune.search.tracking.MlflowCallback` turns each Tune event into an *op* (a
-JSON-able dict: ``start``, ``metrics``, ``tags``, ``artifact``, ``end``), appends it to the
+How: :class:`~extune.search.tracking.callback.MlflowCallback` turns each Tune event into an
+:class:`Op` (``start``, ``metrics``, ``tags``, ``artifact``, ``best``, ``end``), appends it to the
 journal ``<folder>/journal.jsonl`` and queues it. One writer thread applies the ops in order
 and records the last one the store took in ``<folder>/sent``. When the store does not answer,
 the writer says once that tracking is behind, keeps the ops (in memory and in the journal) and
@@ -24,12 +24,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from extune.errors import one_line
 
-__all__ = ["Journal", "TrackingWriter", "writer_for", "close_writer", "apply_op",
+__all__ = ["Op", "Journal", "TrackingWriter", "writer_for", "close_writer", "apply_op",
            "HTTP_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,57 @@ HTTP_TIMEOUT_S = 15
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
               "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 _MAX_DELAY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Op:
+    """One MLflow write of a search: what, for which run, with what.
+
+    Attributes:
+        kind: ``start`` (a trial's run: ``name``, ``params``, ``tags``, ``config_yaml``),
+            ``metrics`` (``metrics`` at ``step``; ``once_per_step``: skip a step the run has),
+            ``tags``, ``artifact`` (``path`` under ``dir``; ``spooled``: delete it once sent),
+            ``best`` (tag the parent with ``best_trial``'s run), ``end`` (``status``; ``name``:
+            rename first).
+        trial: the Tune trial id of the run; ``None``: the search's parent run.
+        if_run: apply only where the run exists (a trial a stop caught before it started).
+        seq: the journal's number (set when journaled).
+    """
+
+    kind: str
+    trial: str | None = None
+    name: str | None = None
+    params: dict[str, Any] | None = None
+    tags: dict[str, Any] | None = None
+    config_yaml: str | None = None
+    metrics: dict[str, float] | None = None
+    step: int = 0
+    once_per_step: bool = True
+    path: str | None = None
+    dir: str | None = None
+    spooled: bool = False
+    best_trial: str | None = None
+    status: str | None = None
+    if_run: bool = False
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"unknown tracking op {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The journal line: ``{"op": kind, "trial": ..., <the fields that are set>}``."""
+        defaults = {f.name: f.default for f in fields(self)}
+        data = {k: v for k, v in asdict(self).items() if k == "trial" or v != defaults[k]}
+        return {"op": data.pop("kind"), **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Op:
+        known = {f.name for f in fields(cls)}
+        return cls(kind=data["op"], **{k: v for k, v in data.items() if k in known})
+
+
+OP_KINDS = ("start", "metrics", "tags", "artifact", "best", "end")
 
 
 def bounded_http_client() -> None:
@@ -59,20 +111,20 @@ class Journal:
     def __init__(self, folder: str | Path | None) -> None:
         self.folder = Path(folder) if folder is not None else None
         self._lock = threading.Lock()
-        self._seq = max((op["seq"] for op in self._read()), default=0)
+        self._seq = max((op.seq for op in self._read()), default=0)
 
     @property
     def _ops_file(self) -> Path | None:
         return self.folder / "journal.jsonl" if self.folder else None
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _read(self) -> list[Op]:
         if self._ops_file is None or not self._ops_file.is_file():
             return []
         ops = []
         for line in self._ops_file.read_text().splitlines():
             try:
-                ops.append(json.loads(line))
-            except ValueError:  # a line cut by a crash: the ops before it are whole
+                ops.append(Op.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):  # a line cut by a crash
                 break
         return ops
 
@@ -84,21 +136,21 @@ class Journal:
         except (OSError, ValueError):
             return 0
 
-    def unsent(self) -> list[dict[str, Any]]:
+    def unsent(self) -> list[Op]:
         last = self.sent()
-        return [op for op in self._read() if op["seq"] > last]
+        return [op for op in self._read() if op.seq > last]
 
-    def append(self, op: dict[str, Any]) -> dict[str, Any]:
+    def append(self, op: Op) -> Op:
         """Number ``op`` and write it to the journal. A journal that cannot be written (a full
         disk) keeps the op in memory only: :attr:`write_error` says why."""
         with self._lock:
             self._seq += 1
-            op = {**op, "seq": self._seq}
+            op = replace(op, seq=self._seq)
             if self._ops_file is not None:
                 try:
                     self.folder.mkdir(parents=True, exist_ok=True)
                     with self._ops_file.open("a") as f:
-                        f.write(json.dumps(op, default=str) + "\n")
+                        f.write(json.dumps(op.to_json(), default=str) + "\n")
                 except OSError as e:
                     self.write_error = e
         return op
@@ -130,7 +182,7 @@ class TrackingWriter:
     """One thread that applies a tracker's ops in order (see the module docstring).
 
     Args:
-        tracker: the :class:`~extune.search.tracking.MlflowTracker` of the search.
+        tracker: the :class:`~extune.search.tracking.client.MlflowTracker` of the search.
         folder: the journal's folder (``None``: memory only).
         warn: how the writer tells the user that tracking is behind or caught up.
     """
@@ -140,7 +192,7 @@ class TrackingWriter:
         self.tracker = tracker
         self.journal = Journal(folder)
         self.warn = warn or (lambda text: log.warning("%s", text))
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[Op | None] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         self._pending = 0
@@ -161,7 +213,7 @@ class TrackingWriter:
         """Ops not yet taken by the store."""
         return self._pending
 
-    def submit(self, op: dict[str, Any]) -> None:
+    def submit(self, op: Op) -> None:
         """Journal and queue one op (returns at once)."""
         journaled = self.journal.append(op)
         if self.journal.write_error is not None and not self._said_memory_only:
@@ -171,7 +223,7 @@ class TrackingWriter:
                       "tracking writes are kept in memory until the store takes them")
         self._enqueue(journaled)
 
-    def _enqueue(self, op: dict[str, Any]) -> None:
+    def _enqueue(self, op: Op) -> None:
         with self._count_lock:
             self._pending += 1
             self._idle.clear()
@@ -202,13 +254,13 @@ class TrackingWriter:
                 return
             if not self._send(op):
                 return  # giving up: this op and the rest stay in the journal
-            self.journal.mark_sent(op["seq"])  # never raises: the thread must not die
+            self.journal.mark_sent(op.seq)  # never raises: the thread must not die
             with self._count_lock:
                 self._pending -= 1
                 if self._pending == 0:
                     self._idle.set()
 
-    def _send(self, op: dict[str, Any]) -> bool:
+    def _send(self, op: Op) -> bool:
         """Apply ``op``, retrying while the store does not answer; ``False``: gave up."""
         delay = 1.0
         while True:
@@ -221,7 +273,7 @@ class TrackingWriter:
                 return True
             except Exception as e:  # MLflow, requests and SQLAlchemy raise many types
                 if permanent_error(e):
-                    log.warning("MLflow rejected a write (%s): %s", op["op"], one_line(e, 300))
+                    log.warning("MLflow rejected a write (%s): %s", op.kind, one_line(e, 300))
                     return True
                 if self._behind_since is None:
                     self._behind_since = time.time()
@@ -246,57 +298,65 @@ def permanent_error(e: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------ applying ops
-def apply_op(tracker: Any, op: dict[str, Any], steps: dict[str, int]) -> None:
+def apply_op(tracker: Any, op: Op, steps: dict[str, int]) -> None:
     """Perform one op on the store.
 
     Args:
         tracker: the search's tracker (finds runs by tag, so any process can apply any op).
-        op: ``{"op": kind, "trial": trial id or None (the parent run), ...}``.
+        op: the write.
         steps: run id -> last logged epoch, filled on first use from the run's history.
     """
-    kind, trial = op["op"], op.get("trial")
-    if kind == "start":
-        run_id, created = tracker.child_run(trial, name=op["name"], params=op["params"],
-                                            tags=op["tags"])
+    if op.kind == "start":
+        run_id, created = tracker.child_run(op.trial, name=op.name, params=op.params or {},
+                                            tags=op.tags or {})
         if created:
             steps[run_id] = 0
-            if op.get("config_yaml"):
-                tracker.log_text(run_id, op["config_yaml"], "config.yaml")
+            if op.config_yaml:
+                tracker.log_text(run_id, op.config_yaml, "config.yaml")
         tracker.set_tags(run_id, {"extune.state": "running"})
         return
-    run_id = tracker.parent_run() if trial is None else tracker.find_child(trial)
+    run_id = tracker.parent_run() if op.trial is None else tracker.find_child(op.trial)
     if run_id is None:
-        if not op.get("if_run"):  # "if_run": a write for a trial that may never have started
-            log.warning("no MLflow run for trial %s; dropped a %s write", trial, kind)
+        if not op.if_run:  # a write for a trial that may never have started
+            log.warning("no MLflow run for trial %s; dropped a %s write", op.trial, op.kind)
         return
-    if kind == "metrics":
-        step = int(op["step"])
-        if op.get("once_per_step", True):
-            if run_id not in steps:
-                steps[run_id] = tracker.last_step(run_id)
-            if step <= steps[run_id]:
-                return  # sent before (a resumed search replays its last epoch)
-        tracker.log_metrics(run_id, op["metrics"], step)
-        if op.get("once_per_step", True):
-            steps[run_id] = step
-    elif kind == "tags":
-        tracker.set_tags(run_id, op["tags"])
-    elif kind == "artifact":
-        path = Path(op["path"])
-        if path.is_file():
-            tracker.log_artifact(run_id, path, op.get("dir"))
-            if op.get("spooled"):
-                path.unlink(missing_ok=True)
-    elif kind == "best":
-        child = tracker.find_child(op["best_trial"])
-        if child:
-            tracker.set_tags(run_id, {"extune.best_run_id": child})
-    elif kind == "end":
-        if op.get("name"):
-            tracker.rename(run_id, op["name"])
-        tracker.end(run_id, op["status"])
-    else:
-        raise ValueError(f"unknown tracking op {kind!r}")
+    _APPLY[op.kind](tracker, run_id, op, steps)
+
+
+def _metrics(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    if op.once_per_step:
+        if run_id not in steps:
+            steps[run_id] = tracker.last_step(run_id)
+        if op.step <= steps[run_id]:
+            return  # sent before (a resumed search replays its last epoch)
+    tracker.log_metrics(run_id, op.metrics or {}, op.step)
+    if op.once_per_step:
+        steps[run_id] = op.step
+
+
+def _artifact(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    path = Path(op.path or "")
+    if path.is_file():
+        tracker.log_artifact(run_id, path, op.dir)
+        if op.spooled:
+            path.unlink(missing_ok=True)
+
+
+def _best(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    child = tracker.find_child(op.best_trial)
+    if child:
+        tracker.set_tags(run_id, {"extune.best_run_id": child})
+
+
+def _end(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    if op.name:
+        tracker.rename(run_id, op.name)
+    tracker.end(run_id, op.status)
+
+
+_APPLY: dict[str, Callable[[Any, str, Op, dict[str, int]], None]] = {
+    "metrics": _metrics, "artifact": _artifact, "best": _best, "end": _end,
+    "tags": lambda tracker, run_id, op, steps: tracker.set_tags(run_id, op.tags or {})}
 
 
 # ------------------------------------------------------------------ one per folder

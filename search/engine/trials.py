@@ -1,6 +1,6 @@
 """What describes one Tune trial: its config keys, its Config, its name, metrics and error.
 
-Used alike by the searcher (:mod:`~extune.search.optuna_search`), the trainable, the MLflow
+Used alike by the searcher (:mod:`~extune.search.engine.optuna_search`), the trainable, the MLflow
 callback, the console and a study's final runs, so that they agree on every trial. Imports
 neither Ray, Optuna nor MLflow (the trainable runs on workers that need none of them but Ray).
 

@@ -1,8 +1,8 @@
 """Trial records of a search, ranking, the Pareto front, the knee rule and the summary files.
 
 Everything here works from the Optuna study (with the ``extune.*`` user attributes that
-:class:`~extune.search.optuna_search.PruneAwareOptunaSearch` writes) and plain Python, so it is
-usable after the search, without Ray.
+:class:`~extune.search.engine.optuna_search.PruneAwareOptunaSearch` writes) and plain Python,
+so it is usable after the search, without Ray.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from extune.search.settings import OBJECTIVES, Objective
 
 __all__ = [
     "TrialRecord",
+    "consumed_epochs",
     "records_from_study",
     "dominates",
     "pareto_front",
@@ -312,3 +313,10 @@ def _plot_history(ax: Any, records: Sequence[TrialRecord], objective: Objective)
     ax.set_ylabel(f"{objective.metric} ({objective.mode})")
     ax.set_title("Optimisation history (o complete, x pruned: last value)")
     ax.legend(loc="best", fontsize=8)
+
+
+def consumed_epochs(records: Iterable[Any]) -> int:
+    """Trial-epochs of a search's trials
+    (:class:`TrialRecord`): the sum of each trial's last
+    reported epoch."""
+    return sum(r.epoch for r in records)

@@ -8,20 +8,15 @@ study compares methods with the same number of trial-epochs instead (docs/study.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from ray.tune.stopper import Stopper
 
-__all__ = ["EpochBudget", "consumed_epochs"]
+from extune.search.settings import SearchSettings
+
+__all__ = ["EpochBudget", "with_budget", "epoch_budget"]
 
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def consumed_epochs(records: Iterable[Any]) -> int:
-    """Trial-epochs of a search's trials (:class:`~extune.search.results.TrialRecord`): the
-    sum of each trial's last reported epoch."""
-    return sum(r.epoch for r in records)
 
 
 class EpochBudget(Stopper):
@@ -74,3 +69,22 @@ class EpochBudget(Stopper):
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the stopper with the experiment
         return {**self.__dict__, "_consumed": None}
+
+
+def with_budget(sdir: Any, settings: SearchSettings, stop: Any) -> Any:
+    """``stop`` and, with ``epoch_budget``, the search's :class:`EpochBudget`."""
+    if settings.epoch_budget is None:
+        return stop
+    from ray.tune.stopper import CombinedStopper
+
+    budget = epoch_budget(sdir, settings)
+    return budget if stop is None else CombinedStopper(stop, budget)
+
+
+def epoch_budget(sdir: Any, settings: SearchSettings, trials: list[Any] = ()) -> Any:
+    """The search's :class:`EpochBudget`, told the last results of ``trials`` (Ray's saved
+    trials: after ``fit``, what the stopping instance saw)."""
+    budget = EpochBudget(settings.epoch_budget, sdir.meta["optuna_storage"], sdir.name)
+    for trial in trials:
+        budget(trial.trial_id, trial.last_result or {})
+    return budget

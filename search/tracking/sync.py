@@ -1,5 +1,5 @@
 """``extune sync DIR``: send the MLflow writes that a search or a study left unsent (the store
-was down when it ended; see :mod:`extune.search.writer`).
+was down when it ended; see :mod:`extune.search.tracking.journal`).
 
 :func:`sync_journals` sends any list of journals, each with the tracker its writes go to;
 :func:`search_journals` lists a search folder's (a study lists its own with
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search.writer import Journal, TrackingWriter, bounded_http_client
+from extune.search.tracking.journal import Journal, TrackingWriter, bounded_http_client
 
 __all__ = ["SyncResult", "Job", "sync_journals", "search_journals", "is_search_folder"]
 
@@ -40,7 +40,7 @@ class SyncResult:
 
 
 def is_search_folder(path: str | Path) -> bool:
-    from extune.search.store import META_NAME
+    from extune.search.folder import META_NAME
 
     return (Path(path) / META_NAME).is_file()
 
@@ -51,7 +51,7 @@ def search_journals(folder: str | Path) -> list[Job]:
     Raises:
         ConfigError: not a search folder.
     """
-    from extune.search.tuner import TRACKING_DIR
+    from extune.search.tracking.parent import TRACKING_DIR
 
     root = Path(folder).resolve()
     if not is_search_folder(root):
@@ -84,7 +84,7 @@ def sync_journals(jobs: Sequence[Job], timeout: float = 60.0) -> SyncResult:
 
 
 def _search_tracker(folder: Path) -> Any:
-    from extune.search.store import SearchDir
-    from extune.search.tuner import search_tracker
+    from extune.search.folder import SearchDir
+    from extune.search.tracking.parent import search_tracker
 
     return search_tracker(SearchDir.load(folder))

@@ -1,26 +1,13 @@
-"""Private helpers shared by the evaluation modules (not part of the public API)."""
+"""Batches of a split and the tensors an evaluation builds on the model's device."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__: list[str] = []
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (and every submodule) in eval mode; restore each module's flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
+__all__ = ["batches", "model_device", "stats"]
 
 
 def model_device(model: nn.Module, default: torch.device) -> torch.device:

@@ -9,7 +9,7 @@ which misleads TPE and the exported best trial. A trial that raised after report
 would also be told COMPLETE, since Ray only tells FAIL when there is no value at all.
 
 Here the trial's planned epochs are known at ``suggest`` time (the base config with the trial's
-parameters, :func:`extune.search.trials.trial_config`), so ``on_trial_complete`` tells
+parameters, :func:`extune.search.engine.trials.trial_config`), so ``on_trial_complete`` tells
 ``PRUNED`` when the last reported ``epoch`` is short of them and ``FAIL`` on any error or
 non-finite objective, through the same ``_ot_trials`` map and ``study.tell`` that Ray uses.
 
@@ -28,7 +28,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from extune.search.trials import TRIAL_NUMBER, reported_metrics, trial_config
+from extune.search.engine.trials import TRIAL_NUMBER, reported_metrics, trial_config
 
 __all__ = ["PruneAwareOptunaSearch"]
 

@@ -1,0 +1,257 @@
+"""The MLflow client of a search: :class:`MlflowTracker` finds or creates its runs by tag.
+
+Why not Ray's ``MLflowLoggerCallback``: it makes no parent run, logs Ray's internal keys as
+metrics and opens new runs for restored trials (leaving the old ones RUNNING). Here every run is
+found again by its tags (``extune.search_id``, ``extune.trial_id``) before one is created, so a
+resumed search continues its runs instead of duplicating them. All writes happen on the driver,
+batched with ``log_batch``, by one writer thread (:mod:`extune.search.tracking.journal`) that
+keeps their order and keeps them on disk until the store has them; the workers need no MLflow
+access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from extune.errors import one_line
+from extune.search.connections import ServiceError, check_tracking_uri
+
+__all__ = ["MlflowTracker", "mlflow_client", "param_value", "STATE_TAG", "EXPERIMENT_KIND_TAG",
+           "VIEW_TAG", "SHARED_VIEW_TAG", "view_page"]
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment with this kind in its model-training view (the runs
+table), not in the GenAI view (traces) it infers for an experiment without the tag."""
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+"""Experiment tag prefix of MLflow 3's shared runs-table views: the value is the view as JSON
+(``selectedColumns``, ``orderByKey``, ``runsExpanded``, ...), opened by the page URL's
+``viewStateShareKey``. The page's ``workflowType=machine_learning`` picks the model-training
+view; MLflow 3.17 ignores the experiment kind tag when its GenAI/model-training switch is on."""
+VIEW_TAG = "extune.mlflow_view"
+"""Tag of a search's parent run: the UI page of its runs table (:func:`view_page`)."""
+STATE_TAG = "extune.state"
+"""A trial run's state: ``running``, ``complete``, ``pruned``, ``failed`` or ``interrupted``."""
+log = logging.getLogger(__name__)
+_MAX_PARAMS = 100  # MLflow's limit per log_batch call
+_MAX_METRICS = 1000
+
+
+def param_value(value: Any) -> str:
+    """A Config value as an MLflow param string that ``yaml.safe_load`` reads back."""
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+class MlflowTracker:
+    """Finds or creates the runs of one search in an MLflow experiment.
+
+    Args:
+        uri: tracking URI (``sqlite:///...``, ``http://...``).
+        experiment: experiment name (created when missing).
+        search_id: the search's unique id (tag ``extune.search_id``).
+        search_name: the search's name (the parent run's name).
+        role: the parent run's ``extune.role`` tag: ``search``, or ``study`` for a study's run.
+        tags: more tags of the parent run when it is created (``mlflow.parentRunId`` nests a
+            search under a study's run).
+    """
+
+    def __init__(self, uri: str, experiment: str, search_id: str, search_name: str, *,
+                 role: str = "search", tags: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.search_id = search_id
+        self.search_name = search_name
+        self.role = role
+        self.tags = dict(tags or {})
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._parent: str | None = None
+        self._children: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Ray's tuner.pkl
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = mlflow_client(self.uri)
+        return self._client
+
+    def check(self) -> None:
+        """Reach the store once (creating the experiment).
+
+        Raises:
+            ServiceError: the tracking server or store cannot be used.
+        """
+        check_tracking_uri(self.uri)
+        try:
+            with _store_setup_lock(self.uri):
+                self.experiment_id  # noqa: B018
+        except Exception as e:  # mlflow raises its own exception types
+            raise ServiceError(f"cannot use the MLflow tracking store {self.uri}: "
+                               f"{one_line(e, 200)}") from None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made by MLflow itself, or older
+                    self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG,
+                                                   EXPERIMENT_KIND)
+            else:
+                self._experiment_id = self.client.create_experiment(
+                    self.experiment, artifact_location=self._artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return self._experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """Artifacts of a SQLite store go beside the database file, not in the working folder."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        db = Path(self.uri[len("sqlite:///"):])
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", self.experiment)
+        return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+    def _find(self, tags: dict[str, str]) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, params: dict[str, Any] | None = None) -> str:
+        """The search's parent run (found by tag, else created with ``params``), RUNNING."""
+        if self._parent is None:
+            tags = {"extune.search_id": self.search_id, "extune.role": self.role}
+            run_id = self._find(tags)
+            if run_id is None:
+                run = self.client.create_run(self.experiment_id, run_name=self.search_name,
+                                             tags={**self.tags, **tags})
+                run_id = run.info.run_id
+                self.log_params(run_id, params or {})
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+            self._parent = run_id
+        return self._parent
+
+    def child_run(self, trial_id: str, *, name: str, params: dict[str, Any],
+                  tags: dict[str, str] | None = None) -> tuple[str, bool]:
+        """The trial's child run, found by tag or created; returns ``(run_id, created)``."""
+        if trial_id in self._children:
+            return self._children[trial_id], False
+        key = {"extune.search_id": self.search_id, "extune.trial_id": trial_id}
+        run_id = self._find(key)
+        created = run_id is None
+        if created:
+            all_tags = {**key, "mlflow.parentRunId": self.parent_run(), "extune.role": "trial",
+                        **(tags or {})}
+            run_id = self.client.create_run(self.experiment_id, run_name=name,
+                                            tags=all_tags).info.run_id
+            self.log_params(run_id, params)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self._children[trial_id] = run_id
+        return run_id, created
+
+    def find_child(self, trial_id: str) -> str | None:
+        if trial_id not in self._children:
+            run_id = self._find({"extune.search_id": self.search_id, "extune.trial_id": trial_id})
+            if run_id is None:
+                return None
+            self._children[trial_id] = run_id
+        return self._children[trial_id]
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[i:i + _MAX_PARAMS])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        for i in range(0, len(items), _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=items[i:i + _MAX_METRICS])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def last_step(self, run_id: str) -> int:
+        """The last logged ``epoch`` step of a run (0 if none): a resumed trial replays nothing."""
+        history = self.client.get_metric_history(run_id, "epoch")
+        return max((m.step for m in history), default=0)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def share_view(self, key: str, view: dict[str, Any]) -> str:
+        """Save a runs-table view (columns, sort, expanded rows) as the experiment's shared view
+        ``key``; returns its page (:func:`view_page`)."""
+        self.client.set_experiment_tag(self.experiment_id, f"{SHARED_VIEW_TAG}{key}",
+                                       json.dumps(view))
+        return view_page(self.experiment_id, key)
+
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None
+                     ) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def _store_setup_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive file lock beside a SQLite store while it is set up: MLflow creates and
+    migrates the tables and the experiment on first use, and two searches doing that at once
+    on a new store fail ("No such index ...", "experiment already exists"). Other stores need
+    no lock (a server serialises its own set-up)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///"):]).expanduser().with_suffix(".extune-lock")
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def view_page(experiment_id: str, share_key: str | None = None) -> str:
+    """The MLflow UI page (after ``http://host:port/``) of an experiment's runs table in the
+    model-training view, with a shared view when ``share_key`` is given."""
+    query = f"viewStateShareKey={share_key}&" if share_key else ""
+    return f"#/experiments/{experiment_id}/runs?{query}workflowType=machine_learning"
+
+
+def mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` with MLflow's and alembic's INFO logging (table creation) silenced."""
+    from mlflow import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # after the import: mlflow sets its levels on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
