@@ -130,7 +130,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
         ExtuneError: bad settings, config or space; unreachable Ray cluster or tracking server;
             missing data.
     """
-    from extune.search import disk
+    from extune.search.engine import disk
 
     start = time.time()
     quiet_ray_env()
