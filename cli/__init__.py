@@ -2,9 +2,9 @@
 ``study``, ``export``, ``sync``, ``ui``.
 
 One module per family of commands: :mod:`~extune.cli.train` (``train``, ``evaluate``,
-``explain``, ``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``sync``, ``ui``) and
-:mod:`~extune.cli.study` (``study``). Heavy imports (torch, ray, optuna, mlflow) happen inside
-the commands, so ``extune --help`` stays fast.
+``explain``, ``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``sync``),
+:mod:`~extune.cli.study` (``study``) and :mod:`~extune.cli.ui` (``ui``). Heavy imports (torch,
+ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
 
 Every user error (bad key or value, unknown name, missing files, unreachable services) is printed
 as one line ``error: ...`` with exit status 2, never as a traceback.
@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import typer
 
-from extune.cli import search, study, train
+from extune.cli import search, study, train, ui
 from extune.cli._common import echo
 from extune.errors import ExtuneError
 from extune.signals import handle_sigterm, interrupt_exit_code, terminated
@@ -41,7 +41,7 @@ app.command("search")(search.search)
 app.command("study")(study.study)
 app.command("export")(search.export)
 app.command("sync")(search.sync)
-app.command("ui")(search.ui)
+app.command("ui")(ui.ui)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,10 @@
-"""``extune search``, ``extune export`` and ``extune ui``: a search, its best config, MLflow.
+"""``extune search``, ``extune export`` and ``extune sync``: a search, its best config, MLflow.
 
 Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import errno
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +25,7 @@ from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
 from extune.signals import interrupt_exit_code
 
-__all__ = ["search", "export", "sync", "ui"]
+__all__ = ["search", "export", "sync"]
 
 _RESUME_OK = {"resume", "address"}
 
@@ -155,7 +150,7 @@ def _print_result(result: Any) -> None:
     if result.mlflow_view and result.tracking_uri.startswith(("http://", "https://")):
         browse = f"{result.tracking_uri.rstrip('/')}/{result.mlflow_view}"
     else:
-        browse = "extune ui (it prints the link of this search's trial table)"
+        browse = f"extune ui --search {result.name} (it prints the link of its trials' table)"
     echo(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); browse: {browse}")
     if result.tracking_pending:
         echo(("warning:", "bold yellow"), f" {result.tracking_pending} MLflow write(s) could not "
@@ -247,92 +242,3 @@ def sync(
         echo(("error:", "bold red"), f" {result.pending} write(s) still unsent: the tracking "
              "store did not answer; run extune sync again when it does", err=True)
         raise typer.Exit(1)
-
-
-def ui(
-    tracking_uri: Annotated[str | None, typer.Option(
-        help=f"MLflow store. (default: {DEFAULT_TRACKING_URI})")] = None,
-    port: Annotated[int, typer.Option(help="Port.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")]
-    = "127.0.0.1",
-) -> None:
-    """Start the MLflow UI on the search's tracking store (127.0.0.1 by default)."""
-    from extune.search.connections import check_tracking_uri, existing_store
-
-    uri = tracking_uri or DEFAULT_TRACKING_URI
-    if uri.startswith(("http://", "https://")):
-        echo(f"{uri} is already a tracking server: open it in a browser")
-        check_tracking_uri(uri)  # a one-line error when it does not answer
-        _print_ui_links(uri, uri.rstrip("/"), server=False)
-        return
-    _check_address(host, port)
-    uri = existing_store(uri)
-    with socket.socket() as s:
-        if s.connect_ex((host, port)) == 0:
-            raise ConfigError(f"port {port} on {host} is in use; pass --port")
-    _print_ui_links(uri, f"http://{host}:{port}")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", host, "--port", str(port)]
-    run_until_stopped(command)
-
-
-def _check_address(host: str, port: int) -> None:
-    """``--port`` is a TCP port and ``--host`` an address of this machine (or a name of one).
-
-    Raises:
-        ConfigError: in one line, before the server starts.
-    """
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port; use 1-65535 (default 5000)")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        raise ConfigError(f"--host {host} is not an address of this machine ({e}); use "
-                          "127.0.0.1, or 0.0.0.0 for every interface") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        try:
-            probe.bind(address)
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:  # in use: said below, with the port
-                raise ConfigError(f"--host {host}: the server cannot listen there "
-                                  f"({e.strerror}); use 127.0.0.1, or 0.0.0.0 for every "
-                                  "interface") from None
-
-
-def _print_ui_links(uri: str, address: str, server: bool = True) -> None:
-    from extune.search.tracking.views import recent_views
-
-    if server:
-        echo(f"MLflow UI on {address} (store {uri}); Ctrl-C stops it. It takes a few seconds "
-             "to start.")
-    echo(f"experiments: {address}/#/experiments?workflowType=machine_learning")
-    for name, page in recent_views(uri):
-        echo(f"search {name}: {address}/{page}")
-
-
-def run_until_stopped(command: list[str], grace_s: float = 10.0) -> int:
-    """Run a server until it exits or this process gets Ctrl-C or SIGTERM, then stop it with
-    every process it started (``mlflow ui`` starts uvicorn workers): the server runs in its own
-    process group and the whole group gets SIGTERM (SIGKILL after ``grace_s`` seconds).
-
-    Returns:
-        The server's exit status (negative: killed by that signal).
-    """
-    from extune.search.connections import stop_process_group
-
-    process = subprocess.Popen(command, start_new_session=True)
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        return stop_process_group(process, grace_s)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if process.poll() is None:
-            stop_process_group(process, grace_s)
-

@@ -193,4 +193,5 @@ def _print_result(result: Any) -> None:
     console.print(table)
     echo(f"report: {result.files['report']}\nresults: {result.files['results']}\n"
          f"MLflow: {result.tracking_uri} (study run {result.parent_run_id}); browse "
-         f"with: extune ui\nstudy folder: {result.path} ({result.wall_s / 60:.1f} min)")
+         f"with: extune ui --search {result.name}\n"
+         f"study folder: {result.path} ({result.wall_s / 60:.1f} min)")

@@ -50,7 +50,9 @@ def train(
          f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
     warn_inactive(cfg)
     result = fit(cfg, out_dir=out, resume=resume, test=test)
-    _print_metrics(result.metrics, title=f"{cfg.method} after {cfg.optim.epochs} epochs")
+    epochs = cfg.optim.epochs
+    _print_metrics(result.metrics, title=f"{cfg.method} after {epochs} epoch"
+                   + ("" if epochs == 1 else "s"))
     echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
 
 
@@ -129,11 +131,46 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print(load_config(config, set_).to_yaml(), highlight=False, markup=False)
 
 
-def _print_metrics(metrics: dict[str, float], title: str) -> None:
-    table = Table(title=Text(title), show_header=True, header_style="bold")
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    """The metrics as a reader takes them in (:func:`~extune.evaluate.metric_info.summary_rows`):
+    by kind, a column per split (test first), the training statistics in the caption."""
+    from extune.evaluate.metric_info import summary_rows
+
+    rows = summary_rows(metrics)
+    shown = [r for r in rows if r.section != "training"]
+    columns = [c for c in ("test", "val", "value") if any(c in r.cells for r in shown)]
+    table = Table(title=Text(title), header_style="bold",
+                  caption=_training_caption(rows, metrics))
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in sorted(metrics):
-        value = metrics[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for column in columns:
+        table.add_column(column, justify="right")
+    section = None
+    for row in shown:
+        if row.section != section:
+            if section is not None:
+                table.add_section()
+            table.add_row(Text(_SECTION_TITLES.get(row.section, row.section), style="bold"))
+            section = row.section
+        name = f"{row.name} {row.info.arrow}" if row.info is not None else row.name
+        table.add_row(Text(f"  {name}"),
+                      *(_cell(metrics, row.cells.get(column, ())) for column in columns))
     console.print(table)
+
+
+_SECTION_TITLES = {"per corruption": "corruptions: accuracy / ECE"}
+
+
+def _cell(metrics: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """``0.6100``, or ``0.5200 / 0.1000`` for a corruption's accuracy and ECE."""
+    return " / ".join(_value(metrics[k]) for k in keys)
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _training_caption(rows: list[Any], metrics: dict[str, Any]) -> Text | None:
+    """``training, last epoch: loss 1.2345 · accuracy 0.6100`` (``None`` without them)."""
+    parts = [f"{r.name} {_value(metrics[r.cells['train'][0]])}"
+             for r in rows if r.section == "training"]
+    return Text("training, last epoch: " + " · ".join(parts)) if parts else None

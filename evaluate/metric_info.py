@@ -12,9 +12,14 @@ are the same metric; ``shift/...`` and ``adv/...`` keep their group (``test/shif
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-__all__ = ["MetricInfo", "METRIC_INFO", "metric_info"]
+__all__ = ["MetricInfo", "METRIC_INFO", "metric_info", "KINDS", "BOOKKEEPING", "split_key",
+           "SummaryRow", "summary_rows"]
+
+KINDS = ("classification", "calibration", "robustness", "explanations")
+"""The kinds of evaluation metrics, in the order a summary shows them."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class MetricInfo:
         higher_is_better: the metric's good direction.
         low, high: its range (``math.inf`` for an unbounded end).
         label: a few words for tables and plots.
+        kind: one of :data:`KINDS`.
     """
 
     name: str
@@ -33,6 +39,7 @@ class MetricInfo:
     low: float
     high: float
     label: str
+    kind: str = "classification"
 
     @property
     def mode(self) -> str:
@@ -44,26 +51,27 @@ class MetricInfo:
         return "↑" if self.higher_is_better else "↓"
 
 
-def _info(name: str, higher: bool, label: str, low: float = 0.0, high: float = 1.0
+def _info(name: str, higher: bool, label: str, kind: str, low: float = 0.0, high: float = 1.0
           ) -> MetricInfo:
-    return MetricInfo(name, higher, low, high, label)
+    return MetricInfo(name, higher, low, high, label, kind)
 
 
 METRIC_INFO: dict[str, MetricInfo] = {m.name: m for m in (
-    _info("accuracy", True, "top-1 accuracy"),
-    _info("top5", True, "top-k accuracy"),
-    _info("loss", False, "cross-entropy", high=math.inf),
-    _info("ece", False, "expected calibration error"),
-    _info("shift/accuracy", True, "accuracy under corruptions"),
-    _info("shift/ece", False, "ECE under corruptions"),
-    _info("adv/fgsm_accuracy", True, "accuracy under FGSM"),
-    _info("avg_drop", False, "Average Drop"),
-    _info("increase_confidence", True, "Increase in Confidence"),
-    _info("alignment", True, "salient minus non-salient occlusion drop", low=-1.0),
-    _info("deletion_auc", False, "deletion AUC"),
-    _info("insertion_auc", True, "insertion AUC"),
-    _info("pointing_game", True, "saliency maximum inside the mask"),
-    _info("saliency_in_mask", True, "saliency mass inside the mask"),
+    _info("accuracy", True, "top-1 accuracy", "classification"),
+    _info("top5", True, "top-k accuracy", "classification"),
+    _info("loss", False, "cross-entropy", "classification", high=math.inf),
+    _info("ece", False, "expected calibration error", "calibration"),
+    _info("shift/accuracy", True, "accuracy under corruptions", "robustness"),
+    _info("shift/ece", False, "ECE under corruptions", "robustness"),
+    _info("adv/fgsm_accuracy", True, "accuracy under FGSM", "robustness"),
+    _info("avg_drop", False, "Average Drop", "explanations"),
+    _info("increase_confidence", True, "Increase in Confidence", "explanations"),
+    _info("alignment", True, "salient minus non-salient occlusion drop", "explanations",
+          low=-1.0),
+    _info("deletion_auc", False, "deletion AUC", "explanations"),
+    _info("insertion_auc", True, "insertion AUC", "explanations"),
+    _info("pointing_game", True, "saliency maximum inside the mask", "explanations"),
+    _info("saliency_in_mask", True, "saliency mass inside the mask", "explanations"),
 )}
 """Every metric of :func:`extune.evaluate.evaluate_split` (per-corruption keys aside: they
 take the direction of their last part)."""
@@ -76,14 +84,107 @@ def metric_info(key: str) -> MetricInfo:
     Raises:
         KeyError: not a metric of the evaluation suite (``train/...``, ``epoch``).
     """
-    parts = key.split("/")
-    if parts[0] in ("val", "test", "train") and len(parts) > 1:
-        if parts[0] == "train":
-            raise KeyError(f"'{key}' is a training statistic, not an evaluation metric")
-        parts = parts[1:]
-    name = "/".join(parts)
+    split, name = split_key(key)
+    if split == "train":
+        raise KeyError(f"'{key}' is a training statistic, not an evaluation metric")
     if name in METRIC_INFO:
         return METRIC_INFO[name]
-    if len(parts) == 3 and parts[0] == "shift" and parts[2] in ("accuracy", "ece"):
-        return METRIC_INFO[f"shift/{parts[2]}"]
+    corruption = _corruption_metric(name)
+    if corruption is not None:
+        return METRIC_INFO[f"shift/{corruption[1]}"]
     raise KeyError(f"'{key}' is not a metric of the evaluation suite (docs/metrics.md)")
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """A reported key as ``(split, name)``.
+
+    >>> split_key("test/shift/ece"), split_key("shift/ece"), split_key("epoch")
+    (('test', 'shift/ece'), ('val', 'shift/ece'), (None, 'epoch'))
+
+    The validation split's ``shift`` and ``adv`` groups are top-level keys
+    (:func:`extune.evaluate.suite.group_prefix`); ``train/...`` keys are split ``train``.
+    """
+    first, _, rest = key.partition("/")
+    if first in ("val", "test", "train") and rest:
+        return first, rest
+    if first in ("shift", "adv") and rest:
+        return "val", key
+    return None, key
+
+
+def _corruption_metric(name: str) -> tuple[str, str] | None:
+    """``shift/contrast/ece`` -> ``("contrast", "ece")``; ``None`` for any other name."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "shift" and parts[2] in ("accuracy", "ece"):
+        return parts[1], parts[2]
+    return None
+
+
+BOOKKEEPING = ("epoch", "train/lr", "train/images_per_s")
+"""Reported keys that say how a run went, not how good its model is: left out of summaries."""
+
+SPLITS = ("test", "val")
+"""The splits of a summary, in the order it shows them (the test split is the result)."""
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of a run's summary (:func:`summary_rows`).
+
+    Attributes:
+        section: a :data:`KINDS` entry, ``per corruption``, ``training`` or ``other``.
+        name: the metric without its split (``accuracy``, ``shift/ece``), a corruption
+            (``contrast``: its accuracy and ECE), a training statistic (``loss``) or, in
+            ``other``, the whole key.
+        cells: column (``test``, ``val``, ``train`` or ``value``) -> the keys shown in it
+            (two for a corruption: accuracy, ECE).
+        info: the metric's :class:`MetricInfo` (``None`` outside :data:`KINDS`).
+    """
+
+    section: str
+    name: str
+    cells: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info: MetricInfo | None = None
+
+
+def summary_rows(keys: Iterable[str]) -> list[SummaryRow]:
+    """The keys of a run's metrics as a reader takes them in: the evaluation metrics by kind
+    (:data:`KINDS`, in :data:`METRIC_INFO`'s order; the test split before validation), then
+    each corruption, then the training statistics; :data:`BOOKKEEPING` left out.
+
+    >>> rows = summary_rows(["epoch", "val/ece", "test/accuracy", "val/accuracy"])
+    >>> [(r.section, r.name) for r in rows]
+    [('classification', 'accuracy'), ('calibration', 'ece')]
+    >>> rows[0].cells
+    {'test': ('test/accuracy',), 'val': ('val/accuracy',)}
+    """
+    keys = [k for k in keys if k not in BOOKKEEPING]
+    split = {k: split_key(k) for k in keys}
+    rows = []
+    for info in sorted(METRIC_INFO.values(), key=lambda m: KINDS.index(m.kind)):
+        cells = {s: (k,) for s in SPLITS for k in keys if split[k] == (s, info.name)}
+        if cells:
+            rows.append(SummaryRow(info.kind, info.name, cells, info))
+    rows += _corruption_rows(keys, split)
+    rows += [SummaryRow("training", name, {"train": (k,)})
+             for k, (s, name) in split.items() if s == "train"]
+    shown = {k for r in rows for cell in r.cells.values() for k in cell}
+    return rows + [SummaryRow("other", k, {"value": (k,)}) for k in keys if k not in shown]
+
+
+def _corruption_rows(keys: list[str], split: dict[str, tuple[str | None, str]]
+                     ) -> list[SummaryRow]:
+    """One row per corruption, in the order the keys name them; a cell holds its accuracy and
+    ECE keys."""
+    found: dict[str, dict[tuple[str, str], str]] = {}
+    for k in keys:
+        s, name = split[k]
+        corruption = _corruption_metric(name)
+        if s in SPLITS and corruption is not None:
+            found.setdefault(corruption[0], {})[s, corruption[1]] = k
+    rows = []
+    for corruption, by in found.items():
+        cells = {s: tuple(by[s, m] for m in ("accuracy", "ece") if (s, m) in by)
+                 for s in SPLITS if any((s, m) in by for m in ("accuracy", "ece"))}
+        rows.append(SummaryRow("per corruption", corruption, cells))
+    return rows

@@ -9,7 +9,7 @@ list with formulas, ranges and directions is in ``docs/metrics.md`` and
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import torch
@@ -31,8 +31,8 @@ from extune.evaluate.explanations import (
 )
 from extune.evaluate.robustness import fgsm_accuracy
 
-__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "metric_names", "metric_groups",
-           "evaluate_split"]
+__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "Part", "metric_names",
+           "metric_groups", "evaluate_split"]
 
 CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
 """Keys computed at every evaluation (also with ``full=False``)."""
@@ -96,6 +96,14 @@ def group_prefix(prefix: str, group: str) -> str:
     return group if prefix == "val" else f"{prefix}/{group}"
 
 
+Part = Callable[[str], None]
+"""``part("FGSM")``: told the part of an evaluation that starts (a progress display)."""
+
+
+def _no_part(part: str) -> None:
+    """A :data:`Part` that does nothing."""
+
+
 GROUPS = ("shift", "adv", "explain")
 """Metric groups beyond the classification metrics; ``full`` computes all of them."""
 
@@ -115,11 +123,12 @@ def metric_groups(prefix: str, metrics: Collection[str]) -> set[str]:
 
 def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings, prefix: str,
-                   seed: int) -> dict[str, Tensor]:
+                   seed: int, part: Part) -> dict[str, Tensor]:
     device = labels.device
     shift = group_prefix(prefix, "shift")
     out: dict[str, Tensor] = {}
     for i, name in enumerate(cfg.corruptions):
+        part(f"corruptions {i + 1}/{len(cfg.corruptions)} ({name})")
         corruption = make_corruption(name, cfg.severity, seed=seed + i, device=device)
         logits = predict_logits(model, images, mean=mean, std=std, batch_size=cfg.batch_size,
                                 transform=corruption)
@@ -160,7 +169,8 @@ def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Expla
 def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings,
                    explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
-                   seed: int = 0, metrics: Collection[str] = ()) -> dict[str, float]:
+                   seed: int = 0, metrics: Collection[str] = (), part: Part | None = None
+                   ) -> dict[str, float]:
     """Evaluate a classifier on one split; every metric as a plain float.
 
     Always: ``{prefix}/accuracy``, ``top5`` (top-min(5, C)), ``loss`` (cross-entropy) and
@@ -194,6 +204,9 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         metrics: Keys needed even when ``full`` is ``False`` (a search's objectives): their
             whole group (:func:`metric_groups`) is computed, e.g. ``val/alignment`` brings
             every explanation metric.
+        part: ``None``, or called with the name of each part before it runs (``classification``,
+            ``corruptions 3/15 (contrast)``, ``FGSM``, ``explanation metrics``), for a
+            progress display (:meth:`extune.train.progress.EpochProgress.phase`).
 
     Returns:
         ``{name: float}`` with the keys of :func:`metric_names` for these settings.
@@ -203,7 +216,9 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
     device = model_device(model, images.images.device)
     labels = images.labels.to(device)
     kw = {"mean": mean, "std": std}
+    part = part or _no_part
     with eval_mode(model):
+        part("classification")
         logits = predict_logits(model, images.images, batch_size=cfg.batch_size, **kw)
         if logits.shape[1] != num_classes:
             raise ValueError(f"model returns {logits.shape[1]} logits, num_classes={num_classes}")
@@ -212,11 +227,13 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         groups = set(GROUPS) if full else metric_groups(prefix, metrics)
         if "shift" in groups:
             out.update(_shift_metrics(model, images.images, labels, num_classes=num_classes,
-                                      cfg=cfg, prefix=prefix, seed=seed, **kw))
+                                      cfg=cfg, prefix=prefix, seed=seed, part=part, **kw))
         if "adv" in groups:
+            part("FGSM")
             out[f"{group_prefix(prefix, 'adv')}/fgsm_accuracy"] = torch.tensor(fgsm_accuracy(
                 model, images.images, labels, eps=cfg.fgsm_eps, batch_size=cfg.batch_size, **kw))
         if "explain" in groups and explainer is not None and cfg.explain_samples > 0:
+            part("explanation metrics")
             out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
                                             prefix=prefix, seed=seed, **kw))
     return {k: float(v) for k, v in out.items()}

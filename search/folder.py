@@ -3,7 +3,8 @@
 .. code-block:: text
 
     <out>/<name>/
-      search.json          settings, search id, tracking URI, status
+      search.json          settings, search id, tracking URI, status; the data paths and
+                           runtime.progress as the user gave them, and the folder it started in
       base_config.yaml     the config every trial overrides
       space.yaml | space.py   the space (a copy of a YAML space, or the preset's source)
       optuna.db            the Optuna study (SQLite): parameters, states, values
@@ -26,7 +27,7 @@ from typing import Any
 from extune.errors import ConfigError
 from extune.files import atomic_write_text
 from extune.search.reporting.results import TrialRecord, records_from_study, select_trial
-from extune.search.settings import Objective, SearchSettings
+from extune.search.settings import GIVEN_KEYS, Objective, SearchSettings
 from extune.spaces import get_space, space_name
 from extune.train.config import Config
 
@@ -51,7 +52,9 @@ class SearchDir:
 
         ``searched``: the keys the space varies (from its validation draws); ``constants``:
         the keys it sets to one value. The base config's other keys and the constants are the
-        search's constants (the MLflow parent run's params).
+        search's constants (the MLflow parent run's params). ``search.json`` also keeps the
+        :data:`~extune.search.settings.GIVEN_KEYS` as the user gave them and the folder the
+        search started in (:meth:`given_values`).
 
         Raises:
             ConfigError: the folder already holds a search (use ``--resume``).
@@ -76,6 +79,8 @@ class SearchDir:
             "experiment_path": experiment_path,
             "searched_keys": sorted(searched),
             "space_constants": dict(constants or {}),
+            "given": _given_values(settings),
+            "started_in": os.getcwd(),
         }
         found = cls(path, meta)
         found.save()
@@ -137,6 +142,17 @@ class SearchDir:
 
     def base_config(self) -> Config:
         return Config.load(self.path / "base_config.yaml")
+
+    def given_values(self) -> dict[str, Any]:
+        """The :data:`~extune.search.settings.GIVEN_KEYS` of the base config as the user gave
+        them (a relative path is relative to :attr:`started_in`); ``{}`` for a folder written
+        before they were kept."""
+        return dict(self.meta.get("given", {}))
+
+    @property
+    def started_in(self) -> str | None:
+        """The folder the search was started in (``None`` for a folder written before)."""
+        return self.meta.get("started_in")
 
     def space(self) -> Any:
         """The search space as it was when the search started."""
@@ -243,6 +259,14 @@ def storage_root(storage: str) -> str:
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     return storage.rstrip("/")
+
+
+def _given_values(settings: SearchSettings) -> dict[str, Any]:
+    """The :data:`~extune.search.settings.GIVEN_KEYS` of the user's base config (``--fix``
+    included), before the search made them fit its trials."""
+    given = settings.given_config().flatten()
+    fixed = settings.resolved_fixed
+    return {k: fixed.get(k, given[k]) for k in GIVEN_KEYS}
 
 
 def _write_space(path: Path, space: Any) -> str | None:

@@ -28,6 +28,7 @@ __all__ = [
     "make_sampler",
     "default_startup_trials",
     "absolute_data_paths",
+    "GIVEN_KEYS",
 ]
 
 _OBJECTIVE_METRICS = {
@@ -145,8 +146,9 @@ class SearchSettings:
             ``end``: after its last epoch only; ``milestones``: also at the ASHA milestones
             (grace period x reduction factor^k); ``every``: as its config's ``eval.every`` says.
         fixed: searched parameters held at a value (dotted key -> value): the space still asks
-            for them, Optuna's ``PartialFixedSampler`` answers; its conditional parameters
-            follow (``explain.explainer=gradcam`` searches only Grad-CAM's layer).
+            for them and is answered with the value (``HeldSpace``, in or out of the space's
+            range); its conditional parameters follow (``explain.explainer=gradcam`` searches
+            only Grad-CAM's layer).
         log_checkpoints: log each trial's final checkpoint to its MLflow run (large: off by
             default; the checkpoints stay in the Ray storage either way).
         start_at_base: the first trial is the base config itself (the space's parameters at
@@ -273,15 +275,21 @@ class SearchSettings:
             t *= self.reduction_factor
         return tuple(rungs)
 
-    def base_config(self) -> Config:
-        """The config every trial starts from: file (or quick defaults), then overrides, with
-        the data paths made absolute (see :func:`absolute_data_paths`)."""
+    def given_config(self) -> Config:
+        """The base config as the user gave it: the file (or the quick defaults), then the
+        overrides; data paths as written, ``runtime.progress`` as set."""
         if self.config is not None:
             base = Config.load(self.config)
         else:
             base = Config().with_overrides(QUICK_BASE)
-        return absolute_data_paths(base.with_overrides({**self.overrides,
-                                                        "runtime.progress": False}))
+        return base.with_overrides(self.overrides)
+
+    def base_config(self) -> Config:
+        """The config every trial starts from: :meth:`given_config` with the data paths made
+        absolute (see :func:`absolute_data_paths`) and no progress bar (the keys of
+        :data:`GIVEN_KEYS`)."""
+        return absolute_data_paths(self.given_config().with_overrides(
+            {"runtime.progress": False}))
 
     def resolved_name(self) -> str:
         if self.name:
@@ -305,6 +313,11 @@ class SearchSettings:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+GIVEN_KEYS = ("data.root", "data.cache_dir", "runtime.progress")
+"""The keys a search's base config changes for its trials (:meth:`SearchSettings.base_config`);
+the search folder keeps them as given, so that an export writes them back as the user would."""
 
 
 def absolute_data_paths(cfg: Config) -> Config:
@@ -349,10 +362,9 @@ def default_startup_trials(trials: int) -> int:
 
 
 def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
-                 fixed: dict[str, Any] | None = None, startup_trials: int | None = None
-                 ) -> Any:
-    """An Optuna sampler by name, seeded; wrapped in ``PartialFixedSampler`` when ``fixed``
-    holds parameters at given values.
+                 startup_trials: int | None = None) -> Any:
+    """An Optuna sampler by name, seeded (held parameters never reach it: see
+    :class:`extune.search.engine.held.HeldSpace`).
 
     TPE starts from ``startup_trials`` random trials (default :func:`default_startup_trials`),
     models parameters jointly (``multivariate``, ``group`` for conditional spaces) and uses the
@@ -367,10 +379,7 @@ def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
 
     with warnings.catch_warnings():  # several options are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = _sampler(optuna.samplers, name, seed, trials, startup_trials)
-        if fixed:
-            sampler = optuna.samplers.PartialFixedSampler(dict(fixed), sampler)
-        return sampler
+        return _sampler(optuna.samplers, name, seed, trials, startup_trials)
 
 
 def _sampler(samplers: Any, name: str, seed: int, trials: int,

@@ -174,7 +174,8 @@ def _validate_spaces(settings: StudySettings) -> None:
 
 def study_tracker(sdir: StudyDir, uri: str) -> Any:
     """The MLflow tracker of the study's parent run (created, or found again on resume)."""
-    from extune.search.tracking.client import MlflowTracker
+    from extune.search.tracking.client import VIEW_TAG, MlflowTracker
+    from extune.search.tracking.views import study_view
 
     s = sdir.settings
     tracker = MlflowTracker(uri, s.experiment, sdir.study_id, sdir.name, role="study",
@@ -192,7 +193,9 @@ def study_tracker(sdir: StudyDir, uri: str) -> Any:
               "study_dir": str(sdir.path)}
     run_id = tracker.parent_run(params=params)
     if sdir.meta.get("parent_run_id") != run_id:
-        sdir.update(parent_run_id=run_id, tracking_uri=uri)
+        view = tracker.share_view(f"extune-{sdir.study_id[:12]}", study_view(sdir.study_id))
+        tracker.set_tags(run_id, {VIEW_TAG: view})
+        sdir.update(parent_run_id=run_id, tracking_uri=uri, mlflow_view=view)
         tracker.log_artifact(run_id, sdir.base_file)
     return tracker
 

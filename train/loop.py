@@ -17,6 +17,7 @@ from torch import Tensor
 from extune.augment import Explainer
 from extune.errors import DiskFullError, ExtuneError, one_line
 from extune.evaluate import evaluate_split
+from extune.evaluate.suite import Part
 from extune.files import atomic_write_text, check_free_space, check_writable, is_disk_full
 from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -137,14 +138,14 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         for epoch in range(state.start_epoch, config.optim.epochs):
             metrics = _run_epoch(state, epoch, progress)
             if test and epoch == config.optim.epochs - 1:
-                metrics.update(_evaluate(state, state.splits.test, prefix="test", full=True))
+                metrics.update(_evaluate_test(state, progress))
             state.history.append(metrics)
             _save_or_rescue(state, epoch)
             if report is not None:
                 report(metrics, state.out_dir)
         final = dict(state.history[-1]) if state.history else {}
         if test and not any(k.startswith("test/") for k in final):  # resumed after the end
-            final.update(_evaluate(state, state.splits.test, prefix="test", full=True))
+            final.update(_evaluate_test(state, progress))
         _write_metrics_or_say(state, final)
         state.model.eval()
         return FitResult(config, final, state.history, state.model, state.out_dir)
@@ -208,15 +209,18 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
     last = epoch == cfg.optim.epochs - 1
     full = last or (epoch + 1 in state.full_epochs if state.full_epochs is not None
                     else (epoch + 1) % cfg.eval.every == 0)
-    metrics = {"epoch": float(epoch + 1), **train_metrics,
-               **_evaluate(state, state.splits.val, prefix="val", full=full,
-                           metrics=state.objectives)}
-    if not full and state.history:  # carry the last full values so every report has every key
-        metrics = {**state.history[-1], **metrics}
-    if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid
-        _write_grid(state, epoch, GRID_NAME)
-    if full and cfg.eval.grid_every and not last:
-        _write_grid(state, epoch, f"grids/epoch_{epoch + 1:03d}.png")
+    with progress.phase(f"epoch {epoch + 1}/{cfg.optim.epochs}: validating") as part:
+        metrics = {"epoch": float(epoch + 1), **train_metrics,
+                   **_evaluate(state, state.splits.val, prefix="val", full=full,
+                               metrics=state.objectives, part=part)}
+        if not full and state.history:  # carry the last full values: every report has every key
+            metrics = {**state.history[-1], **metrics}
+        if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid
+            part("saliency grid")
+            _write_grid(state, epoch, GRID_NAME)
+        if full and cfg.eval.grid_every and not last:
+            part("saliency grid")
+            _write_grid(state, epoch, f"grids/epoch_{epoch + 1:03d}.png")
     progress.summary(epoch, cfg.optim.epochs, metrics)
     return metrics
 
@@ -255,11 +259,18 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
 
 
 def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool,
-              metrics: Sequence[str] = ()) -> dict[str, float]:
+              metrics: Sequence[str] = (), part: Part | None = None) -> dict[str, float]:
+    """:func:`evaluate_split` of the state's model; ``part`` is told each part as it starts."""
     return evaluate_split(
         state.model, split, mean=state.splits.mean, std=state.splits.std,
         num_classes=state.splits.num_classes, cfg=state.cfg.eval,
-        explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics)
+        explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics, part=part)
+
+
+def _evaluate_test(state: _State, progress: EpochProgress) -> dict[str, float]:
+    """The full suite on the test split, with a sign on the console while it runs."""
+    with progress.phase("evaluating on the test split") as part:
+        return _evaluate(state, state.splits.test, prefix="test", full=True, part=part)
 
 
 def _write_grid(state: _State, epoch: int, name: str) -> None:

@@ -66,6 +66,11 @@ class Method(ABC):
     """
 
     name = "base"
+    warmup_key: str | None = None
+    """The config key of the share of ``optim.epochs`` the method first trains as its baseline
+    (:func:`warmup_epochs`); ``None``: no warm-up."""
+    warmup_trains = ""
+    """What the warm-up epochs train, in words (``plain SupCon``)."""
 
     def __init__(self, cfg: Config, model: Network, num_classes: int,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -163,6 +168,8 @@ class ExCon(SupCon):
     """
 
     name = "excon"
+    warmup_key = "excon.warmup_fraction"
+    warmup_trains = "plain SupCon"
 
     def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
         t = self.cfg.excon.mask_threshold
@@ -227,6 +234,8 @@ class EDDA(Method):
     """
 
     name = "edda"
+    warmup_key = "edda.warmup_fraction"
+    warmup_trains = "plain cross-entropy"
 
     def occlude(self, x: Tensor, labels: Tensor,
                 saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:

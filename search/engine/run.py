@@ -33,7 +33,7 @@ from extune.search.connections import (
     probe_ray_address,
     quiet_ray_env,
 )
-from extune.search.engine.held import reconcile_fixed
+from extune.search.engine.held import held_space, reconcile_fixed
 from extune.search.engine.resources import ResourcePlan, cluster_plan
 from extune.search.engine.stopped import ray_trials, settle_stopped, was_interrupted
 from extune.search.folder import SearchDir, refuse_taken_name
@@ -89,6 +89,8 @@ class SearchResult:
         files: summary files written in the search folder.
         mlflow_view: the MLflow UI page of the search's runs table (after ``http://host:port/``).
         tracking_pending: MLflow writes the store did not take (kept for ``extune sync``).
+        plots_left_out: plot name -> why it was not drawn (too few trials to fit an
+            importance, nothing varies); ``plots/plots.html`` lists them too.
     """
 
     name: str
@@ -106,6 +108,7 @@ class SearchResult:
     files: dict[str, Path] = field(default_factory=dict)
     mlflow_view: str | None = None
     tracking_pending: int = 0
+    plots_left_out: dict[str, str] = field(default_factory=dict)
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.records)
@@ -299,15 +302,14 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
 
     objectives = settings.objectives
     multi = len(objectives) > 1
-    space = sdir.space()
-    first = base_point(space, Config.from_dict(base).with_overrides(settings.resolved_fixed)) \
-        if settings.start_at_base else None
+    space = held_space(sdir.space(), settings)
+    first = base_point(space, Config.from_dict(base)) if settings.start_at_base else None
     return PruneAwareOptunaSearch(
         space, base=base, points_to_evaluate=[first] if first else None,
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
-                             settings.resolved_fixed, settings.startup_trials),
+                             settings.startup_trials),
         storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]),
         study_name=sdir.name)
 
@@ -339,16 +341,21 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
                           total=settings.trials, live=settings.live,
                           study=(sdir.meta["optuna_storage"], sdir.name))
     guard = DiskGuard(watched_folders(sdir.path, sdir.experiment_path))
+    tracking = MlflowCallback(
+        tracker, base, tags=_trial_tags(settings), objectives=tuple(settings.objectives),
+        journal_dir=journal_dir(sdir), log_checkpoint=settings.log_checkpoints,
+        constant=(*settings.resolved_fixed, *sdir.meta.get("space_constants", {})))
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=0, stop=stop,
-        callbacks=[guard, MlflowCallback(tracker, base, objectives=tuple(settings.objectives),
-                                  journal_dir=journal_dir(sdir),
-                                  constant=(*settings.resolved_fixed,
-                                            *sdir.meta.get("space_constants", {})),
-                                  log_checkpoint=settings.log_checkpoints),
-                   console, *callbacks],
+        callbacks=[guard, tracking, console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+
+
+def _trial_tags(settings: SearchSettings) -> dict[str, str]:
+    """Tags every trial run shares with the search's (a study's id, so that the study's
+    filters find its trials), less MLflow's own (a trial's parent is the search run)."""
+    return {k: v for k, v in (settings.run_tags or {}).items() if not k.startswith("mlflow.")}
 
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
@@ -378,6 +385,7 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
     return SearchResult(sdir.name, sdir.path, sdir.search_id, objectives, records, best,
                         pareto_front(records, objectives), files.get("best_config"),
                         sdir.meta["tracking_uri"], sdir.meta.get("parent_run_id"), interrupted,
-                        time.time() - start, files, sdir.meta.get("mlflow_view"), pending)
+                        time.time() - start, files, sdir.meta.get("mlflow_view"), pending,
+                        dict(plots.left_out))
 
 

@@ -54,8 +54,7 @@ def settle_stopped(sdir: SearchDir, study: Any, trials: list[Any], tracker: Any,
             # "if_run": a trial the stop caught while its actor was being set up has no run
             state = "failed" if failed else "pruned"
             search_writer(sdir, tracker).submit(Op("tags", trial_id, if_run=True, tags={
-                "extune.pruned": str(not failed).lower(), "extune.state": state,
-                "extune.stopped": reason}))
+                "extune.state": state, "extune.stopped": reason}))
 
 
 def _running_trial(study: Any, frozen: Any) -> Any:

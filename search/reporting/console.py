@@ -25,7 +25,7 @@ from extune.search.settings import Objective
 
 __all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
 
-_STYLE = {"running": "cyan", "done": "green", "complete": "green", "pruned": "yellow",
+_STYLE = {"running": "cyan", "complete": "green", "pruned": "yellow",
           "failed": "red", "retrying": "magenta", "pending": "dim"}
 
 
@@ -58,8 +58,9 @@ class _Row:
 
 
 class LiveConsole(Callback):
-    """Tune callback that shows every trial (running / done / pruned / failed) and the best
-    complete trial so far; a live table on a terminal, one line per event otherwise.
+    """Tune callback that shows every trial (running / complete / pruned / failed: the states
+    of ``summary.md`` and MLflow's ``extune.state``) and the best complete trial so far; a
+    live table on a terminal, one line per event otherwise.
 
     Args:
         title: the search name.
@@ -113,7 +114,7 @@ class LiveConsole(Callback):
         row = self._row(trial)
         row.metrics.update(reported_metrics(trial.last_result))
         row.epoch = int(row.metrics.get("epoch", row.epoch))
-        row.state = "pruned" if row.planned and row.epoch < row.planned else "done"
+        row.state = "pruned" if row.planned and row.epoch < row.planned else "complete"
         self._changed(row)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -155,8 +156,7 @@ class LiveConsole(Callback):
 
         for r in records_from_study(study, self.objectives):
             if r.trial_id and r.state in ("complete", "pruned", "failed"):
-                self._rows[r.trial_id] = _Row(r.name, "done" if r.state == "complete"
-                                              else r.state, r.epoch, r.planned_epochs,
+                self._rows[r.trial_id] = _Row(r.name, r.state, r.epoch, r.planned_epochs,
                                               dict(r.metrics), dict(r.params))
 
     def _changed(self, row: _Row, event: bool = True) -> None:
@@ -172,30 +172,30 @@ class LiveConsole(Callback):
 
     def _best(self) -> _Row | None:
         first = self.objectives[0]
-        done = [r for r in self._rows.values()
-                if r.state == "done" and _finite(r.metrics.get(first.metric))]
-        if not done:
+        complete = [r for r in self._rows.values()
+                    if r.state == "complete" and _finite(r.metrics.get(first.metric))]
+        if not complete:
             return None
         sign = 1 if first.mode == "max" else -1
-        return max(done, key=lambda r: sign * r.metrics[first.metric])
+        return max(complete, key=lambda r: sign * r.metrics[first.metric])
 
     # ---------------------------------------------------------------- rendering
     def render(self) -> Table:
         """The live table: counts and the best trial in the title, running trials first."""
         counts = {s: sum(r.state == s for r in self._rows.values())
-                  for s in ("running", "done", "pruned", "failed")}
+                  for s in ("running", "complete", "pruned", "failed")}
         best = self._best()
         first = self.objectives[0]
         best_text = (f" | best {best.label} {first.metric}={_fmt(best.metrics[first.metric])}"
                      if best else "")
-        title = (f"{self.title}: {counts['done']} done, {counts['pruned']} pruned, "
+        title = (f"{self.title}: {counts['complete']} complete, {counts['pruned']} pruned, "
                  f"{counts['failed']} failed, {counts['running']} running of "
                  f"{self.total}{best_text}")
         table = Table(title=title, title_justify="left", header_style="bold")
         for name in ("trial", "state", "epoch", *[o.metric for o in self.objectives]):
             table.add_column(name, no_wrap=True)
         table.add_column("parameters", overflow="fold")
-        order = {"running": 0, "retrying": 0, "done": 1, "pruned": 2, "failed": 3, "pending": 4}
+        order = {"running": 0, "retrying": 0, "complete": 1, "pruned": 2, "failed": 3, "pending": 4}
         sign = 1 if first.mode == "max" else -1
         rows = sorted(self._rows.values(), key=lambda r: (
             order.get(r.state, 5), -sign * r.metrics.get(first.metric, -sign * math.inf)))
@@ -226,9 +226,8 @@ def ranked_table(records: list[TrialRecord], objectives: list[Objective], *,
         table.add_column(name, no_wrap=True)
     table.add_column("parameters / error", overflow="fold")
     for i, r in enumerate(rank_records(records, objectives)[:limit], 1):
-        state = "done" if r.state == "complete" else r.state
         cells = [str(i), f"[bold]{r.name}[/]" if r is best else r.name,
-                 f"[{_STYLE.get(state, '')}]{state}[/]", f"{r.epoch}/{r.planned_epochs or '?'}",
+                 f"[{_STYLE.get(r.state, '')}]{r.state}[/]", f"{r.epoch}/{r.planned_epochs or '?'}",
                  *[_fmt(r.value(o)) for o in objectives]]
         if len(objectives) > 1:
             cells.append("*" if id(r) in front else "")

@@ -4,6 +4,11 @@ Two sources: a search folder (the trial chosen by a rule: the best by an objecti
 of the Pareto front) or any MLflow child run (a trial picked in the UI), whose ``config.yaml``
 artifact is its full Config (runs of older versions: the params, the flattened Config as
 strings, over the parent run's constant params).
+
+The file is the config a user would train: the keys a search changes for its trials (absolute
+data paths, no progress bar: :data:`~extune.search.settings.GIVEN_KEYS`) are written back as
+the user gave them (:func:`as_given`), and its comment lines are sentences about this export:
+where it comes from, why it may not be final, its warm-ups, where its relative paths start.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from extune.files import atomic_write_text, check_output_file, check_writable
 from extune.search.connections import existing_store
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord, select_trial
+from extune.search.settings import Objective
 from extune.train.config import Config, load_yaml
 
 __all__ = ["export_search", "export_run", "run_caveat", "search_caveat",
-           "config_from_params", "epoch_settings",
+           "config_from_params", "epoch_settings", "as_given", "relative_paths_note",
            "rescale_epochs", "EPOCH_KEYS"]
 
 EPOCH_KEYS = ("optim.warmup_epochs",)
@@ -31,20 +37,48 @@ shares of the run, ``excon.warmup_fraction`` and ``edda.warmup_fraction``)."""
 
 
 def epoch_settings(config: Config) -> str:
-    """One line with the warm-ups of ``config`` as epochs of its run and shares of it."""
-    from extune.train.methods import warmup_epochs
+    """The warm-ups of ``config`` as one sentence without its final period, naming only the
+    settings of its method.
 
+    >>> epoch_settings(Config().with_overrides({"method": "ce", "optim.epochs": 3}))
+    '3-epoch training has no warm-up'
+    """
     epochs = config.optim.epochs
-    parts = []
-    if config.optim.warmup_epochs:
-        parts.append(f"learning rate {config.optim.warmup_epochs} epoch(s) "
-                     f"({config.optim.warmup_epochs / epochs:.0%}, counted in epochs)")
-    share = {"excon": config.excon.warmup_fraction, "edda": config.edda.warmup_fraction,
-             "random_occlusion": config.edda.warmup_fraction}.get(config.method)
-    if share:
-        parts.append(f"{config.method} {warmup_epochs(share, epochs)} epoch(s) "
-                     f"({share:.0%} of the run)")
-    return f"warm-ups of {epochs}-epoch training: {', '.join(parts) if parts else 'none'}"
+    parts = [p for p in (_lr_warmup(config), _method_warmup(config)) if p]
+    if not parts:
+        return f"{epochs}-epoch training has no warm-up"
+    return f"in {epochs}-epoch training, " + " and ".join(parts)
+
+
+def _lr_warmup(config: Config) -> str | None:
+    """``the learning rate warms up for 2 epochs (optim.warmup_epochs=2, counted in epochs:
+    50% of training)``, or ``None`` without a learning-rate warm-up."""
+    warmup, epochs = config.optim.warmup_epochs, config.optim.epochs
+    if not warmup:
+        return None
+    return (f"the learning rate warms up for {_epochs(warmup)} (optim.warmup_epochs={warmup}, "
+            f"counted in epochs: {warmup / epochs:.0%} of training)")
+
+
+def _method_warmup(config: Config) -> str | None:
+    """``excon trains plain SupCon for its first epoch (excon.warmup_fraction=0.25 of
+    training)``, or ``None`` when the method has no warm-up."""
+    from extune.train.methods import METHODS, warmup_epochs
+
+    method = METHODS.get(config.method)
+    share = config.flatten()[method.warmup_key] if method.warmup_key else 0.0
+    if not share:
+        return None
+    setting = f"{method.warmup_key}={share:g} of training"
+    count = warmup_epochs(share, config.optim.epochs)
+    if count == 0:
+        return f"the {config.method} warm-up ({setting}) rounds down to no epoch"
+    first = "its first epoch" if count == 1 else f"its first {count} epochs"
+    return f"{config.method} trains {method.warmup_trains} for {first} ({setting})"
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" + ("" if count == 1 else "s")
 
 
 def rescale_epochs(config: Config, epochs: int) -> Config:
@@ -71,7 +105,8 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
             (warm-ups) scaled to keep their share of training (:func:`rescale_epochs`).
 
     Returns:
-        The exported config and the trial it came from.
+        The exported config (its :data:`~extune.search.settings.GIVEN_KEYS` as the user gave
+        them: :func:`as_given`) and the trial it came from.
 
     Raises:
         ConfigError: not a search folder, no complete trial, unknown rule.
@@ -81,19 +116,90 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
     sdir.refuse_failed("there is nothing to export; start a new search")
     records = sdir.records()
     record = select_trial(records, sdir.objectives, select)
-    config = sdir.base_config().with_overrides(record.params)
-    values = ", ".join(f"{o.metric}={record.value(o):.4g}" for o in sdir.objectives
-                       if record.value(o) is not None)
-    note = search_caveat(sdir, records)
-    header = (f"# exported from search {sdir.name}: {record.name} (Tune trial "
-              f"{record.trial_id}), rule {select or 'default'}: {values}\n"
-              + (f"# warning: {note}\n" if note else "")
-              + f"# {epoch_settings(config)}\n")
+    config = as_given(sdir.base_config().with_overrides(record.params), sdir)
+    notes = [f"exported from search {sdir.name}: {record.name} (Tune trial {record.trial_id}), "
+             f"{_rule(select, sdir.objectives)}{_scores(record, sdir.objectives)}",
+             _warning(search_caveat(sdir, records)), relative_paths_note(config, sdir)]
+    notes += _epoch_notes(config, epochs)
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-        header += f"# rescaled: {epoch_settings(config)}\n"
-    _write(out, header, config)
+    _write(out, notes, config)
     return config, record
+
+
+def as_given(config: Config, sdir: SearchDir | None) -> Config:
+    """``config`` (a search's base config with a trial's parameters) with the keys the search
+    changed for its trials (:data:`~extune.search.settings.GIVEN_KEYS`: absolute data paths,
+    no progress bar) back as the user gave them.
+
+    A key the trial itself changed is kept. A search folder of an older version, or no folder
+    (an MLflow run whose search is elsewhere), gives ``runtime.progress`` Config's default and
+    keeps the absolute paths (they are right on the machine that ran the search).
+    """
+    given = {"runtime.progress": Config().runtime.progress}
+    if sdir is None:
+        return config.with_overrides(given)
+    given.update(sdir.given_values())
+    base, flat = sdir.base_config().flatten(), config.flatten()
+    return config.with_overrides({k: v for k, v in given.items() if flat[k] == base[k]})
+
+
+def relative_paths_note(config: Config, sdir: SearchDir | None) -> str | None:
+    """Where the relative data paths of an export start (the folder the search was started
+    in), or ``None`` when none of its paths is relative. ``data.root`` counts only for a data
+    set that reads files (not ``synthetic``)."""
+    if sdir is None or sdir.started_in is None:
+        return None
+    keys = ("data.cache_dir",) if config.data.name == "synthetic" else ("data.root",
+                                                                         "data.cache_dir")
+    flat = config.flatten()
+    relative = [f"{k}={flat[k]}" for k in keys
+                if flat[k] and not Path(flat[k]).expanduser().is_absolute()]
+    if not relative:
+        return None
+    one = len(relative) == 1
+    return (f"the relative {'path' if one else 'paths'} {' and '.join(relative)} "
+            f"{'starts' if one else 'start'} from {sdir.started_in}, the folder the search was "
+            f"started in: start `extune train` there, or make {'it' if one else 'them'} "
+            "absolute")
+
+
+def _rule(select: str | None, objectives: list[Objective]) -> str:
+    """How the trial was chosen, in words."""
+    rule = select or ("knee" if len(objectives) > 1 else objectives[0].name)
+    if rule == "knee":
+        return "the knee of the Pareto front"
+    return f"the best complete trial by {rule}"
+
+
+def _scores(record: TrialRecord, objectives: list[Objective]) -> str:
+    """``; it scored val/accuracy=0.8 and val/alignment=0.6`` (``""`` without a score)."""
+    values = [f"{o.metric}={record.value(o):.4g}" for o in objectives
+              if record.value(o) is not None]
+    if not values:
+        return ""
+    listed = values[0] if len(values) == 1 else ", ".join(values[:-1]) + f" and {values[-1]}"
+    return f"; it scored {listed}"
+
+
+def _warning(note: str | None) -> str | None:
+    return f"warning: {note}" if note else None
+
+
+def _epoch_notes(config: Config, epochs: int | None) -> list[str]:
+    """The warm-ups of the trial's config and, with ``--epochs``, of the rescaled one."""
+    notes = [epoch_settings(config)]
+    if epochs is None:
+        if config.optim.warmup_epochs:
+            notes.append(f"a longer run keeps optim.warmup_epochs={config.optim.warmup_epochs}"
+                         " as it is: export with --epochs N to scale it with the run")
+        return notes
+    scaled = rescale_epochs(config, epochs)
+    how = (f", optim.warmup_epochs scaled from {config.optim.warmup_epochs} to "
+           f"{scaled.optim.warmup_epochs}" if config.optim.warmup_epochs else "")
+    notes.append(f"rescaled with --epochs {epochs} from the trial's {config.optim.epochs} "
+                 f"epochs{how}: {epoch_settings(scaled)}")
+    return notes
 
 
 def search_caveat(sdir: SearchDir, records: list[TrialRecord] | None = None) -> str | None:
@@ -105,10 +211,10 @@ def search_caveat(sdir: SearchDir, records: list[TrialRecord] | None = None) -> 
     records = records if records is not None else sdir.records()
     done = sum(r.state in ("complete", "pruned", "failed") for r in records)
     state = {"running": "is still running (or its driver stopped without saying so)",
-             "interrupted": "was interrupted"}.get(status, f"is {status}")
-    return (f"search {sdir.name} {state}: this is the best of the {done} trial(s) that ended, of "
-            f"{sdir.settings.trials}; export again once `extune search --resume {sdir.path}` "
-            "has finished it")
+             "interrupted": "was interrupted"}.get(status, f"has not finished (status {status})")
+    return (f"search {sdir.name} {state}, so this is the best of the {done} trial(s) that "
+            f"ended, of {sdir.settings.trials}; export again once `extune search --resume "
+            f"{sdir.path}` has finished it")
 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
@@ -141,21 +247,36 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
                           "runs, or the search folder with `extune export SEARCH_DIR`")
     config = _logged_config(client, run) or config_from_params(
         _run_params(client, run), source=f"run '{run_id}'")
+    sdir = _search_of_run(client, run)
+    config = as_given(config, sdir)
     note = run_caveat(run)
-    header = (f"# exported from MLflow run {run_id} ({run.info.run_name})\n"
-              + (f"# warning: {note}\n" if note else "")
-              + f"# {epoch_settings(config)}\n")
+    notes = [f"exported from MLflow run {run_id} ({run.info.run_name})", _warning(note),
+             relative_paths_note(config, sdir), *_epoch_notes(config, epochs)]
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-        header += f"# rescaled: {epoch_settings(config)}\n"
-    _write(out, header, config)
+    _write(out, notes, config)
     return config, note
+
+
+def _search_of_run(client: Any, run: Any) -> SearchDir | None:
+    """The search folder of a trial run (its parent run's ``search_dir`` param), when this
+    machine has it."""
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        folder = client.get_run(parent_id).data.params.get("search_dir")
+        return SearchDir.load(folder) if folder else None
+    except (MlflowException, ConfigError):  # the search ran elsewhere, or its folder is gone
+        return None
 
 
 def run_caveat(run: Any) -> str | None:
     """Why an MLflow trial run is not a complete trial (``None`` when it is one)."""
     tags, name = run.data.tags, f"run {run.info.run_id} ({run.info.run_name})"
-    if tags.get("extune.pruned") == "true":
+    if tags.get("extune.state") == "pruned" or tags.get("extune.pruned") == "true":  # older runs
         return (f"{name} was pruned: stopped early by the scheduler, so it never trained all "
                 "its epochs and its scores are partial (a search exports only complete trials)")
     if run.info.status == "FAILED":
@@ -222,7 +343,14 @@ def _typed(base: Config, key: str, raw: str) -> Any:
         return raw
 
 
-def _write(out: str | Path, header: str, config: Config) -> None:
+def _write(out: str | Path, notes: list[str | None], config: Config) -> None:
+    """The config as YAML under its notes, one comment line each, written as sentences."""
     out = Path(out)
     check_writable(out.parent, "the exported config (-o)")
+    header = "".join(f"# {_sentence(n)}\n" for n in notes if n)
     atomic_write_text(out, header + config.to_yaml())
+
+
+def _sentence(note: str) -> str:
+    """``in 3-epoch training, ...`` -> ``In 3-epoch training, ....``"""
+    return note[:1].upper() + note[1:] + ("" if note.endswith(".") else ".")

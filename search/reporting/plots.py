@@ -5,178 +5,346 @@ Each is written as a PNG (``optuna.visualization.matplotlib``) for MLflow's arti
 all of them together as one interactive HTML page (``optuna.visualization``, plotly; plotly.js
 embedded once, so the page works without internet).
 
+Only what varied is drawn: a parameter that took one value across the compared trials (held
+with ``--fix``/``--set`` in an older study, a YAML ``fixed`` key) says nothing about the
+objective, so importances, parallel coordinates and contours leave it out.
+
+Too few trials: an importance is a fitted model (fANOVA, a random forest) and a contour an
+interpolated surface over the two most important parameters; fitted to a handful of trials
+either shows noise with the authority of a figure. Both are drawn only from at least
+:func:`fit_minimum` trials: :data:`FIT_PER_PARAMETER` per parameter that varies (the fewest
+that separate each parameter's effect from the others') and never fewer than :data:`MIN_FIT`
+(a forest's trees need a few points per split). Parallel coordinates fit nothing (a line per
+trial) and need :data:`MIN_TRIALS`. A plot left out is listed with the reason at the top of
+``plots.html`` and in :attr:`SearchPlots.left_out`.
+
 Comparing pruned trials: with ASHA most trials stop early, and Optuna's plots use complete
-trials only. When fewer than :data:`MIN_TRIALS` trials completed, the importance, parallel and
-contour plots compare every trial at the latest epoch that at least :data:`MIN_TRIALS` trials
-reached (its reported value there, from the study's intermediate values): the same budget for
-each, as ASHA itself compares them. The plot titles say which was used.
+trials only. When too few trials completed for a plot, it compares every trial at the latest
+epoch that enough trials reached (its reported value there, from the study's intermediate
+values): the same budget for each, as ASHA itself compares them. The plot titles say which was
+used.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from extune.errors import one_line
+from extune.search.engine.trials import trial_label
 from extune.search.settings import Objective
 
-__all__ = ["MIN_TRIALS", "PLOTS_DIR", "search_plots", "comparable_study"]
+__all__ = ["MIN_TRIALS", "MIN_FIT", "FIT_PER_PARAMETER", "PLOTS_DIR", "Comparable", "Drawn",
+           "SearchPlots", "comparable_study", "draw_plots", "fit_minimum", "search_plots"]
 
 MIN_TRIALS = 3
-"""Fewest trials a comparison plot is drawn from."""
+"""Fewest trials parallel coordinates are drawn from."""
+MIN_FIT = 8
+"""Fewest trials an importance or contour plot is fitted to."""
+FIT_PER_PARAMETER = 2
+"""Trials an importance or contour plot needs per parameter that varies."""
 PLOTS_DIR = "plots"
 log = logging.getLogger(__name__)
 
 
+def fit_minimum(varying: int) -> int:
+    """Trials an importance or contour plot needs when ``varying`` parameters vary."""
+    return max(MIN_FIT, FIT_PER_PARAMETER * varying)
+
+
+class _LeftOut(Exception):
+    """A plot the study cannot support; the message says why."""
+
+
 @dataclass
 class Comparable:
-    """The trials a comparison plot is drawn from.
+    """Trials a comparison plot is drawn from.
 
     Attributes:
-        study: the study, or an in-memory copy whose trials carry their value at ``epoch``.
+        trials: the compared trials (the study's complete trials, or in-memory trials whose
+            value is their reported value at one epoch).
         basis: how the trials were compared, for plot titles.
     """
 
-    study: Any
+    trials: list[Any]
     basis: str
+    _study: Any = None
+    _direction: Any = None
+
+    @property
+    def study(self) -> Any:
+        """The study, or an in-memory one holding :attr:`trials`."""
+        if self._study is None:
+            import optuna
+
+            self._study = optuna.create_study(direction=self._direction)
+            self._study.add_trials(self.trials)
+        return self._study
+
+    def varying(self, *, common: bool = False) -> list[str]:
+        """Parameters that took two values or more across the trials (a held one never does);
+        ``common``: only those every trial has (what an importance fit uses)."""
+        values: dict[str, set[Any]] = {}
+        for t in self.trials:
+            for key, value in t.params.items():
+                values.setdefault(key, set()).add(value)
+        names = [k for k, v in values.items() if len(v) > 1]
+        if common:
+            names = [k for k in names if all(k in t.params for t in self.trials)]
+        return sorted(names)
 
 
-def comparable_study(study: Any) -> Comparable | None:
-    """The complete trials, or (single objective, too few complete) every trial's value at the
-    latest epoch that :data:`MIN_TRIALS` trials reached; ``None`` when neither has enough."""
+def comparable_sets(study: Any) -> Iterator[Comparable]:
+    """The complete trials, then (single objective) every trial's value at each epoch it
+    reported, the latest epoch first."""
     import optuna
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if len(complete) >= MIN_TRIALS:
-        return Comparable(study, f"{len(complete)} complete trials")
+    yield Comparable(complete, f"{len(complete)} complete trials", _study=study)
     if len(study.directions) > 1:
-        return None
+        return
     reported = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                 and t.intermediate_values]
-    epochs = sorted({step for t in reported for step in t.intermediate_values}, reverse=True)
-    for epoch in epochs:
+    for epoch in sorted({s for t in reported for s in t.intermediate_values}, reverse=True):
         reached = [t for t in reported if epoch in t.intermediate_values]
-        if len(reached) >= MIN_TRIALS:
-            copy = optuna.create_study(direction=study.direction)
-            copy.add_trials([optuna.trial.create_trial(
-                params=t.params, distributions=t.distributions,
-                value=t.intermediate_values[epoch]) for t in reached])
-            return Comparable(copy, f"{len(reached)} trials at epoch {epoch}")
-    return None
+        yield Comparable([optuna.trial.create_trial(
+            params=t.params, distributions=t.distributions, value=t.intermediate_values[epoch])
+            for t in reached], f"{len(reached)} trials at epoch {epoch}",
+            _direction=study.direction)
+
+
+def comparable_study(study: Any, enough: Callable[[Comparable], bool] | None = None
+                     ) -> Comparable | None:
+    """The first of :func:`comparable_sets` that is ``enough`` (default: :data:`MIN_TRIALS`
+    trials); ``None`` when none is."""
+    enough = enough or (lambda c: len(c.trials) >= MIN_TRIALS)
+    return next((c for c in comparable_sets(study) if enough(c)), None)
+
+
+def _fits(c: Comparable) -> bool:
+    varying = len(c.varying(common=True))
+    return varying >= 2 and len(c.trials) >= fit_minimum(varying)
+
+
+def _shortfall(study: Any, fitted: bool) -> str:
+    """Why no comparable set was enough for a plot (``fitted``: importance or contour)."""
+    sets = list(comparable_sets(study))
+    largest = max(sets, key=lambda c: len(c.trials))
+    varying = len(largest.varying(common=fitted))
+    have = sets[0].basis + (f", at most {len(largest.trials)} at one epoch"
+                            if len(sets) > 1 else "")
+    if fitted and varying < 2 and len(largest.trials) >= MIN_FIT:
+        return f"fewer than two parameters vary ({have})"
+    if not fitted:
+        if len(largest.trials) >= MIN_TRIALS:
+            return f"no parameter varies ({have})"
+        return f"too few trials: {have}; it needs {MIN_TRIALS}"
+    return (f"too few trials to fit: {have}; it needs {fit_minimum(varying)} (at least "
+            f"{MIN_FIT}, and {FIT_PER_PARAMETER} for each of the {varying} parameters that vary)")
+
+
+@dataclass
+class Drawn:
+    """One plot: its name (``<name>.png``), heading, matplotlib axes and plotly figure."""
+
+    name: str
+    heading: str
+    png: Any
+    html: Any
+
+
+@dataclass(frozen=True)
+class SearchPlots(Mapping[str, Path]):
+    """The files :func:`search_plots` wrote (a mapping name -> file) and the plots it left
+    out.
+
+    Attributes:
+        files: name -> file (``param_importances``, ``parallel_coordinate``, ``contour``,
+            ``intermediate_values``, ``optimization_history`` or ``pareto_front``, and
+            ``html``).
+        left_out: name -> why it was not drawn (``too few trials to fit: ...``).
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Path:
+        return self.files[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def left_out_text(self) -> str:
+        """``contour: too few trials to fit ... | ...``, or ``""``: one line for a log."""
+        return " | ".join(f"{name}: {why}" for name, why in self.left_out.items())
 
 
 def search_plots(study: Any, objectives: Sequence[Objective], out_dir: str | Path,
-                 *, title: str = "") -> dict[str, Path]:
+                 *, title: str = "") -> SearchPlots:
     """Write the search's plots under ``out_dir`` (``<name>.png`` and ``plots.html``).
 
-    A plot that the study cannot support (no complete trial, one parameter for a contour)
-    is left out; the HTML page lists what is missing and why.
+    A plot that the study cannot support (too few trials, nothing varies) is left out;
+    ``plots.html`` and the result's ``left_out`` say which and why.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures, left_out = draw_plots(study, objectives)
+    files: dict[str, Path] = {}
+    for drawn in figures:
+        files[drawn.name] = _save_png(drawn.png, out / f"{drawn.name}.png", drawn.heading)
+    files["html"] = _write_html(out / "plots.html", title, figures, left_out)
+    return SearchPlots(files, left_out)
 
-    Returns:
-        Name -> file (``param_importances``, ``parallel_coordinate``, ``contour``,
-        ``intermediate_values``, ``optimization_history`` or ``pareto_front``, and ``html``).
+
+def draw_plots(study: Any, objectives: Sequence[Objective]
+               ) -> tuple[list[Drawn], dict[str, str]]:
+    """The search's plots in memory, and name -> why for those left out.
+
+    The caller closes the matplotlib figures (``plt.close(d.png.figure)``).
     """
     import optuna
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures: list[tuple[str, str, Any]] = []
-    missing: list[str] = []
+    figures: list[Drawn] = []
+    left_out: dict[str, str] = {}
     verbosity = optuna.logging.get_verbosity()
     # Optuna logs a warning for each plot a study cannot support ("There are no complete
     # trials."); the page lists those plots with the reason, so the console stays quiet.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        for name, heading, make in _plan(study, objectives):
+        for name, make in _plan(study, objectives):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning on every call
-                    result = make()
-            except (ValueError, RuntimeError, ZeroDivisionError) as e:
-                missing.append(f"{name}: {one_line(e, 200)}")
+                    heading, png, html = make()
+            except (_LeftOut, ValueError, RuntimeError, ZeroDivisionError) as e:
+                left_out[name] = one_line(e, 300)
                 continue
-            if result is None:
-                missing.append(f"{name}: fewer than {MIN_TRIALS} comparable trials")
-                continue
-            figures.append((name, heading, result))
+            figures.append(Drawn(name, heading, png, html))
     finally:
         optuna.logging.set_verbosity(verbosity)
-    files: dict[str, Path] = {}
-    for name, heading, (png, _) in figures:
-        files[name] = _save_png(png, out / f"{name}.png", heading)
-    files["html"] = _write_html(out / "plots.html", title, figures, missing)
-    return files
+    return figures, left_out
 
 
-def _plan(study: Any, objectives: Sequence[Objective]
-          ) -> list[tuple[str, str, Callable[[], tuple[Any, Any] | None]]]:
-    """(name, heading, make) per plot; ``make`` returns (matplotlib axes, plotly figure)."""
+_Make = Callable[[], tuple[str, Any, Any]]
+
+
+def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]]:
+    """(name, make) per plot; ``make`` returns (heading, matplotlib axes, plotly figure)."""
     import optuna.visualization as pv
     import optuna.visualization.matplotlib as pm
 
     names = [o.metric for o in objectives]
     multi = len(objectives) > 1
-    comparable = comparable_study(study)
-    basis = f" ({comparable.basis})" if comparable else ""
+    target: dict[str, Any] = {"target_name": names[0]}
+    if multi:  # one objective at a time: the first
+        target["target"] = lambda t: t.values[0]
 
     def both(fn: str, target_study: Any, **kwargs: Any) -> tuple[Any, Any]:
-        return getattr(pm, fn)(target_study, **kwargs), getattr(pv, fn)(target_study, **kwargs)
+        import matplotlib
 
-    def compared(fn: str, **kwargs: Any) -> Callable[[], tuple[Any, Any] | None]:
-        def make() -> tuple[Any, Any] | None:
-            if comparable is None:
-                return None
-            if multi:  # one objective at a time: the first
-                kwargs.update(target=lambda t: t.values[0], target_name=names[0])
-            else:
-                kwargs.update(target_name=names[0])
-            return both(fn, comparable.study, **kwargs)
-        return make
+        # Optuna switches matplotlib to its ggplot style for some plots and never back: kept
+        # inside the call, so that each plot looks the same whatever was drawn before
+        with matplotlib.rc_context():
+            png = getattr(pm, fn)(target_study, **kwargs)
+        return png, getattr(pv, fn)(target_study, **kwargs)
 
-    plan: list[tuple[str, str, Callable[[], tuple[Any, Any] | None]]] = [
-        ("param_importances", f"Parameter importances for {names[0]}{basis}",
-         compared("plot_param_importances")),
-        ("parallel_coordinate", f"Parallel coordinates, {names[0]}{basis}",
-         compared("plot_parallel_coordinate")),
-        ("contour", f"Contours of {names[0]} over the two most important parameters{basis}",
-         _contour(comparable, names[0], multi, both)),
-    ]
+    def importances() -> tuple[str, Any, Any]:
+        c = _chosen(study, fitted=True)
+        params = c.varying(common=True)
+        return (f"Parameter importances for {names[0]} (fANOVA over {c.basis}, "
+                f"{len(params)} parameters that vary)",
+                *both("plot_param_importances", c.study, params=params, **target))
+
+    def parallel() -> tuple[str, Any, Any]:
+        c = _chosen(study, fitted=False)
+        return (f"Parallel coordinates, {names[0]} ({c.basis})",
+                *both("plot_parallel_coordinate", c.study, params=c.varying(), **target))
+
+    def contour() -> tuple[str, Any, Any]:
+        import optuna
+
+        c = _chosen(study, fitted=True)
+        ranked = optuna.importance.get_param_importances(
+            c.study, params=c.varying(common=True), target=target.get("target"))
+        return (f"Contours of {names[0]} over the two most important parameters ({c.basis})",
+                *both("plot_contour", c.study, params=list(ranked)[:2], **target))
+
+    plan: list[tuple[str, _Make]] = [("param_importances", importances),
+                                     ("parallel_coordinate", parallel), ("contour", contour)]
     if multi:
-        plan.append(("pareto_front", f"Pareto front of {names[0]} and {names[1]}",
-                     lambda: both("plot_pareto_front", study, target_names=names)))
+        plan.append(("pareto_front", lambda: (
+            f"Pareto front of {names[0]} and {names[1]}",
+            *both("plot_pareto_front", study, target_names=names))))
     else:
-        plan += [
-            ("optimization_history", f"Optimisation history of {names[0]} (complete trials)",
-             lambda: both("plot_optimization_history", study, target_name=names[0])),
-            ("intermediate_values", f"{names[0]} per epoch of every trial (pruned ones stop)",
-             lambda: both("plot_intermediate_values", study)),
-        ]
+        plan += [("optimization_history", lambda: _history(study, names[0], both)),
+                 ("intermediate_values", lambda: _curves(study, names[0], both))]
     return plan
 
 
-def _contour(comparable: Comparable | None, name: str, multi: bool,
-             both: Callable[..., tuple[Any, Any]]) -> Callable[[], tuple[Any, Any] | None]:
-    def make() -> tuple[Any, Any] | None:
-        import optuna
+def _chosen(study: Any, *, fitted: bool) -> Comparable:
+    def enough(c: Comparable) -> bool:
+        return _fits(c) if fitted else len(c.trials) >= MIN_TRIALS and bool(c.varying())
 
-        if comparable is None:
-            return None
-        target = (lambda t: t.values[0]) if multi else None
-        importances = optuna.importance.get_param_importances(comparable.study, target=target)
-        params = list(importances)[:2]
-        if len(params) < 2:
-            raise ValueError("the search varies fewer than two parameters")
-        kwargs: dict[str, Any] = {"params": params, "target_name": name}
-        if multi:
-            kwargs["target"] = target
-        return both("plot_contour", comparable.study, **kwargs)
-    return make
+    chosen = comparable_study(study, enough)
+    if chosen is None:
+        raise _LeftOut(_shortfall(study, fitted))
+    return chosen
+
+
+def _history(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
+             ) -> tuple[str, Any, Any]:
+    from optuna.trial import TrialState
+
+    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not numbers:
+        raise _LeftOut("no complete trial")
+    png, html = both("plot_optimization_history", study, target_name=name)
+    label = "trial number (as in trial-000, trial-001, ...)"
+    _integer_x(png, html, max(numbers), label)
+    return f"Optimisation history of {name} (complete trials)", png, html
+
+
+def _curves(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
+            ) -> tuple[str, Any, Any]:
+    epochs = [s for t in study.get_trials(deepcopy=False) for s in t.intermediate_values]
+    if not epochs:
+        raise _LeftOut("no trial reported an epoch")
+    png, html = both("plot_intermediate_values", study)
+    for line in png.get_lines():
+        line.set_label(_mlflow_name(line.get_label()))
+    if png.get_legend() is not None:
+        png.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0.0, fontsize=8)
+    html.for_each_trace(lambda trace: trace.update(name=_mlflow_name(trace.name)))
+    png.set_ylabel(name)
+    html.update_yaxes(title=name)
+    _integer_x(png, html, max(epochs), "epoch")
+    return f"{name} per epoch of every trial (pruned ones stop)", png, html
+
+
+def _mlflow_name(label: str | None) -> str:
+    """Optuna's ``Trial12`` -> ``trial-012``, the trial's MLflow run name."""
+    match = re.fullmatch(r"Trial(\d+)", label or "")
+    return trial_label(int(match.group(1))) if match else label or ""
+
+
+def _integer_x(png: Any, html: Any, largest: int, label: str) -> None:
+    """Whole-number ticks on the x axis (epochs, trial numbers), about ten at most."""
+    from matplotlib.ticker import MaxNLocator
+
+    png.xaxis.set_major_locator(MaxNLocator(integer=True))
+    png.set_xlabel(label)
+    html.update_xaxes(title=label, tick0=0, dtick=max(1, math.ceil(largest / 10)))
 
 
 def _save_png(axes: Any, path: Path, heading: str) -> Path:
@@ -185,6 +353,9 @@ def _save_png(axes: Any, path: Path, heading: str) -> Path:
     first = axes.flat[0] if hasattr(axes, "flat") else axes
     fig = first.figure
     try:
+        for ax in fig.axes:  # Optuna's generic "Contour Plot": the heading says more
+            for loc in ("left", "center", "right"):
+                ax.set_title("", loc=loc)
         fig.suptitle(heading, fontsize=10)
         fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
         fig.tight_layout()
@@ -194,20 +365,22 @@ def _save_png(axes: Any, path: Path, heading: str) -> Path:
     return path
 
 
-def _write_html(path: Path, title: str, figures: list[tuple[str, str, Any]],
-                missing: list[str]) -> Path:
-    """One page with every interactive figure; plotly.js embedded once (works offline)."""
+def _write_html(path: Path, title: str, figures: list[Drawn], left_out: dict[str, str]
+                ) -> Path:
+    """One page with every interactive figure; plotly.js embedded once (works offline). The
+    plots left out are listed first, so that a missing plot is explained where it would be."""
     import html
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title></head><body style='font-family:sans-serif'><h1>{html.escape(title)}</h1>"]
-    for i, (name, heading, (_, figure)) in enumerate(figures):
-        figure.update_layout(title=heading)
-        parts.append(f"<h2 id='{name}'>{html.escape(heading)}</h2>")
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    if missing:
-        parts.append("<h2>Not drawn</h2><ul>" + "".join(
-            f"<li>{html.escape(m)}</li>" for m in missing) + "</ul>")
+    if left_out:
+        parts.append("<h2>Left out</h2><ul>" + "".join(
+            f"<li><b>{html.escape(name)}</b>: {html.escape(why)}</li>"
+            for name, why in left_out.items()) + "</ul>")
+    for i, drawn in enumerate(figures):
+        drawn.html.update_layout(title=drawn.heading)
+        parts.append(f"<h2 id='{drawn.name}'>{html.escape(drawn.heading)}</h2>")
+        parts.append(drawn.html.to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path

@@ -215,25 +215,31 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _rows(records: Sequence[TrialRecord], objectives: Sequence[Objective]
+def _rows(records: Sequence[TrialRecord], objectives: Sequence[Objective], *, pareto: bool
           ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the ranked trials; ``pareto``: with the ``pareto`` column."""
     ranked = rank_records(records, objectives)
     front = {id(r) for r in pareto_front(records, objectives)}
     keys = sorted({k for r in records for k in r.params})
     header = ["rank", "trial", "trial_id", "state", "epochs",
-              *[o.metric for o in objectives], "pareto", *keys]
+              *[o.metric for o in objectives], *(["pareto"] if pareto else []), *keys]
     rows = []
     for i, r in enumerate(ranked, 1):
+        on_front = ["yes" if id(r) in front else ""] if pareto else []
         rows.append([str(i), r.name, r.trial_id or "", r.state,
                      f"{r.epoch}/{r.planned_epochs or '?'}",
-                     *[_fmt(r.value(o)) for o in objectives],
-                     "yes" if id(r) in front else "", *[_fmt(r.params.get(k)) for k in keys]])
+                     *[_fmt(r.value(o)) for o in objectives], *on_front,
+                     *[_fmt(r.params.get(k)) for k in keys]])
     return header, rows
 
 
 def summary_csv(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> str:
-    """The ranked trials as CSV (one column per objective and per searched parameter)."""
-    header, rows = _rows(records, objectives)
+    """The ranked trials as CSV (one column per objective and per searched parameter).
+
+    The columns are the same for one objective or several (``pareto`` is ``yes`` on the
+    Pareto front; with one objective, on the best complete trial), for scripts that read it.
+    """
+    header, rows = _rows(records, objectives, pareto=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -243,8 +249,8 @@ def summary_csv(records: Sequence[TrialRecord], objectives: Sequence[Objective])
 
 def summary_markdown(records: Sequence[TrialRecord], objectives: Sequence[Objective],
                      title: str = "Search summary") -> str:
-    """The ranked trials as a Markdown table."""
-    header, rows = _rows(records, objectives)
+    """The ranked trials as a Markdown table (a ``pareto`` column for several objectives)."""
+    header, rows = _rows(records, objectives, pareto=len(objectives) > 1)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -288,7 +294,7 @@ def _plot_pareto(ax: Any, records: Sequence[TrialRecord], objectives: Sequence[O
                    edgecolors="tab:red", linewidths=2, label=f"knee ({knee.name})")
     ax.set_xlabel(f"{x.metric} ({x.mode})")
     ax.set_ylabel(f"{y.metric} ({y.mode})")
-    ax.set_title("Pareto front")
+    ax.set_title("Pareto front", fontsize=10)
     ax.legend(loc="best", fontsize=8)
 
 
@@ -309,9 +315,12 @@ def _plot_history(ax: Any, records: Sequence[TrialRecord], objective: Objective)
             xs.append(r.number)
             bests.append(best)
     ax.step(xs, bests, where="post", c="tab:red", label="best complete trial")
-    ax.set_xlabel("trial")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial number (as in trial-000, trial-001, ...)")
     ax.set_ylabel(f"{objective.metric} ({objective.mode})")
-    ax.set_title("Optimisation history (o complete, x pruned: last value)")
+    ax.set_title("Optimisation history (o complete, x pruned: last value)", fontsize=10)
     ax.legend(loc="best", fontsize=8)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extune.errors import one_line
 from extune.files import atomic_write_text
 from extune.search.folder import SearchDir
+from extune.search.reporting.export import as_given
 from extune.search.reporting.results import (
     TrialRecord,
     plot_summary,
@@ -17,6 +18,9 @@ from extune.search.reporting.results import (
     summary_markdown,
 )
 from extune.search.settings import Objective
+
+if TYPE_CHECKING:
+    from extune.search.reporting.plots import SearchPlots
 
 __all__ = ["write_outputs", "write_plots", "config_header"]
 
@@ -32,22 +36,26 @@ def write_outputs(sdir: SearchDir, records: list[TrialRecord], objectives: list[
         plot = "pareto_front.png" if len(objectives) > 1 else "optimization_history.png"
         files["plot"] = plot_summary(records, objectives, sdir.path / plot)
     if best is not None:
-        config = sdir.base_config().with_overrides(best.params)
+        config = as_given(sdir.base_config().with_overrides(best.params), sdir)
         files["best_config"] = sdir.path / "best_config.yaml"
         atomic_write_text(files["best_config"], config_header(sdir, best) + config.to_yaml())
     return files
 
 
-def write_plots(sdir: SearchDir, study: Any, objectives: list[Objective]) -> dict[str, Path]:
-    """Optuna's plots of the search (:mod:`extune.search.reporting.plots`); a plotting failure
-    costs the plots, never the search's results."""
-    from extune.search.reporting.plots import PLOTS_DIR, search_plots
+def write_plots(sdir: SearchDir, study: Any, objectives: list[Objective]) -> SearchPlots:
+    """Optuna's plots of the search (:mod:`extune.search.reporting.plots`); the plots left
+    out are logged with the reason. A plotting failure costs the plots, never the search's
+    results."""
+    from extune.search.reporting.plots import PLOTS_DIR, SearchPlots, search_plots
 
     try:
-        return search_plots(study, objectives, sdir.path / PLOTS_DIR, title=sdir.name)
+        plots = search_plots(study, objectives, sdir.path / PLOTS_DIR, title=sdir.name)
     except Exception as e:  # plotting libraries raise many types on odd studies
         log.warning("could not draw the search's plots: %s", one_line(e, 300))
-        return {}
+        return SearchPlots(left_out={"plots": f"could not draw them: {one_line(e, 300)}"})
+    if plots.left_out:
+        log.info("plots left out: %s", plots.left_out_text())
+    return plots
 
 
 def config_header(sdir: SearchDir, best: TrialRecord) -> str:

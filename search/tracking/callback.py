@@ -30,6 +30,7 @@ from extune.search.engine.trials import (
 from extune.search.settings import Objective
 from extune.search.tracking.client import STATE_TAG, MlflowTracker
 from extune.search.tracking.journal import Op
+from extune.search.tracking.notes import NOTE_TAG, trial_note
 from extune.train.checkpoint import CHECKPOINT_NAME
 from extune.train.grid import GRID_NAME
 
@@ -60,11 +61,14 @@ class MlflowCallback(Callback):
     - params: the trial's searched parameters only (dotted keys; conditional ones only where
       active, as the define-by-run space asked for them); the constants are on the parent;
     - metrics: the per-epoch metrics under the names ``fit`` reports (step = epoch; no Ray
-      keys) and, once the trial ends, ``objective/<name>`` for each objective (the value told
-      to Optuna, or a pruned trial's last one);
+      keys, no ``epoch`` metric) and, once the trial ends, ``objective/<name>`` for each
+      objective (the value told to Optuna, or a pruned trial's last one);
     - tags: ``extune.state`` (``running``, ``complete``, ``pruned``, ``failed``,
-      ``interrupted``), ``extune.trial_id``, ``extune.node_id``, ``extune.error`` (failed);
-      the run name ends with the state once the trial ends;
+      ``interrupted``: the one state tag), ``extune.trial_id``, ``extune.method``,
+      ``extune.node_id``, ``extune.error`` (failed); the run name (``excon · trial-003``) ends
+      with the state once the trial ends;
+    - a description (the run page shows it first): the objectives, the suite's metrics rounded
+      or "not measured", the searched settings (:mod:`~extune.search.tracking.notes`);
     - artifacts: ``config.yaml`` (the trial's full Config), the labelled saliency grid of its
       last epoch (every trial that trained an epoch), and with ``log_checkpoint`` the
       checkpoint;
@@ -115,8 +119,16 @@ class MlflowCallback(Callback):
         self.writer  # noqa: B018  (starts the thread; unsent ops of a previous run go first)
 
     def _label(self, trial: Any) -> str:
-        number, _ = split_config(trial.config)
-        return trial_label(number, trial.trial_id, config_label(trial.config))
+        """The run's name without its state: ``excon · trial-003`` (the method says which
+        search a row belongs to where several share an experiment), or the trial's own label
+        (a study's final runs: ``excon-seed1``)."""
+        number, overrides = split_config(trial.config)
+        label = config_label(trial.config)
+        if label:
+            return label
+        method = overrides.get("method", self.base.get("method"))
+        name = trial_label(number, trial.trial_id)
+        return f"{method} · {name}" if method else name
 
     def _start(self, trial: Any) -> None:
         """Queue the trial's run (created or found again by tag) once per process."""
@@ -150,7 +162,10 @@ class MlflowCallback(Callback):
         if step == 1:
             self._submit("tags", trial, tags={f"extune.{k}": str(result[k]) for k in
                                               ("node_id", "hostname", "pid") if k in result})
-        self._submit("metrics", trial, metrics=metrics, step=step)
+        # the epoch is the step: as a metric too it would lead MLflow's alphabetical lists
+        # (the compare page's parallel plot picks the first shared metric)
+        self._submit("metrics", trial, step=step,
+                     metrics={k: v for k, v in metrics.items() if k != "epoch"})
 
     @_never_fail
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -158,20 +173,20 @@ class MlflowCallback(Callback):
         planned = trial_config(self.base, trial.config).optim.epochs
         epoch = int(trial.last_result.get("epoch", planned))
         state = "pruned" if epoch < planned else "complete"
-        self._settle(trial, state, "FINISHED", {"extune.pruned": str(state == "pruned").lower()},
+        self._settle(trial, state, "FINISHED", {},
                      suffix=f"pruned at {epoch}/{planned}" if state == "pruned" else "complete")
 
     @_never_fail
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._start(trial)
-        self._settle(trial, "failed", "FAILED",
-                     {"extune.error": trial_error(trial), "extune.pruned": "false"},
+        self._settle(trial, "failed", "FAILED", {"extune.error": trial_error(trial)},
                      suffix="failed")
 
     def _settle(self, trial: Any, state: str, status: str, tags: dict[str, str], *,
                 suffix: str) -> None:
-        """A trial's end: state, objective metrics, artifacts, name, status."""
-        self._submit("tags", trial, tags={**tags, STATE_TAG: state})
+        """A trial's end: state and description, objective metrics, artifacts, name, status."""
+        self._submit("tags", trial, tags={**tags, STATE_TAG: state,
+                                          NOTE_TAG: self._note(trial, state)})
         if state != "failed":
             values = {f"objective/{o.name}": trial.last_result.get(o.metric)
                       for o in self.objectives}
@@ -183,6 +198,17 @@ class MlflowCallback(Callback):
             self._submit("artifact", trial, path=str(path), dir=folder, spooled=True)
         self._submit("end", trial, status=status, name=f"{self._label(trial)} · {suffix}")
         self._ended.add(trial.trial_id)
+
+    def _note(self, trial: Any, state: str) -> str:
+        """The run's description (:func:`~extune.search.tracking.notes.trial_note`)."""
+        _, overrides = split_config(trial.config)
+        planned = trial_config(self.base, trial.config).optim.epochs
+        result = trial.last_result or {}
+        return trial_note(
+            name=self._label(trial), search=self.tracker.search_name, state=state,
+            epoch=int(result.get("epoch", 0)), planned=planned,
+            metrics=reported_metrics(result), objectives=self.objectives,
+            params={k: v for k, v in overrides.items() if k not in self.constant})
 
     @_never_fail
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -185,7 +185,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+        items = [Metric(k, _significant(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(v)]
         for i in range(0, len(items), _MAX_METRICS):
             self.client.log_batch(run_id, metrics=items[i:i + _MAX_METRICS])
@@ -196,9 +196,11 @@ class MlflowTracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def last_step(self, run_id: str) -> int:
-        """The last logged ``epoch`` step of a run (0 if none): a resumed trial replays nothing."""
-        history = self.client.get_metric_history(run_id, "epoch")
-        return max((m.step for m in history), default=0)
+        """The last epoch logged to a run (0 if none): a resumed trial replays nothing. Read
+        from ``train/loss``, which every epoch reports (and ``epoch``, which older runs
+        logged as a metric)."""
+        return max((m.step for key in ("train/loss", "epoch")
+                    for m in self.client.get_metric_history(run_id, key)), default=0)
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -219,6 +221,12 @@ class MlflowTracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None
                      ) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+def _significant(value: float) -> float:
+    """``value`` to 7 significant digits: the metrics come from float32 tensors, whose digits
+    beyond the 7th are noise (0.18999999761581 is 0.19 in float32), and the UI shows them all."""
+    return float(f"{float(value):.7g}")
 
 
 @contextlib.contextmanager

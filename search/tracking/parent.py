@@ -40,7 +40,7 @@ def search_tracker(sdir: SearchDir) -> Any:
     created = _parent_params(sdir)
     run_id = tracker.parent_run(params=created)
     if sdir.meta.get("parent_run_id") != run_id:
-        view = _share_view(tracker, sdir, run_id)
+        view = _share_view(tracker, sdir)
         sdir.set_status(sdir.meta["status"], parent_run_id=run_id, mlflow_view=view)
         tracker.set_tags(run_id, {**_parent_tags(sdir), VIEW_TAG: view})
         for name in ("base_config.yaml", sdir.meta.get("space_file"), "search.json"):
@@ -70,11 +70,11 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
     return {**params, **_constant_params(sdir)}
 
 
-def _share_view(tracker: Any, sdir: SearchDir, parent: str) -> str:
+def _share_view(tracker: Any, sdir: SearchDir) -> str:
     """The search's runs table as an MLflow shared view; returns its UI page."""
     from extune.search.tracking.views import runs_table_view
 
-    view = runs_table_view(parent, tuple(sdir.objectives), sorted(searched_keys(sdir)))
+    view = runs_table_view(sdir.search_id, tuple(sdir.objectives), sorted(searched_keys(sdir)))
     return tracker.share_view(f"extune-{sdir.search_id[:12]}", view)
 
 
@@ -103,10 +103,11 @@ def _parent_tags(sdir: SearchDir) -> dict[str, str]:
         f"**extune search `{sdir.name}`**: space `{sdir.meta['space_name']}`, {s.trials} trials, "
         f"objective {objectives}, sampler {s.sampler} (seed {s.seed}), "
         f"{s.scheduler_text()}.\n\n"
-        f"Each trial is a child run (expand this row). Its state is the tag `extune.state` "
-        f"(complete, pruned, failed, interrupted) and the end of its name; filter with "
-        f"`tags.extune.state = 'complete'`, add the columns {columns} and the searched params "
-        f"to compare. The constant settings are this run's params.\n\n"
+        f"Each trial is a child run; `extune ui --search {sdir.name}` prints the link of "
+        f"its runs table (the filter `tags.extune.search_id = '{sdir.search_id}' and "
+        f"tags.extune.role = 'trial'`), best first by {columns}. A trial's state is the tag "
+        f"`extune.state` (complete, pruned, failed, interrupted) and the end of its name. The "
+        f"constant settings are this run's params.\n\n"
         f"Plots (importances, parallel coordinates, contours, history or Pareto front): "
         f"artifacts `plots/` (`plots/plots.html` is interactive).\n\n"
         f"Optuna study `{sdir.name}` in `{storage}`: `optuna-dashboard {storage}`.")

@@ -1,42 +1,127 @@
-"""The MLflow UI pages of a search: its runs table as a shared view, and the latest searches of
-a store."""
+"""The MLflow UI pages of searches and studies: each one's runs table as a shared view scoped
+to its own runs, and the list of every search and study in a store.
+
+Why a tag filter and not one experiment per search: MLflow users keep one experiment per
+project (``--experiment``) and compare runs across it; a search is a parent run with its trials
+as children, which is how Ray Tune's and Optuna's MLflow integrations record it. The link of a
+search opens the experiment's runs table filtered to that search's trials
+(``tags.extune.search_id``), so it shows exactly its own runs however many searches the
+experiment holds; clearing the filter compares across searches. (MLflow nests children under
+their parent only in a table sorted by date and unfiltered, so the scoped view lists the trials
+themselves, best first; the parent run has its own page, linked from every trial's page.)
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from extune.search.settings import Objective
 from extune.search.tracking.client import STATE_TAG, VIEW_TAG, mlflow_client, view_page
 
-__all__ = ["view_page", "runs_table_view", "recent_views"]  # view_page: client.py
+__all__ = ["view_page", "search_filter", "study_filter", "runs_table_view", "study_view",
+           "StoreEntry", "store_entries"]  # view_page: client.py
 
 
-def runs_table_view(parent_run: str, objectives: tuple[Objective, ...],
+def search_filter(search_id: str) -> str:
+    """MLflow's filter of a search's trial runs."""
+    return f"tags.`extune.search_id` = '{search_id}' and tags.`extune.role` = 'trial'"
+
+
+def study_filter(study_id: str) -> str:
+    """MLflow's filter of a study's final runs."""
+    return f"tags.`extune.study_id` = '{study_id}' and tags.`extune.stage` = 'final'"
+
+
+def runs_table_view(search_id: str, objectives: tuple[Objective, ...],
                     params: list[str]) -> dict[str, Any]:
-    """A search's runs-table view: its trials expanded under the parent, sorted by the first
-    objective, with the columns that compare them (objectives, accuracy and alignment, the
-    state, the searched params)."""
+    """A search's runs-table view: its trials only, best first by the first objective, with
+    the columns that compare them (objectives, accuracy and alignment, the state, the
+    searched params)."""
     metrics = [f"objective/{o.name}" for o in objectives]
     metrics += [m for m in ("val/accuracy", "val/alignment")
                 if m not in {o.metric for o in objectives}]
     columns = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
                + [f"tags.`{STATE_TAG}`"])
-    first = objectives[0] if objectives else None
-    view: dict[str, Any] = {"selectedColumns": columns, "runsExpanded": {parent_run: True},
-                            "searchFilter": ""}
-    if first is not None:
-        view.update(orderByKey=f"metrics.`objective/{first.name}`",
-                    orderByAsc=first.mode == "min")
+    view: dict[str, Any] = {"selectedColumns": columns, "searchFilter": search_filter(search_id)}
+    if objectives:
+        view.update(orderByKey=f"metrics.`objective/{objectives[0].name}`",
+                    orderByAsc=objectives[0].mode == "min")
     return view
 
 
-def recent_views(uri: str, limit: int = 5) -> list[tuple[str, str]]:
-    """``(search name, UI page)`` of the latest searches in a store, newest first."""
+def study_view(study_id: str) -> dict[str, Any]:
+    """A study's runs-table view: its final runs (one per method and seed), most accurate
+    first, with the method, the seed and the headline test metrics."""
+    metrics = ("test/accuracy", "test/alignment", "test/ece", "val/accuracy")
+    columns = (["tags.`extune.method`", "tags.`extune.seed`", f"tags.`{STATE_TAG}`"]
+               + [f"metrics.`{m}`" for m in metrics])
+    return {"selectedColumns": columns, "searchFilter": study_filter(study_id),
+            "orderByKey": "metrics.`test/accuracy`", "orderByAsc": False}
+
+
+@dataclass
+class StoreEntry:
+    """A search or a study of a tracking store, for ``extune ui``.
+
+    Attributes:
+        kind: ``search`` or ``study``.
+        name: its name (the parent run's name).
+        experiment: the MLflow experiment's name.
+        page: its runs table (after ``http://host:port/``), ``None`` when it has no view
+            (started by an older extune).
+        started_ms: start time of its parent run.
+        searches: a study's searches (empty for a search).
+    """
+
+    kind: str
+    name: str
+    experiment: str
+    page: str | None
+    started_ms: int
+    searches: list[StoreEntry] = field(default_factory=list)
+
+
+def store_entries(uri: str) -> list[StoreEntry]:
+    """Every search and study of a store, newest first, a study's searches under it (newest
+    first too)."""
     client = mlflow_client(uri)
-    experiments = client.search_experiments()
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     if not experiments:
         return []
-    runs = client.search_runs([e.experiment_id for e in experiments],
-                              filter_string="tags.`extune.role` = 'search'",
-                              order_by=["attributes.start_time DESC"], max_results=limit)
-    return [(r.info.run_name, r.data.tags[VIEW_TAG]) for r in runs if VIEW_TAG in r.data.tags]
+    runs = sorted((run for role in ("search", "study") for run in _all_runs(
+        client, list(experiments), f"tags.`extune.role` = '{role}'")),
+        key=lambda r: r.info.start_time or 0, reverse=True)  # MLflow's filters have no "or"
+    entries: dict[str, StoreEntry] = {}
+    studies: dict[str, StoreEntry] = {}
+    for run in runs:
+        tags = run.data.tags
+        entry = StoreEntry(tags["extune.role"], run.info.run_name,
+                           experiments.get(run.info.experiment_id, "?"), tags.get(VIEW_TAG),
+                           run.info.start_time or 0)
+        entries[run.info.run_id] = entry
+        if entry.kind == "study" and "extune.study_id" in tags:
+            studies[tags["extune.study_id"]] = entry
+    top = []
+    for run in runs:
+        entry = entries[run.info.run_id]
+        study = studies.get(run.data.tags.get("extune.study_id", ""))
+        if entry.kind == "search" and study is not None:
+            study.searches.append(entry)
+        else:
+            top.append(entry)
+    return top
+
+
+def _all_runs(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
+    """Every run that matches, newest first (all pages)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string,
+                                  order_by=["attributes.start_time DESC"], max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs

@@ -118,11 +118,20 @@ def pruned_run(tmp: Path) -> None:
 
     client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
     run = client.create_run(client.create_experiment("e"), run_name="trial-001",
-                            tags={"extune.pruned": "true"})
+                            tags={"extune.state": "pruned"})
     for key, value in Config().flatten().items():
         client.log_param(run.info.run_id, key, param_value(value))
     client.set_terminated(run.info.run_id, "FINISHED")
     (tmp / "run_id").write_text(run.info.run_id)
+
+
+def search_run(tmp: Path) -> None:
+    """An MLflow store with one search's parent run, ``demo``."""
+    from extune.search.tracking.client import mlflow_client
+
+    client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
+    client.create_run(client.create_experiment("e"), run_name="demo",
+                      tags={"extune.role": "search", "extune.search_id": "abc"})
 
 
 def bomb_image(tmp: Path) -> None:
@@ -296,6 +305,10 @@ ROWS = [
     Row("ui-port-too-large", ["ui", "--port", "70000"], 2, ["--port 70000 is not a TCP port"]),
     Row("ui-host-not-an-address", ["ui", "--host", "999.1.1.1"], 2,
         ["--host 999.1.1.1 is not an address of this machine"]),
+    Row("ui-unknown-search", ["ui", "--search", "nope", "--tracking-uri",
+                              "sqlite:///{tmp}/mlflow.db"], 2,
+        ["--search nope: no search or study of that name", "it has demo"],
+        setup=search_run),
     Row("train-resume-other-backbone", ["train", "--resume", "{tmp}/run", "--set",
                                         "model.backbone=resnet_mini", "--out", "{tmp}/more"], 2,
         ["holds another model (model.backbone=tiny_cnn", "resume with the config"],

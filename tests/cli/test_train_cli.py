@@ -16,7 +16,7 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     code = main(["train", *tiny_args, "--set", "method=ce", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "val/accuracy" in printed and "test/accuracy" in printed
+    _assert_summary_order(printed)
     for name in ("config.yaml", "metrics.json", "checkpoint.pt", "saliency_grid.png"):
         assert (out / name).is_file(), name
     assert "test/accuracy" in json.loads((out / "metrics.json").read_text())["final"]
@@ -27,6 +27,20 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     metrics = json.loads((out / "evaluation-test.json").read_text())
     assert "test/accuracy" in metrics and "test/adv/fgsm_accuracy" in metrics
     _explain_the_checkpoint(out, tmp_path)
+
+
+def _assert_summary_order(printed: str) -> None:
+    """The final table: test accuracy first, the metrics by kind, no bookkeeping values."""
+    header = next(line for line in printed.splitlines() if "metric" in line)
+    assert header.index("test") < header.index("val")  # the test split is the result
+    rows = [line.split("│")[1].strip() for line in printed.splitlines() if line.count("│") > 2]
+    assert rows[:2] == ["classification", "accuracy ↑"]
+    order = ["classification", "accuracy ↑", "ece ↓", "robustness", "shift/accuracy ↑",
+             "adv/fgsm_accuracy ↑", "explanations", "alignment ↑",
+             "corruptions: accuracy / ECE", "contrast"]
+    assert [rows.index(r) for r in order] == sorted(rows.index(r) for r in order)
+    assert not any(r.startswith(("epoch", "lr", "images_per_s", "train/")) for r in rows)
+    assert "training, last epoch: loss" in printed and "lr " not in printed
 
 
 def _explain_the_checkpoint(run, tmp_path):
@@ -85,6 +99,29 @@ def test_console_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "optim.epochs: 0 is out of range" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_exported_config_trains_with_progress(tiny_config, tmp_path, monkeypatch, capsys):
+    """A search's trials train without a progress bar; the config it exports shows one (the
+    user's runtime.progress), and a sign while each evaluation runs (one line in a log)."""
+    from handmade_search import handmade_search
+
+    monkeypatch.chdir(tmp_path)
+    given = {k: v for k, v in tiny_config.flatten().items()
+             if k.startswith(("data.", "model.", "optim.", "eval."))}
+    given.update({"optim.epochs": 1, "data.cache_dir": "cache", "eval.corruptions": ["contrast"]})
+    sdir = handmade_search("runs", [({"method": "excon", "optim.lr": 0.05}, 0.5)],
+                           overrides=given)
+    assert main(["export", str(sdir.path), "-o", "best.yaml"]) == 0
+    assert main(["train", "--config", "best.yaml", "--out", "run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("epoch 1/1: validating…") == 1 and "epoch 1/1  train/loss" in err
+    assert err.count("evaluating on the test split…") == 1
+    assert (tmp_path / "cache").is_dir()  # the relative cache folder, from where it started
+
+    assert main(["train", "--config", "best.yaml", "--set", "runtime.progress=false",
+                 "--out", "quiet"]) == 0
+    assert capsys.readouterr().err == ""  # as a search trial: nothing on the console
 
 
 def test_config_command_prints_resolved_yaml(capsys):

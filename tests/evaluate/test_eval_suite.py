@@ -148,3 +148,37 @@ def test_cheap_evaluation_computes_the_groups_of_asked_metrics() -> None:
     out = evaluate_split(net, _split(), mean=MEAN, std=STD, num_classes=3, cfg=_cfg(),
                          explainer=_grad_explainer, full=False, metrics=["adv/fgsm_accuracy"])
     assert list(out) == ["val/accuracy", "val/top5", "val/loss", "val/ece", "adv/fgsm_accuracy"]
+
+
+def test_evaluation_names_each_part_as_it_starts() -> None:
+    parts: list[str] = []
+    evaluate_split(TinyNet(), _split(), mean=MEAN, std=STD, num_classes=3,
+                   cfg=_cfg(corruptions=["contrast", "brightness"]), explainer=_grad_explainer,
+                   part=parts.append)
+    assert parts == ["classification", "corruptions 1/2 (contrast)",
+                     "corruptions 2/2 (brightness)", "FGSM", "explanation metrics"]
+
+
+def test_summary_rows_put_test_accuracy_first_and_group_by_kind() -> None:
+    from extune.evaluate.metric_info import KINDS, summary_rows
+
+    evaluation = [*metric_names("val", corruptions=["contrast", "brightness"], explain=True,
+                                masks=True),
+                  *metric_names("test", corruptions=["contrast", "brightness"], explain=True,
+                                masks=True)]
+    keys = ["epoch", "train/loss", "train/lr", "train/images_per_s", "train/driven_share",
+            *sorted(evaluation)]  # alphabetical, as the table used to be
+    rows = summary_rows(keys)
+    assert (rows[0].section, rows[0].name) == ("classification", "accuracy")
+    assert list(rows[0].cells) == ["test", "val"]  # the test split is the result
+    sections = [r.section for r in rows]
+    assert list(dict.fromkeys(sections)) == [*KINDS, "per corruption", "training"]
+    assert [r.name for r in rows if r.section == "robustness"] == [
+        "shift/accuracy", "shift/ece", "adv/fgsm_accuracy"]
+    assert [(r.name, r.cells["test"]) for r in rows if r.section == "per corruption"] == [
+        ("brightness", ("test/shift/brightness/accuracy", "test/shift/brightness/ece")),
+        ("contrast", ("test/shift/contrast/accuracy", "test/shift/contrast/ece"))]
+    assert [r.name for r in rows if r.section == "training"] == ["loss", "driven_share"]
+    shown = [k for r in rows for cell in r.cells.values() for k in cell]
+    assert sorted(shown) == sorted(k for k in keys if k not in (
+        "epoch", "train/lr", "train/images_per_s"))  # each once, bookkeeping left out

@@ -93,6 +93,18 @@ def test_summary_files(tmp_path):
     assert "optim.lr" in header and first.startswith("1,trial-000,t0,complete,3/3,0.9,0.1,yes")
     md = summary_markdown(records, [ACC, ALIGN], title="demo")
     assert md.startswith("# demo") and "| 3 | trial-002 | t2 | pruned |" in md
+    assert "| pareto |" in md.splitlines()[2]
     for objectives, name in (([ACC, ALIGN], "front.png"), ([ACC], "history.png")):
         path = plot_summary(records, objectives, tmp_path / name)
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_single_objective_summary_has_no_pareto_column_but_the_csv_keeps_it():
+    records = [rec(0, 0.9), rec(1, 0.8), rec(2, 0.3, state="pruned")]
+    header = summary_markdown(records, [ACC]).splitlines()[2]
+    assert "pareto" not in header
+    assert header.startswith("| rank | trial | trial_id | state | epochs | val/accuracy | optim.lr")
+    first = summary_markdown(records, [ACC]).splitlines()[4]
+    assert first.startswith("| 1 | trial-000 | t0 | complete | 3/3 | 0.9 | 0.1 |")
+    csv_header = summary_csv(records, [ACC]).splitlines()[0]  # stable columns for scripts
+    assert csv_header.startswith("rank,trial,trial_id,state,epochs,val/accuracy,pareto,optim.lr")

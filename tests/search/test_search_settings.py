@@ -86,20 +86,36 @@ def test_several_objectives_get_no_early_stopping_by_default():
     assert SearchSettings(scheduler="none").scheduler_text() == "no early stopping"
 
 
-def test_fixed_parameters_are_checked_and_answered_by_the_sampler():
+def test_fixed_parameters_are_checked_and_answered_by_the_held_space():
+    from extune.search.engine.held import HeldSpace
     from extune.spaces import get_space
 
     with pytest.raises(ConfigError, match="unknown config key"):
         SearchSettings(fixed={"explain.explaner": "gradcam"})
     with pytest.raises(ConfigError, match="excon.mask_threshold"):
         SearchSettings(fixed={"excon.mask_threshold": 2.0})
-    sampler = make_sampler("tpe", 0, 8, 1, fixed={"explain.explainer": "gradcam"})
-    study = optuna.create_study(sampler=sampler)
+    # held in or out of the space's range (batch sizes 64/128/256); conditionals follow
+    space = HeldSpace(get_space("excon"), {"explain.explainer": "gradcam",
+                                           "optim.batch_size": 32})
+    study = optuna.create_study(sampler=make_sampler("tpe", 0, 8, 1))
     for _ in range(6):
         trial = study.ask()
-        params = get_space("excon")(trial)
+        params = space(trial)
         assert params["explain.explainer"] == "gradcam" and "explain.layer" in params
+        assert params["optim.batch_size"] == 32
+        assert "optim.batch_size" not in trial.params  # Optuna learns only what varies
         study.tell(trial, 0.5)
+
+
+def test_held_epochs_are_the_schedulers_horizon(tmp_path):
+    from extune.search.engine.held import HeldSpace
+    from extune.spaces import get_space
+
+    path = tmp_path / "s.yaml"
+    path.write_text("optim.epochs: {type: int, low: 5, high: 10}\n"
+                    "optim.lr: {type: float, low: 0.01, high: 0.1}\n")
+    assert HeldSpace(get_space(str(path)), {"optim.epochs": 2}).max_epochs == 2
+    assert HeldSpace(get_space(str(path)), {"optim.lr": 0.05}).max_epochs == 10
 
 
 def test_full_suite_epochs_of_a_trial():
@@ -131,9 +147,10 @@ def test_fix_on_a_key_the_space_does_not_search_is_applied_to_the_base(capsys):
     base = settings.base_config()
     space = get_space("ce")
     check = validate_space(space, base, name="ce")
-    applied, _ = reconcile_fixed(settings, base, space, check)
+    applied, held = reconcile_fixed(settings, base, space, check)
     assert applied.data.image_size == 24  # trained as --set would, not silently ignored
-    assert applied.optim.lr == base.optim.lr  # a searched key stays with the sampler
+    assert applied.optim.lr == 0.05  # the saved base says what every trial trains with
+    assert held.constants()["optim.lr"] == 0.05
     out = " ".join(capsys.readouterr().out.split())
     assert "--fix data.image_size=24: space 'ce' does not search it; applied to the base" in out
 
@@ -146,10 +163,9 @@ def test_set_on_a_searched_key_is_held_in_every_trial(capsys):
                                                         "optim.epochs": 2})
     base = settings.base_config()
     check = validate_space(get_space("excon"), base, name="excon")
-    reconcile_fixed(settings, base, get_space("excon"), check)
+    _, held = reconcile_fixed(settings, base, get_space("excon"), check)
     assert settings.fixed == {"excon.mask_threshold": 0.3}  # not optim.epochs: not searched
     out = " ".join(capsys.readouterr().out.split())
     assert ("--set excon.mask_threshold=0.3: space 'excon' searches it; held at that value in "
             "every trial, as --fix does") in out
-    sampler_params = [settings.resolved_fixed[k] for k in ("excon.mask_threshold",)]
-    assert sampler_params == [0.3]
+    assert {s["excon.mask_threshold"] for s in held.samples} == {0.3}

@@ -13,7 +13,7 @@ from extune.search.engine.trials import TRIAL_NUMBER
 from extune.search.reporting.export import config_from_params, export_run
 from extune.search.settings import Objective
 from extune.search.tracking.callback import MlflowCallback
-from extune.search.tracking.client import MlflowTracker, param_value
+from extune.search.tracking.client import MlflowTracker, mlflow_client, param_value
 from extune.search.tracking.journal import close_writer
 from extune.train.config import Config
 
@@ -71,22 +71,31 @@ def test_parent_and_child_runs(store, tmp_path):
     assert runs["parent"].info.run_id == parent and runs["parent"].data.params["trials"] == "3"
     child = runs["aaa"]
     assert child.data.tags["mlflow.parentRunId"] == parent
-    assert child.info.run_name == "trial-000 · complete" and child.info.status == "FINISHED"
-    assert child.data.tags["extune.pruned"] == "false"
+    assert child.info.run_name == "ce · trial-000 · complete"  # the method says which search
+    assert child.info.status == "FINISHED"
+    assert "extune.pruned" not in child.data.tags  # one state tag
     assert child.data.tags["extune.state"] == "complete"
+    note = child.data.tags["mlflow.note.content"]  # the run page shows it first
+    lines = note.splitlines()
+    assert lines[2:5] == ["| objective | value |", "|---|---|",
+                          "| accuracy (val/accuracy, max) | 0.3000 |"]
+    assert "accuracy **0.3000** (objective)" in lines[0]  # the collapsed note shows it
+    assert not any("val/alignment ↑" in line for line in lines)  # not asked for: no row
     assert child.data.tags["extune.node_id"] == "node-a"
     assert child.data.params == {"optim.lr": "0.1", "method": "ce"}  # the searched keys only
-    assert set(child.data.metrics) == {"epoch", "val/accuracy", "train/loss",
-                                       "objective/accuracy"}  # no Ray keys
+    assert set(child.data.metrics) == {"val/accuracy", "train/loss",
+                                       "objective/accuracy"}  # no Ray keys; epoch: the step
     assert child.data.metrics["objective/accuracy"] == pytest.approx(0.3)
     history = tracker.client.get_metric_history(child.info.run_id, "val/accuracy")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     artifacts = {f.path for f in tracker.client.list_artifacts(child.info.run_id)}
     assert artifacts == {"config.yaml"}  # no checkpoint, so no grid
     stopped_run = runs["bbb"]
-    assert stopped_run.data.tags["extune.pruned"] == "true"
     assert stopped_run.data.tags["extune.state"] == "pruned"
-    assert stopped_run.info.run_name == "trial-001 · pruned at 1/3"
+    assert stopped_run.info.run_name == "ce · trial-001 · pruned at 1/3"
+    pruned_note = stopped_run.data.tags["mlflow.note.content"]
+    assert "**pruned** after 1 of 3 epochs" in pruned_note
+    assert "| val/alignment ↑ | not measured |" in pruned_note.splitlines()
     assert stopped_run.data.metrics["objective/accuracy"] == pytest.approx(0.05)
     assert runs["ccc"].info.status == "FAILED" and runs["ccc"].data.tags["extune.state"] == "failed"
     assert "objective/accuracy" not in runs["ccc"].data.metrics
@@ -133,7 +142,7 @@ def test_resumed_search_reuses_its_runs(store, tmp_path):
     assert len(runs) == 2  # one parent, one child: nothing duplicated
     child = next(r for r in runs if r.data.tags.get("extune.trial_id") == "ddd")
     assert child.info.status == "FINISHED" and child.data.tags["extune.state"] == "complete"
-    steps = [m.step for m in tracker2.client.get_metric_history(child.info.run_id, "epoch")]
+    steps = [m.step for m in tracker2.client.get_metric_history(child.info.run_id, "train/loss")]
     assert steps == [1, 2, 3]
 
 
@@ -146,3 +155,34 @@ def test_param_strings_round_trip_to_a_typed_config():
     assert config_from_params(params) == cfg
     with pytest.raises(ConfigError, match="no extune config params"):
         config_from_params({"lr": "0.1"})
+
+
+def test_store_lists_every_search_and_study_newest_first_with_scoped_views(tmp_path):
+    from extune.search.tracking.views import runs_table_view, store_entries
+
+    client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first, second = client.create_experiment("a"), client.create_experiment("b")
+
+    def run(experiment, name, start, **tags):
+        client.create_run(experiment, run_name=name, start_time=start,
+                          tags={"extune.mlflow_view": f"#/{name}", **tags})
+
+    run(first, "old", 1000, **{"extune.role": "search"})
+    run(second, "duel", 2000, **{"extune.role": "study", "extune.study_id": "s1"})
+    run(second, "ce", 2100, **{"extune.role": "search", "extune.study_id": "s1"})
+    run(second, "excon", 2200, **{"extune.role": "search", "extune.study_id": "s1"})
+    run(first, "new", 3000, **{"extune.role": "search"})
+    run(first, "trial", 3100, **{"extune.role": "trial"})
+    entries = store_entries(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [(e.kind, e.name, e.experiment) for e in entries] == [
+        ("search", "new", "a"), ("study", "duel", "b"), ("search", "old", "a")]
+    assert [s.name for s in entries[1].searches] == ["excon", "ce"]
+    assert entries[0].page == "#/new"
+
+    view = runs_table_view("abc", (Objective("alignment", "val/alignment", "max"),),
+                           ["optim.lr"])
+    assert view["searchFilter"] == ("tags.`extune.search_id` = 'abc' and "
+                                    "tags.`extune.role` = 'trial'")
+    found = client.search_runs([first], filter_string=view["searchFilter"])
+    assert found == []  # MLflow's own parser takes the filter
+    assert view["orderByKey"] == "metrics.`objective/alignment`" and not view["orderByAsc"]

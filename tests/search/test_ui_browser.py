@@ -1,7 +1,8 @@
-"""The MLflow UI as a user sees it, in headless Chromium: a small search, ``extune ui``, then the
-runs table (trials with their states and objective), a trial's metric charts and saliency
-grid, and the parent's importance plot. Screenshots go to ``$EXTUNE_SCREENSHOTS`` (default: the
-test's temporary folder, printed).
+"""The MLflow UI as a user sees it, in headless Chromium: a store with two searches and a study,
+``extune ui``, then each printed link (exactly its own runs, counted), a trial opened by a
+click (the model-training view, its description with the objective first), its metric charts
+and saliency grid, and the parent's importance plot. Screenshots go to ``$EXTUNE_SCREENSHOTS``
+(default: the test's temporary folder, printed).
 
 Needs Debian's ``chromium`` (``.ci/run`` installs it) and Playwright from PyPI; skips with the
 reason where either is missing.
@@ -9,7 +10,6 @@ reason where either is missing.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import shutil
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import free_port, port_closes, wait_for_port
+from processes import free_port, port_answers, port_closes
 
 pytestmark = pytest.mark.slow
 
@@ -53,31 +53,51 @@ def browser():
         chromium.close()
 
 
+def _extune(args: list[str], cwd: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "extune.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
-    """A finished search (6 ExCon trials, ASHA) in a fresh folder with its own MLflow store."""
+def store(tmp_path_factory) -> Path:
+    """One MLflow store with a finished search ``demo`` (6 ExCon trials, ASHA), a second search
+    ``other`` (3 CE trials) and a quick study ``duel`` (CE and SupCon, 2 trials and 2 seeds
+    each), in a fresh folder."""
     work = tmp_path_factory.mktemp("ui")
     (work / "space.yaml").write_text(SPACE)
-    sets = [arg for kv in TINY for arg in ("--set", kv)]
-    done = subprocess.run(
-        [sys.executable, "-m", "extune.cli", "search", "--space", "space.yaml", "--trials", "6",
-         "--objective", "alignment", "--sampler", "random", "--name", "demo", "--no-live",
-         "--set", f"data.cache_dir={work / 'cache'}", *sets],
-        cwd=work, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    sets = [arg for kv in [*TINY, f"data.cache_dir={work / 'cache'}"] for arg in ("--set", kv)]
+    _extune(["search", "--space", "space.yaml", "--trials", "6", "--objective", "alignment",
+             "--sampler", "random", "--name", "demo", "--no-live", *sets], work)
+    _extune(["search", "--space", "ce", "--trials", "3", "--sampler", "random", "--name",
+             "other", "--no-live", *sets], work)
+    _extune(["study", "--quick", "--methods", "ce,supcon", "--name", "duel", "--protocols", "",
+             "--out", "studies", "--no-live", "--set", f"data.cache_dir={work / 'cache'}"], work)
     return work
 
 
 @pytest.fixture(scope="module")
-def ui(searched):
-    """``extune ui`` on the search's store; yields (process, port, printed lines)."""
+def ui(store):
+    """``extune ui`` on the store; yields (process, port, the lines it printed once the server
+    answered)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "extune.cli", "ui", "--port", str(port)], cwd=searched,
+        [sys.executable, "-m", "extune.cli", "ui", "--port", str(port)], cwd=store,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
     try:
-        wait_for_port(port, process, timeout=120)
-        yield process, port
+        deadline = time.time() + 180
+        while time.time() < deadline:  # the links come once the server answers
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "".join(lines)
+            lines.append(line)
+            if line.startswith("MLflow UI on"):
+                break
+        assert port_answers(port), "the links were printed before the server answered"
+        while not lines[-1].startswith("search demo"):  # the oldest, printed last
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+        yield process, port, lines
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -107,66 +127,129 @@ def _image_rendered(page, timeout_s: float = 60.0) -> bool:
     return False
 
 
-def test_mlflow_ui_shows_trials_states_charts_grid_and_plots(browser, searched, ui, tmp_path):
+def _links(lines: list[str]) -> dict[str, str]:
+    """``{"search demo": url, "study duel": url, "study duel/search ce": url, ...}`` from what
+    ``extune ui`` printed."""
+    links, study = {}, None
+    for line in lines:
+        found = re.match(r"(\s*)(search|study) (\S+) \(.*\): (http\S+)", line)
+        if not found:
+            continue
+        indent, kind, name, url = found.groups()
+        study = name if kind == "study" else (study if indent else None)
+        links[f"study {study}/{kind} {name}" if indent else f"{kind} {name}"] = url
+    return links
+
+
+def _counted(page) -> int:
+    """The runs table's own count ("12 matching runs")."""
+    page.get_by_text(re.compile(r"\d+ matching runs?")).first.wait_for(timeout=90_000)
+    page.wait_for_timeout(1000)
+    return int(re.search(r"(\d+) matching runs?", page.inner_text("body")).group(1))
+
+
+def _runs(client, **tags) -> list:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string=query, max_results=1000)
+
+
+def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
+        browser, store, ui, tmp_path):
     from extune.search.tracking.client import mlflow_client
 
-    process, port = ui
+    process, port, printed = ui
     address = f"http://127.0.0.1:{port}"
-    store = f"sqlite:///{searched / 'mlflow.db'}"
-    client = mlflow_client(store)
-    experiment = client.get_experiment_by_name("extune")
-    runs = client.search_runs([experiment.experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("extune.role") == "search")
-    trials = [r for r in runs if r.data.tags.get("extune.role") == "trial"]
-    states = {row["trial"]: row["state"] for row in
-              csv.DictReader((searched / "runs" / "demo" / "summary.csv").open())}
-    assert len(trials) == 6 and "complete" in states.values()
+    client = mlflow_client(f"sqlite:///{store / 'mlflow.db'}")
+    links = _links(printed)
+    assert {"search demo", "search other", "study duel", "study duel/search ce",
+            "study duel/search supcon"} <= set(links), printed
+    assert list(links).index("study duel") < list(links).index("search other")  # newest first
+    searches = {r.info.run_name: r for r in _runs(client, **{"extune.role": "search"})}
+    study = _runs(client, **{"extune.role": "study"})[0]
+    expected = {
+        "search demo": _runs(client, **{"extune.search_id": searches["demo"].data.tags[
+            "extune.search_id"], "extune.role": "trial"}),
+        "search other": _runs(client, **{"extune.search_id": searches["other"].data.tags[
+            "extune.search_id"], "extune.role": "trial"}),
+        "study duel": _runs(client, **{"extune.study_id": study.data.tags["extune.study_id"],
+                                       "extune.stage": "final"}),
+    }
+    assert [len(v) for v in expected.values()] == [6, 3, 4]
+    assert len(client.search_runs([study.info.experiment_id], max_results=1000)) > 13
 
     folder = Path(os.environ.get("EXTUNE_SCREENSHOTS") or tmp_path / "screenshots")
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
     shots = []
 
-    # 1. the link the search's parent run carries (extune ui prints it): the runs table
-    page.goto(f"{address}/{parent.data.tags['extune.mlflow_view']}")
-    page.get_by_text(re.compile(r"trial-00\d")).first.wait_for(timeout=90_000)
+    # 1. every link: exactly its own runs, counted by the table itself
+    for key, runs in expected.items():
+        page.goto(links[key])
+        assert _counted(page) == len(runs), key
+        body = page.inner_text("body")
+        names = {r.info.run_name for r in runs}
+        assert all(name in body for name in names), (key, names)
+        if key == "search demo":
+            assert "Model training" in body and "Traces / Token usage" not in body
+            assert "objective/alignment" in body and "extune.state" in body
+            for run in runs:  # the method and the state in every name
+                assert re.fullmatch(r"excon · trial-00\d · (complete|pruned at \d/3)",
+                                    run.info.run_name), run.info.run_name
+            shots.append(_shot(page, folder, "1-runs-table"))
+        if key == "study duel":
+            shots.append(_shot(page, folder, "5-study-final-runs"))
+
+    # 2. a trial opened by a click stays in the model-training view and reads at a glance
+    page.goto(links["search demo"])
+    _counted(page)
+    best = page.get_by_role("link", name=re.compile(r"excon · trial-00\d · complete")).first
+    best.click()
+    page.get_by_text("Description").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     body = page.inner_text("body")
-    assert "Model training" in body and "Traces / Token usage" not in body
-    assert "objective/alignment" in body and "extune.state" in body
-    for trial, state in states.items():
-        assert re.search(rf"{trial} · {'complete' if state == 'complete' else state}", body), (
-            trial, state)
-    shots.append(_shot(page, folder, "1-runs-table"))
+    # MLflow's links carry no workflowType: the browser's stored choice decides, which
+    # extune's server app sets to model training for a browser that never chose
+    assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == \
+        '"machine_learning"'
+    assert "Judges" not in body and "Evaluation runs" not in body, body[:500]
+    assert body.index("objective") < body.index("val/accuracy")  # the objective first
+    assert "alignment (val/alignment, max)" in body
+    assert not re.search(r"\d\.\d{6}", body.split("Metrics")[0])  # rounded in the note
+    shots.append(_shot(page, folder, "2-trial-overview"))
 
-    # 2. a complete trial: its metric charts, then its saliency grid
-    best = next(r for r in trials if r.data.tags["extune.state"] == "complete")
-    run_page = f"{address}/#/experiments/{experiment.experiment_id}/runs/{best.info.run_id}"
+    # 3. its metric charts, then its saliency grid
+    run_page = page.url.split("?")[0].rstrip("/")
     page.goto(f"{run_page}/model-metrics?workflowType=machine_learning")
     page.get_by_text("Step").first.wait_for(timeout=60_000)
     assert page.locator("svg.main-svg").count() > 0  # plotly charts drew
-    assert "accuracy" in page.inner_text("body")
-    shots.append(_shot(page, folder, "2-trial-charts"))
+    shots.append(_shot(page, folder, "3-trial-charts"))
     page.goto(f"{run_page}/artifacts/saliency_grid.png?workflowType=machine_learning")
     assert _image_rendered(page), "the trial's saliency grid did not render"
     assert "config.yaml" in page.inner_text("body")
-    shots.append(_shot(page, folder, "3-trial-grid"))
+    shots.append(_shot(page, folder, "4-trial-grid"))
 
-    # 3. the parent's parameter-importance plot
-    parent_page = (f"{address}/#/experiments/{experiment.experiment_id}/runs/"
-                   f"{parent.info.run_id}")
-    page.goto(f"{parent_page}/artifacts/plots/param_importances.png"
+    # 4. the parent's plots: what was drawn, and what was left out and why
+    demo = searches["demo"]
+    parent_page = (f"{address}/#/experiments/{demo.info.experiment_id}/runs/"
+                   f"{demo.info.run_id}")
+    page.goto("about:blank")  # a new page load: MLflow keeps the last run's artifact list
+    page.goto(f"{parent_page}/artifacts/plots/parallel_coordinate.png"
               "?workflowType=machine_learning")
-    assert _image_rendered(page), "the parent's importance plot did not render"
+    assert _image_rendered(page), "the parent's parallel-coordinates plot did not render"
     body = page.inner_text("body")
-    assert "parallel_coordinate.png" in body and "plots.html" in body
-    shots.append(_shot(page, folder, "4-parent-importances"))
+    assert "intermediate_values.png" in body and "plots.html" in body
+    assert "param_importances.png" not in body  # 6 trials are too few to fit one
+    shots.append(_shot(page, folder, "6-parent-plots"))
+    page_html = Path(client.download_artifacts(demo.info.run_id, "plots/plots.html", str(tmp_path)))
+    assert "too few trials to fit" in page_html.read_text()  # and plots.html says why
     context.close()
     print("screenshots:", *shots, sep="\n  ")
 
-    # 4. SIGTERM stops extune ui and the MLflow server it started
+    # 5. SIGTERM stops extune ui and the MLflow server it started
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) is not None
     assert port_closes(port, timeout=20), "MLflow's server outlived extune ui"
-    printed = process.stdout.read()
-    assert f"search demo: {address}/#/experiments/" in printed, printed
+    rest = process.stdout.read()
+    assert "Uvicorn" not in "".join(printed) + rest  # the server's noise is in its log
+    assert (store / "mlflow-ui.log").stat().st_size > 0

@@ -129,7 +129,7 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
     assert len(search_trials) == 4  # 2 per search, none duplicated
     client = mlflow_client(uri)
     for run in finals:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(study_id)}
     assert {"report.md", "results.json", "plots"} <= artifacts

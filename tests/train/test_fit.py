@@ -105,3 +105,32 @@ def test_objectives_every_epoch_full_suite_where_asked(tiny_config, tmp_path):
     assert "shift/ece" not in first and "adv/fgsm_accuracy" not in first
     assert "shift/ece" in second and "adv/fgsm_accuracy" in second  # a requested milestone
     assert "shift/ece" in last and "val/pointing_game" in last  # always after the last epoch
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_shows_each_evaluation_once_in_a_log(terminal):
+    """A log gets one line per phase (never one per part, never a bar); a terminal a live line
+    that vanishes; ``runtime.progress=false`` nothing."""
+    import io
+
+    from rich.console import Console
+
+    from extune.train.progress import EpochProgress
+
+    out = io.StringIO()
+    progress = EpochProgress(console=Console(file=out, force_terminal=terminal, width=100))
+    assert list(progress.steps(0, 2, 3)) == [0, 1, 2]
+    with progress.phase("epoch 1/2: validating") as part:
+        for name in ("classification", "FGSM", "explanation metrics"):
+            part(name)
+    text = out.getvalue()
+    if terminal:
+        assert "validating: explanation metrics…" in text  # the live line names each part
+    else:
+        assert text == "epoch 1/2: validating…\n"
+    quiet_out = io.StringIO()
+    quiet = EpochProgress(enabled=False, console=Console(file=quiet_out, force_terminal=True))
+    with quiet.phase("epoch 1/2: validating") as part:
+        part("FGSM")
+    quiet.summary(0, 2, {"val/accuracy": 0.5})
+    assert list(quiet.steps(0, 2, 2)) == [0, 1] and quiet_out.getvalue() == ""

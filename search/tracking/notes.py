@@ -1,0 +1,99 @@
+"""A trial run's description: what MLflow shows first on the run page, in markdown.
+
+MLflow's run page lists metrics in alphabetical order with every digit (``0.44833332...``), and
+it cannot be told an order or a rounding. The description (tag ``mlflow.note.content``) is the
+one place that reads at a glance, so a trial's end writes there: the objectives first, then the
+evaluation suite's metrics in the order of :data:`extune.evaluate.metric_info.METRIC_INFO`
+(classification, calibration, robustness, explanations), rounded, "not measured" where a
+pruned or failed trial never measured one, and the searched settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from extune.search.settings import Objective
+
+__all__ = ["trial_note", "NOTE_TAG", "NOT_MEASURED"]
+
+NOTE_TAG = "mlflow.note.content"
+NOT_MEASURED = "not measured"
+
+
+def trial_note(*, name: str, search: str, state: str, epoch: int, planned: int,
+               metrics: dict[str, Any], objectives: Sequence[Objective],
+               params: dict[str, Any]) -> str:
+    """The markdown description of a finished trial.
+
+    Args:
+        name: the run's name without its state (``excon · trial-003``).
+        search: the search's (or study's) name.
+        state: ``complete``, ``pruned`` or ``failed``.
+        epoch, planned: epochs trained and planned.
+        metrics: the trial's last reported metrics (``val/accuracy``, ...).
+        objectives: the search's objectives, shown first.
+        params: the trial's searched settings.
+    """
+    from extune.evaluate.metric_info import METRIC_INFO
+
+    lines = [f"**{name}** (`{search}`): **{state}** after {epoch} of {planned} "
+             f"epoch{'s' if planned != 1 else ''}. " + _headline(metrics, objectives)]
+    if objectives:
+        lines += ["", "| objective | value |", "|---|---|"]
+        lines += [f"| {o.name} ({o.metric}, {o.mode}) | {_value(metrics.get(o.metric))} |"
+                  for o in objectives]
+    shown = {o.metric for o in objectives}
+    rows = [(key, m) for m in METRIC_INFO.values() if (key := _val_key(m.name)) not in shown]
+    if state == "complete":  # what its config did not ask for is not a row
+        rows = [(key, m) for key, m in rows if _finite(metrics.get(key))]
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} {info.arrow} | {_value(metrics.get(key))} |" for key, info in rows]
+    if any(not _finite(metrics.get(key)) for key, _ in rows):
+        lines += ["", f"{NOT_MEASURED}: the full evaluation suite (as the config asks for it) "
+                      "runs after a trial's last epoch (and at milestones with `--full-eval "
+                      f"milestones`); this {state} trial has only what its epochs measured."]
+    if params:
+        lines += ["", "Searched settings: " + ", ".join(
+            f"`{k}` = {_value(v)}" for k, v in sorted(params.items()))]
+    return "\n".join(lines)
+
+
+HEADLINE = ("val/accuracy", "val/ece", "val/alignment")
+"""Metrics the description's first line gives after the objectives (what the collapsed
+description shows)."""
+
+
+def _headline(metrics: dict[str, Any], objectives: Sequence[Objective]) -> str:
+    """``alignment **0.1678** (objective) · val/accuracy 0.5833 · ...``"""
+    parts = [f"{o.name} **{_value(metrics.get(o.metric))}** (objective)" for o in objectives]
+    shown = {o.metric for o in objectives}
+    parts += [f"{k} {_value(metrics.get(k))}" for k in HEADLINE if k not in shown]
+    return " · ".join(parts)
+
+
+def _val_key(name: str) -> str:
+    """The key a trial reports a suite metric under (``val/accuracy``; ``shift/ece`` and
+    ``adv/fgsm_accuracy`` keep their group, :func:`extune.evaluate.suite.group_prefix`)."""
+    from extune.evaluate.suite import group_prefix
+
+    group, _, rest = name.partition("/")
+    return f"{group_prefix('val', group)}/{rest}" if rest else f"val/{name}"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _value(value: Any) -> str:
+    """A number to 4 decimals (4 significant digits when smaller), else the value as text;
+    ``not measured`` for a missing or non-finite number."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_MEASURED
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4g}"
