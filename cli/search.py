@@ -114,13 +114,15 @@ _OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_pe
 
 
 def _print_plan(settings: Any) -> None:
+    from extune.search.connections import ray_address
+
     echo("extune search: space ", (settings.space, "bold"),
          f", {settings.trials} trial{'s' if settings.trials != 1 else ''} "
          f"({settings.max_concurrent or 'as many as fit'} at once, "
          f"{settings.cpus_per_trial:g} CPU"
          f"{_gpu_text(settings.gpus_per_trial)} each), "
          f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
-         f"{','.join(settings.objective)}; Ray {settings.address or 'local'}")
+         f"{','.join(settings.objective)}; Ray {ray_address(settings.address) or 'local'}")
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:
@@ -146,6 +148,9 @@ def _print_result(result: Any) -> None:
         kind += " so far" if result.interrupted else ""
         echo(f"{kind}: ", (result.best.name, "bold"), f" -> {result.best_config}")
         echo(f"train it: extune train --config {result.best_config}")
+    if result.plots_left_out:
+        echo(f"plots left out: {', '.join(result.plots_left_out)} (too little to draw them "
+             f"from; why: {result.path / 'plots' / 'plots.html'})")
     echo(f"search folder: {result.path}")
     if result.mlflow_view and result.tracking_uri.startswith(("http://", "https://")):
         browse = f"{result.tracking_uri.rstrip('/')}/{result.mlflow_view}"
@@ -222,15 +227,22 @@ def export(
 
 
 def sync(
-    folder: Annotated[Path, typer.Argument(help="Search or study folder.")],
+    folder: Annotated[Path, typer.Argument(
+        help="Search or study folder, or the output folder of `extune train`.")],
     timeout: Annotated[float, typer.Option(
         help="Seconds to keep trying a tracking store that does not answer.")] = 60.0,
 ) -> None:
-    """Send the MLflow writes a search or study kept because the tracking store was down."""
+    """Send the MLflow writes a search, study or training run kept while the store was down."""
+    from extune.search.tracking.final import is_train_folder, train_journals
     from extune.search.tracking.sync import search_journals, sync_journals
     from extune.study.tracking import is_study_folder, study_journals
 
-    jobs = study_journals(folder) if is_study_folder(folder) else search_journals(folder)
+    if is_study_folder(folder):
+        jobs = study_journals(folder)
+    elif is_train_folder(folder):
+        jobs = train_journals(folder)
+    else:
+        jobs = search_journals(folder)
     result = sync_journals(jobs, timeout)
     if not result.folders:
         echo(f"nothing to send: MLflow has every write of {folder}")

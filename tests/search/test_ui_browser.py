@@ -53,10 +53,11 @@ def browser():
         chromium.close()
 
 
-def _extune(args: list[str], cwd: Path) -> None:
+def _extune(args: list[str], cwd: Path) -> str:
     done = subprocess.run([sys.executable, "-m", "extune.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,11 @@ def store(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("ui")
     (work / "space.yaml").write_text(SPACE)
     sets = [arg for kv in [*TINY, f"data.cache_dir={work / 'cache'}"] for arg in ("--set", kv)]
-    _extune(["search", "--space", "space.yaml", "--trials", "6", "--objective", "alignment",
-             "--sampler", "random", "--name", "demo", "--no-live", *sets], work)
+    printed = _extune(["search", "--space", "space.yaml", "--trials", "6", "--objective",
+                       "alignment", "--sampler", "random", "--name", "demo", "--no-live", *sets],
+                      work)
+    left_out = next(line for line in printed.splitlines() if line.startswith("plots left out"))
+    assert "param_importances" in left_out  # said, not silent
     _extune(["search", "--space", "ce", "--trials", "3", "--sampler", "random", "--name",
              "other", "--no-live", *sets], work)
     _extune(["study", "--quick", "--methods", "ce,supcon", "--name", "duel", "--protocols", "",
