@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from extune.cli._common import console, echo
+from extune.cli._common import ExperimentOpt, TrackingUriOpt, console, echo
 from extune.errors import ConfigError, ExtuneError
 
 __all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive",
@@ -39,6 +43,13 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Checkpoint file or run folder to "
                                                 "continue from.")] = None,
     test: Annotated[bool, typer.Option(help="Evaluate on the test split at the end.")] = True,
+    track: Annotated[bool, typer.Option(
+        "--track/--no-track", help="Record the run in MLflow: params, metrics, files, the "
+        "model.")] = True,
+    tracking_uri: TrackingUriOpt = None,
+    experiment: ExperimentOpt = None,
+    register: Annotated[str | None, typer.Option(
+        help="Add the model to the MLflow Model Registry under this name.")] = None,
 ) -> None:
     """Train one model (the synthetic default with no config) and evaluate it."""
     from extune.train import fit
@@ -46,14 +57,73 @@ def train(
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_existing_run(out, resume)
+    run = _open_run(cfg, out, config, resume, track=track, tracking_uri=tracking_uri,
+                    experiment=experiment, register=register)
     echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
          f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
     warn_inactive(cfg)
-    result = fit(cfg, out_dir=out, resume=resume, test=test)
+    with run if run is not None else contextlib.nullcontext():
+        result = fit(cfg, out_dir=out, resume=resume, test=test,
+                     on_epoch=run.epoch if run is not None else None)
     epochs = cfg.optim.epochs
-    _print_metrics(result.metrics, title=f"{cfg.method} after {epochs} epoch"
-                   + ("" if epochs == 1 else "s"))
+    table = _metrics_table(result.metrics, title=f"{cfg.method} after {epochs} epoch"
+                           + ("" if epochs == 1 else "s"))
+    console.print(table)
     echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
+    if run is not None:
+        _finish_run(run, result.metrics, epochs, table)
+
+
+_REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
+
+def _open_run(cfg: Any, out: Path, config: Path | None, resume: Path | None, *, track: bool,
+              tracking_uri: str | None, experiment: str | None, register: str | None) -> Any:
+    """The MLflow run of this training (:mod:`extune.search.tracking.final`), the store
+    checked before anything trains; ``None`` with ``--no-track``.
+
+    Raises:
+        ConfigError: tracking options with ``--no-track``, a bad ``--register`` name.
+        ServiceError: the store cannot be reached or used.
+    """
+    if not track:
+        given = [f for f, v in (("--tracking-uri", tracking_uri), ("--experiment", experiment),
+                                ("--register", register)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} "
+                              "MLflow tracking; drop --no-track")
+        return None
+    if register is not None and not _REGISTERED_NAME.fullmatch(register):
+        raise ConfigError(f"--register '{register}': a registered model's name has letters, "
+                          "digits, '.', '_' and '-' (at most 100), e.g. --register excon-cifar10")
+    from extune.search.tracking.final import open_final_run
+    from extune.train.config import load_lineage
+
+    return open_final_run(cfg, out, tracking_uri=tracking_uri, experiment=experiment,
+                          lineage=load_lineage(config) if config is not None else {},
+                          resume=resume, register=register)
+
+
+def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) -> None:
+    """Log the end of training (test metrics, files, the model), wait for the store (a minute
+    at most), and say where the run and the model are, or how to send what it did not take."""
+    from extune.search.tracking.parent import FLUSH_TIMEOUT_S
+
+    run.finish(metrics, epochs, _table_text(table))
+    pending = run.close(FLUSH_TIMEOUT_S)
+    uri = run.tracker.uri
+    where = (f"{uri.rstrip('/')}/{run.page}" if uri.startswith(("http://", "https://"))
+             else f"extune ui --tracking-uri {uri}, then http://127.0.0.1:5000/{run.page}")
+    echo(f"MLflow: run {run.name} ({run.run_id}) in experiment {run.tracker.experiment}; "
+         f"browse: {where}")
+    if pending:
+        echo(("warning:", "bold yellow"), f" {pending} MLflow write(s) could not be sent; they "
+             f"are kept in {run.out / 'tracking'}: send them with extune sync {run.out}")
+        return
+    version = run.registered_version()
+    if version is not None:
+        echo(f"registered model {run.register} version {version}: models:/{run.register}/"
+             f"{version} (load it with mlflow.pyfunc.load_model or mlflow.pytorch.load_model)")
 
 
 def refuse_existing_run(out: Path, resume: Path | None) -> None:
@@ -83,13 +153,38 @@ def warn_inactive(cfg: Any) -> None:
         echo(("warning:", "bold yellow"), f" {reason}")
 
 
+CheckpointOpt = Annotated[str, typer.Option(
+    help="checkpoint.pt, the run folder holding it, or an MLflow model: models:/NAME/VERSION, "
+         "models:/NAME@ALIAS, runs:/RUN_ID/model.")]
+ModelStoreOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow store of a models:/ or runs:/ --checkpoint. (default: "
+    "sqlite:///mlflow.db)")]
+
+
+@contextlib.contextmanager
+def _local_checkpoint(checkpoint: str, tracking_uri: str | None) -> Any:
+    """A checkpoint path for ``--checkpoint``: as given, or an MLflow model's, downloaded."""
+    from extune.search.tracking.model import is_model_uri, model_checkpoint
+
+    if not is_model_uri(checkpoint):
+        if tracking_uri is not None:
+            raise ConfigError("--tracking-uri applies to a models:/ or runs:/ --checkpoint")
+        yield Path(checkpoint)
+        return
+    with model_checkpoint(checkpoint, tracking_uri) as path:
+        yield path
+
+
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt or the run folder holding it.")],
+    checkpoint: CheckpointOpt,
     set_: SetOpt = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON file (default: "
-                                             "evaluation-<split>.json beside the checkpoint).")]
+                                             "evaluation-<split>.json beside the checkpoint; "
+                                             "for an MLflow model, evaluation-<name>-<version>"
+                                             "-<split>.json here).")]
     = None,
+    tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
     from extune.files import atomic_write_text, check_writable
@@ -97,16 +192,21 @@ def evaluate(
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")
+    from extune.search.tracking.model import is_model_uri, model_slug
+
+    if out is None and is_model_uri(checkpoint):
+        out = Path(f"evaluation-{model_slug(checkpoint)}-{split}.json")
     out = out or evaluation_path(checkpoint, split)
     check_writable(out.parent, "the evaluation file's folder (--out)")
-    metrics = evaluate_checkpoint(checkpoint, set_ or [], split)
+    with _local_checkpoint(checkpoint, tracking_uri) as local:
+        metrics = evaluate_checkpoint(local, set_ or [], split)
     atomic_write_text(out, json.dumps(metrics, indent=2))
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
     echo(f"wrote {out}")
 
 
 def explain(
-    checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt or the run folder holding it.")],
+    checkpoint: CheckpointOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")]
     = Path("grid.png"),
     images: Annotated[Path | None, typer.Option(
@@ -117,12 +217,14 @@ def explain(
     = None,
     count: Annotated[int, typer.Option(help="Number of images.")] = 8,
     set_: SetOpt = None,
+    tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
     from extune.train.saved_model import explain_checkpoint
 
-    path = explain_checkpoint(checkpoint, out, images=images, explainer=explainer, count=count,
-                              overrides=set_ or [])
+    with _local_checkpoint(checkpoint, tracking_uri) as local:
+        path = explain_checkpoint(local, out, images=images, explainer=explainer, count=count,
+                                  overrides=set_ or [])
     console.print(f"wrote {path}", highlight=False, markup=False)
 
 
@@ -132,6 +234,17 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    console.print(_metrics_table(metrics, title))
+
+
+def _table_text(table: Table) -> str:
+    """A table as the console shows it, in plain text (``summary.txt`` of the MLflow run)."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=100, color_system=None, force_terminal=False).print(table)
+    return buffer.getvalue()
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     """The metrics as a reader takes them in (:func:`~extune.evaluate.metric_info.summary_rows`):
     by kind, a column per split (test first), the training statistics in the caption."""
     from extune.evaluate.metric_info import summary_rows
@@ -154,7 +267,7 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
         name = f"{row.name} {row.info.arrow}" if row.info is not None else row.name
         table.add_row(Text(f"  {name}"),
                       *(_cell(metrics, row.cells.get(column, ())) for column in columns))
-    console.print(table)
+    return table
 
 
 _SECTION_TITLES = {"per corruption": "corruptions: accuracy / ECE"}

@@ -17,8 +17,8 @@ from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ExtuneError, one_line
 from extune.signals import handle_sigterm
 
-__all__ = ["ServiceError", "connect_ray", "probe_ray_address", "check_tracking_uri",
-           "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
+__all__ = ["ServiceError", "connect_ray", "probe_ray_address", "ray_address",
+           "check_tracking_uri", "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
            "resolve_tracking_uri", "existing_store"]
 
 log = logging.getLogger(__name__)
@@ -60,26 +60,40 @@ def _probe(host: str, port: int, what: str, timeout: float = 5.0) -> None:
                            "address and that the service is running") from None
 
 
+def ray_address(address: str | None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``RAY_ADDRESS`` (Ray sets it for the driver
+    of a job, ``ray job submit``: the search joins the cluster the job runs on), else
+    ``None``: a new Ray on this machine."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def _ray_host_port(address: str) -> tuple[str, int] | None:
     """``"10.0.0.1:6379"``, ``"ray://host:10001"`` -> (host, port); ``"auto"`` -> None."""
+    given = "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
     if address in ("auto", "local"):
         return None
     parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.scheme in ("http", "https"):
+        raise ServiceError(f"{given} {address} is the address of Ray's dashboard (the one "
+                           "`ray job` takes, RAY_API_SERVER_ADDRESS); join the cluster at "
+                           "HEAD:6379, or submit the search with `ray job submit`")
     if not parsed.hostname:
-        raise ServiceError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
+        raise ServiceError(f"{given} '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
     try:
         port = parsed.port or 6379
     except ValueError:
-        raise ServiceError(f"--address '{address}' has an invalid port") from None
+        raise ServiceError(f"{given} '{address}' has an invalid port") from None
     return parsed.hostname, port
 
 
 def probe_ray_address(address: str | None) -> None:
-    """Check in 5 s that a Ray cluster address answers (``None``/``auto``: nothing to check).
+    """Check in 5 s that the Ray cluster of :func:`ray_address` answers (none, or ``auto``:
+    nothing to check).
 
     Raises:
         ServiceError: a malformed address or nothing listening there.
     """
+    address = ray_address(address)
     if address is None:
         return
     target = _ray_host_port(address)
@@ -88,7 +102,8 @@ def probe_ray_address(address: str | None) -> None:
 
 
 def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
-    """Start Ray on this machine (``address=None``) or join a cluster.
+    """Start Ray on this machine or join a cluster: ``address``, else ``RAY_ADDRESS`` (the
+    cluster of a job's driver; :func:`ray_address`).
 
     Reuses an already initialised Ray (tests, notebooks). Token authentication is left as
     Ray sets it up (on by default for a new local instance; ``RAY_AUTH_MODE`` decides).
@@ -104,10 +119,11 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    address = ray_address(address)
     probe_ray_address(address)
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                   configure_logging=True)
-    if address is None:
+    if address is None:  # a cluster that is joined brings its own CPUs
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
         ray.init(address=address, **kwargs)

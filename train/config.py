@@ -48,6 +48,8 @@ __all__ = [
     "RuntimeConfig",
     "parse_assignments",
     "load_yaml",
+    "load_lineage",
+    "LINEAGE_KEY",
     "as_float",
 ]
 
@@ -294,7 +296,7 @@ class Config:
             raise ConfigError(f"{source}: {e}") from None
         if data is not None and not isinstance(data, dict):
             raise ConfigError("config YAML must be a mapping of sections (data:, optim:, ...)")
-        return cls.from_dict(data)
+        return cls.from_dict({k: v for k, v in (data or {}).items() if k != LINEAGE_KEY})
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -330,6 +332,33 @@ class Config:
     def keys() -> list[str]:
         """Every dotted key."""
         return list(Config().flatten())
+
+
+LINEAGE_KEY = "lineage"
+"""Top-level key of an exported config file: where the config came from (search, trial, MLflow
+run, selection rule, extune version), as ``extune export`` writes it. It is not a setting:
+:meth:`Config.from_yaml` skips it, and ``extune train`` records it with its MLflow run
+(:func:`load_lineage`)."""
+
+
+def load_lineage(path: str | Path) -> dict[str, str]:
+    """The ``lineage:`` mapping of a config file as strings (empty when it has none).
+
+    Raises:
+        ConfigError: an unreadable file, or a ``lineage`` that is not a mapping.
+    """
+    source = f"config file {path}"
+    try:
+        data = load_yaml(read_text_file(path, "config file"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {one_line(e)}") from None
+    lineage = data.get(LINEAGE_KEY) if isinstance(data, dict) else None
+    if lineage is None:
+        return {}
+    if not isinstance(lineage, dict):
+        raise ConfigError(f"{source}: '{LINEAGE_KEY}' must be a mapping (where an exported "
+                          f"config came from), got {lineage!r}")
+    return {str(k): str(v) for k, v in lineage.items() if v is not None}
 
 
 # --------------------------------------------------------------------- internals

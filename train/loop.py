@@ -99,7 +99,8 @@ class _State:
 def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
         resume: str | Path | None = None, data: DataSplits | None = None,
         test: bool = False, objectives: Sequence[str] = (),
-        full_epochs: Collection[int] | None = None) -> FitResult:
+        full_epochs: Collection[int] | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
     """Train ``config.method`` on ``config.data`` and evaluate after every epoch.
 
     Args:
@@ -121,6 +122,9 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         full_epochs: epochs (1-based) after which the full evaluation suite runs, besides the
             last epoch; ``None``: every ``eval.every`` epochs. A search passes its scheduler's
             milestones, or nothing (the full suite at the trial's end only).
+        on_epoch: called with every epoch's metrics once its checkpoint is saved (``extune
+            train`` records them in MLflow); unlike ``report`` it asks for no saliency grid
+            each epoch.
 
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
@@ -143,6 +147,8 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
             _save_or_rescue(state, epoch)
             if report is not None:
                 report(metrics, state.out_dir)
+            if on_epoch is not None:
+                on_epoch(metrics)
         final = dict(state.history[-1]) if state.history else {}
         if test and not any(k.startswith("test/") for k in final):  # resumed after the end
             final.update(_evaluate_test(state, progress))

@@ -19,7 +19,7 @@ from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
 __all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "load_model",
-           "GRID_SUFFIXES"]
+           "model_from_checkpoint", "GRID_SUFFIXES"]
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 """Image formats of ``extune explain -o`` (matplotlib writes them without extra packages)."""
@@ -28,7 +28,12 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 def load_model(checkpoint: str | Path, overrides: list[str] | None = None
                ) -> tuple[Network, Config]:
     """Rebuild the network of a checkpoint (on CPU) and its config (+ ``KEY=VALUE`` overrides)."""
-    ckpt = load_checkpoint(checkpoint)
+    return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint, overrides)
+
+
+def model_from_checkpoint(ckpt: dict, checkpoint: str | Path,
+                          overrides: list[str] | None = None) -> tuple[Network, Config]:
+    """:func:`load_model` of a checkpoint already read (``checkpoint`` names it in errors)."""
     cfg = validate_config(Config.from_dict(ckpt["config"]).with_overrides(
         parse_assignments(overrides or [])))
     num_classes = ckpt["model"]["classifier.weight"].shape[0]

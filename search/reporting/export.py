@@ -9,6 +9,9 @@ The file is the config a user would train: the keys a search changes for its tri
 data paths, no progress bar: :data:`~extune.search.settings.GIVEN_KEYS`) are written back as
 the user gave them (:func:`as_given`), and its comment lines are sentences about this export:
 where it comes from, why it may not be final, its warm-ups, where its relative paths start.
+Its last key, ``lineage:``, says the same for machines (search name and id, trial, MLflow runs,
+selection rule, extune version): ``extune train`` records it as tags of its MLflow run and
+links the run to the trial and the search (:mod:`~extune.search.tracking.final`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from typing import Any
 
 import yaml
 
+from extune import __version__
 from extune.errors import ConfigError, one_line
 from extune.files import atomic_write_text, check_output_file, check_writable
 from extune.search.connections import existing_store
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord, select_trial
 from extune.search.settings import Objective
-from extune.train.config import Config, load_yaml
+from extune.train.config import LINEAGE_KEY, Config, load_yaml
 
-__all__ = ["export_search", "export_run", "run_caveat", "search_caveat",
+__all__ = ["export_search", "export_run", "search_lineage", "run_caveat", "search_caveat",
            "config_from_params", "epoch_settings", "as_given", "relative_paths_note",
            "rescale_epochs", "EPOCH_KEYS"]
 
@@ -123,8 +127,51 @@ def export_search(search_dir: str | Path, out: str | Path, select: str | None = 
     notes += _epoch_notes(config, epochs)
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-    _write(out, notes, config)
+    _write(out, notes, config, search_lineage(sdir, record, select))
     return config, record
+
+
+def search_lineage(sdir: SearchDir, record: TrialRecord, select: str | None) -> dict[str, str]:
+    """Where an export of ``record`` comes from (the file's ``lineage:``; ``extune train``
+    records it with its MLflow run): the search, the trial, their MLflow runs (the trial's
+    looked up in the search's store when it answers), the selection rule, extune's version."""
+    objectives = sdir.objectives
+    lineage = {
+        "search": sdir.name, "search_id": sdir.search_id, "trial": record.name,
+        "trial_id": record.trial_id,
+        "run_id": _trial_run_id(sdir, record.trial_id),
+        "parent_run_id": sdir.meta.get("parent_run_id"),
+        "tracking_uri": sdir.meta.get("tracking_uri"), "experiment": sdir.settings.experiment,
+        "select": select or ("knee" if len(objectives) > 1 else objectives[0].name),
+        "rule": _rule(select, objectives), "extune_version": __version__}
+    return {k: str(v) for k, v in lineage.items() if v is not None}
+
+
+def _trial_run_id(sdir: SearchDir, trial_id: str | None) -> str | None:
+    """The MLflow run of a search's trial, when the search's store has it and answers (an
+    export needs no store: ``extune train`` finds the run by its tags otherwise)."""
+    uri = sdir.meta.get("tracking_uri")
+    if not uri or not trial_id:
+        return None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None  # reading would create an empty store
+    from extune.search.tracking.client import mlflow_client
+    from extune.search.tracking.journal import bounded_http_client
+
+    bounded_http_client()
+    try:
+        existing_store(uri)
+        client = mlflow_client(uri)
+        experiment = client.get_experiment_by_name(sdir.settings.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id], max_results=1,
+            filter_string=f"tags.`extune.search_id` = '{sdir.search_id}' and "
+                          f"tags.`extune.trial_id` = '{trial_id}'")
+        return runs[0].info.run_id if runs else None
+    except Exception:  # MLflow, requests and SQLAlchemy raise many types: no run id then
+        return None
 
 
 def as_given(config: Config, sdir: SearchDir | None) -> Config:
@@ -254,8 +301,29 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
              relative_paths_note(config, sdir), *_epoch_notes(config, epochs)]
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-    _write(out, notes, config)
+    _write(out, notes, config, _run_lineage(client, run, uri))
     return config, note
+
+
+def _run_lineage(client: Any, run: Any, uri: str) -> dict[str, str]:
+    """Where an export of an MLflow run comes from (see :func:`search_lineage`)."""
+    from mlflow.exceptions import MlflowException
+
+    tags = run.data.tags
+    parent_id = tags.get("mlflow.parentRunId")
+    search = None
+    if parent_id:
+        try:
+            search = client.get_run(parent_id).info.run_name
+        except MlflowException:
+            pass
+    experiment = client.get_experiment(run.info.experiment_id).name
+    lineage = {"search": search, "search_id": tags.get("extune.search_id"),
+               "trial": run.info.run_name, "trial_id": tags.get("extune.trial_id"),
+               "run_id": run.info.run_id, "parent_run_id": parent_id, "tracking_uri": uri,
+               "experiment": experiment, "select": "run",
+               "rule": "picked by its MLflow run id", "extune_version": __version__}
+    return {k: str(v) for k, v in lineage.items() if v is not None}
 
 
 def _search_of_run(client: Any, run: Any) -> SearchDir | None:
@@ -343,12 +411,17 @@ def _typed(base: Config, key: str, raw: str) -> Any:
         return raw
 
 
-def _write(out: str | Path, notes: list[str | None], config: Config) -> None:
-    """The config as YAML under its notes, one comment line each, written as sentences."""
+def _write(out: str | Path, notes: list[str | None], config: Config,
+           lineage: dict[str, str]) -> None:
+    """The config as YAML under its notes, one comment line each, written as sentences, and
+    its lineage at the end (:data:`~extune.train.config.LINEAGE_KEY`)."""
     out = Path(out)
     check_writable(out.parent, "the exported config (-o)")
     header = "".join(f"# {_sentence(n)}\n" for n in notes if n)
-    atomic_write_text(out, header + config.to_yaml())
+    source = yaml.safe_dump({LINEAGE_KEY: lineage}, sort_keys=False).replace(
+        f"{LINEAGE_KEY}:", f"{LINEAGE_KEY}:  # where this config comes from (not a setting; "
+        "extune train records it with its MLflow run)", 1)
+    atomic_write_text(out, header + config.to_yaml() + source)
 
 
 def _sentence(note: str) -> str:

@@ -5,8 +5,10 @@
 :mod:`~extune.search.tracking.parent` (the search's parent run: its params, description, view,
 results, and the runs a stopped driver left running), :mod:`~extune.search.tracking.journal`
 (the ordered, journaled writes: ``Op``, ``TrackingWriter``),
-:mod:`~extune.search.tracking.sync` (``extune sync``) and
-:mod:`~extune.search.tracking.views` (the UI pages).
+:mod:`~extune.search.tracking.sync` (``extune sync``),
+:mod:`~extune.search.tracking.views` (the UI pages), and for ``extune train``
+:mod:`~extune.search.tracking.final` (its run: lineage, links, its end) and
+:mod:`~extune.search.tracking.model` (its MLflow model: pytorch and pyfunc flavours).
 
 ``MlflowCallback`` and ``MlflowTracker`` are also importable from here, where searches started
 by earlier versions saved them (Ray pickles the callbacks with the experiment).

@@ -25,7 +25,7 @@ from extune.errors import one_line
 from extune.search.connections import ServiceError, check_tracking_uri
 
 __all__ = ["MlflowTracker", "mlflow_client", "param_value", "STATE_TAG", "EXPERIMENT_KIND_TAG",
-           "VIEW_TAG", "SHARED_VIEW_TAG", "view_page"]
+           "VIEW_TAG", "SHARED_VIEW_TAG", "FINAL_RUNS_TAG", "view_page", "run_page"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -38,6 +38,9 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 view; MLflow 3.17 ignores the experiment kind tag when its GenAI/model-training switch is on."""
 VIEW_TAG = "extune.mlflow_view"
 """Tag of a search's parent run: the UI page of its runs table (:func:`view_page`)."""
+FINAL_RUNS_TAG = "extune.final_runs"
+"""Tag of a search's parent run and of a trial run: the ids of the runs of ``extune train``
+trained from it (comma-separated)."""
 STATE_TAG = "extune.state"
 """A trial run's state: ``running``, ``complete``, ``pruned``, ``failed`` or ``interrupted``."""
 log = logging.getLogger(__name__)
@@ -63,13 +66,22 @@ class MlflowTracker:
         experiment: experiment name (created when missing).
         search_id: the search's unique id (tag ``extune.search_id``).
         search_name: the search's name (the parent run's name).
-        role: the parent run's ``extune.role`` tag: ``search``, or ``study`` for a study's run.
+        role: the parent run's ``extune.role`` tag: ``search``, ``study`` for a study's run, or
+            ``train`` for the run of ``extune train`` (:mod:`~extune.search.tracking.final`).
         tags: more tags of the parent run when it is created (``mlflow.parentRunId`` nests a
             search under a study's run).
+        id_tag: the tag that holds ``search_id`` on the parent run (``extune.train_id`` for
+            the run of ``extune train``, which has no trials).
     """
 
+    id_tag = "extune.search_id"
+    """Tag of the parent run's id (a class default: trackers pickled by earlier versions)."""
+
     def __init__(self, uri: str, experiment: str, search_id: str, search_name: str, *,
-                 role: str = "search", tags: dict[str, str] | None = None) -> None:
+                 role: str = "search", tags: dict[str, str] | None = None,
+                 id_tag: str | None = None) -> None:
+        if id_tag is not None:
+            self.id_tag = id_tag
         self.uri = uri
         self.experiment = experiment
         self.search_id = search_id
@@ -135,7 +147,7 @@ class MlflowTracker:
     def parent_run(self, params: dict[str, Any] | None = None) -> str:
         """The search's parent run (found by tag, else created with ``params``), RUNNING."""
         if self._parent is None:
-            tags = {"extune.search_id": self.search_id, "extune.role": self.role}
+            tags = {self.id_tag: self.search_id, "extune.role": self.role}
             run_id = self._find(tags)
             if run_id is None:
                 run = self.client.create_run(self.experiment_id, run_name=self.search_name,
@@ -212,6 +224,24 @@ class MlflowTracker:
                                        json.dumps(view))
         return view_page(self.experiment_id, key)
 
+    def add_final_run(self, run_id: str, final_run_id: str, name: str) -> None:
+        """Tell a search's run (its parent or a trial) about a run of ``extune train`` trained
+        from it: the tag ``extune.final_runs`` lists their ids, and its description starts with a
+        link to each (once per final run: the collapsed description shows it)."""
+        from extune.search.tracking.notes import NOTE_TAG
+
+        run = self.client.get_run(run_id)
+        listed = [r for r in run.data.tags.get(FINAL_RUNS_TAG, "").split(",") if r]
+        if final_run_id in listed:
+            return
+        final = self.client.get_run(final_run_id)
+        link = f"[{name}]({run_page(final.info.experiment_id, final_run_id)})"
+        note = run.data.tags.get(NOTE_TAG, "").rstrip()
+        what = "search" if run.data.tags.get("extune.role") == "search" else "trial"
+        line = f"Final run trained from this {what}: {link}"
+        self.set_tags(run_id, {FINAL_RUNS_TAG: ",".join([*listed, final_run_id]),
+                               NOTE_TAG: f"{line}\n\n{note}".rstrip()})  # first: shown
+
     def rename(self, run_id: str, name: str) -> None:
         self.client.update_run(run_id, name=name)
 
@@ -254,6 +284,12 @@ def view_page(experiment_id: str, share_key: str | None = None) -> str:
     model-training view, with a shared view when ``share_key`` is given."""
     query = f"viewStateShareKey={share_key}&" if share_key else ""
     return f"#/experiments/{experiment_id}/runs?{query}workflowType=machine_learning"
+
+
+def run_page(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run (after ``http://host:port/``; a link in a run's description
+    opens it)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def mlflow_client(uri: str) -> Any:

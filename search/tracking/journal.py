@@ -5,14 +5,15 @@ default retries (minutes per call while a server is down, every trial's bookkeep
 and nothing in MLflow's client queues writes across an outage or a driver restart.
 
 How: :class:`~extune.search.tracking.callback.MlflowCallback` turns each Tune event into an
-:class:`Op` (``start``, ``metrics``, ``tags``, ``artifact``, ``best``, ``end``), appends it to the
-journal ``<folder>/journal.jsonl`` and queues it. One writer thread applies the ops in order
-and records the last one the store took in ``<folder>/sent``. When the store does not answer,
-the writer says once that tracking is behind, keeps the ops (in memory and in the journal) and
-retries with backoff; it says so again when it has caught up. Ops still unsent when the search
-ends stay in the journal: the next ``--resume`` or ``extune sync DIR`` sends them. Metrics are
-logged once per (run, epoch) even when an op is sent twice (a crash between the store taking it
-and ``sent`` being written): the writer skips epochs the run already has.
+:class:`Op` (``start``, ``metrics``, ``tags``, ``artifact``, ``best``, ``end``; the run of
+``extune train`` adds ``model`` and ``link``: :mod:`~extune.search.tracking.final`), appends it
+to the journal ``<folder>/journal.jsonl`` and queues it. One writer thread applies the ops in
+order and records the last one the store took in ``<folder>/sent``. When the store does not
+answer, the writer says once that tracking is behind, keeps the ops (in memory and in the
+journal) and retries with backoff; it says so again when it has caught up. Ops still unsent when
+the search ends stay in the journal: the next ``--resume`` or ``extune sync DIR`` sends them.
+Metrics are logged once per (run, epoch) even when an op is sent twice (a crash between the
+store taking it and ``sent`` being written): the writer skips epochs the run already has.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ class Op:
             ``metrics`` (``metrics`` at ``step``; ``once_per_step``: skip a step the run has),
             ``tags``, ``artifact`` (``path`` under ``dir``; ``spooled``: delete it once sent),
             ``best`` (tag the parent with ``best_trial``'s run), ``end`` (``status``; ``name``:
-            rename first).
-        trial: the Tune trial id of the run; ``None``: the search's parent run.
+            rename first), ``model`` (the checkpoint ``path`` as the MLflow model ``dir`` of
+            the run, at ``step``; ``register``: add it to the Model Registry under that name),
+            ``link`` (tell the run ``link_run`` of a search, its parent or a trial, that the
+            run ``name`` was trained from it).
+        trial: the Tune trial id of the run; ``None``: the search's parent run (or the run of
+            ``extune train``).
         if_run: apply only where the run exists (a trial a stop caught before it started).
         seq: the journal's number (set when journaled).
     """
@@ -71,6 +76,8 @@ class Op:
     spooled: bool = False
     best_trial: str | None = None
     status: str | None = None
+    register: str | None = None
+    link_run: str | None = None
     if_run: bool = False
     seq: int = 0
 
@@ -90,7 +97,7 @@ class Op:
         return cls(kind=data["op"], **{k: v for k, v in data.items() if k in known})
 
 
-OP_KINDS = ("start", "metrics", "tags", "artifact", "best", "end")
+OP_KINDS = ("start", "metrics", "tags", "artifact", "best", "end", "model", "link")
 
 
 def bounded_http_client() -> None:
@@ -354,8 +361,25 @@ def _end(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
     tracker.end(run_id, op.status)
 
 
+def _model(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    from extune.errors import ExtuneError
+    from extune.search.tracking.model import log_checkpoint_model
+
+    try:
+        log_checkpoint_model(tracker, run_id, Path(op.path or ""), name=op.dir or "model",
+                             register=op.register, step=op.step)
+    except ExtuneError as e:  # the checkpoint is gone or unreadable: no retry can help
+        log.warning("no MLflow model logged for %s: %s", op.path, one_line(e, 300))
+
+
+def _link(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    if op.link_run:
+        tracker.add_final_run(op.link_run, run_id, op.name or run_id)
+
+
 _APPLY: dict[str, Callable[[Any, str, Op, dict[str, int]], None]] = {
     "metrics": _metrics, "artifact": _artifact, "best": _best, "end": _end,
+    "model": _model, "link": _link,
     "tags": lambda tracker, run_id, op, steps: tracker.set_tags(run_id, op.tags or {})}
 
 

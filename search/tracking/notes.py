@@ -1,4 +1,5 @@
-"""A trial run's description: what MLflow shows first on the run page, in markdown.
+"""A run's description (a trial's, or the final run's of ``extune train``): what MLflow shows
+first on the run page, in markdown.
 
 MLflow's run page lists metrics in alphabetical order with every digit (``0.44833332...``), and
 it cannot be told an order or a rounding. The description (tag ``mlflow.note.content``) is the
@@ -16,7 +17,7 @@ from typing import Any
 
 from extune.search.settings import Objective
 
-__all__ = ["trial_note", "NOTE_TAG", "NOT_MEASURED"]
+__all__ = ["trial_note", "final_note", "NOTE_TAG", "NOT_MEASURED"]
 
 NOTE_TAG = "mlflow.note.content"
 NOT_MEASURED = "not measured"
@@ -60,6 +61,39 @@ def trial_note(*, name: str, search: str, state: str, epoch: int, planned: int,
     return "\n".join(lines)
 
 
+def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
+               source: str | None, model: str | None, out: str) -> str:
+    """The markdown description of a run of ``extune train``.
+
+    Args:
+        name: the run's name.
+        state: ``running``, ``complete``, ``failed`` or ``interrupted``.
+        what: the method, data set and epochs in words (``excon on synthetic, 200 epochs``).
+        metrics: the final metrics (``test/...``, ``val/...``); empty while it runs.
+        source: where its config came from, with links (``None``: not an export).
+        model: the logged model and its registered version, in words.
+        out: the output folder.
+    """
+    from extune.evaluate.metric_info import METRIC_INFO
+
+    split = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    headline = " · ".join(f"{key} {_value(metrics.get(key))}" for key in
+                          (_val_key(m, split) for m in ("accuracy", "ece", "alignment")))
+    lines = [f"**{name}** (`extune train`): {what}: **{state}**."
+             + (f" {headline}" if metrics else "")]
+    if source:
+        lines += ["", source]
+    rows = [(key, m) for m in METRIC_INFO.values()
+            if _finite(metrics.get(key := _val_key(m.name, split)))]
+    if rows:
+        lines += ["", f"| {split} metric | value |", "|---|---|"]
+        lines += [f"| {key} {info.arrow} | {_value(metrics[key])} |" for key, info in rows]
+    if model:
+        lines += ["", model]
+    lines += ["", f"Output folder: `{out}` (`config.yaml`, `checkpoint.pt`, `metrics.json`)."]
+    return "\n".join(lines)
+
+
 HEADLINE = ("val/accuracy", "val/ece", "val/alignment")
 """Metrics the description's first line gives after the objectives (what the collapsed
 description shows)."""
@@ -73,13 +107,14 @@ def _headline(metrics: dict[str, Any], objectives: Sequence[Objective]) -> str:
     return " · ".join(parts)
 
 
-def _val_key(name: str) -> str:
-    """The key a trial reports a suite metric under (``val/accuracy``; ``shift/ece`` and
-    ``adv/fgsm_accuracy`` keep their group, :func:`extune.evaluate.suite.group_prefix`)."""
+def _val_key(name: str, split: str = "val") -> str:
+    """The key a run reports a suite metric under (``val/accuracy``; ``shift/ece`` and
+    ``adv/fgsm_accuracy`` keep their group on the validation split, ``test/shift/ece``:
+    :func:`extune.evaluate.suite.group_prefix`)."""
     from extune.evaluate.suite import group_prefix
 
     group, _, rest = name.partition("/")
-    return f"{group_prefix('val', group)}/{rest}" if rest else f"val/{name}"
+    return f"{group_prefix(split, group)}/{rest}" if rest else f"{split}/{name}"
 
 
 def _finite(value: Any) -> bool:

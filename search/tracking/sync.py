@@ -1,9 +1,11 @@
-"""``extune sync DIR``: send the MLflow writes that a search or a study left unsent (the store
-was down when it ended; see :mod:`extune.search.tracking.journal`).
+"""``extune sync DIR``: send the MLflow writes that a search, a study or an ``extune train``
+left unsent (the store was down when it ended; see :mod:`extune.search.tracking.journal`).
 
 :func:`sync_journals` sends any list of journals, each with the tracker its writes go to;
 :func:`search_journals` lists a search folder's (a study lists its own with
-:func:`extune.study.study_journals`), so that this module knows nothing of studies.
+:func:`extune.study.study_journals`, a training run's output folder with
+:func:`extune.search.tracking.final.train_journals`), so that this module knows nothing of
+studies or training runs.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def search_journals(folder: str | Path) -> list[Job]:
     root = Path(folder).resolve()
     if not is_search_folder(root):
         raise ConfigError(f"{root} is not a search or study folder (no search.json or "
-                          "study.json); pass the folder `extune search` printed")
+                          "study.json), nor an output folder of a tracked `extune train` (no "
+                          "tracking/run.json); pass the folder `extune search` printed")
     return [(root / TRACKING_DIR, lambda: _search_tracker(root))]
 
 

@@ -176,6 +176,7 @@ class Row:
     tiny: bool = False  # prepend the tiny config's --set options (train / search)
     marks: tuple = ()
     executable: bool = False  # run the installed `extune` executable, not main() in-process
+    track: bool = False  # train with MLflow tracking (other train rows add --no-track)
 
 
 TRAIN_IF = ["train", "--set", "data.name=imagefolder", "--set", "data.root={tmp}/data",
@@ -315,6 +316,24 @@ ROWS = [
         absent=["more"], setup=checkpoint),
     Row("train-out-holds-a-run", ["train", "--out", "{tmp}/run"], 2,
         ["--out", "already holds a run (checkpoint.pt)", "--resume"], setup=checkpoint),
+    # issue 24: tracked training, models in the registry
+    Row("train-tracking-server-down", ["train", "--tracking-uri", "http://127.0.0.1:9",
+                                       "--out", "{tmp}/run"], 2,
+        ["cannot reach the MLflow tracking server at http://127.0.0.1:9"], absent=["run"],
+        tiny=True, track=True),
+    Row("train-register-untracked", ["train", "--register", "demo", "--out", "{tmp}/run"], 2,
+        ["--register needs MLflow tracking; drop --no-track"], absent=["run"]),
+    Row("train-register-bad-name", ["train", "--register", "a/b", "--out", "{tmp}/run"], 2,
+        ["--register 'a/b'", "letters, digits"], absent=["run", "mlflow.db"], track=True),
+    Row("evaluate-missing-model-version", ["evaluate", "--checkpoint", "models:/demo/9",
+                                           "--tracking-uri", "sqlite:///{tmp}/mlflow.db"], 2,
+        ["cannot load models:/demo/9 from sqlite:///", "demo"], setup=search_run),
+    Row("evaluate-model-without-store", ["evaluate", "--checkpoint", "models:/demo/1",
+                                         "--tracking-uri", "sqlite:///{tmp}/none.db"], 2,
+        ["no MLflow store at", "none.db"], absent=["none.db"]),
+    Row("evaluate-store-for-a-file", ["evaluate", "--checkpoint", "{tmp}/run",
+                                      "--tracking-uri", "sqlite:///{tmp}/mlflow.db"], 2,
+        ["--tracking-uri applies to a models:/ or runs:/ --checkpoint"], setup=checkpoint),
     Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
                               "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
         ["warning:", "was pruned", "scores are partial"], setup=pruned_run,
@@ -349,6 +368,8 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args):
     args = [a.format(**fill) for a in row.command]
     if row.tiny:
         args = args[:1] + tiny_args + ["--set", f"data.cache_dir={tmp_path}/cache"] + args[1:]
+    if args[0] == "train" and not row.track:
+        args = args[:1] + ["--no-track"] + args[1:]
     if row.executable:
         code, out, err, caught = _run_executable(args, tmp_path)
     else:

@@ -13,7 +13,7 @@ from extune.cli import main
 
 def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", *tiny_args, "--set", "method=ce", "--out", str(out)])
+    code = main(["train", *tiny_args, "--set", "method=ce", "--out", str(out), "--no-track"])
     assert code == 0
     printed = capsys.readouterr().out
     _assert_summary_order(printed)
@@ -85,7 +85,8 @@ def _explain_the_checkpoint(run, tmp_path):
     (["evaluate", "--checkpoint", "/nonexistent"], "checkpoint not found"),
 ])
 def test_bad_input_is_one_line_error(args, message, tiny_args, capsys):
-    assert main(args[:1] + tiny_args + args[1:]) == 2
+    untracked = ["--no-track"] if args[0] == "train" else []  # no MLflow store in the repo
+    assert main(args[:1] + tiny_args + untracked + args[1:]) == 2
     err = capsys.readouterr().err
     assert message in " ".join(err.split())
     assert "Traceback" not in err
@@ -113,7 +114,7 @@ def test_an_exported_config_trains_with_progress(tiny_config, tmp_path, monkeypa
     sdir = handmade_search("runs", [({"method": "excon", "optim.lr": 0.05}, 0.5)],
                            overrides=given)
     assert main(["export", str(sdir.path), "-o", "best.yaml"]) == 0
-    assert main(["train", "--config", "best.yaml", "--out", "run"]) == 0
+    assert main(["train", "--config", "best.yaml", "--out", "run", "--no-track"]) == 0
     err = capsys.readouterr().err
     assert err.count("epoch 1/1: validating…") == 1 and "epoch 1/1  train/loss" in err
     assert err.count("evaluating on the test split…") == 1
@@ -121,7 +122,8 @@ def test_an_exported_config_trains_with_progress(tiny_config, tmp_path, monkeypa
 
     assert main(["train", "--config", "best.yaml", "--set", "runtime.progress=false",
                  "--out", "quiet"]) == 0
-    assert capsys.readouterr().err == ""  # as a search trial: nothing on the console
+    assert capsys.readouterr().err == ""  # as a search trial: nothing on the console (MLflow
+    # tracking included: this run is recorded in ./mlflow.db)
 
 
 def test_config_command_prints_resolved_yaml(capsys):

@@ -96,7 +96,7 @@ def test_a_search_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk,
 def test_a_training_that_cannot_save_its_checkpoint_keeps_it_and_says_where(small_disk,
                                                                              tmp_path):
     out = small_disk / "run"
-    args = [sys.executable, "-m", "extune.cli", "train", "--out", str(out),
+    args = [sys.executable, "-m", "extune.cli", "train", "--out", str(out), "--no-track",
             *sets(*TINY, "optim.epochs=6", "method=ce", f"data.cache_dir={tmp_path / 'cache'}")]
     train = start(args, tmp_path / "train.log", cwd=tmp_path)
     try:

@@ -130,7 +130,7 @@ def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
     # the final run consumes the exported file and evaluates on the test set
     final = tmp_path / "final"
     assert main(["train", "--config", str(tmp_path / "cli.yaml"), "--set", "optim.epochs=1",
-                 "--set", "runtime.progress=false", "--out", str(final)]) == 0
+                 "--set", "runtime.progress=false", "--out", str(final), "--no-track"]) == 0
     assert Config.load(final / "config.yaml") == config.with_overrides(
         {"optim.epochs": 1, "runtime.progress": False})
     assert "test/accuracy" in json.loads((final / "metrics.json").read_text())["final"]

@@ -62,9 +62,10 @@ def _extune(args: list[str], cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """One MLflow store with a finished search ``demo`` (6 ExCon trials, ASHA), a second search
-    ``other`` (3 CE trials) and a quick study ``duel`` (CE and SupCon, 2 trials and 2 seeds
-    each), in a fresh folder."""
+    """One MLflow store with a finished search ``demo`` (6 ExCon trials, ASHA), the final run
+    of its best config (its model registered as ``demo-model``), a second search ``other`` (3 CE
+    trials) and a quick study ``duel`` (CE and SupCon, 2 trials and 2 seeds each), in a fresh
+    folder."""
     work = tmp_path_factory.mktemp("ui")
     (work / "space.yaml").write_text(SPACE)
     sets = [arg for kv in [*TINY, f"data.cache_dir={work / 'cache'}"] for arg in ("--set", kv)]
@@ -73,6 +74,9 @@ def store(tmp_path_factory) -> Path:
                       work)
     left_out = next(line for line in printed.splitlines() if line.startswith("plots left out"))
     assert "param_importances" in left_out  # said, not silent
+    _extune(["export", "runs/demo", "-o", "best.yaml"], work)  # the final run, registered
+    _extune(["train", "--config", "best.yaml", "--set", "optim.epochs=1", "--register",
+             "demo-model", "--out", "final"], work)
     _extune(["search", "--space", "ce", "--trials", "3", "--sampler", "random", "--name",
              "other", "--no-live", *sets], work)
     _extune(["study", "--quick", "--methods", "ce,supcon", "--name", "duel", "--protocols", "",
@@ -247,10 +251,36 @@ def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
     shots.append(_shot(page, folder, "6-parent-plots"))
     page_html = Path(client.download_artifacts(demo.info.run_id, "plots/plots.html", str(tmp_path)))
     assert "too few trials to fit" in page_html.read_text()  # and plots.html says why
+
+    # 5. the final run: beside its search, linked to the trial that chose it and back
+    final = _runs(client, **{"extune.role": "train"})[0]
+    assert final.info.experiment_id == demo.info.experiment_id
+    page.goto("about:blank")
+    page.goto(f"{address}/#/experiments/{final.info.experiment_id}/runs/{final.info.run_id}")
+    page.get_by_text("Trained from").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    shots.append(_shot(page, folder, "7-final-run"))
+    chosen = final.data.tags["extune.lineage.trial"]
+
+    def follow(name: str) -> None:
+        """Open a description's link (MLflow opens them in a new tab) in this one."""
+        href = page.get_by_role("link", name=name).first.get_attribute("href")
+        page.goto("about:blank")
+        page.goto(f"{address}/{href}")
+
+    follow(chosen)
+    page.get_by_text(re.compile(rf"excon · {chosen} · complete")).first.wait_for(timeout=60_000)
+    follow(final.info.run_name)  # and back
+    page.get_by_text("Trained from").first.wait_for(timeout=60_000)
+    # 6. the model in the Model Registry
+    page.goto(f"{address}/#/models/demo-model")
+    page.get_by_text(re.compile(r"Version 1")).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    shots.append(_shot(page, folder, "8-model-registry"))
     context.close()
     print("screenshots:", *shots, sep="\n  ")
 
-    # 5. SIGTERM stops extune ui and the MLflow server it started
+    # 7. SIGTERM stops extune ui and the MLflow server it started
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) is not None
     assert port_closes(port, timeout=20), "MLflow's server outlived extune ui"
