@@ -222,8 +222,28 @@ def _register(client: Any, name: str, model: Any, run_id: str) -> str:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version = client.create_model_version(name, source=f"models:/{model.model_id}",
-                                          run_id=run_id, model_id=model.model_id)
+                                          run_id=run_id, model_id=model.model_id,
+                                          description=_version_description(client, run_id))
     return str(version.version)
+
+
+def _version_description(client: Any, run_id: str) -> str:
+    """A registered version's description: the run that logged it (a link) with its test
+    metrics, and where its config came from (the run description's "Trained from ..." line,
+    :func:`~extune.search.tracking.notes.final_note`)."""
+    from extune.search.tracking.client import run_page
+    from extune.search.tracking.notes import NOTE_TAG
+
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
+    scores = " · ".join(f"{k} {metrics[k]:.4f}" for k in
+                        ("test/accuracy", "test/ece", "test/alignment") if k in metrics)
+    link = f"[{run.info.run_name}]({run_page(run.info.experiment_id, run_id)})"
+    lines = [f"Logged by the run {link} of `extune train`" + (f": {scores}" if scores else "")
+             + "."]
+    lines += [p for p in run.data.tags.get(NOTE_TAG, "").split("\n\n")
+              if p.startswith("Trained from")]
+    return "\n\n".join(lines)
 
 
 # ------------------------------------------------------------------ the pyfunc

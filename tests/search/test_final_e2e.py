@@ -90,6 +90,8 @@ def test_search_export_train_register_load_evaluate(trained, monkeypatch):
 
     images, predicted = _val_images(trained.tmp / "final")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
+    described = client.get_model_version("demo", "1").description
+    assert "Logged by the run [" in described and "Trained from [trial-" in described
     pyfunc = mlflow.pyfunc.load_model("models:/demo/1")
     assert np.array_equal(pyfunc.predict(images.numpy()).argmax(1), predicted.numpy())
     assert np.array_equal(pyfunc.predict(images.numpy() / np.float32(255)).argmax(1),
