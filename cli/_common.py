@@ -15,7 +15,7 @@ from extune.errors import ConfigError
 from extune.signals import interrupt_exit_code, terminated
 
 __all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
-           "refuse_with_resume", "interruptible",
+           "refuse_with_resume", "interruptible", "warn_job_paths",
            "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
 
 console = Console()
@@ -83,3 +83,26 @@ def interruptible(call: Callable[[], T], command: str, resume: Path | None) -> T
         what = "terminated (SIGTERM)" if terminated() else "interrupted"
         echo((what, "bold red"), f"; continue with: extune {command} --resume {folder}")
         raise typer.Exit(interrupt_exit_code()) from None
+
+
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray for the driver of a job (``ray job submit``)."""
+
+
+def warn_job_paths(out: Path | str, tracking_uri: str | None, *, tracked: bool = True) -> None:
+    """Inside a Ray job, warn in one line about relative output paths: the job's working folder
+    is a temporary copy of ``--working-dir``, so what is written there is lost when it ends
+    (docs/cluster.md, "Ray jobs")."""
+    import os
+
+    if RAY_JOB_ENV not in os.environ:
+        return
+    lost = [] if Path(out).is_absolute() else [f"--out {out}"]
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if tracked and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        lost.append(f"--tracking-uri {uri}")
+    if lost:
+        echo(("warning:", "bold yellow"), f" this runs as a Ray job, whose working folder is a "
+             f"temporary copy: {' and '.join(lost)} would be lost when the job ends; pass "
+             "absolute paths on shared storage, or an MLflow server")
+

@@ -20,6 +20,7 @@ from extune.cli._common import (
     option_values,
     refuse_with_resume,
     settings_kwargs,
+    warn_job_paths,
 )
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
@@ -123,6 +124,7 @@ def _print_plan(settings: Any) -> None:
          f"{_gpu_text(settings.gpus_per_trial)} each), "
          f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
          f"{','.join(settings.objective)}; Ray {ray_address(settings.address) or 'local'}")
+    warn_job_paths(settings.out, settings.tracking_uri)
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:

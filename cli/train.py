@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from extune.cli._common import ExperimentOpt, TrackingUriOpt, console, echo
+from extune.cli._common import ExperimentOpt, TrackingUriOpt, console, echo, warn_job_paths
 from extune.errors import ConfigError, ExtuneError
 
 __all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive",
@@ -57,6 +57,7 @@ def train(
     cfg = load_config(config, set_)
     out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     refuse_existing_run(out, resume)
+    warn_job_paths(out, tracking_uri, tracked=track)
     run = _open_run(cfg, out, config, resume, track=track, tracking_uri=tracking_uri,
                     experiment=experiment, register=register)
     echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import one_line
+from extune.search.connections import ray_address
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord
 from extune.search.settings import Objective
@@ -59,7 +60,7 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
         "time_budget_s": s.time_budget_s, "epoch_budget": s.epoch_budget,
         "startup_trials": s.startup_trials or "auto",
-        "max_failures": s.max_failures, "address": s.address or "local",
+        "max_failures": s.max_failures, "address": ray_address(s.address) or "local",
         "full_eval": s.full_eval,
         "storage": sdir.experiment_path, "search_dir": str(sdir.path),
         "fixed": ",".join(f"{k}={v}" for k, v in s.resolved_fixed.items()) or "none",

@@ -129,3 +129,17 @@ def test_an_exported_config_trains_with_progress(tiny_config, tmp_path, monkeypa
 def test_config_command_prints_resolved_yaml(capsys):
     assert main(["config", "--set", "method=edda"]) == 0
     assert "method: edda" in capsys.readouterr().out
+
+
+def test_a_ray_job_is_warned_about_relative_output_paths(monkeypatch, capsys):
+    from extune.cli._common import RAY_JOB_ENV, warn_job_paths
+
+    warn_job_paths("runs/x", None)
+    assert capsys.readouterr().out == ""  # not a job: nothing to say
+    monkeypatch.setenv(RAY_JOB_ENV, "{}")
+    warn_job_paths("runs/x", None)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--out runs/x and --tracking-uri sqlite:///mlflow.db would be lost" in out
+    warn_job_paths("/shared/runs", "http://mlflow:5000")
+    warn_job_paths("/shared/runs", None, tracked=False)
+    assert capsys.readouterr().out == ""
