@@ -85,3 +85,16 @@ def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
                   "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}",
                   "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
                  folder / f"mlflow-{time.time():.0f}.log")
+
+
+def search_runs(uri: str, search_dir: Path) -> list:
+    """Every MLflow run (parent and trials) of the search in ``search_dir``, by its id."""
+    import json
+
+    from extune.search.tracking.client import mlflow_client
+
+    search_id = json.loads((search_dir / "search.json").read_text())["search_id"]
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name("extune")
+    return client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`extune.search_id` = '{search_id}'")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from processes import BIN, free_port, http_ok, mlflow_server, start, stop, wait_for
+from processes import BIN, free_port, http_ok, mlflow_server, search_runs, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -224,18 +224,8 @@ def _needs_job_server() -> None:
                     "them with pip install -e '.[dev]'")
 
 
-def _search_runs(uri: str, search_dir: Path) -> list:
-    from extune.search.tracking.client import mlflow_client
-
-    search_id = json.loads((search_dir / "search.json").read_text())["search_id"]
-    client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name("extune")
-    return client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`extune.search_id` = '{search_id}'")
-
-
 def _trial_runs(uri: str, search_dir: Path) -> list:
-    return [r for r in _search_runs(uri, search_dir) if r.data.tags.get("extune.role") == "trial"]
+    return [r for r in search_runs(uri, search_dir) if r.data.tags.get("extune.role") == "trial"]
 
 
 def _log(run: subprocess.CompletedProcess) -> str:
@@ -292,7 +282,7 @@ def test_ray_job_stop_leaves_no_running_mlflow_run_and_a_job_resumes_the_search(
     assert f"continue with: extune search --resume {folder}" in logs, logs[-3000:]
     assert "Traceback" not in logs, logs[-3000:]
     assert json.loads((folder / "search.json").read_text())["status"] == "interrupted"
-    states = [r.info.status for r in _search_runs(cluster.tracking_uri, folder)]
+    states = [r.info.status for r in search_runs(cluster.tracking_uri, folder)]
     assert "RUNNING" not in states and "KILLED" in states, states  # stopped mid-trial
 
     started = time.time()
@@ -316,7 +306,7 @@ def _check_every_epoch_once(uri: str, folder: Path, epochs: int) -> None:
     """The search's parent run and both trials FINISHED, each epoch in MLflow once."""
     from extune.search.tracking.client import mlflow_client
 
-    runs = _search_runs(uri, folder)
+    runs = search_runs(uri, folder)
     assert [r.info.status for r in runs].count("FINISHED") == len(runs) == 3, [
         (r.info.run_name, r.info.status) for r in runs]
     client = mlflow_client(uri)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import free_port, http_ok, mlflow_server, start, stop, wait_for
+from processes import free_port, http_ok, mlflow_server, search_runs, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,21 +32,11 @@ def search_args(work: Path, name: str, *extra: str, epochs: int = 3, trials: int
             "--no-live", "--name", name, "--out", str(work / "runs"), *sets, *extra]
 
 
-def mlflow_runs(uri: str, search_dir: Path) -> list:
-    from extune.search.tracking.client import mlflow_client
-
-    search_id = json.loads((search_dir / "search.json").read_text())["search_id"]
-    client = mlflow_client(uri)
-    experiment = client.get_experiment_by_name("extune")
-    return client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`extune.search_id` = '{search_id}'")
-
-
 def check_every_epoch_once(uri: str, search_dir: Path, trials: int, epochs: int) -> None:
     """MLflow holds the parent FINISHED and each trial FINISHED with epochs 1..N once."""
     from extune.search.tracking.client import mlflow_client
 
-    runs = mlflow_runs(uri, search_dir)
+    runs = search_runs(uri, search_dir)
     parents = [r for r in runs if r.data.tags.get("extune.role") == "search"]
     children = [r for r in runs if r.data.tags.get("extune.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -123,7 +113,7 @@ def test_killed_driver_resumes_with_every_trial_once_and_no_orphan_run(tmp_path)
     # Ray's last saved state and is failed on restore); it counts toward --trials
     assert "RUNNING" not in states and states.count("COMPLETE") >= 3
     assert states.count("COMPLETE") + states.count("FAIL") >= 4
-    mlflow = [r for r in mlflow_runs(uri, runs) if r.data.tags.get("extune.role") == "trial"]
+    mlflow = [r for r in search_runs(uri, runs) if r.data.tags.get("extune.role") == "trial"]
     assert all(r.info.status != "RUNNING" for r in mlflow), [
         (r.info.run_name, r.info.status) for r in mlflow]
     numbers = [r.data.tags["extune.optuna_trial"] for r in mlflow]
@@ -153,7 +143,7 @@ def test_sigterm_stops_a_search_like_ctrl_c_and_resume_finishes_it(tmp_path):
     assert "SIGTERM received" not in log and "Traceback" not in log  # no native crash dump
     assert f"continue with: extune search --resume {runs}" in log
     assert json.loads((runs / "search.json").read_text())["status"] == "interrupted"
-    states = {r.info.status for r in mlflow_runs(uri, runs)}
+    states = {r.info.status for r in search_runs(uri, runs)}
     assert "RUNNING" not in states and "KILLED" in states, states
 
     resumed = subprocess.run([*args[:4], "--resume", str(runs)], cwd=tmp_path,
