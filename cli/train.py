@@ -199,8 +199,11 @@ def evaluate(
         out = Path(f"evaluation-{model_slug(checkpoint)}-{split}.json")
     out = out or evaluation_path(checkpoint, split)
     check_writable(out.parent, "the evaluation file's folder (--out)")
-    with _local_checkpoint(checkpoint, tracking_uri) as local:
-        metrics = evaluate_checkpoint(local, set_ or [], split)
+    from extune.train.progress import EpochProgress
+
+    with _local_checkpoint(checkpoint, tracking_uri) as local, \
+            EpochProgress().phase(f"evaluating on the {split} split") as part:
+        metrics = evaluate_checkpoint(local, set_ or [], split, part=part)
     atomic_write_text(out, json.dumps(metrics, indent=2))
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
     echo(f"wrote {out}")

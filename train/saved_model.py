@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,9 +53,10 @@ def evaluation_path(checkpoint: str | Path, split: str) -> Path:
     return checkpoint_path(checkpoint).parent / f"evaluation-{split}.json"
 
 
-def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
-                        ) -> dict[str, float]:
-    """All metrics of a checkpoint on ``split`` (``val`` or ``test``).
+def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str,
+                        part: Callable[[str], None] | None = None) -> dict[str, float]:
+    """All metrics of a checkpoint on ``split`` (``val`` or ``test``); ``part(name)`` is told
+    each part of the evaluation as it starts (:func:`extune.evaluate.evaluate_split`).
 
     Returns:
         The metrics (``{split}/accuracy``, ``shift/ece``, ``adv/fgsm_accuracy``, ...).
@@ -78,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     explainer = evaluation_explainer(cfg)
     metrics = evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                              std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
-                             explainer=explainer, prefix=split, full=True)
+                             explainer=explainer, prefix=split, full=True, part=part)
     return metrics
 
 

@@ -125,6 +125,9 @@ def test_an_exported_config_trains_with_progress(tiny_config, tmp_path, monkeypa
     assert capsys.readouterr().err == ""  # as a search trial: nothing on the console (MLflow
     # tracking included: this run is recorded in ./mlflow.db)
 
+    assert main(["evaluate", "--checkpoint", "run", "--split", "test"]) == 0
+    assert capsys.readouterr().err.count("evaluating on the test split…") == 1  # not silent
+
 
 def test_config_command_prints_resolved_yaml(capsys):
     assert main(["config", "--set", "method=edda"]) == 0
