@@ -201,9 +201,8 @@ def evaluate(
     check_writable(out.parent, "the evaluation file's folder (--out)")
     from extune.train.progress import EpochProgress
 
-    with _local_checkpoint(checkpoint, tracking_uri) as local, \
-            EpochProgress().phase(f"evaluating on the {split} split") as part:
-        metrics = evaluate_checkpoint(local, set_ or [], split, part=part)
+    with _local_checkpoint(checkpoint, tracking_uri) as local:
+        metrics = evaluate_checkpoint(local, set_ or [], split, progress=EpochProgress())
     atomic_write_text(out, json.dumps(metrics, indent=2))
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
     echo(f"wrote {out}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from extune.train.checkpoint import checkpoint_path, load_checkpoint
 from extune.train.config import Config, parse_assignments
 from extune.train.data import load_data
 from extune.train.methods import config_model, evaluation_explainer
+from extune.train.progress import EpochProgress
 from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
@@ -54,9 +55,9 @@ def evaluation_path(checkpoint: str | Path, split: str) -> Path:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str,
-                        part: Callable[[str], None] | None = None) -> dict[str, float]:
-    """All metrics of a checkpoint on ``split`` (``val`` or ``test``); ``part(name)`` is told
-    each part of the evaluation as it starts (:func:`extune.evaluate.evaluate_split`).
+                        progress: EpochProgress | None = None) -> dict[str, float]:
+    """All metrics of a checkpoint on ``split`` (``val`` or ``test``), shown as a phase of
+    ``progress`` once the checkpoint and the data are loaded.
 
     Returns:
         The metrics (``{split}/accuracy``, ``shift/ece``, ``adv/fgsm_accuracy``, ...).
@@ -78,10 +79,12 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     if images is None:
         raise ExtuneError(f"data set '{cfg.data.name}' has no test split; use --split val")
     explainer = evaluation_explainer(cfg)
-    metrics = evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
-                             std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
-                             explainer=explainer, prefix=split, full=True, part=part)
-    return metrics
+    phase = progress.phase(f"evaluating on the {split} split") if progress is not None \
+        else contextlib.nullcontext(None)
+    with phase as part:
+        return evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
+                              std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
+                              explainer=explainer, prefix=split, full=True, part=part)
 
 
 def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
