@@ -189,18 +189,16 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
     from extune.files import atomic_write_text, check_writable
+    from extune.search.tracking.model import is_model_uri, model_slug
+    from extune.train.progress import EpochProgress
     from extune.train.saved_model import evaluate_checkpoint, evaluation_path
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")
-    from extune.search.tracking.model import is_model_uri, model_slug
-
     if out is None and is_model_uri(checkpoint):
         out = Path(f"evaluation-{model_slug(checkpoint)}-{split}.json")
     out = out or evaluation_path(checkpoint, split)
     check_writable(out.parent, "the evaluation file's folder (--out)")
-    from extune.train.progress import EpochProgress
-
     with _local_checkpoint(checkpoint, tracking_uri) as local:
         metrics = evaluate_checkpoint(local, set_ or [], split, progress=EpochProgress())
     atomic_write_text(out, json.dumps(metrics, indent=2))

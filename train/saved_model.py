@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -79,9 +78,8 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     if images is None:
         raise ExtuneError(f"data set '{cfg.data.name}' has no test split; use --split val")
     explainer = evaluation_explainer(cfg)
-    phase = progress.phase(f"evaluating on the {split} split") if progress is not None \
-        else contextlib.nullcontext(None)
-    with phase as part:
+    progress = progress or EpochProgress(enabled=False)
+    with progress.phase(f"evaluating on the {split} split") as part:
         return evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                               std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
                               explainer=explainer, prefix=split, full=True, part=part)

@@ -142,7 +142,7 @@ def search_lineage(sdir: SearchDir, record: TrialRecord, select: str | None) -> 
         "run_id": _trial_run_id(sdir, record.trial_id),
         "parent_run_id": sdir.meta.get("parent_run_id"),
         "tracking_uri": sdir.meta.get("tracking_uri"), "experiment": sdir.settings.experiment,
-        "select": select or ("knee" if len(objectives) > 1 else objectives[0].name),
+        "select": _rule_name(select, objectives),
         "rule": _rule(select, objectives), "extune_version": __version__}
     return {k: str(v) for k, v in lineage.items() if v is not None}
 
@@ -153,22 +153,20 @@ def _trial_run_id(sdir: SearchDir, trial_id: str | None) -> str | None:
     uri = sdir.meta.get("tracking_uri")
     if not uri or not trial_id:
         return None
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return None  # reading would create an empty store
-    from extune.search.tracking.client import mlflow_client
+    from extune.search.tracking.client import mlflow_client, tag_filter
     from extune.search.tracking.journal import bounded_http_client
 
     bounded_http_client()
     try:
-        existing_store(uri)
+        existing_store(uri)  # a missing SQLite file is not read (it would be created)
         client = mlflow_client(uri)
         experiment = client.get_experiment_by_name(sdir.settings.experiment)
         if experiment is None:
             return None
         runs = client.search_runs(
             [experiment.experiment_id], max_results=1,
-            filter_string=f"tags.`extune.search_id` = '{sdir.search_id}' and "
-                          f"tags.`extune.trial_id` = '{trial_id}'")
+            filter_string=tag_filter({"extune.search_id": sdir.search_id,
+                                      "extune.trial_id": trial_id}))
         return runs[0].info.run_id if runs else None
     except Exception:  # MLflow, requests and SQLAlchemy raise many types: no run id then
         return None
@@ -211,9 +209,15 @@ def relative_paths_note(config: Config, sdir: SearchDir | None) -> str | None:
             "absolute")
 
 
+def _rule_name(select: str | None, objectives: list[Objective]) -> str:
+    """The selection rule: ``select``, else the default (the knee for several objectives,
+    else the first objective)."""
+    return select or ("knee" if len(objectives) > 1 else objectives[0].name)
+
+
 def _rule(select: str | None, objectives: list[Objective]) -> str:
     """How the trial was chosen, in words."""
-    rule = select or ("knee" if len(objectives) > 1 else objectives[0].name)
+    rule = _rule_name(select, objectives)
     if rule == "knee":
         return "the knee of the Pareto front"
     return f"the best complete trial by {rule}"
@@ -294,50 +298,52 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
                           "runs, or the search folder with `extune export SEARCH_DIR`")
     config = _logged_config(client, run) or config_from_params(
         _run_params(client, run), source=f"run '{run_id}'")
-    sdir = _search_of_run(client, run)
+    parent = _parent_run(client, run)
+    sdir = _search_of_run(parent)
     config = as_given(config, sdir)
     note = run_caveat(run)
     notes = [f"exported from MLflow run {run_id} ({run.info.run_name})", _warning(note),
              relative_paths_note(config, sdir), *_epoch_notes(config, epochs)]
     if epochs is not None:
         config = rescale_epochs(config, epochs)
-    _write(out, notes, config, _run_lineage(client, run, uri))
+    _write(out, notes, config, _run_lineage(client, run, parent, uri))
     return config, note
 
 
-def _run_lineage(client: Any, run: Any, uri: str) -> dict[str, str]:
-    """Where an export of an MLflow run comes from (see :func:`search_lineage`)."""
+def _parent_run(client: Any, run: Any) -> Any:
+    """The parent run of a trial run (its search's), ``None`` without one or where the store
+    no longer has it."""
     from mlflow.exceptions import MlflowException
 
+    parent_id = run.data.tags.get("mlflow.parentRunId")
+    if not parent_id:
+        return None
+    try:
+        return client.get_run(parent_id)
+    except MlflowException:
+        return None
+
+
+def _run_lineage(client: Any, run: Any, parent: Any, uri: str) -> dict[str, str]:
+    """Where an export of an MLflow run comes from (see :func:`search_lineage`)."""
     tags = run.data.tags
-    parent_id = tags.get("mlflow.parentRunId")
-    search = None
-    if parent_id:
-        try:
-            search = client.get_run(parent_id).info.run_name
-        except MlflowException:
-            pass
     experiment = client.get_experiment(run.info.experiment_id).name
-    lineage = {"search": search, "search_id": tags.get("extune.search_id"),
+    lineage = {"search": parent.info.run_name if parent is not None else None,
+               "search_id": tags.get("extune.search_id"),
                "trial": run.info.run_name, "trial_id": tags.get("extune.trial_id"),
-               "run_id": run.info.run_id, "parent_run_id": parent_id, "tracking_uri": uri,
-               "experiment": experiment, "select": "run",
+               "run_id": run.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
+               "tracking_uri": uri, "experiment": experiment, "select": "run",
                "rule": "picked by its MLflow run id", "extune_version": __version__}
     return {k: str(v) for k, v in lineage.items() if v is not None}
 
 
-def _search_of_run(client: Any, run: Any) -> SearchDir | None:
+def _search_of_run(parent: Any) -> SearchDir | None:
     """The search folder of a trial run (its parent run's ``search_dir`` param), when this
     machine has it."""
-    parent_id = run.data.tags.get("mlflow.parentRunId")
-    if not parent_id:
-        return None
-    from mlflow.exceptions import MlflowException
-
+    folder = parent.data.params.get("search_dir") if parent is not None else None
     try:
-        folder = client.get_run(parent_id).data.params.get("search_dir")
         return SearchDir.load(folder) if folder else None
-    except (MlflowException, ConfigError):  # the search ran elsewhere, or its folder is gone
+    except ConfigError:  # the search ran elsewhere, or its folder is gone
         return None
 
 

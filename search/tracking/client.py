@@ -24,7 +24,8 @@ from typing import Any
 from extune.errors import one_line
 from extune.search.connections import ServiceError, check_tracking_uri
 
-__all__ = ["MlflowTracker", "mlflow_client", "param_value", "STATE_TAG", "EXPERIMENT_KIND_TAG",
+__all__ = ["MlflowTracker", "mlflow_client", "param_value", "tag_filter", "STATE_TAG",
+           "EXPERIMENT_KIND_TAG",
            "VIEW_TAG", "SHARED_VIEW_TAG", "FINAL_RUNS_TAG", "view_page", "run_page"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -46,6 +47,12 @@ STATE_TAG = "extune.state"
 log = logging.getLogger(__name__)
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _MAX_METRICS = 1000
+
+
+def tag_filter(tags: dict[str, Any]) -> str:
+    """MLflow's filter of the runs with all these tags (``tags.`extune.role` = 'trial' and
+    ...``; backquotes: the keys have dots)."""
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
 
 
 def param_value(value: Any) -> str:
@@ -140,8 +147,8 @@ class MlflowTracker:
         return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
     def _find(self, tags: dict[str, str]) -> str | None:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
+        runs = self.client.search_runs([self.experiment_id], filter_string=tag_filter(tags),
+                                       max_results=2)
         return runs[0].info.run_id if runs else None
 
     def parent_run(self, params: dict[str, Any] | None = None) -> str:

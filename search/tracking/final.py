@@ -37,7 +37,7 @@ from typing import Any
 from extune import __version__
 from extune.errors import ConfigError, one_line
 from extune.search.connections import ServiceError, resolve_tracking_uri
-from extune.search.tracking.client import STATE_TAG, MlflowTracker, run_page
+from extune.search.tracking.client import STATE_TAG, MlflowTracker, run_page, tag_filter
 from extune.search.tracking.journal import (
     Op,
     TrackingWriter,
@@ -47,6 +47,7 @@ from extune.search.tracking.journal import (
     writer_for,
 )
 from extune.search.tracking.notes import NOTE_TAG, final_note
+from extune.search.tracking.parent import TRACKING_DIR
 from extune.search.tracking.sync import Job
 
 __all__ = ["FinalRun", "open_final_run", "train_journals", "is_train_folder", "TRAIN_ID_TAG",
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_ID_TAG = "extune.train_id"
 LINEAGE_PREFIX = "extune.lineage."
-TRACKING_DIR = "tracking"
 RUN_FILE = "run.json"
 """``<out>/tracking/run.json``: the store, experiment and id of the run (for ``--resume`` and
 ``extune sync``)."""
@@ -259,8 +259,7 @@ def _found(tracker: MlflowTracker, run_id: str | None, tags: dict[str, str | Non
         if not all(tags.values()):
             return None
         experiments = [e.experiment_id for e in client.search_experiments()]
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = client.search_runs(experiments, filter_string=query, max_results=1)
+        runs = client.search_runs(experiments, filter_string=tag_filter(tags), max_results=1)
         return runs[0] if runs else None
     except MlflowException:
         return None

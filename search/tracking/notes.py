@@ -46,7 +46,7 @@ def trial_note(*, name: str, search: str, state: str, epoch: int, planned: int,
         lines += [f"| {o.name} ({o.metric}, {o.mode}) | {_value(metrics.get(o.metric))} |"
                   for o in objectives]
     shown = {o.metric for o in objectives}
-    rows = [(key, m) for m in METRIC_INFO.values() if (key := _val_key(m.name)) not in shown]
+    rows = [(key, m) for m in METRIC_INFO.values() if (key := _split_key(m.name)) not in shown]
     if state == "complete":  # what its config did not ask for is not a row
         rows = [(key, m) for key, m in rows if _finite(metrics.get(key))]
     lines += ["", "| metric | value |", "|---|---|"]
@@ -78,13 +78,13 @@ def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
 
     split = "test" if any(k.startswith("test/") for k in metrics) else "val"
     headline = " · ".join(f"{key} {_value(metrics.get(key))}" for key in
-                          (_val_key(m, split) for m in ("accuracy", "ece", "alignment")))
+                          (_split_key(m, split) for m in ("accuracy", "ece", "alignment")))
     lines = [f"**{name}** (`extune train`): {what}: **{state}**."
              + (f" {headline}" if metrics else "")]
     if source:
         lines += ["", source]
     rows = [(key, m) for m in METRIC_INFO.values()
-            if _finite(metrics.get(key := _val_key(m.name, split)))]
+            if _finite(metrics.get(key := _split_key(m.name, split)))]
     if rows:
         lines += ["", f"| {split} metric | value |", "|---|---|"]
         lines += [f"| {key} {info.arrow} | {_value(metrics[key])} |" for key, info in rows]
@@ -107,7 +107,7 @@ def _headline(metrics: dict[str, Any], objectives: Sequence[Objective]) -> str:
     return " · ".join(parts)
 
 
-def _val_key(name: str, split: str = "val") -> str:
+def _split_key(name: str, split: str = "val") -> str:
     """The key a run reports a suite metric under (``val/accuracy``; ``shift/ece`` and
     ``adv/fgsm_accuracy`` keep their group on the validation split, ``test/shift/ece``:
     :func:`extune.evaluate.suite.group_prefix`)."""

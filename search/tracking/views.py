@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extune.search.settings import Objective
-from extune.search.tracking.client import STATE_TAG, VIEW_TAG, mlflow_client, view_page
+from extune.search.tracking.client import (
+    STATE_TAG,
+    VIEW_TAG,
+    mlflow_client,
+    tag_filter,
+    view_page,
+)
 
 __all__ = ["view_page", "search_filter", "study_filter", "runs_table_view", "study_view",
            "StoreEntry", "store_entries"]  # view_page: client.py
@@ -25,12 +31,12 @@ __all__ = ["view_page", "search_filter", "study_filter", "runs_table_view", "stu
 
 def search_filter(search_id: str) -> str:
     """MLflow's filter of a search's trial runs."""
-    return f"tags.`extune.search_id` = '{search_id}' and tags.`extune.role` = 'trial'"
+    return tag_filter({"extune.search_id": search_id, "extune.role": "trial"})
 
 
 def study_filter(study_id: str) -> str:
     """MLflow's filter of a study's final runs."""
-    return f"tags.`extune.study_id` = '{study_id}' and tags.`extune.stage` = 'final'"
+    return tag_filter({"extune.study_id": study_id, "extune.stage": "final"})
 
 
 def runs_table_view(search_id: str, objectives: tuple[Objective, ...],
@@ -90,7 +96,7 @@ def store_entries(uri: str) -> list[StoreEntry]:
     if not experiments:
         return []
     runs = sorted((run for role in ("search", "study") for run in _all_runs(
-        client, list(experiments), f"tags.`extune.role` = '{role}'")),
+        client, list(experiments), tag_filter({"extune.role": role}))),
         key=lambda r: r.info.start_time or 0, reverse=True)  # MLflow's filters have no "or"
     entries: dict[str, StoreEntry] = {}
     studies: dict[str, StoreEntry] = {}
