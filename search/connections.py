@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ExtuneError, one_line
+from extune.files import is_disk_full
 from extune.signals import handle_sigterm
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "ray_address",
@@ -48,6 +49,27 @@ def quiet_ray_env() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # "Trials did not complete: [...]": the summary table says which trials failed and why
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    for name in _DISK_FULL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DiskFullOneLine) for f in logger.filters):
+            logger.addFilter(DiskFullOneLine())
+
+
+_DISK_FULL_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller")
+"""Ray's loggers that print a traceback when a write fails (the experiment state, a trial)."""
+
+
+class DiskFullOneLine(logging.Filter):
+    """Print a full disk that Ray logs with its traceback as one line: the search stops on it
+    and says in its own error line where to free space and how to resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_disk_full(error):
+            record.msg = f"{record.getMessage().rstrip(': ')}: {one_line(error)}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _probe(host: str, port: int, what: str, timeout: float = 5.0) -> None:

@@ -119,6 +119,7 @@ def _experiment_for(sdir: Any, labels: list[str], epochs: int) -> str:
 def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str) -> Any:
     from ray import tune
 
+    from extune.search.engine.disk import ray_storage, restore_tuner
     from extune.search.engine.trainable import train_trial
     from extune.search.reporting.console import LiveConsole
     from extune.search.tracking.callback import MlflowCallback
@@ -135,9 +136,7 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
                              storage=path),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False)
-    storage, _, name = path.rpartition("/")
+        return restore_tuner(path, trainable)
     callbacks = [
         MlflowCallback(tracker, base_dict, tags={"extune.stage": "final",
                                                  "extune.study_id": sdir.study_id},
@@ -151,7 +150,7 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
             max_concurrent_trials=plan.concurrency, reuse_actors=True),
         param_space={RUN: tune.grid_search(points)},
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=callbacks,
+            **ray_storage(path), verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 

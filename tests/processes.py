@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -55,6 +56,28 @@ def port_closes(port: int, timeout: float) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def read_until(process: subprocess.Popen, prefix: str, timeout: float) -> list[str]:
+    """The lines ``process`` prints (text ``stdout`` pipe) up to the first that starts with
+    ``prefix``; fails if it exits first or ``timeout`` passes (a thread reads, so a silent
+    process cannot hang the test)."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(prefix):
+                found.set()
+                return
+        found.set()  # end of output
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout) or not lines or not lines[-1].startswith(prefix):
+        raise AssertionError(f"no line starting {prefix!r} in {timeout:.0f} s (exit code "
+                             f"{process.poll()}):\n" + "".join(lines))
+    return lines
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -8,25 +8,36 @@ does (Ray Tune saves its state and keeps the running trials resumable), before w
 way; the search then raises :class:`~extune.errors.DiskFullError` with the way on. A disk that
 fills faster than that (a failure Tune or Optuna raises) is recognised by
 :func:`~extune.files.is_disk_full` and ends the same way.
+
+What Ray writes into a local search folder (its experiment state, the trials' results and
+checkpoints) goes through :func:`ray_storage`: each file is written beside its place and renamed
+in once whole, so a disk that fills half way through leaves the last whole version for
+``--resume``, never a cut-short one (Ray's own local filesystem writes in place).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
 import signal
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
 from ray.tune import Callback
 
-from extune.errors import DiskFullError
+from extune.errors import DiskFullError, ExtuneError
 from extune.files import MIN_FREE_BYTES, free_bytes
 from extune.search.folder import SearchDir
 from extune.search.tracking.parent import mark_interrupted
 
 __all__ = ["DiskGuard", "full_disk", "reset", "repair_error_files", "watched_folders",
-           "raise_if_disk_full"]
+           "raise_if_disk_full", "ray_storage", "WholeFilesSystem", "restore_tuner",
+           "check_experiment_state"]
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +141,117 @@ def raise_if_disk_full(sdir: SearchDir, tracker: Any, error: BaseException | Non
     raise DiskFullError(f"the disk of {folder} is full ({left}): the search stopped, its "
                         f"trials kept; free some space, then: extune search --resume {sdir.path}"
                         ) from None
+
+
+class _WholeFile(io.RawIOBase):
+    """A file written as ``.<name>.<random>.partial`` beside ``path`` and renamed to ``path``
+    when it closes whole; a write or flush that fails (a full disk) removes it instead."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        folder, name = os.path.split(path)
+        self.partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+        self._file = open(self.partial, "xb")  # noqa: SIM115 (closed by close())
+        self._failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._file.close()  # flushes: a full disk may fail here
+            if not self._failed:
+                os.replace(self.partial, self.path)
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            if self._failed:
+                Path(self.partial).unlink(missing_ok=True)
+            super().close()
+
+
+class WholeFilesSystem(LocalFileSystem):
+    """fsspec's local filesystem whose files opened for writing appear whole or not at all
+    (:class:`_WholeFile`). Ray takes it as a pyarrow filesystem (:func:`ray_storage`); no
+    library offers atomic local writes through pyarrow's filesystem interface."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(auto_mkdir=True, **kwargs)
+
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None, **kwargs: Any) -> Any:
+        if mode == "wb":
+            path = self._strip_protocol(path)
+            self.makedirs(self._parent(path), exist_ok=True)
+            return _WholeFile(path)
+        return super()._open(path, mode, block_size, **kwargs)
+
+
+def ray_storage(experiment_path: str) -> dict[str, Any]:
+    """Ray's ``storage_path``, ``storage_filesystem`` and experiment ``name`` for
+    ``experiment_path``: a local folder is written through :class:`WholeFilesSystem`, a bucket
+    URI (whose objects appear whole anyway) by Ray's own filesystem."""
+    storage, _, name = experiment_path.rpartition("/")
+    if "://" in experiment_path:
+        return {"storage_path": storage, "name": name}
+    import pyarrow.fs
+
+    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(WholeFilesSystem()))
+    return {"storage_path": storage, "storage_filesystem": filesystem, "name": name}
+
+
+def check_experiment_state(experiment_path: str) -> None:
+    """Fail in one line when Ray's newest experiment state in ``experiment_path`` cannot be
+    read (Ray would log it and silently start the experiment over, its trials forgotten).
+
+    Raises:
+        ExtuneError: when the state file is cut short or not JSON.
+    """
+    if "://" in experiment_path:
+        return
+    from ray.tune.execution.tune_controller import TuneController
+
+    states = sorted(Path(experiment_path).glob(TuneController.CKPT_FILE_TMPL.format("*")))
+    if not states:
+        return
+    try:
+        json.loads(states[-1].read_text())
+    except (ValueError, OSError) as e:
+        raise ExtuneError(
+            f"Ray's state of this search, {states[-1]}, cannot be read ({type(e).__name__}: "
+            f"{e}), so its trials cannot be resumed; the finished ones stay in MLflow and in "
+            f"{experiment_path}: start a new search (or export this one)") from None
+
+
+def restore_tuner(experiment_path: str, trainable: Any) -> Any:
+    """``Tuner.restore`` of the experiment in ``experiment_path`` after a check that it can be
+    read, with the trials' error files a full disk cut short removed, and the partial files
+    of writes it stopped."""
+    from ray import tune
+
+    check_experiment_state(experiment_path)
+    repair_error_files(experiment_path)
+    if "://" not in experiment_path:
+        for partial in Path(experiment_path).rglob(".*.partial"):
+            partial.unlink(missing_ok=True)
+    storage = ray_storage(experiment_path)
+    return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                              resume_errored=False,
+                              storage_filesystem=storage.get("storage_filesystem"))

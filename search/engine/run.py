@@ -278,11 +278,9 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
                              full_epochs=settings.full_epochs(epochs)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
-        from extune.search.engine.disk import repair_error_files
+        from extune.search.engine.disk import restore_tuner
 
-        repair_error_files(sdir.experiment_path)  # a full disk may have cut some short
-        return tune.Tuner.restore(sdir.experiment_path, trainable=trainable,
-                                  resume_unfinished=True, resume_errored=False)
+        return restore_tuner(sdir.experiment_path, trainable)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -331,11 +329,10 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
     from ray import tune
 
     from extune.search.engine.budget import with_budget
-    from extune.search.engine.disk import DiskGuard, watched_folders
+    from extune.search.engine.disk import DiskGuard, ray_storage, watched_folders
     from extune.search.reporting.console import LiveConsole
     from extune.search.tracking.callback import MlflowCallback
 
-    storage, _, name = sdir.experiment_path.rpartition("/")
     stop = with_budget(sdir, settings, stop)
     console = LiveConsole(title=sdir.name, objectives=settings.objectives, base=base,
                           total=settings.trials, live=settings.live,
@@ -346,7 +343,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
         journal_dir=journal_dir(sdir), log_checkpoint=settings.log_checkpoints,
         constant=(*settings.resolved_fixed, *sdir.meta.get("space_constants", {})))
     return tune.RunConfig(
-        name=name, storage_path=storage, verbose=0, stop=stop,
+        **ray_storage(sdir.experiment_path), verbose=0, stop=stop,
         callbacks=[guard, tracking, console, *callbacks],
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))

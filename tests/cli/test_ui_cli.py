@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from processes import free_port, port_closes, wait_for_port
+from processes import free_port, port_answers, port_closes, read_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +21,12 @@ def test_ctrl_c_stops_the_server_and_its_workers(tmp_path):
                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     try:
-        wait_for_port(port, ui, timeout=120)
+        printed = read_until(ui, "experiments: http://127.0.0.1:", timeout=120)
+        assert port_answers(port), "the links were printed before the server answered"
+        assert printed[-2].startswith("MLflow UI on")
         ui.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
         assert ui.wait(timeout=30) is not None
         assert port_closes(port, timeout=20), "the MLflow server outlived extune ui"
-        assert "experiments: http://127.0.0.1:" in ui.stdout.read()
     finally:
         if ui.poll() is None:
             ui.kill()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import free_port, port_answers, port_closes
+from processes import free_port, port_answers, port_closes, read_until
 
 pytestmark = pytest.mark.slow
 
@@ -92,19 +92,10 @@ def ui(store):
     process = subprocess.Popen(
         [sys.executable, "-m", "extune.cli", "ui", "--port", str(port)], cwd=store,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:  # the links come once the server answers
-            line = process.stdout.readline()
-            assert line or process.poll() is None, "".join(lines)
-            lines.append(line)
-            if line.startswith("MLflow UI on"):
-                break
+        lines = read_until(process, "MLflow UI on", timeout=180)  # once the server answers
         assert port_answers(port), "the links were printed before the server answered"
-        while not lines[-1].startswith("search demo"):  # the oldest, printed last
-            lines.append(process.stdout.readline())
-            assert lines[-1], "".join(lines)
+        lines += read_until(process, "search demo", timeout=30)  # the oldest, printed last
         yield process, port, lines
     finally:
         if process.poll() is None:
