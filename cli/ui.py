@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,12 +45,15 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes it to the network.")]
     = "127.0.0.1",
     search: Annotated[str | None, typer.Option(
-        "--search", help="Print the link of this search or study only (its name).")] = None,
+        "--search", help="Print the link of this search or study only (its name), with its "
+        "final runs.")] = None,
     limit: Annotated[int, typer.Option(
-        min=0, help="List this many searches and studies, newest first; 0: every one.")] = 20,
+        min=0, help="List this many searches, studies and final runs not under one, newest "
+        "first; 0: every one.")] = 20,
 ) -> None:
     """Start the MLflow UI on a tracking store (127.0.0.1 by default) and print the link of
-    each search and study in it, each scoped to its own runs."""
+    each search and study in it, each scoped to its own runs, and of each final run
+    (``extune train``), under the search it was exported from."""
     from extune.search.connections import check_tracking_uri, existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
@@ -91,26 +95,37 @@ def _entries(uri: str, name: str | None) -> list[Any]:
     entries = store_entries(uri)
     if name is None:
         return entries
-    found = [e for e in entries if e.name == name]
-    found += [s for e in entries for s in e.searches if s.name == name]
+    every = [*_walk(entries)]
+    found = [e for e in every if e.name == name and e.kind != "train"]
     if not found:
-        known = sorted({e.name for e in entries} | {s.name for e in entries for s in e.searches})
+        known = sorted({e.name for e in every if e.kind != "train"})
         hint = f"; it has {', '.join(known[:10])}" + (" ..." if len(known) > 10 else "") \
             if known else "; it has none yet"
         raise ConfigError(f"--search {name}: no search or study of that name in {uri}{hint}")
     return found[:1]  # newest first: the latest of that name
 
 
+def _walk(entries: list[Any]) -> Iterator[Any]:
+    """``entries`` and their children, depth first."""
+    for entry in entries:
+        yield entry
+        yield from _walk(entry.children)
+
+
 def _print_links(entries: list[Any], address: str, limit: int) -> None:
     echo(f"experiments: {address}/#/experiments?workflowType=machine_learning")
     shown = entries if limit == 0 else entries[:limit]
     for entry in shown:
-        echo(_line(entry, address))
-        for search in entry.searches:
-            echo("  " + _line(search, address))
+        _print_entry(entry, address, indent="")
     if len(shown) < len(entries):
         echo(f"... and {len(entries) - len(shown)} older; --limit 0 lists every one, "
              "--search NAME prints one")
+
+
+def _print_entry(entry: Any, address: str, indent: str) -> None:
+    echo(indent + _line(entry, address))
+    for child in entry.children:
+        _print_entry(child, address, indent + "  ")
 
 
 def _line(entry: Any, address: str) -> str:

@@ -1,5 +1,5 @@
 """The MLflow UI pages of searches and studies: each one's runs table as a shared view scoped
-to its own runs, and the list of every search and study in a store.
+to its own runs, and the list of every search, study and final run in a store.
 
 Why a tag filter and not one experiment per search: MLflow users keep one experiment per
 project (``--experiment``) and compare runs across it; a search is a parent run with its trials
@@ -68,16 +68,18 @@ def study_view(study_id: str) -> dict[str, Any]:
 
 @dataclass
 class StoreEntry:
-    """A search or a study of a tracking store, for ``extune ui``.
+    """A search, a study or a final run (``extune train``) of a tracking store, for
+    ``extune ui``.
 
     Attributes:
-        kind: ``search`` or ``study``.
-        name: its name (the parent run's name).
+        kind: ``search``, ``study`` or ``train``.
+        name: its name (the run's name).
         experiment: the MLflow experiment's name.
-        page: its runs table (after ``http://host:port/``), ``None`` when it has no view
-            (started by an older extune).
-        started_ms: start time of its parent run.
-        searches: a study's searches (empty for a search).
+        page: its page (after ``http://host:port/``): a search's or study's runs table, a final
+            run's own page; ``None`` for a search or study without a view (started by an older
+            extune).
+        started_ms: start time of its run.
+        children: a study's searches, a search's final runs (newest first).
     """
 
     kind: str
@@ -85,38 +87,46 @@ class StoreEntry:
     experiment: str
     page: str | None
     started_ms: int
-    searches: list[StoreEntry] = field(default_factory=list)
+    children: list[StoreEntry] = field(default_factory=list)
+
+
+_LISTED_ROLES = ("search", "study", "train")
 
 
 def store_entries(uri: str) -> list[StoreEntry]:
-    """Every search and study of a store, newest first, a study's searches under it (newest
-    first too)."""
+    """Every search, study and final run of a store, newest first: a study's searches under
+    it, a final run under the search its config was exported from (newest first too)."""
     client = mlflow_client(uri)
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     if not experiments:
         return []
-    runs = sorted((run for role in ("search", "study") for run in _all_runs(
+    runs = sorted((run for role in _LISTED_ROLES for run in _all_runs(
         client, list(experiments), tag_filter({"extune.role": role}))),
         key=lambda r: r.info.start_time or 0, reverse=True)  # MLflow's filters have no "or"
-    entries: dict[str, StoreEntry] = {}
-    studies: dict[str, StoreEntry] = {}
+    entries = {run.info.run_id: _entry(run, experiments) for run in runs}
+    parents = {}  # study id or search id -> its entry
     for run in runs:
         tags = run.data.tags
-        entry = StoreEntry(tags["extune.role"], run.info.run_name,
-                           experiments.get(run.info.experiment_id, "?"), tags.get(VIEW_TAG),
-                           run.info.start_time or 0)
-        entries[run.info.run_id] = entry
-        if entry.kind == "study" and "extune.study_id" in tags:
-            studies[tags["extune.study_id"]] = entry
+        if tags["extune.role"] == "study" and "extune.study_id" in tags:
+            parents[tags["extune.study_id"]] = entries[run.info.run_id]
+        elif tags["extune.role"] == "search" and "extune.search_id" in tags:
+            parents[tags["extune.search_id"]] = entries[run.info.run_id]
     top = []
     for run in runs:
-        entry = entries[run.info.run_id]
-        study = studies.get(run.data.tags.get("extune.study_id", ""))
-        if entry.kind == "search" and study is not None:
-            study.searches.append(entry)
-        else:
-            top.append(entry)
+        entry, tags = entries[run.info.run_id], run.data.tags
+        parent_id = {"search": tags.get("extune.study_id"),
+                     "train": tags.get("extune.lineage.search_id")}.get(entry.kind)
+        parent = parents.get(parent_id or "")
+        (parent.children if parent is not None else top).append(entry)
     return top
+
+
+def _entry(run: Any, experiments: dict[str, str]) -> StoreEntry:
+    kind = run.data.tags["extune.role"]
+    page = (run.data.tags.get(VIEW_TAG) if kind != "train" else
+            f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+    return StoreEntry(kind, run.info.run_name, experiments.get(run.info.experiment_id, "?"),
+                      page, run.info.start_time or 0)
 
 
 def _all_runs(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:

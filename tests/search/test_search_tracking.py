@@ -171,13 +171,20 @@ def test_store_lists_every_search_and_study_newest_first_with_scoped_views(tmp_p
     run(second, "duel", 2000, **{"extune.role": "study", "extune.study_id": "s1"})
     run(second, "ce", 2100, **{"extune.role": "search", "extune.study_id": "s1"})
     run(second, "excon", 2200, **{"extune.role": "search", "extune.study_id": "s1"})
-    run(first, "new", 3000, **{"extune.role": "search"})
-    run(first, "trial", 3100, **{"extune.role": "trial"})
+    run(first, "new", 3000, **{"extune.role": "search", "extune.search_id": "n1"})
+    run(first, "trial", 3100, **{"extune.role": "trial", "extune.search_id": "n1"})
+    run(first, "new-final", 3200, **{"extune.role": "train", "extune.lineage.search_id": "n1"})
+    run(first, "scratch", 900, **{"extune.role": "train"})  # a config written by hand
     entries = store_entries(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [(e.kind, e.name, e.experiment) for e in entries] == [
-        ("search", "new", "a"), ("study", "duel", "b"), ("search", "old", "a")]
-    assert [s.name for s in entries[1].searches] == ["excon", "ce"]
+        ("search", "new", "a"), ("study", "duel", "b"), ("search", "old", "a"),
+        ("train", "scratch", "a")]
+    assert [s.name for s in entries[1].children] == ["excon", "ce"]
     assert entries[0].page == "#/new"
+    final = entries[0].children[0]
+    assert (final.kind, final.name) == ("train", "new-final")
+    run_id = client.search_runs([first], "tags.`extune.role` = 'train'")[0].info.run_id
+    assert final.page == f"#/experiments/{first}/runs/{run_id}"
 
     view = runs_table_view("abc", (Objective("alignment", "val/alignment", "max"),),
                            ["optim.lr"])

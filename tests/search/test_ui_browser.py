@@ -95,7 +95,8 @@ def ui(store):
     try:
         lines = read_until(process, "MLflow UI on", timeout=180)  # once the server answers
         assert port_answers(port), "the links were printed before the server answered"
-        lines += read_until(process, "search demo", timeout=30)  # the oldest, printed last
+        lines += read_until(process, "search demo", timeout=30)  # the oldest search, last
+        lines += read_until(process, "  train", timeout=30)  # its final run, under it
         yield process, port, lines
     finally:
         if process.poll() is None:
@@ -127,16 +128,17 @@ def _image_rendered(page, timeout_s: float = 60.0) -> bool:
 
 
 def _links(lines: list[str]) -> dict[str, str]:
-    """``{"search demo": url, "study duel": url, "study duel/search ce": url, ...}`` from what
-    ``extune ui`` printed."""
-    links, study = {}, None
+    """``{"search demo": url, "search demo/train final": url, "study duel": url,
+    "study duel/search ce": url, ...}`` from what ``extune ui`` printed."""
+    links, parent = {}, None
     for line in lines:
-        found = re.match(r"(\s*)(search|study) (\S+) \(.*\): (http\S+)", line)
+        found = re.match(r"(\s*)(search|study|train) (\S+) \(.*\): (http\S+)", line)
         if not found:
             continue
         indent, kind, name, url = found.groups()
-        study = name if kind == "study" else (study if indent else None)
-        links[f"study {study}/{kind} {name}" if indent else f"{kind} {name}"] = url
+        if not indent:
+            parent = f"{kind} {name}"
+        links[f"{parent}/{kind} {name}" if indent else parent] = url
     return links
 
 
@@ -246,8 +248,11 @@ def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
     # 5. the final run: beside its search, linked to the trial that chose it and back
     final = _runs(client, **{"extune.role": "train"})[0]
     assert final.info.experiment_id == demo.info.experiment_id
+    final_link = links[f"search demo/train {final.info.run_name}"]  # printed under its search
+    assert final_link == (f"{address}/#/experiments/{final.info.experiment_id}/runs/"
+                          f"{final.info.run_id}")
     page.goto("about:blank")
-    page.goto(f"{address}/#/experiments/{final.info.experiment_id}/runs/{final.info.run_id}")
+    page.goto(final_link)
     page.get_by_text("Trained from").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1000)
     shots.append(_shot(page, folder, "7-final-run"))
