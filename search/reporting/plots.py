@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
+
 from extune.errors import one_line
 from extune.search.engine.trials import trial_label
 from extune.search.settings import Objective
@@ -259,12 +261,15 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
             png = getattr(pm, fn)(target_study, **kwargs)
         return png, getattr(pv, fn)(target_study, **kwargs)
 
+    fanova = _FanovaOnce()  # the importance plots and the contour's pair: one fit
+
     def importances() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=True)
         params = c.varying(common=True)
         return (f"Parameter importances for {names[0]} (fANOVA over {c.basis}, "
                 f"{len(params)} parameters that vary)",
-                *both("plot_param_importances", c.study, params=params, **target))
+                *both("plot_param_importances", c.study, params=params, evaluator=fanova,
+                      **target))
 
     def parallel() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=False)
@@ -276,7 +281,8 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
 
         c = _chosen(study, fitted=True)
         ranked = optuna.importance.get_param_importances(
-            c.study, params=c.varying(common=True), target=target.get("target"))
+            c.study, evaluator=fanova, params=c.varying(common=True),
+            target=target.get("target"))
         return (f"Contours of {names[0]} over the two most important parameters ({c.basis})",
                 *both("plot_contour", c.study, params=list(ranked)[:2], **target))
 
@@ -290,6 +296,27 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
         plan += [("optimization_history", lambda: _history(study, names[0], both)),
                  ("intermediate_values", lambda: _curves(study, names[0], both))]
     return plan
+
+
+class _FanovaOnce(BaseImportanceEvaluator):
+    """Optuna's fANOVA importance evaluator, seeded and fitted once per set of trials and
+    parameters: the PNG and the HTML importance plots and the contour's choice of the two most
+    important parameters then show one fit (unseeded, three fits could rank them three ways).
+    Named, not Optuna's default: that is PED-ANOVA since Optuna 5, which the titles would
+    misname."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._evaluator = FanovaImportanceEvaluator(seed=seed)
+        self._fitted: dict[Any, dict[str, float]] = {}
+
+    def evaluate(self, study: Any, params: list[str] | None = None, *,
+                 target: Callable[[Any], float] | None = None) -> dict[str, float]:
+        trials = tuple((tuple(sorted(t.params.items())), tuple(t.values or ()))
+                       for t in study.get_trials(deepcopy=False))
+        key = (trials, tuple(params or ()))
+        if key not in self._fitted:
+            self._fitted[key] = self._evaluator.evaluate(study, params=params, target=target)
+        return dict(self._fitted[key])
 
 
 def _chosen(study: Any, *, fitted: bool) -> Comparable:

@@ -116,6 +116,25 @@ def test_enough_trials_draw_every_plot_without_the_held_parameter(drawn):
     assert "model.width" not in (contour.xaxis.title.text, contour.yaxis.title.text)
 
 
+def test_importances_and_contour_show_one_seeded_fanova_fit(drawn, monkeypatch):
+    from optuna.importance import FanovaImportanceEvaluator
+
+    fits = []
+    fit = FanovaImportanceEvaluator.evaluate
+    monkeypatch.setattr(FanovaImportanceEvaluator, "evaluate",
+                        lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
+    study = make_study(fit_minimum(VARYING) + 2)
+    figures, _ = drawn(study)
+    assert len(fits) == 1  # PNG, HTML and the contour's pair: one fit
+    bars = figures["param_importances"].html.data[0]
+    ranked = [name for _, name in sorted(zip(bars.x, bars.y), reverse=True)]
+    png = [t.get_text() for t in figures["param_importances"].png.get_yticklabels()]
+    assert sorted(png) == sorted(ranked)
+    contour = figures["contour"].html.layout
+    assert {contour.xaxis.title.text, contour.yaxis.title.text} == set(ranked[:2])
+    assert drawn(study)[0]["param_importances"].html.data[0].x == bars.x  # seeded: the same
+
+
 def test_one_varying_parameter_draws_no_importance(drawn):
     study = optuna.create_study(direction="maximize")
     study.add_trials([create_trial(params={"optim.lr": 0.01 * (i + 1), "model.width": 32},
