@@ -86,6 +86,18 @@ class Method(ABC):
                                             gray_p=0.0)
         self.explainer = config_explainer(cfg)
 
+    @classmethod
+    def warmup_share(cls, cfg: Config) -> float:
+        """The share of ``optim.epochs`` ``cfg`` warms this method up for (0: none)."""
+        if cls.warmup_key is None:
+            return 0.0
+        section, key = cls.warmup_key.split(".")
+        return getattr(getattr(cfg, section), key)
+
+    def warming_up(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is a warm-up epoch, trained as the method's baseline."""
+        return epoch < warmup_epochs(self.warmup_share(self.cfg), self.cfg.optim.epochs)
+
     @abstractmethod
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         """Loss of one batch. ``images``: uint8 [B,3,H,W]; ``labels``: int64 [B]."""
@@ -178,7 +190,7 @@ class ExCon(SupCon):
     def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
         view1 = self.contrastive_views(images)
         view2 = self.contrastive_views(images)
-        if epoch < warmup_epochs(self.cfg.excon.warmup_fraction, self.cfg.optim.epochs):
+        if self.warming_up(epoch):
             out = self.contrast(view2, view1, labels)
             out.stats["train/driven_share"] = labels.new_zeros((), dtype=torch.float32)
             return out
@@ -253,7 +265,7 @@ class EDDA(Method):
         c = self.cfg.edda
         x = self.classifier_views(images)
         n = round(c.ratio * labels.shape[0])
-        if epoch < warmup_epochs(c.warmup_fraction, self.cfg.optim.epochs) or n == 0:
+        if self.warming_up(epoch) or n == 0:
             logits = self.model(x)
             stats = _accuracy_stats(logits, labels)
             stats["train/driven_share"] = logits.new_zeros((), dtype=torch.float32)

@@ -70,7 +70,7 @@ def _method_warmup(config: Config) -> str | None:
     from extune.train.methods import METHODS, warmup_epochs
 
     method = METHODS.get(config.method)
-    share = config.flatten()[method.warmup_key] if method.warmup_key else 0.0
+    share = method.warmup_share(config)
     if not share:
         return None
     setting = f"{method.warmup_key}={share:g} of training"

@@ -127,7 +127,7 @@ def test_importances_and_contour_show_one_seeded_fanova_fit(drawn, monkeypatch):
     figures, _ = drawn(study)
     assert len(fits) == 1  # PNG, HTML and the contour's pair: one fit
     bars = figures["param_importances"].html.data[0]
-    ranked = [name for _, name in sorted(zip(bars.x, bars.y), reverse=True)]
+    ranked = [name for _, name in sorted(zip(bars.x, bars.y, strict=True), reverse=True)]
     png = [t.get_text() for t in figures["param_importances"].png.get_yticklabels()]
     assert sorted(png) == sorted(ranked)
     contour = figures["contour"].html.layout
