@@ -109,7 +109,7 @@ def test_search_export_train_register_load_evaluate(trained, monkeypatch):
 
 
 def test_mlflow_models_serve_answers_a_request(trained, tmp_path):
-    from processes import BIN, free_port, start, stop, wait_for_port
+    from processes import BIN, free_port, http_ok, start, stop, wait_for, wait_for_port
 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained.uri}
@@ -118,6 +118,8 @@ def test_mlflow_models_serve_answers_a_request(trained, tmp_path):
                    tmp_path / "serve.log", env=env, cwd=trained.tmp)
     try:
         wait_for_port(port, server, timeout=180)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), "the model server's /ping",
+                 timeout=120)  # its worker has loaded the model
         images, predicted = _val_images(trained.tmp / "final", count=3)
         body = json.dumps({"inputs": images.tolist(), "params": {"saliency": True}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
