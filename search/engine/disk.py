@@ -152,6 +152,8 @@ class _WholeFile(io.RawIOBase):
         self.path = path
         folder, name = os.path.split(path)
         self.partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+        self._file: Any = None
+        self._failed = True  # until it opens
         self._file = open(self.partial, "xb")  # noqa: SIM115 (closed by close())
         self._failed = False
 
@@ -166,7 +168,7 @@ class _WholeFile(io.RawIOBase):
             raise
 
     def flush(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.flush()
 
     def tell(self) -> int:
@@ -176,7 +178,8 @@ class _WholeFile(io.RawIOBase):
         if self.closed:
             return
         try:
-            self._file.close()  # flushes: a full disk may fail here
+            if self._file is not None:
+                self._file.close()  # flushes: a full disk may fail here
             if not self._failed:
                 os.replace(self.partial, self.path)
         except BaseException:
@@ -237,7 +240,7 @@ def check_experiment_state(experiment_path: str) -> None:
         raise ExtuneError(
             f"Ray's state of this search, {states[-1]}, cannot be read ({type(e).__name__}: "
             f"{e}), so its trials cannot be resumed; the finished ones stay in MLflow and in "
-            f"{experiment_path}: start a new search (or export this one)") from None
+            f"{experiment_path}: start a new search") from None
 
 
 def restore_tuner(experiment_path: str, trainable: Any) -> Any:

@@ -139,3 +139,19 @@ def test_a_cut_short_experiment_state_stops_a_resume_in_one_line(tmp_path):
     with pytest.raises(ExtuneError, match=r"experiment_state-2026-12-04_11-00-00.json, cannot "
                                           r"be read \(JSONDecodeError.*start a new search"):
         check_experiment_state(str(tmp_path))
+
+
+def test_a_file_the_full_disk_does_not_let_open_leaves_nothing(tmp_path, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".partial"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(OSError, match="No space"):
+        WholeFilesSystem().open(str(tmp_path / "state.json"), "wb")
+    assert list(tmp_path.iterdir()) == []
