@@ -48,7 +48,7 @@ def make_step(cfg: Config, device: torch.device, num_classes: int):
 
     def step() -> dict[str, torch.Tensor]:
         with autocast(device, cfg.runtime.amp):
-            out = method.step(images, labels, epoch=10)
+            out = method.step(images, labels, step=10)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()

@@ -172,7 +172,8 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     steps = len(splits.train) // batch_size
     optimizer = _optimizer(cfg, model)
     scheduler = _cosine_schedule(optimizer, cfg, steps)
-    method = create_method(cfg, model, splits.num_classes, splits.mean, splits.std)
+    method = create_method(cfg, model, splits.num_classes, splits.mean, splits.std,
+                           total_steps=cfg.optim.epochs * steps)
     ckpt = _resumed_model(model, resume, device) if resume is not None else None
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="extune-"))
     out.mkdir(parents=True, exist_ok=True)  # only once the checkpoint fits: nothing left behind
@@ -244,7 +245,8 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
     for i in progress.steps(epoch, cfg.optim.epochs, steps):
         index = order[i * state.batch_size:(i + 1) * state.batch_size]
         with autocast(state.device, cfg.runtime.amp):
-            out = state.method.step(train.images[index], train.labels[index], epoch)
+            out = state.method.step(train.images[index], train.labels[index],
+                                    epoch * steps + i)
         state.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         state.optimizer.step()

@@ -36,9 +36,29 @@ from extune.models import Network, SupConLoss, create_model
 from extune.registry import Registry
 from extune.train.config import Config
 
-__all__ = ["METHODS", "Method", "StepOutput", "config_explainer", "config_model",
-           "check_explain_layer", "evaluation_explainer", "evaluation_protocol",
-           "warmup_epochs", "inactive_reason", "create_method", "list_methods"]
+__all__ = ["METHODS", "Method", "StepOutput", "Control", "COMMON_SECTIONS", "config_explainer",
+           "config_model", "check_explain_layer", "evaluation_explainer", "evaluation_protocol",
+           "warmup_steps", "inactive_reason", "create_method", "list_methods", "method_reads",
+           "controls_of"]
+
+COMMON_SECTIONS = ("optim", "data", "model", "runtime", "eval")
+"""Config sections every method reads (its optimiser, data, model, run and evaluation)."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """A switched-off arm of an explanation-driven method: its chosen config trained with the
+    explanation-driven part turned off and everything else equal (docs/study.md, "Controls").
+
+    Attributes:
+        suffix: the arm's name after the method's (``off`` -> ``excon-off``).
+        trains: the method that trains the arm (``supcon``: ExCon without masked views).
+        what: the arm in words, for reports.
+    """
+
+    suffix: str
+    trains: str
+    what: str
 
 
 @dataclass
@@ -67,17 +87,28 @@ class Method(ABC):
 
     name = "base"
     warmup_key: str | None = None
-    """The config key of the share of ``optim.epochs`` the method first trains as its baseline
-    (:func:`warmup_epochs`); ``None``: no warm-up."""
+    """The config key of the share of the run's training steps the method first trains as its
+    baseline (:func:`warmup_steps`); ``None``: no warm-up."""
     warmup_trains = ""
-    """What the warm-up epochs train, in words (``plain SupCon``)."""
+    """What the warm-up steps train, in words (``plain SupCon``)."""
+    sections: tuple[str, ...] = ()
+    """Config sections the method reads besides :data:`COMMON_SECTIONS` (``supcon``,
+    ``excon``, ``explain``...): a study holds a setting for every method that reads it when
+    not every such method searches it (:func:`method_reads`)."""
+    controls: tuple[Control, ...] = ()
+    """The method's switched-off arms (explanation-driven methods): a study trains each with
+    the method's chosen config and seeds."""
 
     def __init__(self, cfg: Config, model: Network, num_classes: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...],
+                 total_steps: int | None = None) -> None:
         self.cfg = cfg
         self.model = model
         self.num_classes = num_classes
         self.mean, self.std = mean, std
+        self.total_steps = total_steps
+        """Training steps of the whole run (``optim.epochs`` x steps per epoch); the warm-up
+        is a share of them. ``None``: no warm-up (a step outside a run: the grid, tests)."""
         size = cfg.data.image_size
         # The SupCon recipe for contrastive methods; classification methods use crop + flip only
         # (colour jitter and grayscale would erase the colour cue some classes are defined by).
@@ -88,19 +119,29 @@ class Method(ABC):
 
     @classmethod
     def warmup_share(cls, cfg: Config) -> float:
-        """The share of ``optim.epochs`` ``cfg`` warms this method up for (0: none)."""
+        """The share of the run's training steps ``cfg`` warms this method up for (0: none)."""
         if cls.warmup_key is None:
             return 0.0
         section, key = cls.warmup_key.split(".")
         return getattr(getattr(cfg, section), key)
 
-    def warming_up(self, epoch: int) -> bool:
-        """Whether ``epoch`` (0-based) is a warm-up epoch, trained as the method's baseline."""
-        return epoch < warmup_epochs(self.warmup_share(self.cfg), self.cfg.optim.epochs)
+    def warming_up(self, step: int) -> bool:
+        """Whether training step ``step`` (0-based, counted over the whole run) is a warm-up
+        step, trained as the method's baseline."""
+        if self.total_steps is None:
+            return False
+        return step < warmup_steps(self.warmup_share(self.cfg), self.total_steps)
 
     @abstractmethod
-    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
-        """Loss of one batch. ``images``: uint8 [B,3,H,W]; ``labels``: int64 [B]."""
+    def step(self, images: Tensor, labels: Tensor, step: int) -> StepOutput:
+        """Loss of one batch. ``images``: uint8 [B,3,H,W]; ``labels``: int64 [B]; ``step``:
+        the batch's 0-based index among the run's training steps."""
+
+    def label_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of ``logits`` [N, C] against ``labels`` [N] with
+        ``optim.label_smoothing``: every method's loss on true labels (the classifier, EDDA's
+        clean and non-salient terms, the contrastive methods' probe)."""
+        return F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
 
     def standard(self, images: Tensor) -> Tensor:
         return standard_view(images, self.mean, self.std)
@@ -125,10 +166,9 @@ class CrossEntropy(Method):
 
     name = "ce"
 
-    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+    def step(self, images: Tensor, labels: Tensor, step: int) -> StepOutput:
         logits = self.model(self.classifier_views(images))
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.optim.label_smoothing)
-        return StepOutput(loss, _accuracy_stats(logits, labels))
+        return StepOutput(self.label_loss(logits, labels), _accuracy_stats(logits, labels))
 
 
 # ------------------------------------------------------------------------- SupCon
@@ -136,12 +176,13 @@ class SupCon(Method):
     """SupCon on two random views, plus an online linear probe on detached features."""
 
     name = "supcon"
+    sections = ("supcon",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.criterion = SupConLoss(self.cfg.supcon.temperature, self.cfg.supcon.base_temperature)
 
-    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+    def step(self, images: Tensor, labels: Tensor, step: int) -> StepOutput:
         view0 = self.contrastive_views(images)
         view1 = self.contrastive_views(images)
         return self.contrast(view0, view1, labels)
@@ -157,7 +198,7 @@ class SupCon(Method):
     def probe(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of the linear classifier on detached features [N, D]."""
         logits = self.model.classifier(feats.detach())
-        return F.cross_entropy(logits, labels), _accuracy_stats(logits, labels)
+        return self.label_loss(logits, labels), _accuracy_stats(logits, labels)
 
 
 # -------------------------------------------------------------------------- ExCon
@@ -182,15 +223,18 @@ class ExCon(SupCon):
     name = "excon"
     warmup_key = "excon.warmup_fraction"
     warmup_trains = "plain SupCon"
+    sections = ("supcon", "excon", "explain")
+    controls = (Control("off", "supcon", "ExCon without masked views (plain SupCon pairs, "
+                                         "its chosen settings)"),)
 
     def grid_views(self, x: Tensor, saliency: Tensor, labels: Tensor) -> dict[str, Tensor]:
         t = self.cfg.excon.mask_threshold
         return {f"masked view\n(saliency > {t:.3g})": mask_salient(x, saliency, t)}
 
-    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+    def step(self, images: Tensor, labels: Tensor, step: int) -> StepOutput:
         view1 = self.contrastive_views(images)
         view2 = self.contrastive_views(images)
-        if self.warming_up(epoch):
+        if self.warming_up(step):
             out = self.contrast(view2, view1, labels)
             out.stats["train/driven_share"] = labels.new_zeros((), dtype=torch.float32)
             return out
@@ -236,7 +280,7 @@ class ExCon(SupCon):
 class EDDA(Method):
     """Explanation-driven data augmentation (docs/methods.md, EDDA).
 
-    After the warm-up (:func:`warmup_epochs` of ``edda.warmup_fraction``), the first
+    After the warm-up (:func:`warmup_steps` of ``edda.warmup_fraction``), the first
     ``round(ratio * B)`` images of each (shuffled) batch are explained for their label and
     occluded twice: the non-salient occlusion keeps the top ``keep_fraction`` pixels and is
     trained with the label; the salient occlusion fills the top ``occlude_fraction`` and is
@@ -248,6 +292,11 @@ class EDDA(Method):
     name = "edda"
     warmup_key = "edda.warmup_fraction"
     warmup_trains = "plain cross-entropy"
+    sections = ("edda", "explain")
+    controls = (Control("off", "ce", "EDDA without occlusions (plain cross-entropy, its chosen "
+                                     "settings)"),
+                Control("random", "random_occlusion", "EDDA's occlusions of its chosen sizes "
+                                                      "at random places"))
 
     def occlude(self, x: Tensor, labels: Tensor,
                 saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -261,21 +310,21 @@ class EDDA(Method):
         return (nonsalient_occlusion(x, saliency, c.keep_fraction, c.fill),
                 salient_occlusion(x, saliency, c.occlude_fraction, c.fill))
 
-    def step(self, images: Tensor, labels: Tensor, epoch: int) -> StepOutput:
+    def step(self, images: Tensor, labels: Tensor, step: int) -> StepOutput:
         c = self.cfg.edda
         x = self.classifier_views(images)
         n = round(c.ratio * labels.shape[0])
-        if self.warming_up(epoch) or n == 0:
+        if self.warming_up(step) or n == 0:
             logits = self.model(x)
             stats = _accuracy_stats(logits, labels)
             stats["train/driven_share"] = logits.new_zeros((), dtype=torch.float32)
-            return StepOutput(F.cross_entropy(logits, labels), stats)
+            return StepOutput(self.label_loss(logits, labels), stats)
         x_ns, x_s = self.occlude(x[:n], labels[:n])
         logits, logits_ns, logits_s = self.model(torch.cat([x, x_ns, x_s])).split(
             [labels.shape[0], n, n])
         target = soft_targets(labels[:n], self.num_classes, c.salient_target, c.smoothing)
-        loss = (F.cross_entropy(logits, labels)
-                + c.nonsalient_weight * F.cross_entropy(logits_ns, labels[:n])
+        loss = (self.label_loss(logits, labels)
+                + c.nonsalient_weight * self.label_loss(logits_ns, labels[:n])
                 + c.salient_weight * F.cross_entropy(logits_s, target))
         stats = _accuracy_stats(logits, labels)
         stats["train/driven_share"] = logits.new_full((), n / labels.shape[0],
@@ -298,6 +347,8 @@ class RandomOcclusion(EDDA):
 
     name = "random_occlusion"
     occlusion_kind = "random"
+    sections = ("edda",)
+    controls = ()
 
     def occlude(self, x: Tensor, labels: Tensor,
                 saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -378,11 +429,25 @@ def evaluation_protocol(cfg: Config) -> dict[str, Any]:
             "steps": e.steps if uses.uses_steps else None}
 
 
-def warmup_epochs(share: float, epochs: int) -> int:
-    """Warm-up epochs of a method whose warm-up is ``share`` of ``epochs``: the floor, so a
-    share below 1 always leaves the method at least one epoch (``1e-9`` absorbs float error:
-    ``0.3 * 10`` is 3, not 2)."""
-    return math.floor(share * epochs + 1e-9)
+def warmup_steps(share: float, steps: int) -> int:
+    """Warm-up steps of a method whose warm-up is ``share`` of a run of ``steps`` training
+    steps: the floor, so a share below 1 always leaves the method at least one step (``1e-9``
+    absorbs float error: ``0.3 * 10`` is 3, not 2). Counted in steps, a share means the same
+    in a 4-epoch trial as in a 12-epoch final run (in epochs, 0.44 was a quarter of the one and
+    five twelfths of the other)."""
+    return math.floor(share * steps + 1e-9)
+
+
+def method_reads(method: str, key: str) -> bool:
+    """Whether training ``method`` reads the config key ``key`` (``optim.label_smoothing``:
+    every method; ``supcon.temperature``: SupCon and ExCon)."""
+    section = key.split(".", 1)[0]
+    return section in COMMON_SECTIONS or section in METHODS.get(method).sections
+
+
+def controls_of(method: str) -> tuple[Control, ...]:
+    """The switched-off arms of ``method`` (none for a baseline)."""
+    return METHODS.get(method).controls
 
 
 def inactive_reason(cfg: Config) -> str | None:
@@ -411,13 +476,14 @@ def list_methods() -> list[str]:
 
 
 def create_method(cfg: Config, model: Network, num_classes: int, mean: tuple[float, ...],
-                  std: tuple[float, ...]) -> Method:
-    """Instantiate the method named by ``cfg.method``.
+                  std: tuple[float, ...], total_steps: int | None = None) -> Method:
+    """Instantiate the method named by ``cfg.method``; ``total_steps``: the run's training
+    steps, of which the method's warm-up is a share (``None``: no warm-up).
 
     Raises:
         RegistryError: ``cfg.method`` is not registered.
     """
-    return METHODS.get(cfg.method)(cfg, model, num_classes, mean, std)
+    return METHODS.get(cfg.method)(cfg, model, num_classes, mean, std, total_steps)
 
 
 def _pairs(z: Tensor) -> Tensor:

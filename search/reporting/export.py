@@ -65,20 +65,18 @@ def _lr_warmup(config: Config) -> str | None:
 
 
 def _method_warmup(config: Config) -> str | None:
-    """``excon trains plain SupCon for its first epoch (excon.warmup_fraction=0.25 of
-    training)``, or ``None`` when the method has no warm-up."""
-    from extune.train.methods import METHODS, warmup_epochs
+    """``excon trains plain SupCon for the first 25% of its training steps
+    (excon.warmup_fraction=0.25, counted in steps: the same share of any run)``, or ``None``
+    when the method has no warm-up."""
+    from extune.train.methods import METHODS
 
     method = METHODS.get(config.method)
     share = method.warmup_share(config)
     if not share:
         return None
-    setting = f"{method.warmup_key}={share:g} of training"
-    count = warmup_epochs(share, config.optim.epochs)
-    if count == 0:
-        return f"the {config.method} warm-up ({setting}) rounds down to no epoch"
-    first = "its first epoch" if count == 1 else f"its first {count} epochs"
-    return f"{config.method} trains {method.warmup_trains} for {first} ({setting})"
+    return (f"{config.method} trains {method.warmup_trains} for the first {share:.0%} of its "
+            f"training steps ({method.warmup_key}={share:g}, counted in steps: the same share "
+            "of any run)")
 
 
 def _epochs(count: int) -> str:

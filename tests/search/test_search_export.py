@@ -97,20 +97,23 @@ def test_warm_ups_are_named_and_only_the_epoch_counted_one_is_rescaled():
                                      "excon.warmup_fraction": 0.25, "optim.warmup_epochs": 2})
     assert epoch_settings(short) == (
         "in 4-epoch training, the learning rate warms up for 2 epochs (optim.warmup_epochs=2, "
-        "counted in epochs: 50% of training) and excon trains plain SupCon for its first epoch "
-        "(excon.warmup_fraction=0.25 of training)")
+        "counted in epochs: 50% of training) and excon trains plain SupCon for the first 25% of "
+        "its training steps (excon.warmup_fraction=0.25, counted in steps: the same share of any "
+        "run)")
     long = rescale_epochs(short, 200)
     assert long.optim.epochs == 200 and long.optim.warmup_epochs == 100
     assert long.excon.warmup_fraction == 0.25  # a share means the same in a longer run
-    assert "excon trains plain SupCon for its first 50 epochs" in epoch_settings(long)
+    assert "excon trains plain SupCon for the first 25% of its training steps" in \
+        epoch_settings(long)
     assert rescale_epochs(short, 2).optim.warmup_epochs == 1  # a warm-up stays a warm-up
     assert epoch_settings(Config().with_overrides({"method": "ce", "optim.epochs": 3})) == (
         "3-epoch training has no warm-up")
     edda = Config().with_overrides({"method": "random_occlusion", "optim.epochs": 3,
                                     "edda.warmup_fraction": 0.2})
-    assert epoch_settings(edda) == ("in 3-epoch training, the random_occlusion warm-up "
-                                    "(edda.warmup_fraction=0.2 of training) rounds down to no "
-                                    "epoch")
+    assert epoch_settings(edda) == (  # in steps, a share below an epoch still warms up
+        "in 3-epoch training, random_occlusion trains plain cross-entropy for the first 20% of "
+        "its training steps (edda.warmup_fraction=0.2, counted in steps: the same share of any "
+        "run)")
 
 
 def _notes(path) -> list[str]:

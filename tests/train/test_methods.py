@@ -88,7 +88,7 @@ def test_kept_masked_views_replace_the_second_random_view(tiny_config, monkeypat
 
     monkeypatch.setattr(method, "contrast", capture)
     torch.manual_seed(0)
-    out = method.step(images, labels, epoch=1)
+    out = method.step(images, labels, step=1)
     standard = method.standard(images)
     masked = standard * (saliency > method.cfg.excon.mask_threshold)
     view0 = seen["view0"]
@@ -106,7 +106,7 @@ def test_excon_step_leaves_batchnorm_statistics_to_the_contrastive_forward(tiny_
     calls = []
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.register_forward_pre_hook(lambda m, i: calls.append(m.training))
-    method.step(images, labels, epoch=1)
+    method.step(images, labels, step=1)
     # one training-mode BN pass (the contrastive forward); explanation/filter run in eval mode
     assert calls.count(True) == 1 and model.training
 
@@ -157,13 +157,72 @@ def test_grid_views_are_the_views_each_method_trains_on(tiny_config, method, row
         assert torch.equal(next(iter(views.values())), torch.where(kept, x, torch.zeros(())))
 
 
-def test_warm_up_is_a_share_of_the_run_and_never_the_whole_run():
-    from extune.train.methods import warmup_epochs
+def test_warm_up_is_a_share_of_the_run_counted_in_steps_and_never_the_whole_run():
+    from extune.train.methods import warmup_steps
 
-    assert warmup_epochs(0.0, 10) == 0 and warmup_epochs(0.3, 10) == 3  # not 2 (float error)
-    assert warmup_epochs(0.5, 4) == 2 and warmup_epochs(0.5, 12) == 6
-    assert all(warmup_epochs(share, epochs) < epochs  # any share < 1 leaves an epoch
-               for share in (0.0, 0.5, 0.9, 0.999) for epochs in (1, 2, 3, 7, 200))
+    assert warmup_steps(0.0, 10) == 0 and warmup_steps(0.3, 10) == 3  # not 2 (float error)
+    assert warmup_steps(0.5, 4) == 2 and warmup_steps(0.5, 12) == 6
+    assert all(warmup_steps(share, steps) < steps  # any share < 1 leaves a step
+               for share in (0.0, 0.5, 0.9, 0.999) for steps in (1, 2, 3, 7, 200))
+    # the issue that moved warm-ups to steps: 0.443 of a 4-epoch trial was 1 epoch (25%) and
+    # of a 12-epoch run 5 epochs (41.7%); in steps it is 44.3% of both (46 steps an epoch)
+    for epochs in (4, 12):
+        assert warmup_steps(0.443, epochs * 46) / (epochs * 46) == pytest.approx(0.443, abs=0.01)
+
+
+@pytest.mark.parametrize("method", ["excon", "edda"])
+def test_a_method_warms_up_for_its_share_of_the_runs_steps(tiny_config, method):
+    """Steps before the share train the baseline (nothing driven), the steps after it do not."""
+    cfg = tiny_config.with_overrides({"method": method, f"{method}.warmup_fraction": 0.25,
+                                      "edda.ratio": 0.5})
+    torch.manual_seed(0)
+    model = config_model(cfg, NUM_CLASSES)
+    m = create_method(cfg, model, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3, total_steps=40)
+    images, labels = _batch()
+    driven = {step: float(m.step(images, labels, step).stats["train/driven_share"])
+              for step in (0, 9, 10, 39)}
+    assert driven[0] == driven[9] == 0.0  # floor(0.25 * 40) = 10 warm-up steps
+    if method == "edda":
+        assert driven[10] == driven[39] == 0.5
+    assert not m.warming_up(10) and m.warming_up(9)
+    outside = create_method(cfg, model, NUM_CLASSES, (0.5,) * 3, (0.25,) * 3)  # no run: no warm-up
+    assert not outside.warming_up(0)
+
+
+@pytest.mark.parametrize("method", ["ce", "supcon", "excon", "edda", "random_occlusion"])
+def test_label_smoothing_applies_to_every_loss_on_true_labels(tiny_config, method, monkeypatch):
+    """optim.label_smoothing is one setting of every method: a study holds it for all."""
+    import torch.nn.functional as F
+
+    cfg = tiny_config.with_overrides({"method": method, "optim.label_smoothing": 0.1,
+                                      "excon.warmup_fraction": 0.0, "edda.warmup_fraction": 0.0})
+    m = create_method(cfg, config_model(cfg, NUM_CLASSES), NUM_CLASSES, (0.5,) * 3, (0.25,) * 3,
+                      total_steps=10)
+    smoothing = []
+    real = F.cross_entropy
+
+    def spy(*args, **kwargs):
+        if args[1].dtype == torch.int64:  # a loss on true labels (EDDA's soft target is float)
+            smoothing.append(kwargs.get("label_smoothing", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    images, labels = _batch()
+    m.step(images, labels, 5)
+    assert smoothing and set(smoothing) == {0.1}
+
+
+def test_every_method_says_what_it_reads_and_its_controls():
+    from extune.train.methods import controls_of, method_reads
+
+    assert all(method_reads(m, "optim.label_smoothing") for m in
+               ("ce", "supcon", "excon", "edda", "random_occlusion"))
+    assert method_reads("excon", "supcon.temperature") and not method_reads("ce", "supcon.temperature")
+    assert method_reads("edda", "explain.layer") and not method_reads("random_occlusion", "explain.layer")
+    assert [(c.suffix, c.trains) for c in controls_of("excon")] == [("off", "supcon")]
+    assert [(c.suffix, c.trains) for c in controls_of("edda")] == [("off", "ce"),
+                                                                  ("random", "random_occlusion")]
+    assert controls_of("ce") == () and controls_of("random_occlusion") == ()
 
 
 def test_a_config_that_never_switches_its_method_on_is_named(tiny_config):
