@@ -120,7 +120,7 @@ def _corruption_metric(name: str) -> tuple[str, str] | None:
     return None
 
 
-BOOKKEEPING = ("epoch", "train/lr", "train/images_per_s")
+BOOKKEEPING = ("epoch", "train/lr", "train/images_per_s", "train/seconds")
 """Reported keys that say how a run went, not how good its model is: left out of summaries."""
 
 SPLITS = ("test", "val")

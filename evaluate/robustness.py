@@ -12,7 +12,7 @@ from extune.augment.model_state import eval_mode
 from extune.augment.views import to_unit
 from extune.evaluate.batching import batches, model_device, stats
 
-__all__ = ["PixelSpaceModel", "fgsm_attack", "fgsm_accuracy"]
+__all__ = ["PixelSpaceModel", "fgsm_attack", "fgsm_accuracy", "fgsm_correct"]
 
 
 class PixelSpaceModel(nn.Module):
@@ -79,9 +79,10 @@ def fgsm_attack(model: nn.Module, x: Tensor, labels: Tensor, *, mean: Sequence[f
     return _attack(PixelSpaceModel(model, mean, std), x, labels, eps)
 
 
-def fgsm_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
-                  std: Sequence[float], eps: float, batch_size: int = 256) -> float:
-    """Top-1 accuracy on FGSM-perturbed images (model in eval mode, training flag restored).
+def fgsm_correct(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
+                 std: Sequence[float], eps: float, batch_size: int = 256) -> Tensor:
+    """Whether each FGSM-perturbed image is still classified right (model in eval mode,
+    training flag restored).
 
     Args:
         model: Classifier on normalised input.
@@ -93,16 +94,25 @@ def fgsm_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Seq
         batch_size: Images per attack.
 
     Returns:
-        Accuracy in [0, 1] (higher is more robust).
+        bool ``[N]`` on the model's device.
     """
     device = model_device(model, images.device)
     pixel_model = PixelSpaceModel(model, mean, std)
-    correct = torch.zeros((), device=device)
+    correct = []
     with eval_mode(model):
         for sl in batches(len(images), batch_size):
             x = to_unit(images[sl].to(device, non_blocking=True))
             y = labels[sl].to(device, non_blocking=True)
             adv = _attack(pixel_model, x, y, eps)
             with torch.no_grad():
-                correct += (pixel_model(adv).argmax(dim=1) == y).sum()
-    return float(correct) / max(len(images), 1)
+                correct.append(pixel_model(adv).argmax(dim=1) == y)
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool, device=device)
+
+
+def fgsm_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
+                  std: Sequence[float], eps: float, batch_size: int = 256) -> float:
+    """Top-1 accuracy on FGSM-perturbed images: the mean of :func:`fgsm_correct` (higher is
+    more robust; arguments as there)."""
+    correct = fgsm_correct(model, images, labels, mean=mean, std=std, eps=eps,
+                           batch_size=batch_size)
+    return float(correct.sum()) / max(len(images), 1)

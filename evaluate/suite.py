@@ -29,10 +29,10 @@ from extune.evaluate.explanations import (
     explanation_subset,
     localisation_scores,
 )
-from extune.evaluate.robustness import fgsm_accuracy
+from extune.evaluate.robustness import fgsm_correct
 
-__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "Part", "metric_names",
-           "metric_groups", "evaluate_split"]
+__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "Part", "PerImage",
+           "metric_names", "metric_groups", "evaluate_split"]
 
 CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
 """Keys computed at every evaluation (also with ``full=False``)."""
@@ -104,6 +104,38 @@ def _no_part(part: str) -> None:
     """A :data:`Part` that does nothing."""
 
 
+PerImage = dict[str, Tensor]
+"""Per-image outputs of an evaluation, by key (CPU tensors), for resampling the test images:
+
+- ``{prefix}/label``, ``{prefix}/predicted`` int64 ``[N]``; ``{prefix}/correct`` bool ``[N]``;
+  ``{prefix}/confidence`` float ``[N]`` (top-1 softmax probability);
+- ``{shift}/{corruption}/correct`` and ``/confidence`` ``[N]`` for each corruption;
+- ``{adv}/fgsm_correct`` bool ``[N]``;
+- ``{prefix}/explain_index`` int64 ``[n]`` (the explanation images, indices into the split) and
+  ``{prefix}/{metric}`` float ``[n]`` for every explanation and localisation metric (NaN where
+  a metric is undefined for an image, e.g. an empty mask).
+
+Averaged (ECE: binned) over images they give the metrics :func:`evaluate_split` returns."""
+
+
+def _keep(per_image: PerImage | None, key: str, value: Tensor) -> None:
+    if per_image is not None:
+        per_image[key] = value.detach().cpu()
+
+
+def _keep_classified(per_image: PerImage | None, prefix: str, logits: Tensor,
+                     labels: Tensor) -> None:
+    """``{prefix}/correct`` and ``{prefix}/confidence`` (and the prediction) of each image."""
+    if per_image is None:
+        return
+    logits = logits.float()
+    predicted = logits.topk(1, dim=1).indices[:, 0]  # as the accuracy counts it
+    confidence = logits.softmax(dim=1).gather(1, predicted[:, None])[:, 0]
+    _keep(per_image, f"{prefix}/predicted", predicted)
+    _keep(per_image, f"{prefix}/correct", predicted == labels)
+    _keep(per_image, f"{prefix}/confidence", confidence)
+
+
 GROUPS = ("shift", "adv", "explain")
 """Metric groups beyond the classification metrics; ``full`` computes all of them."""
 
@@ -123,7 +155,7 @@ def metric_groups(prefix: str, metrics: Collection[str]) -> set[str]:
 
 def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings, prefix: str,
-                   seed: int, part: Part) -> dict[str, Tensor]:
+                   seed: int, part: Part, per_image: PerImage | None) -> dict[str, Tensor]:
     device = labels.device
     shift = group_prefix(prefix, "shift")
     out: dict[str, Tensor] = {}
@@ -133,6 +165,7 @@ def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Se
         logits = predict_logits(model, images, mean=mean, std=std, batch_size=cfg.batch_size,
                                 transform=corruption)
         values = _classification_tensors(logits, labels, num_classes)
+        _keep_classified(per_image, f"{shift}/{name}", logits, labels)
         out[f"{shift}/{name}/accuracy"] = values["accuracy"]
         out[f"{shift}/{name}/ece"] = values["ece"]
     if cfg.corruptions:
@@ -144,33 +177,37 @@ def _shift_metrics(model: nn.Module, images: Tensor, labels: Tensor, *, mean: Se
 
 def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Explainer, *,
                          mean: Sequence[float], std: Sequence[float], cfg: EvalSettings,
-                         prefix: str, seed: int) -> dict[str, Tensor]:
+                         prefix: str, seed: int, per_image: PerImage | None
+                         ) -> dict[str, Tensor]:
     device = model_device(model, split.images.device)
     index = explanation_subset(len(split.images), cfg.explain_samples, seed=seed)
     images = split.images[index.to(split.images.device)]
     saliency, target = compute_saliency(model, explainer, images, mean=mean, std=std,
                                         batch_size=cfg.batch_size)
     generator = torch.Generator(device=device).manual_seed(seed)
-    per_image: dict[str, list[Tensor]] = {m: [] for m in EXPLANATION_METRICS}
+    scores: dict[str, list[Tensor]] = {m: [] for m in EXPLANATION_METRICS}
     for sl in batches(len(images), cfg.batch_size):
         x = normalize(to_unit(images[sl].to(device, non_blocking=True)), mean, std)
-        scores = explanation_scores(model, x, saliency[sl], target[sl],
-                                    top_fraction=cfg.top_fraction, steps=cfg.deletion_steps,
-                                    generator=generator)
-        for m, v in scores.items():
-            per_image[m].append(v)
+        batch = explanation_scores(model, x, saliency[sl], target[sl],
+                                   top_fraction=cfg.top_fraction, steps=cfg.deletion_steps,
+                                   generator=generator)
+        for m, v in batch.items():
+            scores[m].append(v)
     masks = getattr(split, "masks", None)
     if masks is not None:
         masks = masks[index.to(masks.device)].to(device)
-        per_image.update({m: [v] for m, v in localisation_scores(saliency, masks).items()})
-    return {f"{prefix}/{m}": torch.cat(v).nanmean() for m, v in per_image.items()}
+        scores.update({m: [v] for m, v in localisation_scores(saliency, masks).items()})
+    _keep(per_image, f"{prefix}/explain_index", index)
+    for m, v in scores.items():
+        _keep(per_image, f"{prefix}/{m}", torch.cat(v))
+    return {f"{prefix}/{m}": torch.cat(v).nanmean() for m, v in scores.items()}
 
 
 def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings,
                    explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
-                   seed: int = 0, metrics: Collection[str] = (), part: Part | None = None
-                   ) -> dict[str, float]:
+                   seed: int = 0, metrics: Collection[str] = (), part: Part | None = None,
+                   per_image: PerImage | None = None) -> dict[str, float]:
     """Evaluate a classifier on one split; every metric as a plain float.
 
     Always: ``{prefix}/accuracy``, ``top5`` (top-min(5, C)), ``loss`` (cross-entropy) and
@@ -207,6 +244,8 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         part: ``None``, or called with the name of each part before it runs (``classification``,
             ``corruptions 3/15 (contrast)``, ``FGSM``, ``explanation metrics``), for a
             progress display (:meth:`extune.train.progress.EpochProgress.phase`).
+        per_image: ``None``, or a dict that receives the per-image outputs of every metric
+            computed (:data:`PerImage`), e.g. a final run's, for resampling the test images.
 
     Returns:
         ``{name: float}`` with the keys of :func:`metric_names` for these settings.
@@ -224,16 +263,22 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
             raise ValueError(f"model returns {logits.shape[1]} logits, num_classes={num_classes}")
         values = _classification_tensors(logits, labels, num_classes)
         out = {f"{prefix}/{k}": v for k, v in values.items()}
+        _keep(per_image, f"{prefix}/label", labels)
+        _keep_classified(per_image, prefix, logits, labels)
         groups = set(GROUPS) if full else metric_groups(prefix, metrics)
         if "shift" in groups:
             out.update(_shift_metrics(model, images.images, labels, num_classes=num_classes,
-                                      cfg=cfg, prefix=prefix, seed=seed, part=part, **kw))
+                                      cfg=cfg, prefix=prefix, seed=seed, part=part,
+                                      per_image=per_image, **kw))
         if "adv" in groups:
             part("FGSM")
-            out[f"{group_prefix(prefix, 'adv')}/fgsm_accuracy"] = torch.tensor(fgsm_accuracy(
-                model, images.images, labels, eps=cfg.fgsm_eps, batch_size=cfg.batch_size, **kw))
+            adv = group_prefix(prefix, "adv")
+            correct = fgsm_correct(model, images.images, labels, eps=cfg.fgsm_eps,
+                                   batch_size=cfg.batch_size, **kw)
+            _keep(per_image, f"{adv}/fgsm_correct", correct)
+            out[f"{adv}/fgsm_accuracy"] = correct.float().mean()
         if "explain" in groups and explainer is not None and cfg.explain_samples > 0:
             part("explanation metrics")
             out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
-                                            prefix=prefix, seed=seed, **kw))
+                                            prefix=prefix, seed=seed, per_image=per_image, **kw))
     return {k: float(v) for k, v in out.items()}

@@ -225,6 +225,9 @@ class EvalConfig:
     every: int = _num(1, 1)  # evaluate every N epochs (and always after the last)
     batch_size: int = _num(256, 1)
     test: bool = False  # also evaluate on the test set after the last epoch (final runs)
+    # keep the test split's per-image outputs (predictions, confidences, explanation scores)
+    # in test_outputs.npz beside the checkpoint, so a study can resample the test images
+    per_image: bool = False
     # The explanation metrics' protocol. explainer None: the training explainer as it is
     # (explain.*); else this explainer with eval.layer and eval.steps, whatever the model
     # trained with (a study scores every method alike this way).

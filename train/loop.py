@@ -18,7 +18,13 @@ from extune.augment import Explainer
 from extune.errors import DiskFullError, ExtuneError, one_line
 from extune.evaluate import evaluate_split
 from extune.evaluate.suite import Part
-from extune.files import atomic_write_text, check_free_space, check_writable, is_disk_full
+from extune.files import (
+    atomic_write_text,
+    atomic_writer,
+    check_free_space,
+    check_writable,
+    is_disk_full,
+)
 from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
@@ -42,7 +48,11 @@ from extune.train.runtime import (
 )
 from extune.train.validate import validate_config
 
-__all__ = ["fit", "FitResult", "TrainingDiverged", "Report"]
+__all__ = ["fit", "FitResult", "TrainingDiverged", "Report", "PER_IMAGE_NAME"]
+
+PER_IMAGE_NAME = "test_outputs.npz"
+"""The test split's per-image outputs (:data:`extune.evaluate.suite.PerImage`), written beside
+the checkpoint when ``eval.per_image`` is set (a study's final runs)."""
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +221,10 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, cfg: Config,
 
 
 def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, float]:
+    """Train one epoch and evaluate it; ``train/seconds`` is the run's time so far (training
+    and evaluation, counted over resumes: the compute a study's budget and report count)."""
     cfg = state.cfg
+    start = time.perf_counter()
     train_metrics = _train_epoch(state, epoch, progress)
     last = epoch == cfg.optim.epochs - 1
     full = last or (epoch + 1 in state.full_epochs if state.full_epochs is not None
@@ -228,6 +241,8 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
         if full and cfg.eval.grid_every and not last:
             part("saliency grid")
             _write_grid(state, epoch, f"grids/epoch_{epoch + 1:03d}.png")
+    before = state.history[-1].get("train/seconds", 0.0) if state.history else 0.0
+    metrics["train/seconds"] = before + time.perf_counter() - start
     progress.summary(epoch, cfg.optim.epochs, metrics)
     return metrics
 
@@ -267,18 +282,30 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
 
 
 def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool,
-              metrics: Sequence[str] = (), part: Part | None = None) -> dict[str, float]:
+              metrics: Sequence[str] = (), part: Part | None = None,
+              per_image: dict[str, Tensor] | None = None) -> dict[str, float]:
     """:func:`evaluate_split` of the state's model; ``part`` is told each part as it starts."""
     return evaluate_split(
         state.model, split, mean=state.splits.mean, std=state.splits.std,
         num_classes=state.splits.num_classes, cfg=state.cfg.eval,
-        explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics, part=part)
+        explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics, part=part,
+        per_image=per_image)
 
 
 def _evaluate_test(state: _State, progress: EpochProgress) -> dict[str, float]:
-    """The full suite on the test split, with a sign on the console while it runs."""
+    """The full suite on the test split, with a sign on the console while it runs; with
+    ``eval.per_image`` its per-image outputs go to :data:`PER_IMAGE_NAME` in the run folder
+    (written before the epoch's checkpoint is reported, so they travel with it)."""
+    per_image = {} if state.cfg.eval.per_image else None
     with progress.phase("evaluating on the test split") as part:
-        return _evaluate(state, state.splits.test, prefix="test", full=True, part=part)
+        metrics = _evaluate(state, state.splits.test, prefix="test", full=True, part=part,
+                            per_image=per_image)
+    if per_image is not None:
+        import numpy as np
+
+        with atomic_writer(state.out_dir / PER_IMAGE_NAME) as f:
+            np.savez_compressed(f, **{k: v.numpy() for k, v in per_image.items()})
+    return metrics
 
 
 def _write_grid(state: _State, epoch: int, name: str) -> None:

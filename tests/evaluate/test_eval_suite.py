@@ -182,3 +182,30 @@ def test_summary_rows_put_test_accuracy_first_and_group_by_kind() -> None:
     shown = [k for r in rows for cell in r.cells.values() for k in cell]
     assert sorted(shown) == sorted(k for k in keys if k not in (
         "epoch", "train/lr", "train/images_per_s"))  # each once, bookkeeping left out
+
+
+def test_per_image_outputs_average_to_the_reported_metrics() -> None:
+    """What a study resamples: each per-image output averages back to its metric."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    cfg = _cfg()
+    split = _split()
+    per_image: dict[str, torch.Tensor] = {}
+    out = evaluate_split(net, split, mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                         explainer=_grad_explainer, prefix="test", per_image=per_image)
+    n = len(split.labels)
+    assert torch.equal(per_image["test/label"], split.labels)
+    assert per_image["test/correct"].shape == (n,) and per_image["test/confidence"].shape == (n,)
+    assert float(per_image["test/correct"].float().mean()) == pytest.approx(out["test/accuracy"])
+    assert float(per_image["test/adv/fgsm_correct"].float().mean()) == pytest.approx(
+        out["test/adv/fgsm_accuracy"])
+    for c in cfg.corruptions:
+        assert float(per_image[f"test/shift/{c}/correct"].float().mean()) == pytest.approx(
+            out[f"test/shift/{c}/accuracy"])
+    index = per_image["test/explain_index"]
+    assert len(index) == cfg.explain_samples and index.max() < n
+    for m in ("avg_drop", "increase_confidence", "alignment", "deletion_auc", "insertion_auc",
+              "pointing_game", "saliency_in_mask"):
+        assert per_image[f"test/{m}"].shape == index.shape
+        assert float(per_image[f"test/{m}"].nanmean()) == pytest.approx(out[f"test/{m}"])
+    assert all(v.device.type == "cpu" for v in per_image.values())

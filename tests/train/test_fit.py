@@ -93,6 +93,24 @@ def test_test_split_only_when_asked(tiny_config, tmp_path):
     assert not any(k.startswith("test/") for k in fit(cfg, out_dir=tmp_path / "a").metrics)
     final = fit(cfg, out_dir=tmp_path / "b", test=True).metrics
     assert "test/accuracy" in final and "test/pointing_game" in final
+    assert not (tmp_path / "b" / "test_outputs.npz").exists()  # only with eval.per_image
+
+
+def test_per_image_test_outputs_travel_with_the_last_checkpoint(tiny_config, tmp_path):
+    import numpy as np
+
+    cfg = tiny_config.with_overrides({"method": "ce", "eval.test": True,
+                                      "eval.per_image": True})
+    seen = []
+    result = fit(cfg, out_dir=tmp_path, report=lambda m, d: seen.append(
+        (d / "test_outputs.npz").is_file()))
+    assert seen == [False, True]  # in the folder when the last epoch is reported
+    with np.load(tmp_path / "test_outputs.npz") as saved:
+        assert saved["test/correct"].mean() == pytest.approx(result.metrics["test/accuracy"])
+        assert np.nanmean(saved["test/alignment"]) == pytest.approx(
+            result.metrics["test/alignment"])
+    seconds = [h["train/seconds"] for h in result.history]
+    assert 0 < seconds[0] < seconds[1]  # the run's time so far (compute of a study's budget)
 
 
 def test_objectives_every_epoch_full_suite_where_asked(tiny_config, tmp_path):
