@@ -23,15 +23,20 @@ from extune.train.config import as_float, parse_assignments
 
 __all__ = ["study"]
 
-_RESUME_OK = {"resume", "final_epochs", "seeds"}
+_RESUME_OK = {"resume", "final_epochs", "seeds", "plan"}
 """What ``--resume`` may change: more seeds reuse the finished runs, other final epochs train
-new ones; each change is recorded as a deviation in the study's report."""
+new ones, another plan file tests other claims; each change is recorded as a deviation in the
+study's report."""
 
 
 def study(
     methods: Annotated[str | None, typer.Option(
-        help="Methods to compare, comma-separated. (default: ce,supcon,excon,edda,"
-             "random_occlusion)")] = None,
+        help="Methods to compare, comma-separated. (default: the --plan file's methods, else "
+             "ce,supcon,excon,edda,random_occlusion)")] = None,
+    plan: Annotated[Path | None, typer.Option(
+        "--plan", help="YAML file of the claims to test (method pairs, each metric's family "
+                       "and source), margins, min_driven_share, controls; see docs/study.md. "
+                       "(default: the papers' claims)")] = None,
     seeds: Annotated[int | None, typer.Option(
         help="Final runs per method (seeds); with --resume, more seeds reuse the finished "
              "ones. (default: 5; --quick: 2)")] = None,
@@ -44,6 +49,9 @@ def study(
     budget_epochs: Annotated[int | None, typer.Option(
         help="Each search stops once its trials trained this many epochs in all, so every "
              "method consumes the same.")] = None,
+    budget_seconds: Annotated[float | None, typer.Option(
+        help="Each search stops once its trials ran this many seconds in all (compute-matched "
+             "budgets).")] = None,
     startup_trials: Annotated[int | None, typer.Option(
         help="TPE's random start-up trials. (default: max(2, min(10, trials // 4)))")] = None,
     search_seeds: Annotated[int | None, typer.Option(
@@ -78,6 +86,12 @@ def study(
     margin: Annotated[list[str] | None, typer.Option(
         help="Equivalence margin of a metric, e.g. --margin accuracy=0.01 (repeatable).")]
     = None,
+    min_driven_share: Annotated[float | None, typer.Option(
+        help="Below this share of training images driven through its own view a method is "
+             "'weakly tested'. (default: the plan's, else 0.2)")] = None,
+    controls: Annotated[bool | None, typer.Option(
+        "--controls/--no-controls", help="Train each explanation-driven method's "
+        "switched-off arms with its chosen config and seeds. (default: yes)")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler of every search. (default: tpe)")]
     = None,
     seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
@@ -104,16 +118,19 @@ def study(
     live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
 ) -> None:
     """Compare methods fairly: equal budgets, seeds, one evaluation protocol, sound verdicts."""
+    from extune.study.plan import load_plan_file
     from extune.study.run import run_study
     from extune.study.settings import StudySettings
 
     given = option_values(locals(), _OPTION_NAMES)
+    planned = load_plan_file(plan) if plan is not None else None
     if resume is not None:
         refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
         result = interruptible(lambda: run_study(resume=resume, final_epochs=final_epochs,
-                                                 seeds=seeds), "study", resume)
+                                                 seeds=seeds, plan=planned), "study", resume)
     else:
         kwargs = settings_kwargs(given)
+        kwargs["plan"] = planned
         margins = parse_assignments(kwargs.pop("margin", None) or [], "--margin")
         kwargs["margins"] = {k: _margin(k, v) for k, v in margins.items()}
         settings = StudySettings.preset(quick, **kwargs, live=live)
@@ -133,11 +150,11 @@ def _margin(metric: str, value: Any) -> Any:
 
 
 def _exit_on_failed_runs(result: Any) -> None:
-    """Exit 1 (after the report) when a final run did not finish: its method has fewer seeds."""
+    """Exit 1 (after the report) when a final run did not finish: its arm has fewer seeds."""
     bad = [r for m in result.results["methods"].values() for r in m["runs"]
            if r["state"] != "complete"]
     missing = [m for m, v in result.results["methods"].items()
-               if not any(c.get("config") for c in v["searches"])]
+               if not v.get("control_of") and not any(c.get("config") for c in v["searches"])]
     if not bad and not missing:
         return
     parts = [f"{r['label']} {r['state']}" + (f" ({r['error']})" if r.get("error") else "")
@@ -148,10 +165,11 @@ def _exit_on_failed_runs(result: Any) -> None:
     raise typer.Exit(1)
 
 
-_OPTION_NAMES = ("methods", "seeds", "final_epochs", "trials", "budget_epochs", "startup_trials",
-                 "search_seeds", "epochs", "config", "set_", "fix", "eval_explainer",
-                 "eval_layer", "protocols", "test", "correction", "margin", "sampler", "seed",
-                 "scheduler", "objective",
+_OPTION_NAMES = ("methods", "plan", "seeds", "final_epochs", "trials", "budget_epochs",
+                 "budget_seconds", "startup_trials", "search_seeds", "epochs", "config", "set_",
+                 "fix", "eval_explainer", "eval_layer", "protocols", "test", "correction",
+                 "margin", "min_driven_share", "controls", "sampler", "seed", "scheduler",
+                 "objective",
                  "cpus_per_trial", "gpus_per_trial", "max_concurrent", "address", "storage",
                  "tracking_uri", "experiment", "name", "out", "resume")
 
@@ -162,36 +180,50 @@ def _print_plan(s: Any) -> None:
                                  study_id="").scheduler_text()
     budget = (f"{s.budget_epochs} trial-epochs (at most {s.trials} trials)" if s.budget_epochs
               else f"{s.trials} trials")
+    if s.budget_seconds:
+        budget += f", at most {s.budget_seconds:g} trial-seconds"
     searches = f"{s.search_seeds} searches" if s.search_seeds > 1 else "a search"
     echo(f"extune study: {', '.join(s.methods)} on {base.data.name} ({base.model.backbone}); "
          f"per method {searches} of {budget} x {base.optim.epochs} epochs ({s.sampler} seed "
          f"{s.seed}, {stopping}), then {s.seeds} seeds x {s.resolved_final_epochs()} epochs "
          f"evaluated on the test split, explanations scored by {s.eval_explainer}"
          f"{' at ' + s.eval_layer if s.eval_layer else ' (last stage)'}")
+    from extune.study.plan import control_arms, plan_claims
+
+    claims = plan_claims(s)
+    arms = [a["arm"] for listed in control_arms(s, claims).values() for a in listed]
+    echo(f"claims: {len(claims)} ({'the plan file' if s.plan else 'the papers'}'s)"
+         + (f"; controls: {', '.join(arms)}" if arms else "; no controls"))
     if s.quick:
         echo("--quick is a smoke test: its numbers show the tool works, not the methods")
 
 
 def _print_result(result: Any) -> None:
+    """The primary rows of the claims and controls (the report has every row)."""
     from rich.table import Table
 
     st = result.results["statistics"]
-    table = Table(title=f"{result.name}: claims ({st['test']}, {st['correction']}-adjusted p)",
+    rows = [c for c in result.results["comparisons"] if c.get("family") == "primary"]
+    table = Table(title=f"{result.name}: primary claims and controls ({st['test']}, "
+                        f"{st['correction']} within each family)",
                   title_justify="left", header_style="bold")
-    for column in ("claim", "metric", "A - B", f"{st['confidence']:.0%} CI", "p adj.",
-                   "verdict"):
+    for column in ("A", "B", "metric", "A - B", "CI (adjusted)", "p adj.", "verdict"):
         table.add_column(column)
     style = {"holds": "green", "reversed": "red", "equivalent": "cyan"}
-    for c in result.results["comparisons"]:
+    for c in rows:
         d = c["difference"]
-        ci = (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d.get("low") is not None
-              else f"n={c['n_a']}+{c['n_b']}")
+        low, high = c.get("interval") or (None, None)
+        ci = f"[{low:+.3f}, {high:+.3f}]" if low is not None else f"n={c['n_a']}+{c['n_b']}"
         mean = "-" if d.get("estimate") is None else f"{d['estimate']:+.3f}"
         p = "-" if c.get("p_adjusted") is None else f"{c['p_adjusted']:.3f}"
-        table.add_row(f"{c['a']} vs {c['b']}", c["metric"], mean, ci, p,
-                      f"[{style.get(c['verdict'], 'yellow')}]{c['verdict']}[/]")
+        weak = c.get("weak") and c["verdict"] != "not tested"
+        verdict = c["verdict"] + (" (weakly tested)" if weak else "")
+        table.add_row(c["a"], c["b"], c["metric"], mean, ci, p,
+                      f"[{style.get(c['verdict'], 'yellow')}]{verdict}[/]")
     console.print(table)
-    echo(f"report: {result.files['report']}\nresults: {result.files['results']}\n"
+    secondary = len(result.results["comparisons"]) - len(rows)
+    echo(f"{secondary} secondary row(s) in the report\n"
+         f"report: {result.files['report']}\nresults: {result.files['results']}\n"
          f"MLflow: {result.tracking_uri} (study run {result.parent_run_id}); browse "
          f"with: extune ui --search {result.name}\n"
          f"study folder: {result.path} ({result.wall_s / 60:.1f} min)")

@@ -223,7 +223,7 @@ def chosen_trial(search: SearchDir) -> dict[str, Any]:
     """What a finished search chose (its best config file, trial, objective value) and what it
     spent (trials by state, trial-epochs), with the settings that shaped it: sampler, seed,
     TPE start-up trials, scheduler constants."""
-    from extune.search.reporting.results import consumed_epochs
+    from extune.search.reporting.results import consumed_epochs, consumed_seconds
     from extune.search.settings import default_startup_trials
 
     records = search.records()
@@ -232,10 +232,11 @@ def chosen_trial(search: SearchDir) -> dict[str, Any]:
     s = search.settings
     chosen: dict[str, Any] = {
         "config": str(best_file) if best_file.is_file() else None, "counts": counts,
-        "trial_epochs": consumed_epochs(records), "search_dir": str(search.path),
+        "trial_epochs": consumed_epochs(records), "trial_seconds": consumed_seconds(records),
+        "search_dir": str(search.path),
         "parent_run_id": search.meta.get("parent_run_id"), "name": search.name,
         "sampler": s.sampler, "seed": s.seed, "trials": s.trials,
-        "epoch_budget": s.epoch_budget,
+        "epoch_budget": s.epoch_budget, "seconds_budget": s.seconds_budget,
         "startup_trials": (s.startup_trials or default_startup_trials(s.trials))
         if s.sampler == "tpe" else None,
         "scheduler": s.scheduler_text(), "scheduler_settings": {

@@ -121,6 +121,8 @@ class SearchSettings:
         time_budget_s: stop the whole search after this many seconds.
         epoch_budget: stop the whole search once its trials trained this many epochs in all
             (:class:`~extune.search.engine.budget.EpochBudget`); ``trials`` is then a cap.
+        seconds_budget: stop the whole search once its trials ran this many seconds in all
+            (:class:`~extune.search.engine.budget.SecondsBudget`: compute, not wall time).
         sampler: ``tpe`` (default), ``random``, ``cmaes``, ``nsga2`` or ``qmc``; seeded.
         startup_trials: TPE's random start-up trials; ``None``:
             :func:`default_startup_trials` of ``trials``.
@@ -167,6 +169,7 @@ class SearchSettings:
     gpus_per_trial: float | None = None
     time_budget_s: float | None = None
     epoch_budget: int | None = None
+    seconds_budget: float | None = None
     sampler: str = "tpe"
     startup_trials: int | None = None
     seed: int = 0
@@ -210,6 +213,8 @@ class SearchSettings:
                f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
         require(self.epoch_budget is None or self.epoch_budget >= 1,
                f"the epoch budget must be >= 1 trial-epoch, got {self.epoch_budget}")
+        require(self.seconds_budget is None or self.seconds_budget > 0,
+               f"the seconds budget must be > 0 trial-seconds, got {self.seconds_budget}")
         require(self.startup_trials is None or self.startup_trials >= 1,
                f"--startup-trials must be >= 1, got {self.startup_trials}")
         require(self.sampler in SAMPLERS, f"unknown sampler '{self.sampler}'; use one of "

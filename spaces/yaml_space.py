@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from extune.errors import ConfigError
 from extune.files import read_text_file
-from extune.train.config import Config, as_float, load_yaml
+from extune.train.config import Config, as_float, parse_yaml
 
 __all__ = ["Param", "YamlSpace"]
 
@@ -126,13 +124,7 @@ class YamlSpace:
     def from_yaml(cls, text: str, path: str | None = None) -> YamlSpace:
         """Parse and validate YAML text (see :meth:`from_dict`)."""
         where = f"space file {path}" if path else "space"
-        try:
-            data = load_yaml(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        space = cls.from_dict(data, where=where)
+        space = cls.from_dict(parse_yaml(text, where), where=where)
         space.path, space.text = path, text
         return space
 

@@ -1,4 +1,7 @@
-"""A study's final runs: every method's chosen config retrained with K seeds, as Ray trials.
+"""A study's final runs: every method's chosen config retrained with K seeds, as Ray trials,
+and the same for each control arm (the method's chosen config with its explanation-driven part
+switched off: ``excon-off`` trains it as SupCon, ``edda-off`` as CE, ``edda-random`` with
+random occlusions of its chosen sizes), with the same seeds.
 
 Each final run is a Tune trial whose config is the full override dict of its run (``method``,
 the chosen parameters, ``runtime.seed``) and its label ``_label`` (``excon-seed2``), under the
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from extune.files import atomic_write_text
@@ -33,23 +35,30 @@ from extune.search.engine.trials import (
 from extune.search.settings import Objective
 from extune.train.config import Config
 
-__all__ = ["run_final_stage", "final_points", "load_runs", "HISTORY_KEYS"]
+__all__ = ["run_final_stage", "final_points", "HISTORY_KEYS", "ARM"]
+
+ARM = "_arm"
+"""Key of a final run's Tune config: the arm it belongs to when that is not its method (a
+control: ``excon-off``, whose method is ``supcon``)."""
 
 TEST_ACCURACY = Objective("accuracy", "test/accuracy", "max")
 
 HISTORY_KEYS = ("epoch", "val/accuracy", "val/loss", "val/ece", "train/loss", "train/accuracy",
-                "train/driven_share", "train/mask_keep_rate", "train/salient_confidence")
+                "train/driven_share", "train/mask_keep_rate", "train/salient_confidence",
+                "train/seconds")
 """What each final run keeps per epoch (learning curves and diagnostics in results.json)."""
 
 
-def final_points(sdir: Any, chosen: dict[str, list[dict[str, Any]]]
+def final_points(sdir: Any, chosen: dict[str, list[dict[str, Any]]],
+                 controls: dict[str, list[dict[str, str]]] | None = None
                  ) -> tuple[Config, list[dict]]:
-    """The final runs' shared base config and one Tune config per (method, seed).
+    """The final runs' shared base config and one Tune config per (arm, seed).
 
     Final run ``i`` of a method trains the config of its search ``i mod S`` (S searches per
-    method). Methods whose search had no complete trial get no final runs (the report says
-    so). Each method's final config (its first search's) is written to
-    ``final/configs/<method>.yaml``.
+    method); so does run ``i`` of each of its control arms (``controls``: method -> arms, each
+    ``{"arm", "trains", "what"}``), trained by the arm's method. Methods whose search had no
+    complete trial get no final runs (the report says so). Each arm's config (of its first
+    search) is written to ``final/configs/<arm>.yaml``.
     """
     settings = sdir.settings
     seeds = settings.final_seeds()
@@ -63,28 +72,35 @@ def final_points(sdir: Any, chosen: dict[str, list[dict[str, Any]]]
         if not any(files):
             continue
         first = next(f for f in files if f)
-        settings.final_config(Config.load(first), seeds[0]).save(configs / f"{method}.yaml")
-        for index, seed in enumerate(seeds):
-            search_index = index % len(files)
-            source = files[search_index] or first
-            flat = settings.final_config(Config.load(source), seed).flatten()
-            overrides = {k: v for k, v in flat.items() if base_flat.get(k) != v}
-            overrides.update({"method": method, "runtime.seed": seed})
-            points.append({**overrides, LABEL: f"{method}-seed{seed}", "_seed_index": index,
-                           "_search_index": search_index})
+        arms = [(method, method)] + [(a["arm"], a["trains"])
+                                     for a in (controls or {}).get(method, [])]
+        for arm, trains in arms:
+            settings.final_config(Config.load(first), seeds[0]).with_overrides(
+                {"method": trains}).save(configs / f"{arm}.yaml")
+            for index, seed in enumerate(seeds):
+                search_index = index % len(files)
+                source = files[search_index] or first
+                flat = settings.final_config(Config.load(source), seed).flatten()
+                overrides = {k: v for k, v in flat.items() if base_flat.get(k) != v}
+                overrides.update({"method": trains, "runtime.seed": seed})
+                point = {**overrides, LABEL: f"{arm}-seed{seed}", "_seed_index": index,
+                         "_search_index": search_index}
+                if arm != method:
+                    point[ARM] = arm
+                points.append(point)
     return base, points
 
 
-def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker: Any
-                    ) -> list[dict]:
-    """Train (or finish) every final run; returns one record per run.
+def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker: Any,
+                    controls: dict[str, list[dict[str, str]]] | None = None) -> list[dict]:
+    """Train (or finish) every final run and control; returns one record per run.
 
     Returns:
-        ``[{"method", "seed", "seed_index", "search_index", "label", "state", "metrics",
-        "history", "seconds", "checkpoint", "epochs", "error"}]``, also written to
-        ``final/runs.json``.
+        ``[{"method" (the arm: ``excon`` or ``excon-off``), "trains", "seed", "seed_index",
+        "search_index", "label", "state", "metrics", "history", "seconds", "checkpoint",
+        "per_image", "protocol", "epochs", "error"}]``, also written to ``final/runs.json``.
     """
-    base, points = final_points(sdir, chosen)
+    base, points = final_points(sdir, chosen, controls)
     epochs = base.optim.epochs
     done = _collect_all(sdir, points, base)
     todo = [p for p in points if done.get(p[LABEL], {}).get("state") != "complete"]
@@ -197,16 +213,26 @@ def _collect_all(sdir: Any, points: list[dict], base: Config) -> dict[str, dict]
 
 def _record(point: dict, trial: Any, base: Config, frame: Any) -> dict[str, Any]:
     """One final run as plain data (see :func:`run_final_stage`)."""
+    from extune.train.loop import PER_IMAGE_NAME
+    from extune.train.methods import evaluation_protocol
+
     metrics = reported_metrics(trial.last_result or {}) if trial is not None else {}
-    epochs = trial_config(base.to_dict(), point).optim.epochs
-    state = _state(trial, metrics, epochs)
+    cfg = trial_config(base.to_dict(), point)
+    state = _state(trial, metrics, cfg.optim.epochs)
     checkpoint = getattr(trial, "checkpoint", None) if trial is not None else None
     seconds = (trial.last_result or {}).get("time_total_s") if trial is not None else None
-    return {"method": point["method"], "seed": point.get("runtime.seed"),
-            "seed_index": point["_seed_index"], "search_index": point.get("_search_index", 0),
-            "label": point[LABEL], "state": state, "metrics": metrics,
-            "history": _history(frame), "seconds": seconds, "epochs": epochs,
-            "checkpoint": checkpoint.path if checkpoint is not None else None,
+    folder = checkpoint.path if checkpoint is not None else None
+    return {"method": point.get(ARM, point["method"]), "trains": point["method"],
+            "seed": point.get("runtime.seed"), "seed_index": point["_seed_index"],
+            "search_index": point.get("_search_index", 0), "label": point[LABEL],
+            "state": state, "metrics": metrics, "history": _history(frame), "seconds": seconds,
+            "epochs": cfg.optim.epochs, "checkpoint": folder,
+            "per_image": f"{folder.rstrip('/')}/{PER_IMAGE_NAME}"
+            if folder and state == "complete" else None,
+            "protocol": {**evaluation_protocol(cfg),
+                         "explain_samples": cfg.eval.explain_samples,
+                         "top_fraction": cfg.eval.top_fraction,
+                         "deletion_steps": cfg.eval.deletion_steps},
             "error": trial_error(trial) if state == "failed" else None}
 
 
@@ -233,8 +259,3 @@ def _state(trial: Any, metrics: dict[str, float], epochs: int) -> str:
             "test/accuracy" in metrics:
         return "complete"
     return "unfinished"
-
-
-def load_runs(final_dir: Path) -> list[dict]:
-    """The final runs recorded by :func:`run_final_stage`."""
-    return json.loads((final_dir / "runs.json").read_text())

@@ -4,13 +4,17 @@
 
     <out>/<name>/
       study.json           settings, study id, MLflow parent run, status, stage times,
-                           versions, deviations, the final runs' Tune experiments
+                           versions, deviations, the final runs' Tune experiments, plan hash
+      plan.json            the plan, written before the first trial (extune.study.plan)
+      plan-current.json    the plan in effect after a deviation (absent without one)
       base_config.yaml     the config every search starts from
       searches/<search>/   one search folder per method and search seed
       final/configs/<method>.yaml   the config each final run of a method trains
       final/trials*/       Ray Tune experiments of the final runs (unless --storage)
-      final/runs.json      every final run: method, seed, state, metrics, history, checkpoint
+      final/runs.json      every final run and control: arm, seed, state, metrics, history,
+                           protocol, checkpoint (with its per-image test outputs)
       final/sensitivity.json   the explanation metrics re-scored under other protocols
+      final/sensitivity/   their per-image scores
       report.md, results.json, plots/*.png
 """
 
@@ -107,9 +111,77 @@ class StudyDir:
         times[stage] = times.get(stage, 0.0) + seconds
         self.save()
 
+    # ------------------------------------------------------------------ the plan
+    def write_plan(self, plan: dict[str, Any]) -> str:
+        """Write the study's plan before its first trial; returns its hash."""
+        from extune.study.plan import PLAN_FILE, plan_hash
+
+        digest = plan_hash(plan)
+        atomic_write_text(self.path / PLAN_FILE, json.dumps(plan, indent=2, sort_keys=True,
+                                                            default=str))
+        self.update(plan_hash=digest, plan_current_hash=digest,
+                    plan_written=time.strftime("%Y-%m-%d %H:%M:%S"))
+        return digest
+
+    def plan(self) -> dict[str, Any]:
+        """The plan in effect: ``plan-current.json`` after a deviation, else ``plan.json``."""
+        from extune.study.plan import CURRENT_PLAN_FILE, PLAN_FILE
+
+        for name in (CURRENT_PLAN_FILE, PLAN_FILE):
+            if (self.path / name).is_file():
+                return json.loads((self.path / name).read_text())
+        raise ConfigError(f"{self.path} has no {PLAN_FILE}: it was made by an extune without "
+                          "plans; run the study again")
+
+    def check_plan(self) -> list[dict[str, Any]]:
+        """On resume: ``plan.json`` must match the hash recorded when it was written, and the
+        plan rebuilt from the settings and today's code must match the plan in effect; a
+        difference is recorded as a deviation (the parts that changed) and becomes the plan
+        in effect.
+
+        Returns:
+            The deviation recorded (or none).
+
+        Raises:
+            ConfigError: ``plan.json`` was changed after it was written, or is missing.
+        """
+        from extune.study.plan import (
+            CURRENT_PLAN_FILE,
+            PLAN_FILE,
+            build_plan,
+            changed_parts,
+            plan_hash,
+        )
+
+        try:
+            written = json.loads((self.path / PLAN_FILE).read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"{self.path / PLAN_FILE} is missing or unreadable: a study "
+                              "cannot resume without the plan it fixed before its first "
+                              "trial; start a new study") from None
+        if plan_hash(written) != self.meta.get("plan_hash"):
+            raise ConfigError(f"{self.path / PLAN_FILE} was changed after the study started "
+                              f"(its hash is no longer {str(self.meta.get('plan_hash'))[:12]}); "
+                              "restore it (MLflow keeps a copy with the study's run) or start a "
+                              "new study")
+        current = self.plan()
+        rebuilt = build_plan(self.settings)
+        digest = plan_hash(rebuilt)
+        if digest == plan_hash(current):
+            return []
+        deviation = {"setting": "plan", "from": plan_hash(current), "to": digest,
+                     "changed": changed_parts(current, rebuilt),
+                     "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "status_before": self.meta.get("status")}
+        atomic_write_text(self.path / CURRENT_PLAN_FILE,
+                          json.dumps(rebuilt, indent=2, sort_keys=True, default=str))
+        self.meta.setdefault("deviations", []).append(deviation)
+        self.update(plan_current_hash=digest)
+        return [deviation]
+
     def change_settings(self, **changes: Any) -> list[dict[str, Any]]:
-        """Apply the settings ``--resume`` may change (``final_epochs``, ``seeds``); each
-        change is recorded as a deviation with the versions it ran under.
+        """Apply the settings ``--resume`` may change (``final_epochs``, ``seeds``, ``plan``);
+        each change is recorded as a deviation with the versions it ran under.
 
         Returns:
             The deviations recorded by this call.
@@ -119,14 +191,16 @@ class StudyDir:
         for key, value in changes.items():
             if value is None or settings.get(key) == value:
                 continue
+            if key == "plan":  # check_plan records it, with the parts that changed
+                settings[key] = value
+                continue
             new.append({"setting": key, "from": settings.get(key), "to": value,
                         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
                         "status_before": self.meta.get("status")})
             settings[key] = value
-        if new:
-            StudySettings.from_dict(settings)  # still valid
-            self.meta.setdefault("deviations", []).extend(new)
-            self.save()
+        StudySettings.from_dict(settings)  # still valid
+        self.meta.setdefault("deviations", []).extend(new)
+        self.save()
         return new
 
     @property

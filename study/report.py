@@ -1,10 +1,11 @@
 """A study's results and report: every number in ``results.json``, the tables in ``report.md``.
 
 :func:`build_results` gathers everything a reader needs to judge the study, from the study
-folder only: the settings that change a number (budget, scheduler, start-up trials, evaluation
-protocol, statistics), software versions, deviations, per-method intervals, claims with raw and
-adjusted p-values, equivalence tests and detectable differences, the sensitivity of each
-verdict to the protocol, per-seed values, learning curves, diagnostics and compute.
+folder only: the plan (its hash and deviations), the settings that change a number (budget,
+scheduler, start-up trials, evaluation protocol, statistics), software versions, per-arm
+intervals, claims and controls with raw and adjusted p-values, adjusted and simultaneous
+intervals, equivalence tests and detectable differences, the sensitivity of each verdict to the
+protocol, per-seed values with each run's protocol, learning curves, diagnostics and compute.
 :func:`report_markdown` reads nothing but that dict, never today's defaults.
 """
 
@@ -12,22 +13,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from extune.files import atomic_write_text
 from extune.study import stats
 from extune.study.claims import (
+    FAMILIES,
     NOT_TESTED,
     STUDY_METRICS,
     StudyMetric,
     claim_rows,
+    claims_from_plan,
     metric_by_name,
 )
 
 __all__ = ["build_results", "report_markdown", "write_report", "present_metrics", "summarise",
-           "method_status", "DRIVEN_METHODS"]
+           "method_status", "weakly_tested", "DRIVEN_METHODS"]
 
 DRIVEN_METHODS = ("excon", "edda", "random_occlusion")
 """Methods with a part of their own that a warm-up or a setting can leave switched off."""
@@ -35,8 +38,9 @@ DRIVEN_METHODS = ("excon", "edda", "random_occlusion")
 DIAGNOSTICS: tuple[tuple[str, str], ...] = (
     ("val/accuracy", "validation accuracy after the last epoch"),
     ("train/accuracy", "training accuracy of the classifier (online probe for SupCon/ExCon)"),
-    ("train/driven_share", "share of the training batches trained on the method's own view, "
-                           "over all epochs (0: the method never switched on)"),
+    ("train/driven_share", "share of the training images the method drove through its own "
+                           "view (masked or occluded), averaged over all epochs, warm-up "
+                           "included (0: the method never switched on)"),
     ("train/mask_keep_rate", "ExCon, last epoch: share of masked images the classifier still "
                              "gets right (they become view 0)"),
     ("train/salient_confidence", "EDDA, last epoch: confidence in the label after the "
@@ -45,21 +49,26 @@ DIAGNOSTICS: tuple[tuple[str, str], ...] = (
 
 
 # --------------------------------------------------------------------------- numbers
-def _complete(runs: Sequence[dict], method: str) -> list[dict]:
-    return [r for r in runs if r["method"] == method and r["state"] == "complete"]
+def _complete(runs: Sequence[dict], arm: str) -> list[dict]:
+    return [r for r in runs if r["method"] == arm and r["state"] == "complete"]
 
 
-def _values(runs: Sequence[dict], method: str, key: str,
+def _values(runs: Sequence[dict], arm: str, key: str,
             scores: dict[str, dict[str, float]] | None = None) -> dict[int, float]:
-    """Seed index -> value of ``key`` for the complete runs of ``method`` (from ``scores`` by
+    """Seed index -> value of ``key`` for the complete runs of ``arm`` (from ``scores`` by
     label when given: a re-scored protocol)."""
     out = {}
-    for r in _complete(runs, method):
+    for r in _complete(runs, arm):
         source = r["metrics"] if scores is None else scores.get(r["label"], {})
         value = source.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             out[int(r["seed_index"])] = float(value)
     return out
+
+
+def _clusters(runs: Sequence[dict]) -> dict[int, int]:
+    """Seed index -> search index (final run ``i`` trains the config of search ``i mod S``)."""
+    return {int(r["seed_index"]): int(r.get("search_index", 0)) for r in runs}
 
 
 def present_metrics(runs: Sequence[dict]) -> list[StudyMetric]:
@@ -68,13 +77,22 @@ def present_metrics(runs: Sequence[dict]) -> list[StudyMetric]:
     return [m for m in STUDY_METRICS if m.key in keys]
 
 
-def summarise(runs: Sequence[dict], methods: Sequence[str], confidence: float = 0.95
-              ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Method -> metric name -> interval (as a dict) over the seeds."""
+def summarise(runs: Sequence[dict], arms: Sequence[str], confidence: float = 0.95,
+              bootstrap: Any = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Arm -> metric name -> interval (as a dict): over searches when there are several,
+    with the test-set term when ``bootstrap`` (:class:`~extune.study.resample.TestSetBootstrap`)
+    has the arm's per-image outputs."""
     metrics = present_metrics(runs)
-    return {method: {m.name: stats.mean_interval(list(_values(runs, method, m.key).values()),
-                                                 confidence).to_dict() for m in metrics}
-            for method in methods}
+    clusters = _clusters(runs)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for arm in arms:
+        out[arm] = {}
+        for m in metrics:
+            variance = bootstrap.variance(arm, None, m.name) if bootstrap is not None else None
+            out[arm][m.name] = stats.mean_interval(
+                _values(runs, arm, m.key), confidence, clusters=clusters,
+                test_variance=variance or 0.0).to_dict()
+    return out
 
 
 def _driven_share(run: dict) -> float | None:
@@ -84,18 +102,19 @@ def _driven_share(run: dict) -> float | None:
     return sum(shares) / len(shares) if shares else None
 
 
-def method_status(runs: Sequence[dict], method: str, num_classes: int | None) -> str | None:
-    """Why ``method``'s claims get no verdict (``None``: they do): it never switched on (its
+def method_status(runs: Sequence[dict], arm: str, num_classes: int | None) -> str | None:
+    """Why ``arm``'s rows get no verdict (``None``: they do): it never switched on (its
     ``train/driven_share`` was 0 in every epoch of every run), or its models are no better
     than chance (test accuracy, one-sided t test at 5%)."""
-    complete = _complete(runs, method)
+    complete = _complete(runs, arm)
     if not complete:
         return "no final run finished"
     shares = [s for s in map(_driven_share, complete) if s is not None]
-    if method in DRIVEN_METHODS and shares and max(shares) == 0:
+    trains = complete[0].get("trains", arm)
+    if trains in DRIVEN_METHODS and shares and max(shares) == 0:
         return "never switched on: train/driven_share was 0 in every epoch of every run"
     if num_classes:
-        accuracy = list(_values(runs, method, "test/accuracy").values())
+        accuracy = list(_values(runs, arm, "test/accuracy").values())
         if not stats.above_chance(accuracy, 1 / num_classes):
             mean = sum(accuracy) / len(accuracy) if accuracy else math.nan
             return (f"no better than chance: mean test accuracy {mean:.3f} against "
@@ -103,8 +122,23 @@ def method_status(runs: Sequence[dict], method: str, num_classes: int | None) ->
     return None
 
 
-def _diagnostics(runs: Sequence[dict], method: str) -> dict[str, float]:
-    complete = _complete(runs, method)
+def weakly_tested(runs: Sequence[dict], methods: Sequence[str], min_share: float
+                  ) -> dict[str, str]:
+    """Method -> why its explanation-driven part was weakly tested: it drove fewer than
+    ``min_share`` of its training images (``train/driven_share``, averaged over its runs'
+    epochs, warm-up included), so most of its training was its baseline's."""
+    weak = {}
+    for method in methods:
+        shares = [s for s in map(_driven_share, _complete(runs, method)) if s is not None]
+        if shares and (mean := sum(shares) / len(shares)) < min_share:
+            weak[method] = (f"{method} drove {mean:.1%} of its training images through its "
+                            f"own view (< {min_share:.0%}): most of its training was its "
+                            "baseline's")
+    return weak
+
+
+def _diagnostics(runs: Sequence[dict], arm: str) -> dict[str, float]:
+    complete = _complete(runs, arm)
     out: dict[str, float] = {}
     for key, _ in DIAGNOSTICS:
         if key == "train/driven_share":
@@ -116,39 +150,76 @@ def _diagnostics(runs: Sequence[dict], method: str) -> dict[str, float]:
     return out
 
 
-def _compute(sdir: Any, method: str, searches: list[dict], runs: Sequence[dict]
+def _compute(sdir: Any, arm: str, searches: list[dict], runs: Sequence[dict]
              ) -> dict[str, Any]:
-    """Wall time and core/GPU-seconds of a method's searches and final runs."""
+    """Trial-epochs, trial-seconds (compute) and wall time of an arm's searches; epochs, wall
+    time and core/GPU-seconds of its final runs."""
     s = sdir.settings
     search_s = sum(c.get("seconds") or 0.0 for c in searches)
-    final_s = sum(r.get("seconds") or 0.0 for r in runs if r["method"] == method)
+    final_s = sum(r.get("seconds") or 0.0 for r in runs if r["method"] == arm)
     gpus = s.gpus_per_trial or 0.0
     return {"search_s": search_s, "final_s": final_s,
             "search_trial_epochs": sum(c.get("trial_epochs", 0) for c in searches),
+            "search_trial_s": sum(c.get("trial_seconds") or 0.0 for c in searches),
             "final_epochs": sum(r.get("epochs", 0) for r in runs
-                                if r["method"] == method and r["state"] == "complete"),
+                                if r["method"] == arm and r["state"] == "complete"),
             "final_core_s": final_s * s.cpus_per_trial, "final_gpu_s": final_s * gpus}
 
 
-def _sensitivity(runs: Sequence[dict], sensitivity: dict[str, Any], claims: Any
+def _bootstrap(runs: Sequence[dict], per_image: Mapping[str, str | None] | None = None,
+               seed: int = 0) -> Any:
+    """The test-set bootstrap of these runs' per-image outputs (``per_image``: label -> file,
+    a re-scored protocol's), or ``None`` when none kept them."""
+    from extune.study.resample import TestSetBootstrap, outputs_of
+
+    if per_image is not None:
+        runs = [{**r, "per_image": per_image.get(r["label"])} for r in runs]
+    outputs = outputs_of(runs)
+    return TestSetBootstrap(outputs, _clusters(runs), seed=seed) if outputs else None
+
+
+def _sensitivity(runs: Sequence[dict], sensitivity: dict[str, Any], rows: Any
                  ) -> dict[str, Any]:
-    """The verdict of each explanation claim under every protocol."""
-    rows: dict[str, dict[str, str]] = {}
+    """The verdict of each explanation row (claims and controls) under every protocol."""
+    verdicts: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, Any]] = {}
     for protocol in sensitivity["protocols"]:
         scores = sensitivity["scores"][protocol["text"]]
+        per_image = sensitivity.get("per_image", {}).get(protocol["text"])
 
-        def by_protocol(method: str, metric: StudyMetric, scores: Any = scores) -> dict:
-            return _values(runs, method, metric.key, scores if metric.explanation else None)
+        def by_protocol(arm: str, metric: StudyMetric, scores: Any = scores) -> dict:
+            return _values(runs, arm, metric.key, scores if metric.explanation else None)
 
-        for row in claims(by_protocol):
+        for row in rows(by_protocol, _bootstrap(runs, per_image)):
             if metric_by_name(row["metric"]).explanation:
                 key = f"{row['a']} vs {row['b']}: {row['metric']}"
-                rows.setdefault(key, {})[protocol["text"]] = row["verdict"]
-                values.setdefault(key, {})[protocol["text"]] = row["difference"]
-    same = {k: len(set(v.values())) == 1 for k, v in rows.items()}
-    return {"protocols": sensitivity["protocols"], "verdicts": rows, "differences": values,
-            "same_under_all": same}
+                verdicts.setdefault(key, {})[protocol["text"]] = row["verdict"]
+                values.setdefault(key, {})[protocol["text"]] = {
+                    **row["difference"], "interval": row["interval"]}
+    same = {k: len(set(v.values())) == 1 for k, v in verdicts.items()}
+    return {"protocols": sensitivity["protocols"], "verdicts": verdicts,
+            "differences": values, "same_under_all": same}
+
+
+def _covers(s: Any, bootstrap: Any, test_images: int | None) -> str:
+    """What the intervals include, in words."""
+    from extune.study.resample import RESAMPLES
+
+    parts = ["training seeds"]
+    if s.search_seeds > 1:
+        parts.append(f"search seeds ({s.search_seeds} searches per method, each a cluster of "
+                     "its runs: the tests compare the searches' means)")
+    if bootstrap is not None:
+        images = f"{test_images:,} " if test_images else ""
+        parts.append(f"test-set sampling (a bootstrap of the {images}test images, "
+                     f"{RESAMPLES} resamples, the same images for every run)")
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    missing = []
+    if s.search_seeds == 1:
+        missing.append("the search's own variance (one search per method)")
+    if bootstrap is None:
+        missing.append("test-set sampling (the runs kept no per-image outputs)")
+    return text + ("; not " + " nor ".join(missing) if missing else "")
 
 
 def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[str, Any]]],
@@ -157,49 +228,76 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
 
     Args:
         sdir: the study folder.
-        runs: the final runs (:func:`~extune.study.final.run_final_stage`).
+        runs: the final runs and controls (:func:`~extune.study.final.run_final_stage`).
         chosen: method -> what each of its searches chose and spent
             (:func:`~extune.search.folder.chosen_trial`).
         sensitivity: :func:`~extune.study.sensitivity.rescore_stage`.
     """
     s = sdir.settings
+    plan = sdir.plan()
     base = s.base_config()
     num_classes = sensitivity.get("num_classes")
     present = [m.name for m in present_metrics(runs)]
-    untested = {m: why for m in s.methods if (why := method_status(runs, m, num_classes))}
+    controls = {m: [a["arm"] for a in arms] for m, arms in plan["controls"].items()}
+    arms = [a for m in s.methods for a in (m, *controls.get(m, ()))]
+    untested = {a: why for a in arms if (why := method_status(runs, a, num_classes))}
+    weak = weakly_tested(runs, list(controls), plan["min_driven_share"])
+    claims = claims_from_plan(plan["claims"])
+    margins = plan["margins"]
+    clusters = _clusters(runs)
+    bootstrap = _bootstrap(runs)
 
-    def claims(values: Any) -> list[dict[str, Any]]:
-        return claim_rows(values, s.methods, present, untested=untested, margins=s.margin,
-                          test=s.test, correction=s.correction, confidence=s.confidence)
+    def rows(values: Any, boot: Any) -> list[dict[str, Any]]:
+        return claim_rows(values, claims, arms, present, untested=untested,
+                          margins=lambda m: margins.get(m, s.margin(m)), test=s.test,
+                          correction=s.correction, confidence=s.confidence,
+                          controls=controls, clusters=clusters,
+                          test_variance=boot.variance if boot is not None else None,
+                          weak=weak)
 
-    summary = summarise(runs, s.methods, s.confidence)
+    summary = summarise(runs, arms, s.confidence, bootstrap)
     first = next((c[0] for c in chosen.values() if c), {})
-    methods = {method: {"searches": chosen.get(method, []), "final": summary[method],
-                        "runs": [r for r in runs if r["method"] == method],
-                        "status": untested.get(method),
-                        "diagnostics": _diagnostics(runs, method),
-                        "compute": _compute(sdir, method, chosen.get(method, []), runs)}
-               for method in s.methods}
+    arm_of = {a["arm"]: (m, a) for m, listed in plan["controls"].items() for a in listed}
+    methods = {}
+    for arm in arms:
+        method, control = arm_of.get(arm, (arm, None))
+        searches = chosen.get(method, []) if control is None else []
+        methods[arm] = {"searches": searches, "final": summary[arm],
+                        "runs": [r for r in runs if r["method"] == arm],
+                        "control_of": method if control else None,
+                        "trains": control["trains"] if control else arm,
+                        "what": control["what"] if control else None,
+                        "status": untested.get(arm), "weak": weak.get(arm),
+                        "diagnostics": _diagnostics(runs, arm),
+                        "compute": _compute(sdir, arm, searches, runs)}
+    test_images = sensitivity.get("test_images")
     return {
         "study": sdir.name, "study_id": sdir.study_id, "data": base.data.name,
         "backbone": base.model.backbone, "image_size": base.data.image_size,
-        "num_classes": num_classes, "test_images": sensitivity.get("test_images"),
+        "num_classes": num_classes, "test_images": test_images,
         "quick": s.quick, "settings": s.to_dict(), "search_epochs": base.optim.epochs,
         "final_epochs": s.resolved_final_epochs(), "final_seeds": s.final_seeds(),
         "scheduler": first.get("scheduler"), "scheduler_settings":
         first.get("scheduler_settings"), "startup_trials": first.get("startup_trials"),
+        "plan": {"hash": sdir.meta.get("plan_hash"),
+                 "current_hash": sdir.meta.get("plan_current_hash"),
+                 "written": sdir.meta.get("plan_written"), "claims": plan["claims"],
+                 "controls": plan["controls"], "held": plan["held"],
+                 "min_driven_share": plan["min_driven_share"]},
         "protocol": {**sensitivity["main"], "explain_samples": sensitivity["explain_samples"]},
         "statistics": {"test": s.test, "correction": s.correction, "confidence": s.confidence,
                        "alpha": round(1 - s.confidence, 10), "power": 0.8,
-                       "margins": {m: s.margin(m) for m in present}},
-        "intervals_cover": "training seeds and search seeds" if s.search_seeds > 1 else
-        "training seeds only (one search per method: the search's own variance is not in them)",
+                       "families": list(FAMILIES),
+                       "margins": {m: margins.get(m, s.margin(m)) for m in present},
+                       "test_set": bootstrap is not None,
+                       "search_clusters": s.search_seeds > 1},
+        "intervals_cover": _covers(s, bootstrap, test_images),
         "versions": sdir.meta.get("versions", {}), "cluster": sdir.meta.get("cluster", {}),
         "deviations": sdir.meta.get("deviations", []),
         "wall_s": dict(sdir.meta.get("stage_seconds", {})),
         "metrics": present, "methods": methods,
-        "comparisons": claims(lambda method, metric: _values(runs, method, metric.key)),
-        "sensitivity": _sensitivity(runs, sensitivity, claims)}
+        "comparisons": rows(lambda arm, metric: _values(runs, arm, metric.key), bootstrap),
+        "sensitivity": _sensitivity(runs, sensitivity, rows)}
 
 
 def write_report(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[str, Any]]],
@@ -237,13 +335,20 @@ def _cell(interval: dict[str, Any]) -> str:
     return f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 
-def _diff_cell(d: dict[str, Any]) -> str:
-    """``+0.007 [-0.031, +0.044]``: a difference and its interval."""
+def _diff_cell(d: dict[str, Any], interval: Sequence[Any] | None = None) -> str:
+    """``+0.007 [-0.031, +0.044]``: a difference and its interval (``interval``: another level
+    than the difference's own)."""
     if d.get("estimate") is None:
         return "-"
-    if d.get("low") is None or d.get("high") is None:
+    low, high = interval if interval is not None else (d.get("low"), d.get("high"))
+    if low is None or high is None:
         return f"{d['estimate']:+.3f} (no interval)"
-    return f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+    return f"{d['estimate']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _interval_cell(interval: Sequence[Any]) -> str:
+    low, high = interval
+    return "-" if low is None or high is None else f"[{low:+.3f}, {high:+.3f}]"
 
 
 def _mark(verdict: str) -> str:
@@ -258,10 +363,13 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines += ["> **Smoke test** (`extune study --quick`): tiny data, two trials and two "
                   "seeds per method. It shows that every stage works; its numbers say nothing "
                   "about the methods.", ""]
-    sections = (_setup, _budget_table, _metrics_table, _claims_table, _sensitivity_table,
-                _per_seed_table, _diagnostics_table, _compute_table, _limits, _reproducibility)
+    sections = (_setup, _budget_table, _metrics_table, _claims_tables, _controls_table,
+                _sources, _sensitivity_table, _per_seed_table, _diagnostics_table,
+                _compute_table, _limits, _reproducibility)
     for section in sections:
-        lines += section(results) + [""]
+        part = section(results)
+        if part:
+            lines += part + [""]
     lines += ["## Plots", "", "![test metrics](plots/overview.png)", "",
               "![learning curves](plots/curves.png)", ""]
     return "\n".join(lines)
@@ -271,6 +379,8 @@ def _setup(results: dict[str, Any]) -> list[str]:
     s, st, p = results["settings"], results["statistics"], results["protocol"]
     budget = (f"{s['budget_epochs']} trial-epochs (at most {s['trials']} trials)"
               if s.get("budget_epochs") else f"{s['trials']} trials")
+    if s.get("budget_seconds"):
+        budget += f", at most {s['budget_seconds']:g} trial-seconds"
     startup = (f", {results['startup_trials']} random start-up trials"
                if results.get("startup_trials") else "")
     searches = (f"{s['search_seeds']} searches (sampler seeds {s['seed']}.."
@@ -278,24 +388,46 @@ def _setup(results: dict[str, Any]) -> list[str]:
                 else f"a search (sampler seed {s['seed']})")
     classes = f", {results['num_classes']} classes" if results.get("num_classes") else ""
     images = f", {results['test_images']} test images" if results.get("test_images") else ""
-    return [
+    plan = results.get("plan") or {}
+    held = plan.get("held") or {}
+    held_text = ("; held for every method because some methods search it and every method "
+                 "reads it: " + ", ".join(f"`{k}={v['value']}` (searched by "
+                                          f"{', '.join(v['searched_by']) or 'none'})"
+                                          for k, v in held.items())) if held else ""
+    controls = [f"{a['arm']} ({a['what']})" for arms in (plan.get("controls") or {}).values()
+                for a in arms]
+    lines = [
         "## Setup", "",
         f"Data set **{results['data']}**{classes}{images}; backbone {results['backbone']} at "
         f"{results['image_size']} px; methods {', '.join(s['methods'])}.", "",
         f"Each method: {searches} of its built-in space, {budget} of "
         f"{results['search_epochs']} epochs ({s['sampler']}{startup}; "
         f"{results.get('scheduler') or s['scheduler']}), selected on validation "
-        f"{s['objective']}; then the chosen config retrained with {len(results['final_seeds'])} "
-        f"seeds ({', '.join(map(str, results['final_seeds']))}) for "
-        f"{results['final_epochs']} epochs and evaluated on the test split.", "",
-        f"**Evaluation protocol**, the same for every method whatever it trained with: "
+        f"{s['objective']}{held_text}; then the chosen config retrained with "
+        f"{len(results['final_seeds'])} seeds ({', '.join(map(str, results['final_seeds']))})"
+        f" for {results['final_epochs']} epochs and evaluated on the test split.", ""]
+    if controls:
+        lines += [f"**Controls**, trained with the same configs and seeds: "
+                  f"{'; '.join(controls)}. A method minus its control is the part of a "
+                  "difference its explanation-driven part causes.", ""]
+    lines += [
+        f"**Evaluation protocol**, the same for every run whatever it trained with: "
         f"{p['description']}, on {p['explain_samples']} test images (the same images for "
-        "every run).", "",
+        "every run; each run's protocol is in results.json).", "",
         f"**Statistics**: {_test_words(st['test'])}; {_correction_words(st['correction'])} "
-        f"across the claims at a family-wise level of {st['alpha']:g}; equivalence by two "
-        f"one-sided tests within each metric's margin ({_margins(st['margins'])}); "
-        f"detectable differences at {st['power']:.0%} power. The intervals cover "
+        f"within each family at a family-wise level of {st['alpha']:g} (claims' primary "
+        "metrics, claims' secondary metrics and each for the controls, apart); intervals at "
+        "the level of their adjusted test; equivalence by two one-sided tests within each "
+        f"metric's margin ({_margins(st['margins'])}); detectable differences at "
+        f"{st['power']:.0%} power at the family's corrected level. The intervals cover "
         f"{results['intervals_cover']}."]
+    if plan.get("hash"):
+        lines += ["", f"**Plan** fixed before the first trial: sha256 `{plan['hash'][:16]}` "
+                      f"(plan.json, {plan.get('written', '?')})"
+                  + (f"; in effect after deviations: `{plan['current_hash'][:16]}`"
+                     if plan.get("current_hash") not in (None, plan["hash"]) else "")
+                  + "."]
+    return lines
 
 
 def _test_words(test: str) -> str:
@@ -319,9 +451,10 @@ def _margins(margins: dict[str, float]) -> str:
 
 def _budget_table(results: dict[str, Any]) -> list[str]:
     lines = ["## Budget consumed and chosen configs (validation split only)", "",
-             "| method | search | trials complete / pruned / failed | trial-epochs | search "
-             "time | chosen | from start-up? | validation objective | chosen settings |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | search | trials complete / pruned / failed | trial-epochs | "
+             "trial-seconds | search time | chosen | from start-up? | validation objective "
+             "| chosen settings |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for method, summary in results["methods"].items():
         for chosen in summary["searches"]:
             c = chosen.get("counts", {})
@@ -331,51 +464,112 @@ def _budget_table(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {method} | {chosen.get('name', method)} (seed {chosen.get('seed', '-')}) | "
                 f"{c.get('complete', 0)} / {c.get('pruned', 0)} / {c.get('failed', 0)} | "
-                f"{chosen.get('trial_epochs', '-')} | {_minutes(chosen.get('seconds'))} | "
-                f"{chosen.get('trial', 'none')} | {startup} | {_num(chosen.get('value'))} | "
-                f"{params or '-'} |")
+                f"{chosen.get('trial_epochs', '-')} | {_num(chosen.get('trial_seconds'), '.0f')}"
+                f" | {_minutes(chosen.get('seconds'))} | {chosen.get('trial', 'none')} | "
+                f"{startup} | {_num(chosen.get('value'))} | {params or '-'} |")
     return lines
 
 
 def _metrics_table(results: dict[str, Any]) -> list[str]:
     conf = int(round(100 * results["statistics"]["confidence"]))
     metrics = [metric_by_name(n) for n in results["metrics"]]
-    lines = [f"## Test metrics: mean ± {conf}% CI half-width (Student t over seeds)", "",
-             "| method | runs | " + " | ".join(f"{m.name} {m.arrow}" for m in metrics) + " |",
+    lines = [f"## Test metrics: mean ± {conf}% CI half-width", "",
+             f"Intervals cover {results['intervals_cover']}.", "",
+             "| arm | runs | " + " | ".join(f"{m.name} {m.arrow}" for m in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
-    for method, summary in results["methods"].items():
+    for arm, summary in results["methods"].items():
         ok = sum(r["state"] == "complete" for r in summary["runs"])
         cells = [_cell(summary["final"].get(m.name, {})) for m in metrics]
-        lines.append(f"| {method} | {ok}/{len(summary['runs'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | {ok}/{len(summary['runs'])} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _claims_table(results: dict[str, Any]) -> list[str]:
+_ROW_HEADER = ("| {what} | metric | A − B [CI at its adjusted level] | simultaneous CI | "
+               "n | p | p adj. | margin | p equiv. adj. | MDD | verdict |")
+
+
+def _row_lines(rows: Sequence[dict[str, Any]], what: str) -> list[str]:
+    lines = [_ROW_HEADER.format(what=what), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        arrow = "↑" if c["higher_is_better"] else "↓"
+        n = f"{c['n_a']}+{c['n_b']}" + (" searches" if c["difference"].get("level") ==
+                                        "searches" else "")
+        weak = " (weakly tested)" if c.get("weak") and c["verdict"] != NOT_TESTED else ""
+        lines.append(
+            f"| {c['a']} vs {c['b']} | {c['metric']} {arrow} | "
+            f"{_diff_cell(c['difference'], c.get('interval'))} | "
+            f"{_interval_cell(c.get('interval_simultaneous') or [None, None])} | {n} | "
+            f"{_p(c['p'])} | {_p(c['p_adjusted'])} | ±{c['margin']:g} | "
+            f"{_p(c['p_equivalence_adjusted'])} | {_num(c['mdd'])} | "
+            f"{_mark(c['verdict'])}{weak} |")
+    return lines
+
+
+def _claims_tables(results: dict[str, Any]) -> list[str]:
     st = results["statistics"]
     conf = int(round(100 * st["confidence"]))
     adj = {"holm": "Holm", "bh": "BH", "none": "unadjusted"}[st["correction"]]
-    lines = [f"## Claims: A − B, {conf}% CI, raw and {adj}-adjusted p-values", "",
+    lines = [f"## Claims: A − B, {adj}-adjusted within each family", "",
              f"**holds** / **reversed**: the adjusted p-value is below {st['alpha']:g}, in the "
              "metric's good / bad direction; **equivalent**: the adjusted equivalence p-value "
              "is below it (the difference lies within the margin); **not shown**: neither, "
-             "which is not evidence of no difference (MDD: the smallest true difference these "
-             "seeds detect with 80% power); **not tested**: a method never switched on or is "
-             "no better than chance.", "",
-             "| claim | metric | A − B [CI] | seeds | p | p adj. | margin | p equiv. adj. | "
-             "MDD | seeds for margin | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in results["comparisons"]:
-        arrow = "↑" if c["higher_is_better"] else "↓"
-        lines.append(
-            f"| {c['a']} vs {c['b']} | {c['metric']} {arrow} | {_diff_cell(c['difference'])} "
-            f"| {c['n_a']}+{c['n_b']} | {_p(c['p'])} | {_p(c['p_adjusted'])} | ±{c['margin']:g} "
-            f"| {_p(c['p_equivalence_adjusted'])} | {_num(c['mdd'])} | "
-            f"{c['seeds_for_margin'] or '-'} | "
-            f"{_mark(c['verdict'])} |")
-    if not results["comparisons"]:
-        lines.append("| (no claim has both of its methods in this study) |" + " |" * 10)
-    untested = {m: v["status"] for m, v in results["methods"].items() if v.get("status")}
-    if untested:
-        lines += [""] + [f"- {NOT_TESTED}: **{m}**: {why}" for m, why in untested.items()]
+             "which is not evidence of no difference (MDD: the smallest true difference "
+             "detected with 80% power at the family's corrected level); **not tested**: an arm "
+             "never switched on or is no better than chance. The interval beside a verdict is "
+             "at the level its adjusted test used, so it excludes 0 exactly when the verdict "
+             f"is holds or reversed; the simultaneous interval covers every difference of the "
+             f"family at once with {conf}% confidence (Bonferroni).", ""]
+    claims = [c for c in results["comparisons"] if c.get("kind", "claim") == "claim"]
+    if not claims:
+        return lines + ["(no claim has both of its methods in this study)"]
+    for family, title in (("primary", "Primary: measured as the papers or their reference "
+                                      "code measure them"),
+                          ("secondary", "Secondary: measures extune adds")):
+        rows = [c for c in claims if c.get("family", "primary") == family]
+        if rows:
+            lines += [f"### {title}", "", *_row_lines(rows, "claim"), ""]
+    lines += _untested_and_weak(results)
+    return lines
+
+
+def _untested_and_weak(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for arm, v in results["methods"].items():
+        if v.get("status"):
+            lines.append(f"- {NOT_TESTED}: **{arm}**: {v['status']}")
+        if v.get("weak"):
+            lines.append(f"- weakly tested: **{arm}**: {v['weak']}; its verdicts stand, "
+                         "but credit its explanation-driven part only through its controls")
+    return lines
+
+
+def _controls_table(results: dict[str, Any]) -> list[str]:
+    rows = [c for c in results["comparisons"] if c.get("kind") == "control"]
+    if not rows:
+        return []
+    lines = ["## Controls: what the explanation-driven part causes (A − A switched off)", "",
+             "Each control trains the method's chosen config and seeds with its "
+             "explanation-driven part switched off; a verdict here credits that part alone.",
+             ""]
+    for family in FAMILIES:
+        chosen = [c for c in rows if c.get("family") == family]
+        if chosen:
+            lines += [f"### {family.capitalize()} metrics", "", *_row_lines(chosen, "control"),
+                      ""]
+    return lines
+
+
+def _sources(results: dict[str, Any]) -> list[str]:
+    claims = (results.get("plan") or {}).get("claims") or []
+    if not claims:
+        return []
+    lines = ["## Where each claim's measures come from", ""]
+    for claim in claims:
+        by_source: dict[str, list[str]] = {}
+        for m in claim["metrics"]:
+            by_source.setdefault(f"{m['family']}: {m['source']}", []).append(m["metric"])
+        lines.append(f"- **{claim['a']} vs {claim['b']}** ({claim['source']}): " + "; ".join(
+            f"{', '.join(names)} ({where})" for where, names in by_source.items()) + ".")
     return lines
 
 
@@ -384,8 +578,8 @@ def _sensitivity_table(results: dict[str, Any]) -> list[str]:
     protocols = sens["protocols"]
     lines = ["## Sensitivity: the explanation verdicts under other protocols", "",
              "Every final checkpoint re-scored (no retraining) on the same test images under "
-             "each protocol; statistics as above, each protocol its own family.", "",
-             "| claim: metric | " + " | ".join(p["description"] for p in protocols)
+             "each protocol; statistics as above, each protocol its own families.", "",
+             "| row: metric | " + " | ".join(p["description"] for p in protocols)
              + " | same under all |", "|---|" + "---|" * (len(protocols) + 1)]
     for key, verdicts in sens["verdicts"].items():
         diffs = sens["differences"][key]
@@ -402,39 +596,45 @@ def _sensitivity_table(results: dict[str, Any]) -> list[str]:
 def _per_seed_table(results: dict[str, Any]) -> list[str]:
     metrics = [metric_by_name(n) for n in results["metrics"]]
     lines = ["## Per seed (test split)", "",
-             "| method | seed | search | state | epochs | " +
+             "| arm | seed | search | state | epochs | " +
              " | ".join(m.name for m in metrics) + " |",
              "|---|---|---|---|---|" + "---|" * len(metrics)]
-    for method, summary in results["methods"].items():
+    for arm, summary in results["methods"].items():
         for r in summary["runs"]:
             cells = [_num(r["metrics"].get(m.key)) for m in metrics]
-            lines.append(f"| {method} | {r['seed']} | {r.get('search_index', 0) + 1} | "
+            lines.append(f"| {arm} | {r['seed']} | {r.get('search_index', 0) + 1} | "
                          f"{r['state']} | {r.get('epochs', '-')} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _diagnostics_table(results: dict[str, Any]) -> list[str]:
-    methods = list(results["methods"])
+    arms = list(results["methods"])
     rows = []
     for key, meaning in DIAGNOSTICS:
-        cells = [_num(results["methods"][m]["diagnostics"].get(key)) for m in methods]
+        cells = [_num(results["methods"][a]["diagnostics"].get(key)) for a in arms]
         if any(c != "-" for c in cells):
             rows.append(f"| {key} | " + " | ".join(cells) + f" | {meaning} |")
     if not rows:
         return []
+    share = (results.get("plan") or {}).get("min_driven_share")
+    note = ([f"A method whose train/driven_share is below {share:.0%} is weakly tested."]
+            if share is not None else [])
     return ["## Diagnostics of the final runs (mean over seeds)", "",
-            "| metric | " + " | ".join(methods) + " | meaning |",
-            "|---|" + "---|" * len(methods) + "---|", *rows]
+            "| metric | " + " | ".join(arms) + " | meaning |",
+            "|---|" + "---|" * len(arms) + "---|", *rows, "", *note]
 
 
 def _compute_table(results: dict[str, Any]) -> list[str]:
     lines = ["## Compute", "",
-             "| method | search trial-epochs | search wall time | final epochs | final wall "
-             "time (sum of runs) | final core-seconds | final GPU-seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for method, summary in results["methods"].items():
+             "Trial-epochs are the budget; trial-seconds are what they cost (training and "
+             "validation of every trial, whatever ran at once).", "",
+             "| arm | search trial-epochs | search trial-seconds | search wall time | final "
+             "epochs | final wall time (sum of runs) | final core-seconds | final GPU-seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, summary in results["methods"].items():
         c = summary["compute"]
-        lines.append(f"| {method} | {c['search_trial_epochs']} | {_minutes(c['search_s'])} | "
+        lines.append(f"| {arm} | {c['search_trial_epochs']} | "
+                     f"{c.get('search_trial_s', 0):.0f} | {_minutes(c['search_s'])} | "
                      f"{c['final_epochs']} | {_minutes(c['final_s'])} | "
                      f"{c['final_core_s']:.0f} | {c['final_gpu_s']:.0f} |")
     lines += ["", f"Study wall time: {_stage_minutes(results['wall_s'])}."]
@@ -443,14 +643,14 @@ def _compute_table(results: dict[str, Any]) -> list[str]:
 
 def _limits(results: dict[str, Any]) -> list[str]:
     mdds = [c["mdd"] for c in results["comparisons"] if c["metric"] == "accuracy"
-            and c.get("mdd") is not None]
+            and c.get("kind", "claim") == "claim" and c.get("mdd") is not None]
     lines = ["## What this does not show", "",
-             f"- The intervals cover {results['intervals_cover']}; the test images, the "
-             "explanation images and the data split are fixed."]
+             f"- The intervals cover {results['intervals_cover']}; the data split and the "
+             "explanation images are fixed."]
     if mdds:
         lines.append(f"- With these seeds the smallest accuracy difference detectable at 80% "
-                     f"power is {min(mdds):.3f}-{max(mdds):.3f}: a smaller one may exist and "
-                     "go unseen (\"not shown\").")
+                     f"power at the corrected level is {min(mdds):.3f}-{max(mdds):.3f}: a "
+                     "smaller one may exist and go unseen (\"not shown\").")
     lines.append("- Short training on a small model: the papers train ResNet-50 for hundreds of "
                  "epochs; a verdict here is about this budget.")
     return lines
@@ -459,17 +659,27 @@ def _limits(results: dict[str, Any]) -> list[str]:
 def _reproducibility(results: dict[str, Any]) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
     lines = ["## Reproducibility", "", f"- Versions: {versions or 'not recorded'}."]
+    plan = results.get("plan") or {}
+    if plan.get("hash"):
+        lines.append(f"- Plan: sha256 {plan['hash']} (plan.json, written {plan.get('written')} "
+                     "before the first trial).")
     if results.get("cluster"):
         lines.append(f"- Cluster: {json.dumps(results['cluster'])}.")
     if results.get("scheduler_settings"):
         lines.append(f"- Scheduler: {json.dumps(results['scheduler_settings'])}.")
     deviations = results.get("deviations") or []
     if deviations:
-        lines.append("- **Deviations** (settings changed after the study started):")
-        lines += [f"  - {d['when']}: `{d['setting']}` {d['from']} -> {d['to']} (study was "
-                  f"{d.get('status_before', '?')})" for d in deviations]
+        lines.append("- **Deviations** (changes after the study started):")
+        for d in deviations:
+            if d["setting"] == "plan":
+                lines.append(f"  - {d['when']}: the plan changed ({', '.join(d['changed'])}): "
+                             f"{d['from'][:12]} -> {d['to'][:12]} (study was "
+                             f"{d.get('status_before', '?')})")
+            else:
+                lines.append(f"  - {d['when']}: `{d['setting']}` {d['from']} -> {d['to']} "
+                             f"(study was {d.get('status_before', '?')})")
     else:
-        lines.append("- Deviations: none (the study ran with the settings it started with).")
+        lines.append("- Deviations: none (the study ran with the plan it started with).")
     return lines
 
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from extune.search.folder import SearchDir, chosen_trial
 from extune.search.tracking.journal import bounded_http_client
 from extune.study.folder import StudyDir
+from extune.study.plan import PLAN_FILE, build_plan
 from extune.study.settings import StudySettings
 
 __all__ = ["StudyResult", "run_study", "study_tracker"]
@@ -45,14 +46,17 @@ class StudyResult:
 
 
 def run_study(settings: StudySettings | None = None, *, resume: str | Path | None = None,
-              final_epochs: int | None = None, seeds: int | None = None) -> StudyResult:
-    """Run a study (or finish an interrupted one): searches, final runs, sensitivity, report.
+              final_epochs: int | None = None, seeds: int | None = None,
+              plan: dict[str, Any] | None = None) -> StudyResult:
+    """Run a study (or finish an interrupted one): plan, searches, final runs and controls,
+    sensitivity, report.
 
     Args:
         settings: the study (``None``: the defaults).
         resume: a study folder to finish with its saved settings.
-        final_epochs, seeds: with ``resume``, new values of these settings; each change is
-            recorded as a deviation (finished final runs of the same epochs are reused).
+        final_epochs, seeds, plan: with ``resume``, new values of these settings; each change
+            is recorded as a deviation (finished final runs of the same epochs are reused),
+            and so is any change of the plan rebuilt from them and today's code.
 
     Raises:
         ExtuneError: bad settings or spaces, unreachable Ray cluster or tracking server,
@@ -72,15 +76,18 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     bounded_http_client()
     if resume is not None:
         sdir = StudyDir.load(resume)
-        sdir.change_settings(final_epochs=final_epochs, seeds=seeds)
+        sdir.change_settings(final_epochs=final_epochs, seeds=seeds, plan=plan)
+        sdir.check_plan()
         settings = sdir.settings
     else:
         settings = settings or StudySettings()
         _validate_spaces(settings)
+        planned = build_plan(settings)
     uri = resolve_tracking_uri(settings.tracking_uri)
     check_tracking_uri(uri)
     if resume is None:
         sdir = StudyDir.create(settings)
+        sdir.write_plan(planned)  # before the first trial
     tracker = study_tracker(sdir, uri)
     started = connect_ray(settings.address)
     try:
@@ -105,17 +112,25 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
     settings = sdir.settings
     console = Console()
     sdir.update(status="running", cluster=_cluster())
+    plan = sdir.plan()
+    held = {key: h["value"] for key, h in plan["held"].items()}
+    if held:
+        console.print(f"study {sdir.name}: held for every method (searched by some, read by "
+                      "all): " + ", ".join(f"{k}={v}" for k, v in held.items()),
+                      highlight=False, markup=False)
     chosen = {}
     for i, method in enumerate(settings.methods, 1):
         console.print(f"study {sdir.name}: search {i}/{len(settings.methods)}: {method}",
                       highlight=False, markup=False)
-        chosen[method] = [_search_stage(sdir, method, index, tracker.parent_run())
+        chosen[method] = [_search_stage(sdir, method, index, tracker.parent_run(), held)
                           for index in range(settings.search_seeds)]
     _warn_inactive(chosen, console)
-    console.print(f"study {sdir.name}: final runs ({len(chosen)} methods x "
-                  f"{settings.seeds} seeds)", highlight=False, markup=False)
+    arms = sum(len(a) for a in plan["controls"].values())
+    console.print(f"study {sdir.name}: final runs ({len(chosen)} methods"
+                  + (f" and {arms} control arm(s)" if arms else "")
+                  + f" x {settings.seeds} seeds)", highlight=False, markup=False)
     t0 = time.time()
-    runs = run_final_stage(sdir, chosen, tracker)
+    runs = run_final_stage(sdir, chosen, tracker, plan["controls"])
     sdir.add_seconds("final", time.time() - t0)
     if any(r["state"] in ("unfinished", "missing") for r in runs):
         raise KeyboardInterrupt  # Ctrl-C during the final runs: resume trains the rest
@@ -190,19 +205,23 @@ def study_tracker(sdir: StudyDir, uri: str) -> Any:
               "objective": s.objective, "fixed": json.dumps(s.fixed) if s.fixed else "none",
               "eval_explainer": s.eval_explainer, "eval_layer": s.eval_layer or "last stage",
               "test": s.test, "correction": s.correction, "data": base.data.name,
-              "study_dir": str(sdir.path)}
+              "study_dir": str(sdir.path), "plan_hash": sdir.meta.get("plan_hash"),
+              "budget_seconds": s.budget_seconds}
     run_id = tracker.parent_run(params=params)
     if sdir.meta.get("parent_run_id") != run_id:
         view = tracker.share_view(f"extune-{sdir.study_id[:12]}", study_view(sdir.study_id))
         tracker.set_tags(run_id, {VIEW_TAG: view})
         sdir.update(parent_run_id=run_id, tracking_uri=uri, mlflow_view=view)
         tracker.log_artifact(run_id, sdir.base_file)
+        tracker.log_artifact(run_id, sdir.path / PLAN_FILE)  # the plan's second copy
     return tracker
 
 
-def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str) -> dict[str, Any]:
-    """Run (or finish, or read) search ``index`` of ``method``; returns its chosen trial
-    (:func:`~extune.search.folder.chosen_trial`) with the search's wall time."""
+def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str,
+                  held: dict[str, Any]) -> dict[str, Any]:
+    """Run (or finish, or read) search ``index`` of ``method`` with the plan's ``held``
+    settings; returns its chosen trial (:func:`~extune.search.folder.chosen_trial`) with the
+    search's wall time."""
     from extune.search.engine.run import run_search
 
     name = sdir.settings.search_name(method, index)
@@ -215,7 +234,7 @@ def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str) -> d
     else:
         settings = sdir.settings.search_settings(
             method, index, out=str(folder.parent), parent_run=parent_run,
-            study_id=sdir.study_id, base_file=str(sdir.base_file))
+            study_id=sdir.study_id, base_file=str(sdir.base_file), held=held)
         result = run_search(settings)
     sdir.add_seconds(f"search/{name}", time.time() - t0)
     if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
@@ -235,6 +254,6 @@ def _log_study(tracker: Any, results: dict[str, Any], files: dict[str, Path]) ->
             if interval.get("mean") is not None:
                 metrics[f"{method}/test/{metric}"] = interval["mean"]  # mean over seeds
     tracker.log_metrics(parent, metrics, step=0)
-    verdicts = {f"extune.claim.{c['a']}-{c['b']}.{c['metric']}": c["verdict"]
+    verdicts = {f"extune.{c['kind']}.{c['a']}-{c['b']}.{c['metric']}": c["verdict"]
                 for c in results["comparisons"]}
     tracker.set_tags(parent, verdicts)

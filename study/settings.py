@@ -78,14 +78,17 @@ class StudySettings:
     """What ``extune study`` takes.
 
     Attributes:
-        methods: the methods compared (each searched with its built-in space).
+        methods: the methods compared (each searched with its built-in space); ``None``: the
+            plan file's methods, else every registered method.
         seeds: final runs per method (K); seeds ``runtime.seed + 1 .. + K`` (the searches use
-            ``runtime.seed``), the same for every method.
+            ``runtime.seed``), the same for every method and control arm.
         final_epochs: epochs of a final run; ``None``: the search epochs.
         trials: trials of each search (a cap when ``budget_epochs`` is set).
         budget_epochs: each search stops once its trials consumed this many trial-epochs (an
             epoch of one trial is one), so that every method consumes the same; ``None``: the
             budget is ``trials``.
+        budget_seconds: each search stops once its trials ran this many seconds in all
+            (compute-matched budgets: an ExCon epoch costs more than a CE epoch).
         startup_trials: TPE's random start-up trials; ``None``: the search's rule.
         search_seeds: each method's search is repeated with sampler seeds ``seed .. seed + S -
             1``; final run ``i`` trains the config of search ``i mod S``, so the intervals
@@ -99,7 +102,15 @@ class StudySettings:
         protocols: the sensitivity section's protocols (:data:`DEFAULT_PROTOCOLS`); ``[]``:
             none.
         test: :data:`TESTS`; correction: :data:`CORRECTIONS`.
-        margins: equivalence margins by metric name (over :data:`DEFAULT_MARGINS`).
+        margins: equivalence margins by metric name (over the plan file's, over
+            :data:`DEFAULT_MARGINS`).
+        plan: a plan file's content (:func:`~extune.study.plan.parse_plan`): the claims
+            instead of the built-in ones, margins, ``min_driven_share``, ``controls``.
+        min_driven_share: below this share of driven training images a method is "weakly
+            tested"; ``None``: the plan file's, else
+            :data:`~extune.study.plan.DEFAULT_MIN_DRIVEN_SHARE`.
+        controls: train the switched-off arms of the explanation-driven methods; ``None``:
+            the plan file's, else yes.
         config, overrides: base config file and ``--set`` overrides; with neither, the study
             base (:data:`STUDY_BASE`).
         quick: the tiny preset (:data:`QUICK_STUDY`, 2 trials, 2 seeds, 2 final epochs) unless
@@ -110,11 +121,12 @@ class StudySettings:
         confidence: level of the intervals; ``1 - confidence`` is the family-wise error rate.
     """
 
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] | None = None
     seeds: int = 5
     final_epochs: int | None = None
     trials: int = 8
     budget_epochs: int | None = None
+    budget_seconds: float | None = None
     startup_trials: int | None = None
     search_seeds: int = 1
     epochs: int | None = None
@@ -129,6 +141,9 @@ class StudySettings:
     test: str = "welch"
     correction: str = "holm"
     margins: dict[str, float] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+    min_driven_share: float | None = None
+    controls: bool | None = None
     config: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     quick: bool = False
@@ -147,6 +162,8 @@ class StudySettings:
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        if self.methods is None:
+            self.methods = _plan_methods(self.plan) if self.plan else list(DEFAULT_METHODS)
         if isinstance(self.protocols, str):
             self.protocols = [p.strip() for p in self.protocols.split(",") if p.strip()]
         self.validate()
@@ -170,6 +187,16 @@ class StudySettings:
         require(self.budget_epochs is None or self.budget_epochs >= 1,
                f"--budget-epochs must be >= 1, got {self.budget_epochs}")
         require(self.search_seeds >= 1, f"--search-seeds must be >= 1, got {self.search_seeds}")
+        require(self.budget_seconds is None or self.budget_seconds > 0,
+               f"--budget-seconds must be > 0, got {self.budget_seconds}")
+        require(self.min_driven_share is None or 0 <= self.min_driven_share <= 1,
+               f"--min-driven-share must be in [0, 1], got {self.min_driven_share}")
+        if self.plan:
+            outside = [f"{c['a']} vs {c['b']}" for c in self.plan["claims"]
+                       if c["a"] not in self.methods or c["b"] not in self.methods]
+            require(not outside, f"the plan's claim {outside[0] if outside else ''} names a "
+                   f"method not in --methods ({','.join(self.methods)}); add it or leave "
+                   "--methods out (the plan's methods)")
         require(0.5 <= self.confidence < 1, "the confidence level must be in [0.5, 1)")
         require(self.test in TESTS, f"unknown --test '{self.test}'; use {', '.join(TESTS)}")
         require(self.correction in CORRECTIONS, f"unknown --correction '{self.correction}'; "
@@ -211,7 +238,7 @@ class StudySettings:
         epochs = self.resolved_final_epochs()
         return chosen.with_overrides({
             "optim.epochs": epochs, "runtime.seed": seed, "runtime.progress": False,
-            "eval.test": True, "eval.every": epochs,
+            "eval.test": True, "eval.per_image": True, "eval.every": epochs,
             "eval.explainer": self.eval_explainer, "eval.layer": self.eval_layer,
             "eval.explain_samples": max(chosen.eval.explain_samples, MIN_EXPLAIN_SAMPLES)})
 
@@ -220,16 +247,33 @@ class StudySettings:
         return [base_seed + 1 + i for i in range(self.seeds)]
 
     def margin(self, metric: str) -> float:
-        return float(self.margins.get(metric, DEFAULT_MARGINS[metric]))
+        """The equivalence margin of ``metric``: ``--margin``, else the plan file's, else
+        :data:`DEFAULT_MARGINS`."""
+        planned = (self.plan or {}).get("margins", {})
+        return float(self.margins.get(metric, planned.get(metric, DEFAULT_MARGINS[metric])))
+
+    def resolved_min_driven_share(self) -> float:
+        from extune.study.plan import DEFAULT_MIN_DRIVEN_SHARE
+
+        if self.min_driven_share is not None:
+            return float(self.min_driven_share)
+        return float((self.plan or {}).get("min_driven_share", DEFAULT_MIN_DRIVEN_SHARE))
+
+    def resolved_controls(self) -> bool:
+        if self.controls is not None:
+            return bool(self.controls)
+        return bool((self.plan or {}).get("controls", True))
 
     def search_name(self, method: str, index: int) -> str:
         """The folder and MLflow name of ``method``'s search number ``index`` (0-based)."""
         return method if index == 0 else f"{method}-search{index + 1}"
 
     def search_settings(self, method: str, index: int, *, out: str, parent_run: str | None,
-                        study_id: str, base_file: str | None = None) -> SearchSettings:
+                        study_id: str, base_file: str | None = None,
+                        held: dict[str, Any] | None = None) -> SearchSettings:
         """Search ``index`` of ``method``: its built-in space and the budget every method
-        shares; sampler seed ``seed + index``."""
+        shares; sampler seed ``seed + index``; ``held``: settings the plan holds for every
+        method (key -> value), with ``--fix``."""
         tags = {"extune.study_id": study_id, "extune.stage": "search", "extune.method": method}
         if parent_run:
             tags["mlflow.parentRunId"] = parent_run
@@ -241,8 +285,9 @@ class StudySettings:
             storage=f"{self.storage.rstrip('/')}/searches" if self.storage else None,
             tracking_uri=self.tracking_uri, experiment=self.experiment,
             name=self.search_name(method, index), out=out, live=self.live,
-            fixed=dict(self.fixed), start_at_base=False, run_tags=tags,
-            epoch_budget=self.budget_epochs, startup_trials=self.startup_trials)
+            fixed={**(held or {}), **self.fixed}, start_at_base=False, run_tags=tags,
+            epoch_budget=self.budget_epochs, seconds_budget=self.budget_seconds,
+            startup_trials=self.startup_trials)
 
     def resolved_name(self) -> str:
         return self.name or f"study-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -261,3 +306,9 @@ class StudySettings:
         if quick:
             given = {"trials": 2, "seeds": 2, "final_epochs": 2, **given}
         return cls(quick=quick, **given)
+
+
+def _plan_methods(plan: dict[str, Any]) -> list[str]:
+    """The methods of a plan's claims, in registration order."""
+    named = {m for c in plan["claims"] for m in (c["a"], c["b"])}
+    return [m for m, _ in METHODS.items() if m in named]

@@ -6,6 +6,17 @@ equivalence tests and power (docs/study.md, "Statistics").
   Welch's unpaired t test (default: seeds give two methods the same initial weights, but they
   draw random numbers differently from their first step, so runs are not pairs), an exact
   permutation test, or a paired t test by seed index (on request).
+- **Hierarchy.** With several searches per method, the runs of one search share its chosen
+  config: they are a cluster, not independent draws. Given ``clusters`` (seed index -> search
+  index), both functions work on the searches' means (each the mean of its runs), so the
+  degrees of freedom count searches, not runs. For a balanced nested design this is the exact
+  t analysis of the model ``value = method + search effect + seed effect``: the variance of a
+  search's mean, ``s_search^2 + s_seed^2 / K``, is what the searches' sample variance
+  estimates.
+- **Test-set sampling.** ``test_variance`` adds the variance of the estimate over resampled
+  test images (:mod:`extune.study.resample`) to the squared standard error; the degrees of
+  freedom follow Welch-Satterthwaite with the test-set term's as infinite.
+- :func:`adjusted_interval`: an interval at the level its adjusted test used.
 - :func:`adjust`: Holm's step-down (family-wise error) or Benjamini-Hochberg (false discovery
   rate) adjusted p-values across a study's claims.
 - :func:`equivalence`: two one-sided tests (TOST) that the difference lies within ``±margin``.
@@ -27,7 +38,8 @@ from typing import Any
 
 __all__ = ["Interval", "Difference", "mean_interval", "compare", "welch", "paired",
            "permutation_p", "adjust", "equivalence", "min_detectable_difference", "detectable",
-           "seeds_needed", "above_chance"]
+           "seeds_needed", "above_chance", "cluster_means", "with_test_variance",
+           "adjusted_interval", "adjusted_alpha"]
 
 
 def _finite(values: Sequence[Any]) -> list[float]:
@@ -56,6 +68,10 @@ class Interval:
         n: how many values.
         sd: sample standard deviation (``ddof=1``; ``nan`` when ``n < 2``).
         confidence: the interval's level.
+        level: ``runs`` (values are runs) or ``searches`` (values are the means of each
+            search's runs, :func:`cluster_means`).
+        runs: the runs behind the values.
+        test_variance: the test-set sampling variance included (0: none).
     """
 
     mean: float
@@ -64,6 +80,9 @@ class Interval:
     n: int
     sd: float
     confidence: float = 0.95
+    level: str = "runs"
+    runs: int = 0
+    test_variance: float = 0.0
 
     @property
     def defined(self) -> bool:
@@ -78,19 +97,62 @@ class Interval:
         return _plain(asdict(self))
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Mean and interval ``mean ± t(1 - a/2, n - 1) * sd / sqrt(n)``; non-finite values (a
-    diverged seed) are left out."""
-    finite = _finite(values)
+def cluster_means(values: Mapping[int, float], clusters: Mapping[int, int] | None
+                  ) -> dict[int, float]:
+    """Search index -> the mean of that search's finite values (``values``: seed index ->
+    value; ``clusters``: seed index -> search index). ``None`` or a single search: the values
+    as they are (keyed by seed index)."""
+    finite = {i: float(v) for i, v in values.items()
+              if isinstance(v, (int, float)) and math.isfinite(v)}
+    if clusters is None or len({clusters.get(i, 0) for i in finite}) < 2:
+        return finite
+    groups: dict[int, list[float]] = {}
+    for i, v in finite.items():
+        groups.setdefault(clusters.get(i, 0), []).append(v)
+    return {c: statistics.fmean(vs) for c, vs in sorted(groups.items())}
+
+
+def mean_interval(values: Sequence[float] | Mapping[int, float], confidence: float = 0.95, *,
+                  clusters: Mapping[int, int] | None = None, test_variance: float = 0.0
+                  ) -> Interval:
+    """Mean and interval ``mean ± t(1 - a/2, df) * se``; non-finite values (a diverged seed)
+    are left out.
+
+    Without clusters ``se = sd / sqrt(n)``, ``df = n - 1``. With ``clusters`` (``values`` a
+    mapping seed index -> value) of two or more searches: the mean of the searches' means, whose
+    ``sd`` and ``n`` are the searches'. ``test_variance`` is added to ``se^2``
+    (Welch-Satterthwaite degrees of freedom, the test-set term's infinite)."""
+    if isinstance(values, Mapping):
+        runs = len(_finite(list(values.values())))
+        means = cluster_means(values, clusters)
+        level = "searches" if len(means) < runs else "runs"
+        finite = list(means.values())
+    else:
+        finite = _finite(values)
+        runs, level = len(finite), "runs"
     n = len(finite)
     if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, math.nan, confidence)
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan, confidence, level, runs)
     mean = statistics.fmean(finite)
     if n < 2:
-        return Interval(mean, math.nan, math.nan, 1, math.nan, confidence)
+        return Interval(mean, math.nan, math.nan, 1, math.nan, confidence, level, runs)
     sd = statistics.stdev(finite)
-    half = _t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, sd, confidence)
+    se, df = with_test_variance(sd / math.sqrt(n), n - 1, test_variance)
+    half = _t_quantile(0.5 + confidence / 2, df) * se if se > 0 else 0.0
+    return Interval(mean, mean - half, mean + half, n, sd, confidence, level, runs,
+                    test_variance)
+
+
+def with_test_variance(se: float, df: float, test_variance: float) -> tuple[float, float]:
+    """``(se, df)`` with a test-set sampling variance added: ``se' = sqrt(se^2 + v)`` and
+    ``df' = se'^4 / (se^4 / df)`` (Welch-Satterthwaite, the test-set term's degrees of
+    freedom infinite: it comes from thousands of images)."""
+    if not test_variance or not math.isfinite(test_variance):
+        return se, df
+    total = math.sqrt(se ** 2 + test_variance)
+    if se == 0:
+        return total, math.inf
+    return total, total ** 4 / (se ** 4 / df)
 
 
 @dataclass(frozen=True)
@@ -107,6 +169,10 @@ class Difference:
             ``sd_a``, paired).
         test: ``welch``, ``permutation`` or ``paired``.
         confidence: the interval's level.
+        level: ``runs`` or ``searches`` (the values compared are each search's mean: ``n_a``,
+            ``n_b`` count searches).
+        runs_a, runs_b: the runs behind each side.
+        test_variance: the test-set sampling variance included in ``se`` (0: none).
     """
 
     estimate: float
@@ -121,6 +187,10 @@ class Difference:
     sd_b: float
     test: str
     confidence: float = 0.95
+    level: str = "runs"
+    runs_a: int = 0
+    runs_b: int = 0
+    test_variance: float = 0.0
 
     @property
     def defined(self) -> bool:
@@ -207,22 +277,42 @@ def permutation_p(a: Sequence[float], b: Sequence[float], max_exact: int = 20000
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], test: str = "welch",
-            confidence: float = 0.95) -> Difference:
-    """``mean(a) - mean(b)`` over seeds by ``test``: ``welch`` (default), ``permutation``
-    (Welch's interval, the permutation test's p-value) or ``paired`` (by seed index).
+            confidence: float = 0.95, *, clusters: Mapping[int, int] | None = None,
+            test_variance: float = 0.0) -> Difference:
+    """``mean(a) - mean(b)`` by ``test``: ``welch`` (default), ``permutation`` (Welch's
+    interval, the permutation test's p-value) or ``paired`` (by seed index, or by search with
+    clusters).
 
     Args:
         a, b: seed index -> metric value of the two methods.
+        clusters: seed index -> search index (the same for both methods: run ``i`` trains the
+            config of search ``i mod S``). With two or more searches the test compares the
+            searches' means (module docstring); ``None``: the runs.
+        test_variance: the test-set sampling variance of the difference (0: none), added to
+            the squared standard error of the t-based tests (the permutation test's p-value
+            does not include it).
     """
+    runs_a, runs_b = len(_finite(list(a.values()))), len(_finite(list(b.values())))
+    mean_a, mean_b = cluster_means(a, clusters), cluster_means(b, clusters)
+    level = "searches" if len(mean_a) < runs_a or len(mean_b) < runs_b else "runs"
     if test == "paired":
-        return paired(a, b, confidence)
-    result = welch(list(a.values()), list(b.values()), confidence)
-    if test == "permutation":
-        p = permutation_p(list(a.values()), list(b.values()))
-        return Difference(**{**asdict(result), "p": p, "test": "permutation"})
-    if test != "welch":
-        raise ValueError(f"unknown test '{test}'; use welch, permutation or paired")
-    return result
+        result = paired(mean_a, mean_b, confidence)
+    else:
+        result = welch(list(mean_a.values()), list(mean_b.values()), confidence)
+        if test == "permutation":
+            p = permutation_p(list(mean_a.values()), list(mean_b.values()))
+            result = Difference(**{**asdict(result), "p": p, "test": "permutation"})
+        elif test != "welch":
+            raise ValueError(f"unknown test '{test}'; use welch, permutation or paired")
+    extra = {"level": level, "runs_a": runs_a, "runs_b": runs_b}
+    if test_variance and math.isfinite(result.se) and math.isfinite(result.df):
+        se, df = with_test_variance(result.se, result.df, test_variance)
+        half = _t_quantile(0.5 + confidence / 2, df) * se
+        extra.update(se=se, df=df, low=result.estimate - half, high=result.estimate + half,
+                     test_variance=test_variance)
+        if test != "permutation":
+            extra["p"] = min(1.0, 2 * _t_sf(abs(result.estimate) / se, df))
+    return Difference(**{**asdict(result), **extra})
 
 
 def adjust(pvalues: Sequence[float], method: str = "holm") -> list[float]:
@@ -270,6 +360,25 @@ def equivalence(diff: Difference, margin: float) -> float:
     lower = _t_sf((diff.estimate + margin) / diff.se, diff.df)
     upper = _t_sf((margin - diff.estimate) / diff.se, diff.df)
     return max(lower, upper)
+
+
+def adjusted_alpha(p: float, p_adjusted: float, alpha: float) -> float:
+    """The level at which a test whose raw p-value ``p`` became ``p_adjusted`` is decided:
+    ``alpha * p / p_adjusted``, so that the test's own interval at this level excludes 0
+    exactly when ``p_adjusted < alpha``. Holm: ``alpha / m`` for the family's smallest p
+    (Bonferroni's level), ``alpha / (m - j + 1)`` at step ``j``; unadjusted: ``alpha``."""
+    if not (math.isfinite(p) and math.isfinite(p_adjusted)) or p_adjusted <= 0 or p <= 0:
+        return alpha
+    return min(alpha, alpha * p / p_adjusted)
+
+
+def adjusted_interval(diff: Difference, alpha: float) -> tuple[float, float]:
+    """The two-sided interval of ``diff`` at level ``1 - alpha`` (the same standard error and
+    degrees of freedom as its test); ``(nan, nan)`` where it has none."""
+    if not (math.isfinite(diff.se) and math.isfinite(diff.estimate)) or diff.df <= 0:
+        return math.nan, math.nan
+    half = _t_quantile(1 - alpha / 2, diff.df) * diff.se if diff.se > 0 else 0.0
+    return diff.estimate - half, diff.estimate + half
 
 
 def _welch_df(sd_a: float, sd_b: float, n_a: int, n_b: int) -> float:

@@ -96,6 +96,21 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """:func:`load_yaml` for a file the user gave; ``source`` names it in errors (``config
+    file x.yaml``).
+
+    Raises:
+        ConfigError: not YAML, or a repeated key, in one line.
+    """
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {one_line(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
 def as_float(value: Any) -> float:
     """``value`` as a float: an int or float (not a bool), or any string ``float()`` reads
     (``"1e-3"``, ``" 5E+4 "``, ``"1_000.5"``).
@@ -291,12 +306,7 @@ class Config:
     @classmethod
     def from_yaml(cls, text: str, source: str = "config") -> Config:
         """Build from YAML text; ``source`` names it in errors (``config file x.yaml``)."""
-        try:
-            data = load_yaml(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source} is not valid YAML: {one_line(e)}") from None
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        data = parse_yaml(text, source)
         if data is not None and not isinstance(data, dict):
             raise ConfigError("config YAML must be a mapping of sections (data:, optim:, ...)")
         return cls.from_dict({k: v for k, v in (data or {}).items() if k != LINEAGE_KEY})

@@ -1,9 +1,12 @@
-"""A search budget counted in trial-epochs: :class:`EpochBudget` ends a search once its trials
-have trained that many epochs in all.
+"""A search budget counted in trial-epochs or trial-seconds: :class:`EpochBudget` ends a search
+once its trials have trained that many epochs in all, :class:`SecondsBudget` once they have
+run that many seconds in all (``train/seconds``: training and evaluation of every trial).
 
 A budget in trials is equal only in name when early stopping prunes trials at different
 rates: ASHA may stop one method's trials after one epoch and let another's run to the end. A
-study compares methods with the same number of trial-epochs instead (docs/study.md).
+study compares methods with the same number of trial-epochs instead (docs/study.md); equal
+trial-epochs are still not equal compute (an ExCon epoch explains every batch), which a budget
+in trial-seconds matches.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from ray.tune.stopper import Stopper
 
 from extune.search.settings import SearchSettings
 
-__all__ = ["EpochBudget", "with_budget", "epoch_budget"]
+__all__ = ["EpochBudget", "SecondsBudget", "with_budget", "epoch_budget", "search_budgets"]
 
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -34,15 +37,18 @@ class EpochBudget(Stopper):
         storage: the Optuna storage URL; study_name: the study in it.
     """
 
-    def __init__(self, budget: int, storage: str, study_name: str) -> None:
-        self.budget = int(budget)
+    key = "epoch"
+    """The reported metric that counts a trial's consumption (cumulative)."""
+
+    def __init__(self, budget: float, storage: str, study_name: str) -> None:
+        self.budget = budget
         self.storage, self.study_name = storage, study_name
-        self._running: dict[str, int] = {}
-        self._consumed: int | None = None  # cached until the next result
+        self._running: dict[str, float] = {}
+        self._consumed: float | None = None  # cached until the next result
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        epoch = int(result.get("epoch", 0) or 0)
-        self._running[trial_id] = max(epoch, self._running.get(trial_id, 0))
+        value = float(result.get(self.key, 0) or 0)
+        self._running[trial_id] = max(value, self._running.get(trial_id, 0))
         self._consumed = None
         return False
 
@@ -52,38 +58,72 @@ class EpochBudget(Stopper):
             self._consumed = self.consumed()
         return self._consumed >= self.budget
 
-    def consumed(self) -> int:
-        """Trial-epochs trained so far: finished trials from the study, the others as
-        reported."""
+    def consumed(self) -> float:
+        """Consumed so far: finished trials from the study, the others as reported."""
         import optuna
 
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        epochs = dict(self._running)
+        used = dict(self._running)
         for t in study.get_trials(deepcopy=False):
             key = t.user_attrs.get("extune.ray_trial_id") or f"#{t.number}"
             if t.state.name in _FINISHED:
-                epochs[key] = int(t.user_attrs.get("extune.metrics", {}).get("epoch", 0))
-            elif t.intermediate_values:  # running: one intermediate value per epoch
-                epochs[key] = max(epochs.get(key, 0), max(t.intermediate_values))
-        return sum(epochs.values())
+                used[key] = float(t.user_attrs.get("extune.metrics", {}).get(self.key, 0))
+            else:
+                used[key] = max(used.get(key, 0), self._running_value(t))
+        return sum(used.values())
+
+    def _running_value(self, trial: Any) -> float:
+        """What a running trial of the study consumed: one intermediate value per epoch."""
+        return max(trial.intermediate_values) if trial.intermediate_values else 0
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles the stopper with the experiment
         return {**self.__dict__, "_consumed": None}
 
 
+class SecondsBudget(EpochBudget):
+    """Stop the whole search once its trials ran ``budget`` seconds in all (each trial's
+    ``train/seconds``: its training and validation, counted over resumes), so that methods of
+    unequal cost get equal compute. A running trial counts what Tune last reported of it.
+
+    Args:
+        budget: trial-seconds.
+        storage: the Optuna storage URL; study_name: the study in it.
+    """
+
+    key = "train/seconds"
+
+    def _running_value(self, trial: Any) -> float:
+        return 0.0  # the study holds no seconds of a running trial: Tune's results count them
+
+
+def search_budgets(sdir: Any, settings: SearchSettings, trials: list[Any] = ()) -> list[Any]:
+    """The search's budgets (:class:`EpochBudget`, :class:`SecondsBudget`), told the last
+    results of ``trials`` (Ray's saved trials: after ``fit``, what the stopping instance
+    saw)."""
+    found = []
+    for amount, kind in ((settings.epoch_budget, EpochBudget),
+                         (settings.seconds_budget, SecondsBudget)):
+        if amount is not None:
+            budget = kind(amount, sdir.meta["optuna_storage"], sdir.name)
+            for trial in trials:
+                budget(trial.trial_id, trial.last_result or {})
+            found.append(budget)
+    return found
+
+
 def with_budget(sdir: Any, settings: SearchSettings, stop: Any) -> Any:
-    """``stop`` and, with ``epoch_budget``, the search's :class:`EpochBudget`."""
-    if settings.epoch_budget is None:
+    """``stop`` and the search's budgets (:func:`search_budgets`)."""
+    budgets = search_budgets(sdir, settings)
+    if not budgets:
         return stop
     from ray.tune.stopper import CombinedStopper
 
-    budget = epoch_budget(sdir, settings)
-    return budget if stop is None else CombinedStopper(stop, budget)
+    stoppers = budgets if stop is None else [stop, *budgets]
+    return stoppers[0] if len(stoppers) == 1 else CombinedStopper(*stoppers)
 
 
 def epoch_budget(sdir: Any, settings: SearchSettings, trials: list[Any] = ()) -> Any:
-    """The search's :class:`EpochBudget`, told the last results of ``trials`` (Ray's saved
-    trials: after ``fit``, what the stopping instance saw)."""
+    """The search's :class:`EpochBudget`, told the last results of ``trials``."""
     budget = EpochBudget(settings.epoch_budget, sdir.meta["optuna_storage"], sdir.name)
     for trial in trials:
         budget(trial.trial_id, trial.last_result or {})

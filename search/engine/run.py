@@ -215,7 +215,7 @@ def _prepared(sdir: SearchDir, resumed: bool) -> Any:
 def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: ResourcePlan,
          data: DataSplits, max_epochs: int | None, *, resumed: bool, start: float,
          callbacks: list[Any], stop: Any = None) -> SearchResult:
-    from extune.search.engine.budget import epoch_budget
+    from extune.search.engine.budget import search_budgets
     from extune.search.engine.disk import raise_if_disk_full
 
     interrupted = True
@@ -228,11 +228,12 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
         tuner.fit()
         raise_if_disk_full(sdir, tracker, None)
         trials = ray_trials(sdir)
-        spent = settings.epoch_budget is not None and epoch_budget(sdir, settings,
-                                                                   trials).stop_all()
-        stopped = spent or (stop is not None and bool(stop.stop_all()))
+        spent = [type(b).__name__ for b in search_budgets(sdir, settings, trials)
+                 if b.stop_all()]
+        stopped = bool(spent) or (stop is not None and bool(stop.stop_all()))
         interrupted = not stopped and was_interrupted(trials, settings, time.time() - fit_start)
-        reason = "epoch budget" if spent else "stopper" if stopped else "time budget"
+        reason = ("seconds budget" if spent == ["SecondsBudget"] else "epoch budget" if spent
+                  else "stopper" if stopped else "time budget")
         return _finish(sdir, tracker, interrupted=interrupted, start=start, trials=trials,
                        stopped_by=reason)
     except DiskFullError:

@@ -21,6 +21,7 @@ from extune.search.settings import OBJECTIVES, Objective
 __all__ = [
     "TrialRecord",
     "consumed_epochs",
+    "consumed_seconds",
     "records_from_study",
     "dominates",
     "pareto_front",
@@ -329,3 +330,9 @@ def consumed_epochs(records: Iterable[Any]) -> int:
     (:class:`TrialRecord`): the sum of each trial's last
     reported epoch."""
     return sum(r.epoch for r in records)
+
+
+def consumed_seconds(records: Iterable[Any]) -> float:
+    """Trial-seconds of a search's trials (:class:`TrialRecord`): the sum of each trial's last
+    reported ``train/seconds`` (training and validation: the compute, whatever ran at once)."""
+    return sum(float(r.metrics.get("train/seconds", 0.0)) for r in records)

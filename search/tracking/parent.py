@@ -59,6 +59,7 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
         "max_concurrent": s.max_concurrent or "auto", "cpus_per_trial": s.cpus_per_trial,
         "gpus_per_trial": "auto" if s.gpus_per_trial is None else s.gpus_per_trial,
         "time_budget_s": s.time_budget_s, "epoch_budget": s.epoch_budget,
+        "seconds_budget": s.seconds_budget,
         "startup_trials": s.startup_trials or "auto",
         "max_failures": s.max_failures, "address": ray_address(s.address) or "local",
         "full_eval": s.full_eval,

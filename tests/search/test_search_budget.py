@@ -53,6 +53,22 @@ def test_a_resumed_search_counts_what_ran_before(study):
     assert pickle.loads(pickle.dumps(fresh))._consumed is None  # recounted after a restore
 
 
+def test_a_seconds_budget_counts_trial_seconds_not_epochs(study):
+    from extune.search.engine.budget import SecondsBudget
+
+    study, storage = study
+    trial = study.ask()
+    trial.set_user_attr("extune.ray_trial_id", "a")
+    trial.set_user_attr("extune.metrics", {"epoch": 4.0, "train/seconds": 30.5})
+    study.tell(trial, 0.5)
+    budget = SecondsBudget(60, storage, "s")
+    assert budget.consumed() == pytest.approx(30.5) and not budget.stop_all()
+    budget("b", {"epoch": 1, "train/seconds": 20.0})  # a running trial, as Tune reports it
+    assert budget.consumed() == pytest.approx(50.5) and not budget.stop_all()
+    budget("b", {"epoch": 2, "train/seconds": 31.0})
+    assert budget.stop_all()
+
+
 def test_consumed_epochs_of_records():
     from extune.search.reporting.results import TrialRecord
 
