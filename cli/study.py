@@ -192,7 +192,7 @@ def _print_plan(s: Any) -> None:
 
     claims = plan_claims(s)
     arms = [a["arm"] for listed in control_arms(s, claims).values() for a in listed]
-    echo(f"claims: {len(claims)} ({'the plan file' if s.plan else 'the papers'}'s)"
+    echo(f"claims: {len(claims)} from {'the plan file' if s.plan else 'the papers'}"
          + (f"; controls: {', '.join(arms)}" if arms else "; no controls"))
     if s.quick:
         echo("--quick is a smoke test: its numbers show the tool works, not the methods")

@@ -1,8 +1,8 @@
 """``extune study --quick`` end to end (real Ray, real training, MLflow SQLite): interrupted after
 the searches, resumed, then resumed again; nothing is trained twice, the report, results and
-plots exist and MLflow holds one study run with the searches and final runs as children; then
-resumed with more seeds (the finished runs are reused) and other final epochs, each recorded as
-a deviation."""
+plots exist and MLflow holds one study run with the searches, final runs and ExCon's control
+as children; then resumed with more seeds (the finished runs are reused) and other final
+epochs, each recorded as a deviation of the settings and of the plan."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     import extune.study.run as study_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["study", "--quick", "--methods", "ce,edda", "--name", "s", "--out",
+    args = ["study", "--quick", "--methods", "supcon,excon", "--name", "s", "--out",
             str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "study-e2e",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-live"]
     import extune.search.engine.run as tuner
@@ -47,7 +47,9 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(tuner, "run_search", ctrl_c_in_search)
     assert main(args) == 130  # the first search was interrupted: the study stops there
     folder = tmp_path / "runs" / "s"
-    assert not (folder / "searches" / "edda").exists()
+    assert not (folder / "searches" / "excon").exists()
+    plan = json.loads((folder / "plan.json").read_text())  # written before the first trial
+    assert plan["controls"]["excon"][0]["arm"] == "excon-off"
     monkeypatch.setattr(tuner, "run_search", real_search)
 
     def interrupted(*a, **k):
@@ -56,50 +58,61 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(final, "run_final_stage", interrupted)
     assert main(["study", "--resume", str(folder)]) == 130  # interrupted after both searches
     assert json.loads((folder / "study.json").read_text())["status"] == "interrupted"
-    assert (folder / "searches" / "edda" / "best_config.yaml").is_file()
+    assert (folder / "searches" / "excon" / "best_config.yaml").is_file()
     assert _study_runs(uri)["study"][0].info.status == "KILLED"
 
     monkeypatch.setattr(final, "run_final_stage", real_stage)
     assert main(["study", "--resume", str(folder)]) == 0
     for name in ("report.md", "results.json", "plots/overview.png", "plots/accuracy.png",
-                 "final/configs/edda.yaml"):
+                 "final/configs/excon.yaml", "final/configs/excon-off.yaml"):
         assert (folder / name).is_file(), name
     results = json.loads((folder / "results.json").read_text())
-    assert set(results["methods"]) == {"ce", "edda"}
-    for method in ("ce", "edda"):
-        runs = results["methods"][method]["runs"]
+    assert set(results["methods"]) == {"supcon", "excon", "excon-off"}
+    for arm in ("supcon", "excon", "excon-off"):
+        runs = results["methods"][arm]["runs"]
         assert [r["state"] for r in runs] == ["complete", "complete"]
         assert all("test/accuracy" in r["metrics"] and len(r["history"]) == 2 for r in runs)
-        assert results["methods"][method]["final"]["accuracy"]["n"] == 2
-    claims = {(c["a"], c["b"], c["metric"]) for c in results["comparisons"]}
-    assert ("edda", "ce", "alignment") in claims
+        assert all(r["protocol"]["explainer"] == "gradcam" and r["per_image"] for r in runs)
+        assert results["methods"][arm]["final"]["accuracy"]["n"] == 2
+    assert [r["trains"] for r in results["methods"]["excon-off"]["runs"]] == ["supcon"] * 2
+    rows = {(c["kind"], c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
+    assert rows[("claim", "excon", "supcon", "avg_drop")]["family"] == "primary"
+    assert rows[("claim", "excon", "supcon", "alignment")]["family"] == "secondary"
+    assert ("control", "excon", "excon-off", "avg_drop") in rows
+    assert results["statistics"]["test_set"] and "test-set sampling" in \
+        results["intervals_cover"]
+    assert results["plan"]["hash"] == json.loads((folder / "study.json").read_text())[
+        "plan_hash"]
     assert all(c["verdict"] in ("holds", "reversed", "equivalent", "not shown", "not tested")
                for c in results["comparisons"])
     assert results["protocol"]["explainer"] == "gradcam" and results["versions"]["ray"]
     assert [p["text"] for p in results["sensitivity"]["protocols"]] == [
         "gradcam", "gradcam:previous", "integrated_gradients"]
     report = (folder / "report.md").read_text()
-    for part in ("**Smoke test**", "## Claims", "edda vs ce", "## Sensitivity",
-                 "## Per seed", "## Compute", "## Reproducibility", "p adj."):
+    for part in ("**Smoke test**", "## Claims", "excon vs supcon", "## Controls",
+                 "## Sensitivity", "## Per seed", "## Compute", "## Reproducibility", "p adj.",
+                 "**Plan** fixed before the first trial"):
         assert part in report, part
 
     before = _check_mlflow(uri)
     assert main(["study", "--resume", str(folder)]) == 0  # finished: nothing more is trained
     assert _check_mlflow(uri) == before
 
-    # more seeds: the four finished runs are reused, two are trained; then other final epochs
+    # more seeds: the six finished runs are reused, three are trained; then other final epochs
     assert main(["study", "--resume", str(folder), "--seeds", "3"]) == 0
     results = json.loads((folder / "results.json").read_text())
-    assert [r["seed"] for r in results["methods"]["ce"]["runs"]] == [1, 2, 3]
-    assert _final_runs(uri) == 6
+    assert [r["seed"] for r in results["methods"]["supcon"]["runs"]] == [1, 2, 3]
+    assert _final_runs(uri) == 9
     assert main(["study", "--resume", str(folder), "--final-epochs", "3"]) == 0
     results = json.loads((folder / "results.json").read_text())
     assert all(r["epochs"] == 3 and r["state"] == "complete"
                for m in results["methods"].values() for r in m["runs"])
-    assert [(d["setting"], d["from"], d["to"]) for d in results["deviations"]] == [
-        ("seeds", 2, 3), ("final_epochs", 2, 3)]
-    assert "`final_epochs` 2 -> 3" in (folder / "report.md").read_text()
-    assert _final_runs(uri) == 12
+    assert [(d["setting"], d.get("changed")) if d["setting"] == "plan" else
+            (d["setting"], d["from"], d["to"]) for d in results["deviations"]] == [
+        ("seeds", 2, 3), ("plan", ["seeds"]), ("final_epochs", 2, 3), ("plan", ["budget"])]
+    report = (folder / "report.md").read_text()
+    assert "`final_epochs` 2 -> 3" in report and "the plan changed (budget)" in report
+    assert _final_runs(uri) == 18
     assert main(["study", "--resume", str(folder), "--trials", "4"]) == 2  # not changeable
 
 
@@ -108,20 +121,22 @@ def _final_runs(uri: str) -> int:
 
 
 def _check_mlflow(uri: str) -> tuple[int, int, int]:
-    """One FINISHED study run; the two searches and four final runs as its children; every
-    trial once; every final run's epochs logged once."""
+    """One FINISHED study run; the two searches and six final runs (the control's too) as its
+    children; every trial once; every final run's epochs logged once."""
     by_role = _study_runs(uri)
     (study,) = by_role["study"]
     assert study.info.status == "FINISHED"
-    assert "ce/test/accuracy" in study.data.metrics
+    assert "supcon/test/accuracy" in study.data.metrics
+    assert "excon-off/test/accuracy" in study.data.metrics
     study_id = study.info.run_id
     searches = by_role["search"]
-    assert sorted(r.data.tags["extune.method"] for r in searches) == ["ce", "edda"]
+    assert sorted(r.data.tags["extune.method"] for r in searches) == ["excon", "supcon"]
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in searches)
     trials = by_role["trial"]
     finals = [r for r in trials if r.data.tags.get("extune.stage") == "final"]
     assert sorted(r.info.run_name.split(" · ")[0] for r in finals) == [
-        "ce-seed1", "ce-seed2", "edda-seed1", "edda-seed2"]
+        "excon-off-seed1", "excon-off-seed2", "excon-seed1", "excon-seed2", "supcon-seed1",
+        "supcon-seed2"]
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in finals)
     assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics
                for r in finals)
@@ -132,5 +147,5 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(study_id)}
-    assert {"report.md", "results.json", "plots"} <= artifacts
+    assert {"report.md", "results.json", "plots", "plan.json"} <= artifacts
     return len(searches), len(finals), len(search_trials)
