@@ -86,6 +86,12 @@ def config_file(text: str) -> Callable[[Path], None]:
     return setup
 
 
+def plan_file(text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "plan.yaml").write_text(text)
+    return setup
+
+
 def foreign_torch_file(tmp: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, tmp / "other.pt")
 
@@ -334,6 +340,25 @@ ROWS = [
     Row("evaluate-store-for-a-file", ["evaluate", "--checkpoint", "{tmp}/run",
                                       "--tracking-uri", "sqlite:///{tmp}/mlflow.db"], 2,
         ["--tracking-uri applies to a models:/ or runs:/ --checkpoint"], setup=checkpoint),
+    # issue 27: study plans (checked before any folder, run or trial exists)
+    Row("study-plan-missing", ["study", "--plan", "{tmp}/none.yaml", "--out", "{tmp}/runs"], 2,
+        ["cannot read the plan file (--plan)", "none.yaml"], absent=["runs", "mlflow.db"]),
+    Row("study-plan-unknown-metric", ["study", "--plan", "{tmp}/plan.yaml", "--out",
+                                      "{tmp}/runs"], 2,
+        ["plan file", "claim 1: unknown metric 'acuracy' in primary", "use accuracy"],
+        absent=["runs", "mlflow.db"], setup=plan_file(
+            "claims: [{a: excon, b: supcon, primary: [acuracy]}]")),
+    Row("study-plan-not-yaml", ["study", "--plan", "{tmp}/plan.yaml"], 2,
+        ["plan file", "is not valid YAML"], absent=["runs"], setup=plan_file("claims: [a: b")),
+    Row("study-plan-method-not-compared", ["study", "--plan", "{tmp}/plan.yaml", "--methods",
+                                           "ce,edda", "--out", "{tmp}/runs"], 2,
+        ["the plan's claim excon vs supcon names a method not in --methods (ce,edda)"],
+        absent=["runs"], setup=plan_file(
+            "claims: [{a: excon, b: supcon, primary: [avg_drop]}]")),
+    Row("study-min-driven-share-above-one", ["study", "--min-driven-share", "1.5"], 2,
+        ["--min-driven-share must be in [0, 1], got 1.5"], absent=["runs"]),
+    Row("study-budget-seconds-zero", ["study", "--budget-seconds", "0"], 2,
+        ["--budget-seconds must be > 0"], absent=["runs"]),
     Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
                               "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
         ["warning:", "was pruned", "scores are partial"], setup=pruned_run,
