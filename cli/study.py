@@ -23,10 +23,11 @@ from extune.train.config import as_float, parse_assignments
 
 __all__ = ["study"]
 
-_RESUME_OK = {"resume", "final_epochs", "seeds", "plan"}
+_RESUME_OK = {"resume", "final_epochs", "seeds", "plan", "protocols"}
 """What ``--resume`` may change: more seeds reuse the finished runs, other final epochs train
-new ones, another plan file tests other claims; each change is recorded as a deviation in the
-study's report."""
+new ones, another plan file tests other claims on the same runs, other sensitivity protocols
+re-score the saved checkpoints; each change is recorded as a deviation in the study's
+report."""
 
 
 def study(
@@ -127,7 +128,8 @@ def study(
     if resume is not None:
         refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
         result = interruptible(lambda: run_study(resume=resume, final_epochs=final_epochs,
-                                                 seeds=seeds, plan=planned), "study", resume)
+                                                 seeds=seeds, plan=planned,
+                                                 protocols=protocols), "study", resume)
     else:
         kwargs = settings_kwargs(given)
         kwargs["plan"] = planned

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from extune.errors import ConfigError
 
-__all__ = ["Protocol", "parse_protocol", "main_protocol"]
+__all__ = ["Protocol", "parse_protocol", "main_protocol", "check_protocols"]
 
 PREVIOUS = "previous"
 
@@ -82,3 +82,23 @@ def parse_protocol(text: str) -> Protocol:
 def main_protocol(explainer: str, layer: str | None) -> Protocol:
     """The protocol of a study's final runs (``--eval-explainer``, ``--eval-layer``)."""
     return parse_protocol(explainer if layer is None else f"{explainer}:{layer}")
+
+
+def check_protocols(texts: list[str], model: object) -> None:
+    """Every protocol's layer must be a layer of ``model`` (a
+    :class:`~extune.models.Network` of the study's backbone), so that a bad protocol fails
+    before anything is trained, not after every final run.
+
+    Raises:
+        ConfigError: the first protocol whose layer the backbone lacks.
+    """
+    from extune.errors import RegistryError
+
+    for text in texts:
+        protocol = parse_protocol(text)
+        try:
+            layer = protocol.resolved_layer(model.default_layer)
+            if layer is not None:
+                model.get_layer(layer)
+        except RegistryError as e:
+            raise ConfigError(f"--protocols {text}: {e}") from None

@@ -47,16 +47,19 @@ class StudyResult:
 
 def run_study(settings: StudySettings | None = None, *, resume: str | Path | None = None,
               final_epochs: int | None = None, seeds: int | None = None,
-              plan: dict[str, Any] | None = None) -> StudyResult:
+              plan: dict[str, Any] | None = None, protocols: str | None = None
+              ) -> StudyResult:
     """Run a study (or finish an interrupted one): plan, searches, final runs and controls,
     sensitivity, report.
 
     Args:
         settings: the study (``None``: the defaults).
         resume: a study folder to finish with its saved settings.
-        final_epochs, seeds, plan: with ``resume``, new values of these settings; each change
-            is recorded as a deviation (finished final runs of the same epochs are reused),
-            and so is any change of the plan rebuilt from them and today's code.
+        final_epochs, seeds, plan, protocols: with ``resume``, new values of these settings
+            (``protocols`` re-scores the saved checkpoints only: a study stranded by a bad
+            protocol finishes without training anything again); each change is recorded as
+            a deviation (finished final runs of the same epochs are reused), and so is any
+            change of the plan rebuilt from them and today's code.
 
     Raises:
         ExtuneError: bad settings or spaces, unreachable Ray cluster or tracking server,
@@ -76,7 +79,9 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     bounded_http_client()
     if resume is not None:
         sdir = StudyDir.load(resume)
-        sdir.change_settings(final_epochs=final_epochs, seeds=seeds, plan=plan)
+        _check_resumed_protocols(sdir, protocols)
+        sdir.change_settings(final_epochs=final_epochs, seeds=seeds, plan=plan,
+                             protocols=_protocol_list(protocols))
         sdir.check_plan()
         settings = sdir.settings
     else:
@@ -173,16 +178,34 @@ def _cluster() -> dict[str, Any]:
             platform.machine()}
 
 
+def _protocol_list(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _check_resumed_protocols(sdir: StudyDir, protocols: str | None) -> None:
+    """``--resume --protocols``: the new protocols' layers, before anything changes."""
+    if protocols is None:
+        return
+    from extune.study.protocols import check_protocols
+    from extune.train.methods import config_model
+
+    settings = sdir.settings
+    final = settings.final_config(settings.base_config(), settings.final_seeds()[0])
+    check_protocols(_protocol_list(protocols), config_model(final, 2))
+
+
 def _validate_spaces(settings: StudySettings) -> None:
-    """Every method's space against the base, and the final runs' settings (the evaluation
-    protocol), before any folder or run exists."""
+    """Every method's space against the base, the final runs' settings (the evaluation
+    protocol) and the sensitivity protocols' layers, before any folder or run exists."""
     from extune.spaces import get_space, validate_space
-    from extune.train.methods import check_explain_layer
+    from extune.study.protocols import check_protocols
+    from extune.train.methods import check_explain_layer, config_model
     from extune.train.validate import validate_config
 
     base = settings.base_config()
     final = validate_config(settings.final_config(base, settings.final_seeds()[0]))
     check_explain_layer(final)
+    check_protocols(settings.protocols, config_model(final, 2))
     for method in settings.methods:
         validate_space(get_space(method), base, name=method, seed=settings.seed)
 

@@ -355,6 +355,10 @@ ROWS = [
         ["the plan's claim excon vs supcon names a method not in --methods (ce,edda)"],
         absent=["runs"], setup=plan_file(
             "claims: [{a: excon, b: supcon, primary: [avg_drop]}]")),
+    Row("study-protocol-layer-unknown", ["study", "--quick", "--methods", "ce", "--protocols",
+                                         "gradcam,gradcam:nolayer", "--out", "{tmp}/runs"],
+        2, ["--protocols gradcam:nolayer", "unknown layer 'nolayer'"],
+        absent=["runs", "mlflow.db"]),
     Row("study-min-driven-share-above-one", ["study", "--min-driven-share", "1.5"], 2,
         ["--min-driven-share must be in [0, 1], got 1.5"], absent=["runs"]),
     Row("study-budget-seconds-zero", ["study", "--budget-seconds", "0"], 2,

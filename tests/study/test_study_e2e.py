@@ -114,6 +114,13 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     assert "`final_epochs` 2 -> 3" in report and "the plan changed (budget)" in report
     assert _final_runs(uri) == 18
     assert main(["study", "--resume", str(folder), "--trials", "4"]) == 2  # not changeable
+    # other sensitivity protocols re-score the checkpoints: nothing is trained again
+    assert main(["study", "--resume", str(folder), "--protocols", "gradcam:nolayer"]) == 2
+    assert main(["study", "--resume", str(folder), "--protocols", "gradcam"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert [p["text"] for p in results["sensitivity"]["protocols"]] == ["gradcam"]
+    assert results["deviations"][-2]["setting"] == "protocols"
+    assert _final_runs(uri) == 18
 
 
 def _final_runs(uri: str) -> int:
