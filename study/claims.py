@@ -282,13 +282,14 @@ def _adjust_and_decide(rows: list[dict[str, Any]], correction: str, alpha: float
         size = row.setdefault("family_size", 0)
         level = stats.adjusted_alpha(row["p"], row["p_adjusted"], alpha) \
             if correction != "none" else alpha
-        simultaneous = alpha / size if size and correction == "holm" else level
+        simultaneous = alpha / size if size else alpha  # Bonferroni over the family
+        corrected = alpha if correction == "none" else simultaneous
         row["alpha_adjusted"] = level
         row["interval"] = _pair(stats.adjusted_interval(diff, level))
         row["interval_simultaneous"] = _pair(stats.adjusted_interval(diff, simultaneous))
-        row["mdd"] = _mdd(diff, simultaneous if correction == "holm" else level, test)
+        row["mdd"] = _mdd(diff, corrected, test)
         row["seeds_for_margin"] = stats.seeds_needed(diff.sd_a, diff.sd_b, row["margin"],
-                                                     simultaneous) \
+                                                     corrected) \
             if test != "paired" and diff.level == "runs" else None
         row["difference"] = diff.to_dict()
         row["verdict"] = _verdict(row, alpha)
