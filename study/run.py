@@ -23,6 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
+from extune.locks import hold_folder
 from extune.search.folder import SearchDir, chosen_trial
 from extune.search.tracking.journal import bounded_http_client
 from extune.study.folder import StudyDir
@@ -79,6 +80,7 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     bounded_http_client()
     if resume is not None:
         sdir = StudyDir.load(resume)
+        hold_folder(sdir.path, "study")  # one writer per folder (extune.locks)
         _check_resumed_protocols(sdir, protocols)
         sdir.change_settings(final_epochs=final_epochs, seeds=seeds, plan=plan,
                              protocols=_protocol_list(protocols))
@@ -92,6 +94,7 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     check_tracking_uri(uri)
     if resume is None:
         sdir = StudyDir.create(settings)
+        hold_folder(sdir.path, "study")
         sdir.write_plan(planned)  # before the first trial
     tracker = study_tracker(sdir, uri)
     started = connect_ray(settings.address)
