@@ -89,6 +89,7 @@ def search(
 
     With no options: a quick ExCon search (8 trials) on the synthetic data set.
     """
+    from extune.files import check_output_folder
     from extune.search.engine.run import run_search
     from extune.search.settings import SearchSettings
 
@@ -100,6 +101,7 @@ def search(
     else:
         settings = SearchSettings(**settings_kwargs(given, {"time_budget": "time_budget_s"}),
                                   live=live, log_checkpoints=log_checkpoints)
+        check_output_folder(settings.out, "search folders in --out", "choose another --out")
         _print_plan(settings)
         result = interruptible(lambda: run_search(settings), "search", None)
     _print_result(result)

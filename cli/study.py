@@ -119,6 +119,7 @@ def study(
     live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
 ) -> None:
     """Compare methods fairly: equal budgets, seeds, one evaluation protocol, sound verdicts."""
+    from extune.files import check_output_folder
     from extune.study.plan import load_plan_file
     from extune.study.run import run_study
     from extune.study.settings import StudySettings
@@ -136,6 +137,7 @@ def study(
         margins = parse_assignments(kwargs.pop("margin", None) or [], "--margin")
         kwargs["margins"] = {k: _margin(k, v) for k, v in margins.items()}
         settings = StudySettings.preset(quick, **kwargs, live=live)
+        check_output_folder(settings.out, "study folders in --out", "choose another --out")
         _print_plan(settings)
         result = interruptible(lambda: run_study(settings), "study", None)
     _print_result(result)

@@ -6,7 +6,9 @@ import contextlib
 import io
 import json
 import re
+import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ from rich.text import Text
 
 from extune.cli._common import ExperimentOpt, TrackingUriOpt, console, echo, warn_job_paths
 from extune.errors import ConfigError, ExtuneError
+from extune.signals import interrupt_exit_code
 
 __all__ = ["train", "evaluate", "explain", "show_config", "load_config", "warn_inactive",
            "refuse_existing_run"]
@@ -38,8 +41,8 @@ def load_config(config: Path | None, overrides: list[str] | None) -> Any:
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder "
-                                             "(default runs/<method>-<time>).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder "
+                                            "(default runs/<method>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Checkpoint file or run folder to "
                                                 "continue from.")] = None,
     test: Annotated[bool, typer.Option(help="Evaluate on the test split at the end.")] = True,
@@ -52,27 +55,165 @@ def train(
         help="Add the model to the MLflow Model Registry under this name.")] = None,
 ) -> None:
     """Train one model (the synthetic default with no config) and evaluate it."""
+    from extune.files import check_output_folder
     from extune.train import fit
 
     cfg = load_config(config, set_)
-    out = out or Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    refuse_existing_run(out, resume)
-    warn_job_paths(out, tracking_uri, tracked=track)
-    run = _open_run(cfg, out, config, resume, track=track, tracking_uri=tracking_uri,
-                    experiment=experiment, register=register)
-    echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
-         f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {out}")
-    warn_inactive(cfg)
-    with run if run is not None else contextlib.nullcontext():
-        result = fit(cfg, out_dir=out, resume=resume, test=test,
-                     on_epoch=run.epoch if run is not None else None)
+    if out == "":
+        raise ConfigError("--out is empty (it would train into the current folder); give the "
+                          "run's folder, e.g. --out runs/my-run")
+    folder = Path(out) if out else Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_folder(folder, "the output folder (--out)", "choose another --out")
+    warn_job_paths(folder, tracking_uri, tracked=track)
+    again = _TrainCommand(config, set_, folder, resume, test=test, track=track,
+                          tracking_uri=tracking_uri, experiment=experiment, register=register)
+    with _claimed(folder, resume):
+        run = _open_run(cfg, folder, config, resume, track=track, tracking_uri=tracking_uri,
+                        experiment=experiment, register=register)
+        echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
+             f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {folder}")
+        warn_inactive(cfg)
+        try:
+            with run if run is not None else contextlib.nullcontext():
+                result = fit(cfg, out_dir=folder, resume=resume, test=test,
+                             on_epoch=run.epoch if run is not None else None)
+        except KeyboardInterrupt:
+            _say_interrupted(folder, resume, again)
+            raise typer.Exit(interrupt_exit_code()) from None
     epochs = cfg.optim.epochs
     table = _metrics_table(result.metrics, title=f"{cfg.method} after {epochs} epoch"
                            + ("" if epochs == 1 else "s"))
     console.print(table)
-    echo(f"wrote {out}/config.yaml, metrics.json, checkpoint.pt")
+    echo(f"wrote {folder}/config.yaml, metrics.json, checkpoint.pt")
     if run is not None:
         _finish_run(run, result.metrics, epochs, table)
+
+
+@dataclass
+class _TrainCommand:
+    """The options of an ``extune train``, to say the command that continues it (or starts
+    it again) after an interruption."""
+
+    config: Path | None
+    set_: list[str] | None
+    out: Path
+    resume: Path | None
+    test: bool
+    track: bool
+    tracking_uri: str | None
+    experiment: str | None
+    register: str | None
+
+    def text(self, resume: Path | None) -> str:
+        """``extune train ...`` with the same options, ``--resume resume`` and ``--out``."""
+        parts = ["extune", "train"]
+        if self.config is not None:
+            parts += ["--config", str(self.config)]
+        for assignment in self.set_ or []:
+            parts += ["--set", assignment]
+        if resume is not None:
+            parts += ["--resume", str(resume)]
+        parts += ["--out", str(self.out)]
+        parts += [] if self.test else ["--no-test"]
+        parts += [] if self.track else ["--no-track"]
+        for flag, value in (("--tracking-uri", self.tracking_uri),
+                            ("--experiment", self.experiment), ("--register", self.register)):
+            if value is not None:
+                parts += [flag, value]
+        return shlex.join(parts)
+
+
+def _say_interrupted(out: Path, resume: Path | None, command: _TrainCommand) -> None:
+    """After Ctrl-C (or SIGTERM): the command that continues the training from its last
+    checkpoint, or, before the first one, that there is nothing to continue and the command
+    that starts it again (:func:`_claimed` has removed what it wrote)."""
+    from extune.signals import terminated
+    from extune.train.checkpoint import CHECKPOINT_NAME
+
+    what = "terminated (SIGTERM)" if terminated() else "interrupted"
+    if (out / CHECKPOINT_NAME).is_file():
+        echo((what, "bold red"), f"; continue with: {command.text(out)}", err=True)
+    elif resume is not None:
+        echo((what, "bold red"), f" before the first checkpoint in {out}; continue with: "
+             f"{command.text(resume)}", err=True)
+    else:
+        kept = _unsent_writes(out)
+        then = (f"{kept} MLflow write(s) are kept in {out / 'tracking'}: send them with extune "
+                f"sync {out}, then start it again with: " if kept else "start it again with: ")
+        echo((what, "bold red"), " before the first checkpoint, so there is nothing to "
+             f"continue; {then}{command.text(None)}", err=True)
+
+
+@contextlib.contextmanager
+def _claimed(out: Path, resume: Path | None) -> Any:
+    """Hold ``out`` for this training (:mod:`extune.locks`; the folder is made for the lock
+    if needed), then refuse a folder that holds a run (:func:`refuse_existing_run`).
+
+    When the training ends without a checkpoint in ``out`` (a failed start, an error or Ctrl-C
+    in the first epoch) and continues none (no ``--resume``), what it wrote is removed so that
+    the same command starts it again: the files it made, the folder if it made it (its MLflow
+    run, ended FAILED or KILLED, stays in the store; MLflow writes not yet sent stay in
+    ``out/tracking`` for ``extune sync``).
+
+    Raises:
+        FolderInUse: another process trains into ``out``.
+        ConfigError: ``out`` holds a run, or cannot be made.
+    """
+    from extune.locks import LOCK_NAME, folder_lock
+    from extune.train.checkpoint import CHECKPOINT_NAME
+
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --out {out} ({e.strerror or e}); choose another "
+                          "--out") from None
+    locked_before = (out / LOCK_NAME).exists()
+    try:
+        with folder_lock(out, "training", fix="wait for it to end, or choose another --out"):
+            there = {name for name in (*_STARTED_FILES, "tracking") if (out / name).exists()}
+            try:
+                refuse_existing_run(out, resume)
+                yield
+            except BaseException:
+                if resume is None and not (out / CHECKPOINT_NAME).exists():
+                    _remove_start(out, keep=there)
+                if not locked_before or [p.name for p in out.iterdir()] == [LOCK_NAME]:
+                    (out / LOCK_NAME).unlink(missing_ok=True)  # nothing came of it
+                raise
+    finally:
+        for folder in made:  # the innermost first; only what this made and left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+_STARTED_FILES = ("config.yaml", "saliency_grid.png", "grids", "test_outputs.npz")
+"""What a training writes before its first checkpoint (besides ``tracking/``)."""
+
+
+def _remove_start(out: Path, keep: set[str]) -> None:
+    """Remove what a training wrote in ``out`` before its first checkpoint (not the names in
+    ``keep``, which were there before it): its files, and its MLflow journal once every write
+    was sent."""
+    import shutil
+
+    for name in set(_STARTED_FILES) - keep:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if "tracking" not in keep and (out / "tracking").is_dir() and not _unsent_writes(out):
+        shutil.rmtree(out / "tracking", ignore_errors=True)
+
+
+def _unsent_writes(out: Path) -> int:
+    """MLflow writes of a training kept in ``out/tracking`` that the store has not taken."""
+    if not (out / "tracking").is_dir():
+        return 0
+    from extune.search.tracking.journal import Journal
+
+    return len(Journal(out / "tracking").unsent())
 
 
 _REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
@@ -129,20 +270,31 @@ def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) ->
 
 def refuse_existing_run(out: Path, resume: Path | None) -> None:
     """``--out`` must not hold a run's results unless ``--resume`` continues a run into it (as
-    ``extune search`` refuses a name that exists).
+    ``extune search`` refuses a name that exists), nor MLflow writes of an earlier training
+    that were never sent.
 
     Raises:
-        ConfigError: naming the folder and both ways on.
+        ConfigError: naming the folder and the way on.
     """
     from extune.train.checkpoint import CHECKPOINT_NAME
 
-    held = [n for n in (CHECKPOINT_NAME, "config.yaml", "metrics.json") if (out / n).exists()]
-    if not held:
-        return
     if resume is not None:  # e.g. its own checkpoint, or the rescue copy of a full disk
         return
-    raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); continue it with "
-                      f"--resume {out}, or choose another --out")
+    held = [n for n in (CHECKPOINT_NAME, "config.yaml", "metrics.json") if (out / n).exists()]
+    if CHECKPOINT_NAME in held:
+        config = f" --config {out / 'config.yaml'}" if "config.yaml" in held else ""
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); continue it "
+                          f"with: extune train{config} --resume {out} --out {out}, or choose "
+                          "another --out")
+    if held:
+        raise ConfigError(f"--out {out} holds a run that saved no checkpoint "
+                          f"({', '.join(held)}), so there is nothing in it to continue; "
+                          "choose another --out, or remove those files to train there")
+    unsent = _unsent_writes(out)
+    if unsent:
+        raise ConfigError(f"--out {out} holds {unsent} MLflow write(s) of an earlier training "
+                          f"that were never sent; send them with: extune sync {out}, or choose "
+                          "another --out")
 
 
 def warn_inactive(cfg: Any) -> None:
@@ -188,7 +340,7 @@ def evaluate(
     tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
-    from extune.files import atomic_write_text, check_writable
+    from extune.files import atomic_write_text, check_output_file
     from extune.search.tracking.model import is_model_uri, model_slug
     from extune.train.progress import EpochProgress
     from extune.train.saved_model import evaluate_checkpoint, evaluation_path
@@ -198,7 +350,7 @@ def evaluate(
     if out is None and is_model_uri(checkpoint):
         out = Path(f"evaluation-{model_slug(checkpoint)}-{split}.json")
     out = out or evaluation_path(checkpoint, split)
-    check_writable(out.parent, "the evaluation file's folder (--out)")
+    check_output_file(out, "the evaluation file (--out)", "evaluation.json")
     with _local_checkpoint(checkpoint, tracking_uri) as local:
         metrics = evaluate_checkpoint(local, set_ or [], split, progress=EpochProgress())
     atomic_write_text(out, json.dumps(metrics, indent=2))
@@ -221,8 +373,10 @@ def explain(
     tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
-    from extune.train.saved_model import explain_checkpoint
+    from extune.files import check_output_file
+    from extune.train.saved_model import GRID_SUFFIXES, explain_checkpoint
 
+    check_output_file(out, "the grid image (-o)", "grid.png", GRID_SUFFIXES)  # before a download
     with _local_checkpoint(checkpoint, tracking_uri) as local:
         path = explain_checkpoint(local, out, images=images, explainer=explainer, count=count,
                                   overrides=set_ or [])

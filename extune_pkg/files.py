@@ -3,13 +3,21 @@
 Everything extune writes that another run reads back (checkpoints, ``search.json``,
 ``best_config.yaml``, summaries, the data cache) goes through :func:`atomic_writer`: a reader
 sees the old file or the new one, never half of one, even when the writer is killed.
+
+An output path the user gives (``-o``, ``--out``) is checked before any work
+(:func:`check_output_file`, :func:`check_output_folder`): extune replaces only a regular file,
+never a device, FIFO, socket or symbolic link, never a database or checkpoint, and never
+anything a search, study, Ray Tune experiment or training run keeps in its folder
+(:data:`OWN_NAMES`).
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +27,8 @@ from typing import IO
 from extune.errors import ConfigError, DiskFullError
 
 __all__ = ["atomic_writer", "atomic_write_text", "check_writable", "check_output_file",
-           "read_text_file", "is_disk_full", "free_bytes", "check_free_space", "MIN_FREE_BYTES"]
+           "check_output_folder", "folder_kind", "OWN_NAMES", "read_text_file", "is_disk_full",
+           "free_bytes", "check_free_space", "MIN_FREE_BYTES"]
 
 MIN_FREE_BYTES = 64 * 2**20
 """Free space a search or a training wants on the disks it writes to: below it a search stops
@@ -97,22 +106,144 @@ def check_writable(path: str | Path, what: str = "folder",
                           f"({e.strerror or e}); {fix}") from None
 
 
+OWN_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "search folder": (
+        ("search.json", ".extune_search"),
+        ("search.json", ".extune_search", ".extune.lock", "base_config.yaml", "space.yaml",
+         "space.py", "optuna.db*", "trials", "tracking", "plots", "summary.csv", "summary.md",
+         "best_config.yaml", "pareto_front.png", "optimization_history.png")),
+    "study folder": (
+        ("study.json",),
+        ("study.json", ".extune.lock", "plan.json", "plan-current.json", "base_config.yaml",
+         "searches", "final", "plots", "report.md", "results.json")),
+    "Ray Tune experiment": (("tuner.pkl", "experiment_state-*.json"), ("*",)),
+    "training run": (
+        ("checkpoint.pt", "metrics.json", "tracking/run.json", ".extune.lock"),
+        ("checkpoint.pt", "config.yaml", "metrics.json", "saliency_grid.png", "grids",
+         "test_outputs.npz", "summary.txt", "tracking", ".extune.lock")),
+}
+"""What each kind of folder keeps: ``kind -> (markers, own names)``. A folder holding one of
+the markers is of that kind (the first that matches, in this order); the own names (patterns)
+are the files and folders it writes and reads back (``search.folder``, ``study.folder``,
+``train.loop``, the trackers; ``tests/cli/test_outputs.py`` checks them against the code). No
+output path may be one of them or lie inside one."""
+
+_DATABASE_MAGIC = {b"SQLite format 3\x00": "a SQLite database (an MLflow or Optuna store?)",
+                   b"PK\x03\x04": "a zip file (a torch checkpoint?)"}
+"""The first bytes of files extune never writes over (stores and checkpoints hold results)."""
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The kind of ``folder`` in :data:`OWN_NAMES` (``search folder``, ...), or ``None``."""
+    folder = Path(folder)
+    try:
+        if not folder.is_dir():
+            return None
+        for kind, (markers, _) in OWN_NAMES.items():
+            if any(any(folder.glob(m)) if "*" in m else (folder / m).exists()
+                   for m in markers):
+                return kind
+    except OSError:
+        return None
+    return None
+
+
+def _owner(path: Path) -> tuple[str, Path, str] | None:
+    """``(kind, folder, name)`` when ``path`` is (or lies in) something the innermost folder
+    of a kind around it keeps (:data:`OWN_NAMES`), else ``None``."""
+    path = Path(os.path.abspath(path))
+    for folder in path.parents:
+        kind = folder_kind(folder)
+        if kind is None:
+            continue
+        name = path.relative_to(folder).parts[0]
+        if any(fnmatch.fnmatchcase(name, p) for p in OWN_NAMES[kind][1]):
+            return kind, folder, name
+        return None
+    return None
+
+
+def _refuse_owned(out: Path, what: str, fix: str) -> None:
+    owner = _owner(out)
+    if owner is not None:
+        kind, folder, name = owner
+        raise ConfigError(f"{what} {out} is part of the {kind} {folder} ({name} is its own); "
+                          f"{fix}")
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (symbolic
+    links are not followed), else ``None``."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return f"a symbolic link (to {os.readlink(path)})"
+    kinds = {stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), None)
+
+
+def _holds_data(path: Path) -> str | None:
+    """What a regular file at ``path`` holds when it is a store or a checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    return next((name for magic, name in _DATABASE_MAGIC.items() if head.startswith(magic)),
+                None)
+
+
 def check_output_file(out: str | Path, what: str, example: str,
                       suffixes: tuple[str, ...] = ()) -> None:
-    """``out`` can be written as a file, before any work: not a folder, in a writable folder,
-    with one of ``suffixes`` (when given).
+    """``out`` can be written as a file, before any work: not a folder; no symbolic link,
+    device, FIFO or socket; no database or checkpoint; nothing a search, study or run keeps
+    (:data:`OWN_NAMES`); with one of ``suffixes`` (when given); in a writable folder.
 
     Raises:
         ConfigError: naming ``what`` and an ``example`` file name.
     """
     out = Path(out)
+    fix = f"give another file to write, e.g. {example}"
+    special = _not_regular(out)
+    if special is not None:
+        raise ConfigError(f"{what} {out} is {special}; extune replaces only regular files: "
+                          f"{fix}")
     if out.is_dir():
         raise ConfigError(f"{what} {out} is a folder; give the file to write, e.g. "
                           f"{out / example}")
+    held = _holds_data(out) if out.is_file() else None
+    if held is not None:
+        raise ConfigError(f"{what} {out} is {held}; extune never writes over one: {fix}")
+    _refuse_owned(out, what, fix)
     if suffixes and out.suffix.lower() not in suffixes:
         raise ConfigError(f"{what} {out}: extune writes {', '.join(suffixes)} files; give a "
                           f"name that ends so, e.g. {out.with_suffix(suffixes[0]).name}")
     check_writable(out.parent, what)
+
+
+def check_output_folder(out: str | Path, what: str, fix: str = "choose another folder") -> None:
+    """``out`` can be a folder extune writes in, before any work: a folder (or a symbolic link
+    to one) or nothing yet; not a search, study or Ray Tune experiment, nor anything one of
+    them (or a training run) keeps (:data:`OWN_NAMES`); writable.
+
+    Raises:
+        ConfigError: naming ``what``, the path and ``fix``.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        special = _not_regular(out)
+        if special is not None:
+            raise ConfigError(f"{what} {out} is {special}, not a folder; {fix}")
+        if out.exists():
+            raise ConfigError(f"{what} {out} is a file, not a folder; {fix}")
+    kind = folder_kind(out)
+    if kind is not None and kind != "training run":
+        raise ConfigError(f"{what} {out} is a {kind}; {fix}")
+    _refuse_owned(out, what, fix)
+    check_writable(out, what, fix)
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -20,7 +20,7 @@ from extune.signals import handle_sigterm
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "ray_address",
            "check_tracking_uri", "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
-           "resolve_tracking_uri", "existing_store"]
+           "resolve_tracking_uri", "existing_store", "tracking_env_note"]
 
 log = logging.getLogger(__name__)
 
@@ -246,13 +246,25 @@ def existing_store(uri: str | None) -> str:
     """
     resolved = resolve_tracking_uri(uri)
     if resolved.startswith("sqlite:///"):
-        if not Path(resolved[len("sqlite:///"):]).is_file():
-            given = (uri or DEFAULT_TRACKING_URI)[len("sqlite:///"):]
-            raise ServiceError(f"no MLflow store at {Path(given).expanduser()}; pass "
-                               "--tracking-uri (the one the search used)")
+        path = Path(resolved[len("sqlite:///"):])
+        if not path.is_file():
+            raise ServiceError(f"no MLflow store at {path}; pass --tracking-uri (the one the "
+                               f"search used){tracking_env_note(uri, resolved)}")
         return resolved
     check_tracking_uri(resolved, write=False)
     return resolved
+
+
+def tracking_env_note(given: str | None, resolved: str) -> str:
+    """A note when ``MLFLOW_TRACKING_URI`` names another store than the one extune looked in
+    (extune reads ``--tracking-uri`` only)."""
+    import os
+
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    if given is not None or not variable or resolve_tracking_uri(variable) == resolved:
+        return ""
+    return (f"; MLFLOW_TRACKING_URI ({variable}) is not read: pass --tracking-uri "
+            f"{variable} to use that store")
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> int:

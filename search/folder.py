@@ -26,6 +26,7 @@ from typing import Any
 
 from extune.errors import ConfigError
 from extune.files import atomic_write_text
+from extune.locks import lock_folder, unlock_folder
 from extune.search.reporting.results import TrialRecord, records_from_study, select_trial
 from extune.search.settings import GIVEN_KEYS, Objective, SearchSettings
 from extune.spaces import get_space, space_name
@@ -56,10 +57,24 @@ class SearchDir:
         :data:`~extune.search.settings.GIVEN_KEYS` as the user gave them and the folder the
         search started in (:meth:`given_values`).
 
+        The new folder's lock (:mod:`extune.locks`) is taken when it is claimed, before
+        anything is written in it, and held by this process: the caller lets go of it
+        (:func:`~extune.locks.unlock_folder`) when the search ends.
+
         Raises:
             ConfigError: the folder already holds a search (use ``--resume``).
         """
         name, path = _claim(settings)
+        try:
+            return cls._fill(path, name, settings, base, space, searched, constants)
+        except BaseException:
+            unlock_folder(path)
+            raise
+
+    @classmethod
+    def _fill(cls, path: Path, name: str, settings: SearchSettings, base: Config, space: Any,
+              searched: Iterable[str], constants: dict[str, Any] | None) -> SearchDir:
+        """Write a claimed folder's settings, base config and space (:meth:`create`)."""
         base.save(path / "base_config.yaml")
         space_file = _write_space(path, space)
         if settings.storage:
@@ -211,6 +226,7 @@ def _claim(settings: SearchSettings) -> tuple[str, Path]:
             path.mkdir(parents=True, exist_ok=True)
             try:
                 os.close(os.open(path / CLAIM_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                lock_folder(path, "search")  # before search.json: no --resume gets in first
                 return name, path
             except FileExistsError:
                 taken = True

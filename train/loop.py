@@ -162,6 +162,8 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         final = dict(state.history[-1]) if state.history else {}
         if test and not any(k.startswith("test/") for k in final):  # resumed after the end
             final.update(_evaluate_test(state, progress))
+        if resume is not None and not (state.out_dir / CHECKPOINT_NAME).is_file():
+            _save_or_rescue(state, state.start_epoch - 1)  # resumed after its end, elsewhere
         _write_metrics_or_say(state, final)
         state.model.eval()
         return FitResult(config, final, state.history, state.model, state.out_dir)

@@ -6,7 +6,8 @@ The flow (docs/search.md and docs/interfaces.md):
    tracking store (writable), check that ``--out`` is writable and load the data set -- all
    before Ray starts, so bad input fails in one line;
 2. start or join Ray and check the resources a trial asks for against the cluster;
-3. only then create the search folder (:mod:`extune.search.folder`) and the MLflow parent run
+3. only then create the search folder (:mod:`extune.search.folder`; its lock, like a resumed
+   one's, keeps a second writer out: :mod:`extune.locks`) and the MLflow parent run
    (a failure from here on before any trial marks the folder ``failed``); the decoded data set
    goes to Ray's object store once;
 4. ``Tuner(train_trial, PruneAwareOptunaSearch(space), ASHA)`` and fit (or ``Tuner.restore``);
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from extune.errors import ConfigError, DiskFullError, ExtuneError
 from extune.files import check_free_space, check_writable, is_disk_full
+from extune.locks import folder_lock, unlock_folder
 from extune.search.connections import (
     check_tracking_uri,
     connect_ray,
@@ -140,32 +142,41 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     bounded_http_client()
     disk.reset()
     if resume is not None:
-        sdir: SearchDir | None = SearchDir.load(resume)
-        sdir.refuse_failed("start a new one")
-        settings = sdir.settings
-        settings.address = address or settings.address
-        _check_services(settings, sdir.meta["tracking_uri"])
-        if sdir.meta["status"] == "finished":
-            return _finish(sdir, search_tracker(sdir), interrupted=False, start=start, trials=[])
-        base, space, max_epochs, check = sdir.base_config(), None, None, None
-    else:
-        settings = settings or SearchSettings()
-        base = settings.base_config()
-        space = get_space(settings.space)
-        check = validate_space(space, base, name=settings.space, seed=settings.seed)
-        base, check = reconcile_fixed(settings, base, space, check)
-        max_epochs = check.max_epochs
-        _check_services(settings, settings.resolved_tracking_uri())
-        check_writable(settings.out, "search folders in --out")
-        check_free_space(settings.out, "search folders in --out")
-        check_free_space(tempfile.gettempdir(), "the temporary folder trials train in")
-        refuse_taken_name(settings)
-        sdir = None
+        sdir = SearchDir.load(resume)
+        with folder_lock(sdir.path, "search"):  # one writer: a second --resume is refused
+            return _resume(sdir, address, start=start, callbacks=callbacks or [], stop=stop)
+    settings = settings or SearchSettings()
+    base = settings.base_config()
+    space = get_space(settings.space)
+    check = validate_space(space, base, name=settings.space, seed=settings.seed)
+    base, check = reconcile_fixed(settings, base, space, check)
+    _check_services(settings, settings.resolved_tracking_uri())
+    check_writable(settings.out, "search folders in --out")
+    check_free_space(settings.out, "search folders in --out")
+    check_free_space(tempfile.gettempdir(), "the temporary folder trials train in")
+    refuse_taken_name(settings)
     from extune.train.data import load_data  # torch: imported on use
 
     data = load_data(base.data)  # bad data fails here, before Ray or any folder
-    return _run(sdir, settings, base, space, data, max_epochs, check, start=start,
+    return _run(None, settings, base, space, data, check.max_epochs, check, start=start,
                 callbacks=callbacks or [], stop=stop)
+
+
+def _resume(sdir: SearchDir, address: str | None, *, start: float, callbacks: list[Any],
+            stop: Any) -> SearchResult:
+    """Finish the search of a folder whose lock this process holds (as :func:`run_search`)."""
+    sdir.refuse_failed("start a new one")
+    settings = sdir.settings
+    settings.address = address or settings.address
+    _check_services(settings, sdir.meta["tracking_uri"])
+    if sdir.meta["status"] == "finished":
+        return _finish(sdir, search_tracker(sdir), interrupted=False, start=start, trials=[])
+    base = sdir.base_config()
+    from extune.train.data import load_data  # torch: imported on use
+
+    data = load_data(base.data)  # bad data fails here, before Ray
+    return _run(sdir, settings, base, None, data, None, None, start=start, callbacks=callbacks,
+                stop=stop)
 
 
 def _check_services(settings: SearchSettings, tracking_uri: str) -> None:
@@ -182,6 +193,7 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
     import ray
 
     started = connect_ray(settings.address)
+    created = None
     try:
         plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
                             gpus_per_trial=settings.gpus_per_trial,
@@ -191,12 +203,14 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
         if sdir is None:
             constants = check.constants() if check is not None else {}
             searched = check.keys - set(constants) if check is not None else ()
-            sdir = SearchDir.create(settings, base, space, searched=searched,
-                                    constants=constants)
+            sdir = created = SearchDir.create(settings, base, space, searched=searched,
+                                              constants=constants)  # locked: ours
         tracker = _prepared(sdir, resumed)
         return _fit(sdir, settings, tracker, plan, data, max_epochs, resumed=resumed,
                     start=start, callbacks=callbacks, stop=stop)
     finally:
+        if created is not None:
+            unlock_folder(created.path)
         if started:
             ray.shutdown()
 

@@ -154,9 +154,10 @@ class FinalRun:
         self._submit(Op("end", status=status))
 
     def _submit(self, op: Op) -> None:
-        """Journal the write in ``<out>/tracking/`` once the output folder exists (training
-        made it); before that (a failed start) apply it at once: nothing is left on disk."""
-        if self._writer is None and self.out.is_dir():
+        """Journal the write in ``<out>/tracking/`` once training has written into the output
+        folder (its ``config.yaml``); before that (a failed start) apply it at once: nothing is
+        left on disk."""
+        if self._writer is None and (self.out / "config.yaml").is_file():
             self._writer = writer_for(self.tracker, self.out / TRACKING_DIR)
             _write_run_file(self.out, self.tracker)
         if self._writer is not None:
@@ -177,12 +178,12 @@ def open_final_run(cfg: Any, out: Path, *, tracking_uri: str | None, experiment:
         ServiceError: the store cannot be reached or used (before anything trains).
     """
     bounded_http_client()
-    uri = resolve_tracking_uri(tracking_uri)
-    out = Path(out).resolve()
     previous = _run_file(resume) if resume is not None else {}
+    uri = resolve_tracking_uri(tracking_uri or previous.get("tracking_uri"))  # resumed: its store
+    out = Path(out).resolve()
     tags = {"extune.method": cfg.method, "extune.version": __version__, "extune.out": str(out),
             **{f"{LINEAGE_PREFIX}{k}": v for k, v in lineage.items()}}
-    tracker = MlflowTracker(uri, experiment or DEFAULT_EXPERIMENT,
+    tracker = MlflowTracker(uri, experiment or previous.get("experiment") or DEFAULT_EXPERIMENT,
                             previous.get("train_id") or uuid.uuid4().hex,
                             previous.get("name") or out.name, role="train", tags=tags,
                             id_tag=TRAIN_ID_TAG)

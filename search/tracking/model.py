@@ -367,6 +367,10 @@ def model_checkpoint(uri: str, tracking_uri: str | None) -> Iterator[Path]:
     """The extune checkpoint of an MLflow model (``models:/NAME/VERSION``, ``models:/NAME@alias``,
     ``runs:/RUN_ID/model``), downloaded to a temporary folder removed afterwards.
 
+    The store is ``tracking_uri`` (default ``sqlite:///mlflow.db``), for the runs and the Model
+    Registry both: ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` are not read
+    (:func:`_only_store`).
+
     Raises:
         ServiceError: the tracking store cannot be reached.
         ConfigError: no such model, or a model extune did not log (one line each).
@@ -376,20 +380,23 @@ def model_checkpoint(uri: str, tracking_uri: str | None) -> Iterator[Path]:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from extune.search.connections import existing_store
+    from extune.search.connections import existing_store, tracking_env_note
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = existing_store(tracking_uri)
     tmp = Path(tempfile.mkdtemp(prefix="extune-model-"))
     try:
         try:
-            local = Path(download_artifacts(artifact_uri=uri, dst_path=str(tmp),
-                                            tracking_uri=store))
+            with _only_store(store):
+                local = Path(download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+                                                tracking_uri=store, registry_uri=store))
         except MlflowException as e:
             raise ConfigError(f"cannot load {uri} from {store}: "
-                              f"{one_line(getattr(e, 'message', e), 200)}") from None
+                              f"{one_line(getattr(e, 'message', e), 200)}"
+                              f"{tracking_env_note(tracking_uri, store)}") from None
         except OSError as e:
-            raise ConfigError(f"cannot load {uri} from {store}: {one_line(e, 200)}") from None
+            raise ConfigError(f"cannot load {uri} from {store}: {one_line(e, 200)}"
+                              f"{tracking_env_note(tracking_uri, store)}") from None
         found = local / DATA_DIR / CHECKPOINT_NAME
         if not found.is_file():
             raise ExtuneError(f"{uri} is not a model of `extune train` (no {DATA_DIR}/"
@@ -397,3 +404,27 @@ def model_checkpoint(uri: str, tracking_uri: str | None) -> Iterator[Path]:
         yield found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _only_store(store: str) -> Iterator[None]:
+    """``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI`` set to ``store`` for the block.
+
+    MLflow resolves a ``models:/`` URI with a client of the process's default store whatever
+    store ``download_artifacts`` is given (``ModelsArtifactRepository._get_model_uri_infos``):
+    with ``MLFLOW_TRACKING_URI`` naming another SQLite file, it looked there and created an
+    empty database. extune reads only ``--tracking-uri``.
+    """
+    import os
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, store))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
