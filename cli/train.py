@@ -283,9 +283,10 @@ def refuse_existing_run(out: Path, resume: Path | None) -> None:
     held = [n for n in (CHECKPOINT_NAME, "config.yaml", "metrics.json") if (out / n).exists()]
     if CHECKPOINT_NAME in held:
         config = f" --config {out / 'config.yaml'}" if "config.yaml" in held else ""
+        untracked = "" if (out / "tracking" / "run.json").is_file() else " --no-track"
         raise ConfigError(f"--out {out} already holds a run ({', '.join(held)}); continue it "
-                          f"with: extune train{config} --resume {out} --out {out}, or choose "
-                          "another --out")
+                          f"with: extune train{config} --resume {out} --out {out}{untracked}, "
+                          "or choose another --out")
     if held:
         raise ConfigError(f"--out {out} holds a run that saved no checkpoint "
                           f"({', '.join(held)}), so there is nothing in it to continue; "

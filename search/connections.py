@@ -248,8 +248,10 @@ def existing_store(uri: str | None) -> str:
     if resolved.startswith("sqlite:///"):
         path = Path(resolved[len("sqlite:///"):])
         if not path.is_file():
-            raise ServiceError(f"no MLflow store at {path}; pass --tracking-uri (the one the "
-                               f"search used){tracking_env_note(uri, resolved)}")
+            given = (uri or DEFAULT_TRACKING_URI)[len("sqlite:///"):]
+            raise ServiceError(f"no MLflow store at {Path(given).expanduser()}; pass "
+                               "--tracking-uri (the one the search used)"
+                               f"{tracking_env_note(uri, resolved)}")
         return resolved
     check_tracking_uri(resolved, write=False)
     return resolved

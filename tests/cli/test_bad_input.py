@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import warnings
 from collections.abc import Callable
@@ -168,6 +169,78 @@ def all_fail(tmp: Path) -> None:
     space_file("method: ce\noptim.lr: 1e6\n")(tmp)
 
 
+def fifo(tmp: Path) -> None:
+    os.mkfifo(tmp / "pipe")
+
+
+def symlink(target: str) -> Callable[[Path], None]:
+    """``{tmp}/link`` pointing at ``target`` (``{tmp}`` filled in; ``link`` itself: a loop)."""
+    def setup(tmp: Path) -> None:
+        (tmp / "link").symlink_to(target.format(tmp=tmp))
+    return setup
+
+
+def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        for each in setups:
+            each(tmp)
+    return setup
+
+
+def tune_experiment(tmp: Path) -> None:
+    """A failed search whose ``trials/`` holds Ray Tune's saved state."""
+    failed_search(tmp)
+    (tmp / "runs" / "s" / "trials").mkdir()
+    (tmp / "runs" / "s" / "trials" / "tuner.pkl").write_bytes(b"")
+
+
+def started_run(tmp: Path) -> None:
+    """An output folder with the config of a training that never saved a checkpoint."""
+    (tmp / "run").mkdir()
+    Config().save(tmp / "run" / "config.yaml")
+
+
+_HELD: list[int] = []
+"""Lock files held by :func:`in_use` (released after the row)."""
+
+
+def in_use(folder: str, kind: str | None = None) -> Callable[[Path], None]:
+    """``{tmp}/folder`` (a new ``search`` or ``study`` folder, or an empty one) locked as
+    another writer would lock it: ``flock`` on a file descriptor of its own."""
+    def setup(tmp: Path) -> None:
+        import fcntl
+
+        from extune.locks import LOCK_NAME
+
+        path = tmp / folder
+        if kind == "search":
+            from extune.search.folder import SearchDir
+            from extune.search.settings import SearchSettings
+            from extune.spaces import get_space
+
+            SearchDir.create(SearchSettings(out=str(path.parent), name=path.name), Config(),
+                             get_space("ce")).set_status("interrupted")
+        elif kind == "study":
+            from extune.study.folder import StudyDir
+            from extune.study.settings import StudySettings
+
+            StudyDir.create(StudySettings(out=str(path.parent), name=path.name))
+        path.mkdir(parents=True, exist_ok=True)
+        from extune.locks import unlock_folder
+
+        unlock_folder(path)  # SearchDir.create holds it for this process
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242 elsewhere\n")
+        _HELD.append(fd)
+    return setup
+
+
+def _release_held() -> None:
+    while _HELD:
+        os.close(_HELD.pop())
+
+
 # --------------------------------------------------------------------------- the table
 @dataclass
 class Row:
@@ -183,6 +256,7 @@ class Row:
     marks: tuple = ()
     executable: bool = False  # run the installed `extune` executable, not main() in-process
     track: bool = False  # train with MLflow tracking (other train rows add --no-track)
+    env: dict[str, str] = field(default_factory=dict)  # environment variables ({tmp} filled)
 
 
 TRAIN_IF = ["train", "--set", "data.name=imagefolder", "--set", "data.root={tmp}/data",
@@ -363,6 +437,84 @@ ROWS = [
         ["--min-driven-share must be in [0, 1], got 1.5"], absent=["runs"]),
     Row("study-budget-seconds-zero", ["study", "--budget-seconds", "0"], 2,
         ["--budget-seconds must be > 0"], absent=["runs"]),
+    # issue 28: outputs that are not regular files of the command's own, one writer
+    Row("export-out-device", ["export", "{tmp}/runs/s", "-o", "/dev/null"], 2,
+        ["/dev/null is a character device", "extune replaces only regular files"],
+        setup=failed_search),
+    Row("export-out-fifo", ["export", "{tmp}/runs/s", "-o", "{tmp}/pipe"], 2,
+        ["pipe is a FIFO (named pipe)", "extune replaces only regular files"],
+        setup=both(failed_search, fifo)),
+    Row("export-out-symlink", ["export", "{tmp}/runs/s", "-o", "{tmp}/link"], 2,
+        ["link is a symbolic link (to /proc/self/fd/1)", "e.g. best.yaml"],
+        setup=both(failed_search, symlink("/proc/self/fd/1"))),
+    Row("export-out-dangling-symlink", ["export", "{tmp}/runs/s", "-o", "{tmp}/link"], 2,
+        ["is a symbolic link (to", "nowhere.yaml)"], absent=["nowhere.yaml"],
+        setup=both(failed_search, symlink("{tmp}/nowhere.yaml"))),
+    Row("export-out-looping-symlink", ["export", "{tmp}/runs/s", "-o", "{tmp}/link"], 2,
+        ["is a symbolic link (to", "link)"], setup=both(failed_search, symlink("{tmp}/link"))),
+    Row("export-out-optuna-db", ["export", "{tmp}/runs/s", "-o", "{tmp}/runs/s/optuna.db"], 2,
+        ["is part of the search folder", "(optuna.db is its own)", "e.g. best.yaml"],
+        absent=["runs/s/optuna.db"], setup=failed_search),
+    Row("export-out-search-json", ["export", "{tmp}/runs/s", "-o", "{tmp}/runs/s/search.json"],
+        2, ["is part of the search folder", "(search.json is its own)"], setup=failed_search),
+    Row("export-out-in-tune-experiment", ["export", "{tmp}/runs/s", "-o",
+                                          "{tmp}/runs/s/trials/best.yaml"], 2,
+        ["is part of the Ray Tune experiment", "(best.yaml is its own)"],
+        absent=["runs/s/trials/best.yaml"], setup=tune_experiment),
+    Row("export-out-mlflow-store", ["export", "{tmp}/runs/s", "-o", "{tmp}/mlflow.db"], 2,
+        ["mlflow.db is a SQLite database", "never writes over one"],
+        setup=both(failed_search, search_run)),
+    Row("evaluate-out-device", ["evaluate", "--checkpoint", "{tmp}/run", "-o", "/dev/null"], 2,
+        ["/dev/null is a character device"], setup=checkpoint),
+    Row("evaluate-out-run-config", ["evaluate", "--checkpoint", "{tmp}/run", "-o",
+                                    "{tmp}/run/config.yaml"], 2,
+        ["is part of the training run", "(config.yaml is its own)"],
+        absent=["run/config.yaml"], setup=checkpoint),
+    Row("evaluate-out-checkpoint", ["evaluate", "--checkpoint", "{tmp}/run", "-o",
+                                    "{tmp}/run/checkpoint.pt"], 2,
+        ["checkpoint.pt is a zip file (a torch checkpoint?)"], setup=checkpoint),
+    Row("explain-out-symlink", ["explain", "--checkpoint", "{tmp}/run", "-o", "{tmp}/link"], 2,
+        ["is a symbolic link (to /dev/stdout)"],
+        setup=both(checkpoint, symlink("/dev/stdout"))),
+    Row("train-out-fifo", ["train", "--out", "{tmp}/pipe"], 2,
+        ["is a FIFO (named pipe), not a folder"], setup=fifo),
+    Row("train-out-dangling-symlink", ["train", "--out", "{tmp}/link"], 2,
+        ["is a symbolic link (to", "nowhere), not a folder"], absent=["nowhere"],
+        setup=symlink("{tmp}/nowhere")),
+    Row("train-out-search-folder", ["train", "--out", "{tmp}/runs/s"], 2,
+        ["--out", "runs/s is a search folder; choose another --out"],
+        absent=["runs/s/config.yaml"], setup=failed_search),
+    Row("train-out-in-search-folder", ["train", "--out", "{tmp}/runs/s/trials"], 2,
+        ["is part of the search folder", "(trials is its own)"], absent=["runs/s/trials"],
+        setup=failed_search),
+    Row("train-out-empty", ["train", "--out", ""], 2,
+        ["--out is empty (it would train into the current folder)"],
+        absent=["config.yaml", ".extune.lock"]),
+    Row("train-out-start-without-checkpoint", ["train", "--out", "{tmp}/run"], 2,
+        ["holds a run that saved no checkpoint (config.yaml)", "nothing in it to continue"],
+        setup=started_run),
+    Row("search-out-in-search-folder", [*SEARCH, "--out", "{tmp}/runs/s/plots"], 2,
+        ["search folders in --out", "is part of the search folder", "(plots is its own)"],
+        absent=["runs/s/plots", "mlflow.db"], setup=failed_search),
+    Row("search-resume-in-use", ["search", "--resume", "{tmp}/runs/s"], 2,
+        ["runs/s is in use: another extune search (process 4242 on elsewhere)"],
+        setup=in_use("runs/s", "search")),
+    Row("study-resume-in-use", ["study", "--resume", "{tmp}/runs/st"], 2,
+        ["runs/st is in use: another extune study (process 4242 on elsewhere)"],
+        setup=in_use("runs/st", "study")),
+    Row("train-out-in-use", ["train", "--out", "{tmp}/run"], 2,
+        ["run is in use: another extune training (process 4242 on elsewhere)",
+         "choose another --out"], absent=["run/config.yaml"], setup=in_use("run")),
+    Row("evaluate-model-store-from-environment", ["evaluate", "--checkpoint", "models:/demo/1"],
+        2, ["cannot load models:/demo/1 from sqlite:///", "mlflow.db",
+            "MLFLOW_TRACKING_URI (sqlite:///", "is not read"],
+        absent=["other.db"], setup=search_run,
+        env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/other.db"}),
+    Row("evaluate-no-store-environment-elsewhere", ["evaluate", "--checkpoint",
+                                                    "models:/demo/1"], 2,
+        ["no MLflow store at", "mlflow.db", "MLFLOW_TRACKING_URI", "is not read"],
+        absent=["mlflow.db", "other.db"],
+        env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/other.db"}),
     Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
                               "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
         ["warning:", "was pruned", "scores are partial"], setup=pruned_run,
@@ -387,14 +539,17 @@ def _read_only_folder(tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=r.marks) for r in ROWS])
-def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args):
+def test_bad_input(row: Row, tmp_path, monkeypatch, capsys, tiny_args, request):
     monkeypatch.chdir(tmp_path)
+    request.addfinalizer(_release_held)
     if row.setup is not None:
         row.setup(tmp_path)
     fill = {"tmp": str(tmp_path), "ro": str(_read_only_folder(tmp_path)),
             "run_id": (tmp_path / "run_id").read_text() if (tmp_path / "run_id").exists()
             else ""}
     args = [a.format(**fill) for a in row.command]
+    for name, value in row.env.items():
+        monkeypatch.setenv(name, value.format(**fill))
     if row.tiny:
         args = args[:1] + tiny_args + ["--set", f"data.cache_dir={tmp_path}/cache"] + args[1:]
     if args[0] == "train" and not row.track:
