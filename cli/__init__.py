@@ -21,7 +21,12 @@ import typer
 from extune.cli import search, study, train, ui
 from extune.cli._common import echo
 from extune.errors import ExtuneError
-from extune.signals import handle_sigterm, interrupt_exit_code, terminated
+from extune.signals import (
+    exit_at_once_on_signals,
+    handle_signals,
+    interrupt_exit_code,
+    stop_words,
+)
 
 __all__ = ["app", "main", "run"]
 
@@ -46,16 +51,14 @@ app.command("ui")(ui.ui)
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, turning user errors into one-line messages."""
-    handle_sigterm()
+    handle_signals()
     try:
         code = app(args=argv, standalone_mode=False)
     except ExtuneError as e:
         echo(("error:", "bold red"), f" {e}", err=True)
         return 2
     except KeyboardInterrupt:
-        what = "terminated (SIGTERM)" if terminated() else "interrupted"
-        echo((what, "bold red"), "; a training run resumes with --resume <out>/checkpoint.pt",
-             err=True)
+        echo((stop_words(), "bold red"), err=True)  # a command that can go on says how itself
         return interrupt_exit_code()
     except Exception as e:  # usage errors: click's, or typer's own copy of click (>= 0.29)
         if isinstance(e, typer.Abort):
@@ -105,5 +108,6 @@ def run() -> NoReturn:
     in :func:`main`, which tests call in-process.
     """
     code = main()
+    exit_at_once_on_signals(code)  # no traceback from a clean-up a second Ctrl-C interrupts
     gc.freeze()
     sys.exit(code)

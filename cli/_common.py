@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,10 +13,10 @@ from rich.text import Text
 
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
-from extune.signals import interrupt_exit_code, terminated
+from extune.signals import interrupt_exit_code, stop_words
 
 __all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
-           "refuse_with_resume", "interruptible", "warn_job_paths",
+           "refuse_with_resume", "interruptible", "exit_stopped", "warn_job_paths",
            "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
 
 console = Console()
@@ -73,16 +74,56 @@ def refuse_with_resume(given: Iterable[str], allowed: set[str], what: str) -> No
         raise ConfigError(f"--resume continues a {what} with its saved settings; drop {flags}")
 
 
-def interruptible(call: Callable[[], T], command: str, resume: Path | None) -> T:
-    """Run ``call``; on Ctrl-C (or SIGTERM) say how to continue and exit with status 130 (or
-    143)."""
+def interruptible(call: Callable[[], T], command: str, resume: Path | None,
+                  out: str | Path | None = None) -> T:
+    """Run ``call`` (a search or study); on Ctrl-C, SIGTERM or SIGHUP say in one line how to
+    continue and exit with 130, 143 or 129 (:mod:`extune.signals`).
+
+    The folder to continue is ``resume``, else the one ``call`` made in ``out`` (a new search
+    or study); stopped before it made one, there is nothing to continue, and the line says so.
+    """
+    before = _folders(out)
     try:
         return call()
     except KeyboardInterrupt:
-        folder = str(resume) if resume else f"<the {command} folder>"
-        what = "terminated (SIGTERM)" if terminated() else "interrupted"
-        echo((what, "bold red"), f"; continue with: extune {command} --resume {folder}")
+        folder = resume or _made_folder(out, before, command)
+        if folder is None:
+            echo((stop_words(), "bold red"), f" before the {command} had a folder: nothing to "
+                 "continue; run the command again")
+        else:
+            echo((stop_words(), "bold red"), f"; continue with: extune {command} --resume "
+                 f"{folder}")
         raise typer.Exit(interrupt_exit_code()) from None
+
+
+def exit_stopped(what: str) -> NoReturn:
+    """End a command that Ctrl-C, SIGTERM or SIGHUP stopped: ``<how>; <what>`` in one line,
+    exit 130, 143 or 129."""
+    echo((stop_words(), "bold red"), f"; {what}", err=True)
+    raise typer.Exit(interrupt_exit_code())
+
+
+def _folders(out: str | Path | None) -> set[Path]:
+    if out is None or not Path(out).is_dir():
+        return set()
+    return {p for p in Path(out).iterdir() if p.is_dir()}
+
+
+def _made_folder(out: str | Path | None, before: set[Path], command: str) -> Path | None:
+    """The folder of a new search or study in ``out``: made since it started, holding its
+    ``<command>.json``, not locked by another process (two started at once); ``None`` when
+    there is not exactly one."""
+    from extune.locks import LOCK_NAME
+
+    def ours(folder: Path) -> bool:
+        try:
+            holder = (folder / LOCK_NAME).read_text().split()
+        except OSError:
+            return True  # not locked
+        return not holder or holder[0] == str(os.getpid())
+
+    made = [p for p in _folders(out) - before if (p / f"{command}.json").is_file() and ours(p)]
+    return made[0].resolve() if len(made) == 1 else None
 
 
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -93,8 +134,6 @@ def warn_job_paths(out: Path | str, tracking_uri: str | None, *, tracked: bool =
     """Inside a Ray job, warn in one line about relative output paths: the job's working folder
     is a temporary copy of ``--working-dir``, so what is written there is lost when it ends
     (docs/cluster.md, "Ray jobs")."""
-    import os
-
     if RAY_JOB_ENV not in os.environ:
         return
     lost = [] if Path(out).is_absolute() else [f"--out {out}"]

@@ -24,7 +24,7 @@ from extune.cli._common import (
 )
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
-from extune.signals import interrupt_exit_code
+from extune.signals import interrupt_exit_code, stop_words
 
 __all__ = ["search", "export", "sync"]
 
@@ -103,7 +103,7 @@ def search(
                                   live=live, log_checkpoints=log_checkpoints)
         check_output_folder(settings.out, "search folders in --out", "choose another --out")
         _print_plan(settings)
-        result = interruptible(lambda: run_search(settings), "search", None)
+        result = interruptible(lambda: run_search(settings), "search", None, settings.out)
     _print_result(result)
     if result.interrupted:
         raise typer.Exit(interrupt_exit_code())
@@ -145,7 +145,7 @@ def _print_result(result: Any) -> None:
     echo(f"{result.count('complete')} complete, {result.count('pruned')} pruned, "
          f"{result.count('failed')} failed in {result.wall_s:.0f} s")
     if result.interrupted:
-        echo(("interrupted", "bold yellow"), f": continue with: extune search --resume "
+        echo((stop_words(), "bold yellow"), f": continue with: extune search --resume "
              f"{result.path}")
     if result.best is not None:
         kind = "knee of the Pareto front" if len(result.objectives) > 1 else "best"

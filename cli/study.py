@@ -139,7 +139,7 @@ def study(
         settings = StudySettings.preset(quick, **kwargs, live=live)
         check_output_folder(settings.out, "study folders in --out", "choose another --out")
         _print_plan(settings)
-        result = interruptible(lambda: run_study(settings), "study", None)
+        result = interruptible(lambda: run_study(settings), "study", None, settings.out)
     _print_result(result)
     _exit_on_failed_runs(result)
 

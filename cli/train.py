@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from extune.cli._common import ExperimentOpt, TrackingUriOpt, console, echo, warn_job_paths
+from extune.cli._common import (
+    ExperimentOpt,
+    TrackingUriOpt,
+    console,
+    echo,
+    exit_stopped,
+    warn_job_paths,
+)
 from extune.errors import ConfigError, ExtuneError
 from extune.signals import interrupt_exit_code
 
@@ -251,8 +258,12 @@ def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) ->
     at most), and say where the run and the model are, or how to send what it did not take."""
     from extune.search.tracking.parent import FLUSH_TIMEOUT_S
 
-    run.finish(metrics, epochs, _table_text(table))
-    pending = run.close(FLUSH_TIMEOUT_S)
+    try:
+        run.finish(metrics, epochs, _table_text(table))
+        pending = run.close(FLUSH_TIMEOUT_S)
+    except KeyboardInterrupt:  # the run is ended KILLED (FinalRun.close)
+        exit_stopped(f"the training is complete in {run.out}; the MLflow writes not sent yet "
+                     f"are kept in {run.out / 'tracking'}: send them with extune sync {run.out}")
     uri = run.tracker.uri
     where = (f"{uri.rstrip('/')}/{run.page}" if uri.startswith(("http://", "https://"))
              else f"extune ui --tracking-uri {uri}, then http://127.0.0.1:5000/{run.page}")

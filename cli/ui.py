@@ -1,7 +1,9 @@
 """``extune ui``: the MLflow UI on a tracking store, with the link of every search and study.
 
-The server (``mlflow ui``) runs in its own process group with its output in a log file, so its
-start-up warnings stay out of the console; the links are printed once it answers.
+The server (``mlflow ui``) runs in its own session with its output in a log file, so its
+start-up warnings stay out of the console; the links are printed once it answers. Ctrl-C,
+SIGTERM and SIGHUP stop it (exit 130, 143, 129), and it ends with ``extune ui`` however that
+ends.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from extune.cli._common import echo
+from extune.cli._common import echo, exit_stopped
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ConfigError
 
@@ -79,8 +81,12 @@ def ui(
         echo(f"MLflow UI on {address}; Ctrl-C stops it.")
         _print_links(entries, _browse_address(host, port), limit)
 
-    run_until_stopped(command, log_path, ready=ready, probe=f"http://{_probe_host(host)}:{port}/",
-                      env={**SERVER_ENV, **os.environ})
+    try:
+        run_until_stopped(command, log_path, ready=ready,
+                          probe=f"http://{_probe_host(host)}:{port}/",
+                          env={**SERVER_ENV, **os.environ})
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (extune.signals)
+        exit_stopped(f"the MLflow UI on {address} stopped")
 
 
 def _entries(uri: str, name: str | None) -> list[Any]:
@@ -177,10 +183,15 @@ def _check_address(host: str, port: int) -> None:
 def run_until_stopped(command: list[str], log_path: Path, *, ready: Any = None,
                       probe: str | None = None, env: dict[str, str] | None = None,
                       grace_s: float = 10.0) -> int:
-    """Run a server until it exits or this process gets Ctrl-C or SIGTERM, then stop it with
-    every process it started (``mlflow ui`` starts uvicorn workers): the server runs in its own
-    process group, its output appended to ``log_path``, and the whole group gets SIGTERM
-    (SIGKILL after ``grace_s`` seconds).
+    """Run a server until it exits, then return its exit status; on Ctrl-C, SIGTERM or SIGHUP
+    (``KeyboardInterrupt``, :mod:`extune.signals`) stop it with every process it started
+    (``mlflow ui`` starts uvicorn) and raise again.
+
+    The server runs in its own session, so that a signal to extune's process group does not
+    reach it before extune stops it: the whole group gets SIGTERM (SIGKILL after ``grace_s``
+    seconds). Its output is appended to ``log_path``. On Linux the kernel sends it SIGTERM when
+    this process ends however it ends (SIGKILL too), which ``mlflow ui`` passes on to uvicorn:
+    no server is left holding the port.
 
     Args:
         ready: called once ``probe`` (a URL) answers.
@@ -192,28 +203,43 @@ def run_until_stopped(command: list[str], log_path: Path, *, ready: Any = None,
     Raises:
         ConfigError: the server exited before it answered (the message has the log's last
             line), or did not answer within :data:`START_TIMEOUT_S`.
+        KeyboardInterrupt: stopped by a signal (the server is stopped).
     """
     from extune.search.connections import stop_process_group
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
     with log_path.open("a") as log:
         process = subprocess.Popen(command, start_new_session=True, stdout=log, env=env,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_ended_with_parent())
     try:
         if probe is not None:
             _wait_until_answers(process, probe, log_path)
             if ready is not None:
                 ready()
         return process.wait()
-    except KeyboardInterrupt:
-        return stop_process_group(process, grace_s)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if process.poll() is None:
             stop_process_group(process, grace_s)
+
+
+def _ended_with_parent() -> Callable[[], None] | None:
+    """What a child runs before its program (``preexec_fn``) so that the kernel sends it
+    SIGTERM when this process ends (Linux's ``PR_SET_PDEATHSIG``); ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    set_death_signal = 1  # PR_SET_PDEATHSIG
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(set_death_signal, term, 0, 0, 0)
+
+    return preexec
 
 
 def _wait_until_answers(process: subprocess.Popen, url: str, log_path: Path) -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from extune.defaults import DEFAULT_TRACKING_URI
 from extune.errors import ExtuneError, one_line
 from extune.files import is_disk_full
-from extune.signals import handle_sigterm
+from extune.signals import deferred, handle_signals
 
 __all__ = ["ServiceError", "connect_ray", "probe_ray_address", "ray_address",
            "check_tracking_uri", "stop_process_group", "quiet_ray_env", "DEFAULT_TRACKING_URI",
@@ -130,12 +133,17 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     Reuses an already initialised Ray (tests, notebooks). Token authentication is left as
     Ray sets it up (on by default for a new local instance; ``RAY_AUTH_MODE`` decides).
 
+    Ray starts apart from the signals sent to extune (:func:`_ray_apart`), and Ctrl-C, SIGTERM
+    and SIGHUP wait until it has started (:func:`extune.signals.deferred`): it is then shut
+    down and ``KeyboardInterrupt`` raised, before the caller made anything.
+
     Returns:
         Whether this call started Ray (and so should shut it down).
 
     Raises:
         ServiceError: the cluster cannot be reached (checked with a 5 s TCP probe first:
             ``ray.init`` itself would retry for minutes).
+        KeyboardInterrupt: a signal came while Ray started (Ray is shut down again).
     """
     import ray
 
@@ -148,12 +156,79 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
     if address is None:  # a cluster that is joined brings its own CPUs
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
-        ray.init(address=address, **kwargs)
+        with deferred(), _ray_apart():
+            ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         raise ServiceError(f"cannot connect to Ray at {address or 'a new local instance'}: "
                            f"{one_line(e, 200)}") from None
-    handle_sigterm()  # ray.init replaced it: SIGTERM stops the search as Ctrl-C does
+    except KeyboardInterrupt:
+        ray.shutdown()
+        raise
+    finally:
+        handle_signals()  # where Ray's hooks below have moved: its handlers replaced ours
     return True
+
+
+@contextlib.contextmanager
+def _ray_apart() -> Iterator[None]:
+    """While ``ray.init`` runs: each process it starts (GCS, raylet, monitors) in a process
+    group of its own, and none of Ray's signal handlers in this process.
+
+    A signal sent to extune's whole process group (``timeout``, Slurm's ``scancel``, systemd,
+    a closing terminal) then reaches the driver only, which stops the search cleanly and then
+    Ray's processes (``ray.shutdown``). It used to reach them too: the driver's clean stop met
+    a dead GCS ("Failed to connect to GCS within 60 seconds"), exited 1 a minute later and left
+    the runs RUNNING. Ray's workers have process groups of their own already, as Ray gives its
+    processes on Windows, and its processes still end with the driver however it ends (Ray
+    has the kernel kill them when it dies).
+
+    Ray would install in the driver two SIGTERM handlers (one exits 15 at once, one stops its
+    processes and exits 1) and a native one (abseil's failure handler) that prints a crash dump
+    on SIGTERM and leaves SIGTERM at its default after ``ray.shutdown``, so that a signal
+    during the search's final summary killed it: extune's handlers stay in place instead. (A
+    crash of the driver's native code then dumps Python's stack only, not Ray's C++ one.)
+
+    These are hooks of Ray's private modules (Ray 2.x); ``tests/cli/test_signals.py`` checks
+    that they still exist. Where one is missing, it is left out.
+    """
+    from ray._private import ray_constants, services, utils
+
+    if hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"):
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # this process only
+    saved = {}
+    if sys.platform != "win32" and hasattr(services, "ConsolePopen"):
+        saved[services, "ConsolePopen"] = services.ConsolePopen
+        services.ConsolePopen = _own_group_popen(services.ConsolePopen)
+    if hasattr(utils, "set_sigterm_handler"):
+        saved[utils, "set_sigterm_handler"] = utils.set_sigterm_handler
+        utils.set_sigterm_handler = _no_handler
+    try:
+        yield
+    finally:
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
+
+
+def _no_handler(handler: object) -> None:
+    """Ray's ``set_sigterm_handler`` while it starts: extune's handler stays."""
+
+
+def _own_group_popen(base: type[subprocess.Popen]) -> type[subprocess.Popen]:
+    """``base`` (Ray's ``Popen``) starting each process in a process group of its own."""
+
+    class OwnGroupPopen(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            ray_preexec = kwargs.get("preexec_fn")
+
+            def preexec() -> None:
+                os.setpgid(0, 0)
+                if callable(ray_preexec):
+                    ray_preexec()  # blocks SIGINT, has the kernel kill it with its parent
+
+            kwargs["preexec_fn"] = preexec
+            super().__init__(*args, **kwargs)
+
+    return OwnGroupPopen
 
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql",

@@ -16,7 +16,7 @@ is this run), so that ``--resume`` continues it. The run holds
 - artifacts: ``config.yaml``, ``metrics.json``, the labelled saliency grid, ``summary.txt`` (the
   console's final table) and the model ``model`` (:mod:`~extune.search.tracking.model`),
   registered with ``--register NAME``;
-- status FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM).
+- status FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM, SIGHUP).
 
 The store is checked and the run created before training starts (one line when it cannot be:
 the same check as a search's). Everything after goes through the journal writer of
@@ -126,11 +126,30 @@ class FinalRun:
 
     def close(self, timeout: float) -> int:
         """Send what is queued (trying for at most ``timeout`` seconds); returns the writes left
-        in ``<out>/tracking/`` (``extune sync <out>`` sends them)."""
+        in ``<out>/tracking/`` (``extune sync <out>`` sends them).
+
+        Stopped while it sends (Ctrl-C, SIGTERM, SIGHUP: ``KeyboardInterrupt``), it ends the
+        run KILLED straight away, so that the run is not left RUNNING behind writes that wait
+        (the model's upload), and raises again; the writes stay in the journal, and
+        ``extune sync <out>`` sends them (the run's own end with them).
+        """
         if self._writer is None:
             return 0
         self._writer = None
-        return close_writer(self.out / TRACKING_DIR, timeout)
+        try:
+            return close_writer(self.out / TRACKING_DIR, timeout)
+        except KeyboardInterrupt:
+            self._end_now()
+            raise
+
+    def _end_now(self) -> None:
+        """End the run KILLED (``interrupted``) at once, past the journal's queue."""
+        try:
+            self.tracker.set_tags(self.run_id, {STATE_TAG: "interrupted"})
+            self.tracker.end(self.run_id, "KILLED")
+        except Exception as e:  # MLflow, requests and SQLAlchemy raise many types
+            log.warning("could not end the MLflow run %s: %s; extune sync %s ends it",
+                        self.run_id, one_line(e, 200), self.out)
 
     def registered_version(self) -> str | None:
         """The registered version of this run's model (``None`` without ``--register`` or

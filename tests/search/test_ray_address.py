@@ -24,7 +24,7 @@ def test_a_job_driver_joins_its_cluster_and_brings_no_cpus(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(connections, "_probe", lambda *args, **kwargs: None)
-    monkeypatch.setattr(connections, "handle_sigterm", lambda: None)  # pytest keeps its own
+    monkeypatch.setattr(connections, "handle_signals", lambda: None)  # pytest keeps its own
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert connect_ray(None, num_cpus=3)
     # ray.init refuses num_cpus when it joins a cluster (a ValueError, not a second Ray)
