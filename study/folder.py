@@ -61,11 +61,15 @@ class StudyDir:
 
     @classmethod
     def create(cls, settings: StudySettings) -> StudyDir:
-        """Make ``<out>/<name>`` with the settings and the base config.
+        """Make ``<out>/<name>`` with the settings and the base config, holding its lock
+        (:mod:`extune.locks`) for the rest of the process.
 
         Raises:
-            ConfigError: the folder already holds a study (use ``--resume``).
+            ConfigError: the folder already holds a study (use ``--resume``), or another
+                process is creating one there.
         """
+        from extune.locks import hold_folder
+
         name = settings.resolved_name()
         path = (Path(settings.out) / name).resolve()
         if (path / STUDY_META).exists():
@@ -75,6 +79,10 @@ class StudyDir:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the study folder {path}: {e.strerror}") from None
+        hold_folder(path, "study")  # claim, then look again: two studies of one name race here
+        if (path / STUDY_META).exists():
+            raise ConfigError(f"{path} already holds a study; pass --resume {path} to continue "
+                              "it or choose another --name")
         settings.base_config().save(path / "base_config.yaml")
         meta = {"name": name, "study_id": uuid.uuid4().hex,
                 "created": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "created",

@@ -93,8 +93,7 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     uri = resolve_tracking_uri(settings.tracking_uri)
     check_tracking_uri(uri)
     if resume is None:
-        sdir = StudyDir.create(settings)
-        hold_folder(sdir.path, "study")
+        sdir = StudyDir.create(settings)  # holds the folder's lock
         sdir.write_plan(planned)  # before the first trial
     tracker = study_tracker(sdir, uri)
     started = connect_ray(settings.address)
