@@ -25,6 +25,7 @@ from typing import Any
 from extune.files import atomic_write_text
 from extune.search.engine.resources import cluster_plan
 from extune.search.engine.trials import (
+    ARM,
     LABEL,
     RUN,
     config_label,
@@ -35,11 +36,7 @@ from extune.search.engine.trials import (
 from extune.search.settings import Objective
 from extune.train.config import Config
 
-__all__ = ["run_final_stage", "final_points", "HISTORY_KEYS", "ARM"]
-
-ARM = "_arm"
-"""Key of a final run's Tune config: the arm it belongs to when that is not its method (a
-control: ``excon-off``, whose method is ``supcon``)."""
+__all__ = ["run_final_stage", "final_points", "HISTORY_KEYS"]
 
 TEST_ACCURACY = Objective("accuracy", "test/accuracy", "max")
 

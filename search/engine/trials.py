@@ -22,8 +22,10 @@ __all__ = [
     "TRIAL_NUMBER",
     "LABEL",
     "RUN",
+    "ARM",
     "split_config",
     "config_label",
+    "config_arm",
     "trial_label",
     "trial_config",
     "planned_epochs",
@@ -43,6 +45,11 @@ RUN = "_run"
 grid over such dicts, one per method and seed); its keys join the config's own."""
 
 
+ARM = "_arm"
+"""Optional key of a Tune trial config: the arm of a study's final run when that is not its
+method (a control: ``excon-off`` trains ``supcon``)."""
+
+
 def split_config(config: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     """A Tune trial config -> (Optuna trial number, Config overrides).
 
@@ -58,6 +65,11 @@ def split_config(config: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
 def config_label(config: dict[str, Any]) -> str | None:
     """The :data:`LABEL` of a Tune trial config (top level or in its :data:`RUN` dict)."""
     return config.get(LABEL) or config.get(RUN, {}).get(LABEL)
+
+
+def config_arm(config: dict[str, Any]) -> str | None:
+    """The :data:`ARM` of a Tune trial config (top level or in its :data:`RUN` dict)."""
+    return config.get(ARM) or config.get(RUN, {}).get(ARM)
 
 
 def trial_label(number: int | None, trial_id: str | None = None,

@@ -20,6 +20,7 @@ from ray.tune import Callback
 
 from extune.errors import one_line
 from extune.search.engine.trials import (
+    config_arm,
     config_label,
     reported_metrics,
     split_config,
@@ -140,6 +141,9 @@ class MlflowCallback(Callback):
         method = overrides.get("method", self.base.get("method", ""))
         tags = {**self.tags, "extune.searched": ",".join(sorted(params)),
                 "extune.method": str(method), STATE_TAG: "running"}
+        arm = config_arm(trial.config)
+        if arm:  # a study's control: excon-off trains supcon
+            tags["extune.arm"] = arm
         if number is not None:
             tags["extune.optuna_trial"] = str(number)
         seed = overrides.get("runtime.seed", self.base.get("runtime", {}).get("seed"))

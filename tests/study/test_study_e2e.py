@@ -145,6 +145,8 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
         "excon-off-seed1", "excon-off-seed2", "excon-seed1", "excon-seed2", "supcon-seed1",
         "supcon-seed2"]
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in finals)
+    controls = [r for r in finals if r.data.tags.get("extune.arm") == "excon-off"]
+    assert len(controls) == 2 and {r.data.tags["extune.method"] for r in controls} == {"supcon"}
     assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics
                for r in finals)
     search_trials = [r for r in trials if r not in finals]
