@@ -1,4 +1,4 @@
-"""extune.evaluate: accuracy, calibration, robustness and explanation quality.
+"""extune.evaluate: accuracy, calibration, robustness, explanation quality and audit.
 
 The training loop calls :func:`evaluate_split`; the other functions are its building
 blocks, usable on their own. Metric names, formulas, ranges and directions are listed in
@@ -38,6 +38,12 @@ __all__ = [
     "explanation_scores",
     "localisation_scores",
     "saliency_grid",
+    "AUDIT_METRICS",
+    "AUDIT_SUMMARY",
+    "RANDOMISATION_THRESHOLD",
+    "AuditSettings",
+    "Audit",
+    "audit_scores",
     "MetricInfo",
     "metric_info",
 ]
@@ -56,6 +62,8 @@ _WHERE = {
     "corrupt": "corruptions", "make_corruption": "corruptions",
     "PixelSpaceModel": "robustness", "fgsm_attack": "robustness", "fgsm_accuracy": "robustness",
     "saliency_grid": "visualize",
+    "AUDIT_METRICS": "audit", "AUDIT_SUMMARY": "audit", "RANDOMISATION_THRESHOLD": "audit",
+    "AuditSettings": "audit", "Audit": "audit", "audit_scores": "audit",
 
     "MetricInfo": "metric_info", "metric_info": "metric_info",
 }
