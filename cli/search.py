@@ -197,6 +197,7 @@ def export(
 ) -> None:
     """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
     from extune.cli.train import warn_inactive
+    from extune.files import refuse_full_disk
     from extune.search.folder import SearchDir
     from extune.search.reporting.export import (
         epoch_settings,
@@ -204,20 +205,25 @@ def export(
         export_search,
         search_caveat,
     )
+    from extune.train.config import EPOCHS_MAX
 
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    if epochs is not None and epochs > EPOCHS_MAX:
+        raise ConfigError(f"--epochs must be <= {EPOCHS_MAX}, got {epochs}")
     if (search_dir is None) == (run is None):
         raise ConfigError("give either a SEARCH_DIR or --run RUN_ID")
     if run is not None:
         if select is not None:
             raise ConfigError("--select applies to a search folder, not to --run")
-        config, note = export_run(run, out, tracking_uri, epochs)
+        with refuse_full_disk(out, "the exported config"):
+            config, note = export_run(run, out, tracking_uri, epochs)
         echo(f"wrote {out} ({config.method}) from MLflow run {run}")
         if note:
             echo(("warning:", "bold yellow"), f" {note}")
     else:
-        config, record = export_search(search_dir, out, select, epochs)
+        with refuse_full_disk(out, "the exported config"):
+            config, record = export_search(search_dir, out, select, epochs)
         echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
         note = search_caveat(SearchDir.load(search_dir))
         if note:
@@ -248,8 +254,14 @@ def sync(
     else:
         jobs = search_journals(folder)
     result = sync_journals(jobs, timeout)
+    for journal, lines in result.unreadable.items():
+        echo(("warning:", "bold yellow"), f" {journal}: {len(lines)} line(s) could not be read "
+             f"(line {', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''}: cut "
+             "short when the process writing it was killed), so their write(s) cannot be "
+             "sent; the other writes are")
     if not result.folders:
-        echo(f"nothing to send: MLflow has every write of {folder}")
+        readable = " readable" if result.unreadable else ""
+        echo(f"nothing to send: MLflow has every{readable} write of {folder}")
         return
     for journal, (sent, pending) in result.folders.items():
         echo(f"{journal}: sent {sent} write(s)" + (f", {pending} still unsent" if pending

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -125,6 +126,7 @@ def study(
     from extune.study.settings import StudySettings
 
     given = option_values(locals(), _OPTION_NAMES)
+    _check_numbers(seed, search_seeds, final_epochs)
     planned = load_plan_file(plan) if plan is not None else None
     if resume is not None:
         refuse_with_resume([*given, *(["quick"] if quick else [])], _RESUME_OK, "study")
@@ -144,13 +146,36 @@ def study(
     _exit_on_failed_runs(result)
 
 
+def _check_numbers(seed: int | None, search_seeds: int | None, final_epochs: int | None
+                   ) -> None:
+    """The numbers the study's settings check only when a search or a final run starts:
+    every search's sampler seed (``seed .. seed + search_seeds - 1``) fits Optuna's 32 bits,
+    and the final runs' epochs are bounded as ``optim.epochs`` is.
+
+    Raises:
+        ConfigError: naming the option and its bounds.
+    """
+    from extune.search.settings import SAMPLER_SEED_MAX
+    from extune.train.config import EPOCHS_MAX
+
+    last = (seed or 0) + max(1, search_seeds or 1) - 1
+    if seed is not None and not 0 <= seed <= last <= SAMPLER_SEED_MAX:
+        raise ConfigError(f"--seed {seed}: the searches' sampler seeds {seed}..{last} must be "
+                          f"in [0, {SAMPLER_SEED_MAX}] (Optuna's samplers take 32-bit seeds)")
+    if final_epochs is not None and final_epochs > EPOCHS_MAX:
+        raise ConfigError(f"--final-epochs must be <= {EPOCHS_MAX}, got {final_epochs}")
+
+
 def _margin(metric: str, value: Any) -> Any:
-    """A ``--margin`` value as a number (validated with the other settings)."""
+    """A ``--margin`` value as a finite number (validated with the other settings)."""
     try:
-        return as_float(value)
+        number = as_float(value)
     except ValueError:
-        raise ConfigError(f"--margin {metric}={value}: the margin must be a number, e.g. "
-                          f"--margin {metric}=0.02") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise ConfigError(f"--margin {metric}={value}: the margin must be a finite number, "
+                          f"e.g. --margin {metric}=0.02")
+    return number
 
 
 def _exit_on_failed_runs(result: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shlex
 import time
@@ -134,10 +133,10 @@ def _say_interrupted(out: Path, resume: Path | None, command: _TrainCommand) -> 
     """After Ctrl-C (or SIGTERM): the command that continues the training from its last
     checkpoint, or, before the first one, that there is nothing to continue and the command
     that starts it again (:func:`_claimed` has removed what it wrote)."""
-    from extune.signals import terminated
+    from extune.signals import stop_words
     from extune.train.checkpoint import CHECKPOINT_NAME
 
-    what = "terminated (SIGTERM)" if terminated() else "interrupted"
+    what = stop_words()
     if (out / CHECKPOINT_NAME).is_file():
         echo((what, "bold red"), f"; continue with: {command.text(out)}", err=True)
     elif resume is not None:
@@ -352,7 +351,13 @@ def evaluate(
     tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Evaluate a checkpoint: accuracy, calibration, robustness, explanation quality."""
-    from extune.files import atomic_write_text, check_output_file
+    from extune.evaluate.metric_info import metrics_json
+    from extune.files import (
+        atomic_write_text,
+        check_free_space,
+        check_output_file,
+        refuse_full_disk,
+    )
     from extune.search.tracking.model import is_model_uri, model_slug
     from extune.train.progress import EpochProgress
     from extune.train.saved_model import evaluate_checkpoint, evaluation_path
@@ -363,11 +368,18 @@ def evaluate(
         out = Path(f"evaluation-{model_slug(checkpoint)}-{split}.json")
     out = out or evaluation_path(checkpoint, split)
     check_output_file(out, "the evaluation file (--out)", "evaluation.json")
+    check_free_space(out.parent, "the evaluation file (--out)", need=_OUTPUT_ROOM)
     with _local_checkpoint(checkpoint, tracking_uri) as local:
         metrics = evaluate_checkpoint(local, set_ or [], split, progress=EpochProgress())
-    atomic_write_text(out, json.dumps(metrics, indent=2))
+    with refuse_full_disk(out, "the evaluation file"):
+        atomic_write_text(out, metrics_json(metrics))  # NaN as null: JSON has no NaN
     _print_metrics(metrics, title=f"{split} metrics of {checkpoint}")
     echo(f"wrote {out}")
+
+
+_OUTPUT_ROOM = 2**20
+"""Free bytes ``evaluate`` and ``explain`` want for their file before they start the work (a
+JSON file, an image: far less)."""
 
 
 def explain(
@@ -385,11 +397,13 @@ def explain(
     tracking_uri: ModelStoreOpt = None,
 ) -> None:
     """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
-    from extune.files import check_output_file
+    from extune.files import check_free_space, check_output_file, refuse_full_disk
     from extune.train.saved_model import GRID_SUFFIXES, explain_checkpoint
 
     check_output_file(out, "the grid image (-o)", "grid.png", GRID_SUFFIXES)  # before a download
-    with _local_checkpoint(checkpoint, tracking_uri) as local:
+    check_free_space(out.parent, "the grid image (-o)", need=_OUTPUT_ROOM)
+    with _local_checkpoint(checkpoint, tracking_uri) as local, \
+            refuse_full_disk(out, "the grid image"):  # written whole or not at all
         path = explain_checkpoint(local, out, images=images, explainer=explainer, count=count,
                                   overrides=set_ or [])
     console.print(f"wrote {path}", highlight=False, markup=False)

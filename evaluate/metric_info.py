@@ -11,12 +11,13 @@ are the same metric; ``shift/...`` and ``adv/...`` keep their group (``test/shif
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["MetricInfo", "METRIC_INFO", "metric_info", "KINDS", "BOOKKEEPING", "split_key",
-           "SummaryRow", "summary_rows"]
+           "SummaryRow", "summary_rows", "metrics_json"]
 
 KINDS = ("classification", "calibration", "robustness", "explanations")
 """The kinds of evaluation metrics, in the order a summary shows them."""
@@ -72,6 +73,19 @@ METRIC_INFO: dict[str, MetricInfo] = {m.name: m for m in (
     _info("insertion_auc", True, "insertion AUC", "explanations"),
     _info("pointing_game", True, "saliency maximum inside the mask", "explanations"),
     _info("saliency_in_mask", True, "saliency mass inside the mask", "explanations"),
+    # the explanation audit (extune.evaluate.audit; docs/metrics.md, "Explanation audit")
+    _info("randomisation_similarity", False, "rank correlation after randomising the model",
+          "explanations", low=-1.0),
+    _info("randomisation_pass", True, "randomisation test passed (1) or failed (0)",
+          "explanations"),
+    _info("random_logit_similarity", False, "rank correlation with another class's map",
+          "explanations", low=-1.0),
+    _info("max_sensitivity", False, "max-sensitivity", "explanations", high=math.inf),
+    _info("avg_sensitivity", False, "avg-sensitivity", "explanations", high=math.inf),
+    _info("sparseness", True, "Gini index of the map", "explanations"),
+    _info("effective_complexity", False, "pixels above eps", "explanations", high=math.inf),
+    _info("faithfulness_correlation", True, "faithfulness correlation", "explanations",
+          low=-1.0),
 )}
 """Every metric of :func:`extune.evaluate.evaluate_split` (per-corruption keys aside: they
 take the direction of their last part)."""
@@ -188,3 +202,20 @@ def _corruption_rows(keys: list[str], split: dict[str, tuple[str | None, str]]
                  for s in SPLITS if any((s, m) in by for m in ("accuracy", "ece"))}
         rows.append(SummaryRow("per corruption", corruption, cells))
     return rows
+
+
+def metrics_json(metrics: object) -> str:
+    """Metrics (a mapping, lists of mappings) as JSON text, a value that is not a finite number
+    (NaN: a metric without a sample to measure; infinity) written as ``null``: JSON has no NaN,
+    and strict readers (``jq``, JavaScript, Go) refuse Python's bare ``NaN`` token."""
+
+    def finite(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(metrics), indent=2, allow_nan=False)

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from extune.files import atomic_writer
+
 __all__ = ["saliency_grid", "overlay"]
 
 
@@ -145,8 +147,8 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
                 va="bottom", multialignment="center")
     if heading:
         fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_writer(path) as f:  # whole or not at all (a full disk leaves no empty file)
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png")
     return path
 
 

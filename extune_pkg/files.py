@@ -28,7 +28,8 @@ from extune.errors import ConfigError, DiskFullError
 
 __all__ = ["atomic_writer", "atomic_write_text", "check_writable", "check_output_file",
            "check_output_folder", "folder_kind", "OWN_NAMES", "read_text_file", "is_disk_full",
-           "free_bytes", "check_free_space", "MIN_FREE_BYTES"]
+           "free_bytes", "check_free_space", "MIN_FREE_BYTES", "check_path_length",
+           "refuse_full_disk"]
 
 MIN_FREE_BYTES = 64 * 2**20
 """Free space a search or a training wants on the disks it writes to: below it a search stops
@@ -80,6 +81,30 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def _path_limits() -> tuple[int, int]:
+    """The longest path and file name this system takes (Linux: 4096 and 255 bytes)."""
+    try:
+        return os.pathconf("/", "PC_PATH_MAX"), os.pathconf("/", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX
+        return 4096, 255
+
+
+def check_path_length(path: str | Path, what: str, fix: str = "choose a shorter path") -> None:
+    """``path`` (made absolute) is no longer than the system takes, nor any of its names: the
+    system refuses it in every call (``File name too long``), first where extune looks at it.
+
+    Raises:
+        ConfigError: naming ``what``, the lengths and ``fix``.
+    """
+    longest, longest_name = _path_limits()
+    full = os.fsencode(os.path.abspath(os.path.expanduser(str(path))))
+    name = max(full.split(b"/"), key=len)
+    if len(full) >= longest or len(name) > longest_name:
+        too = (f"is {len(full)} bytes long (at most {longest - 1})" if len(full) >= longest
+               else f"has a name of {len(name)} bytes (at most {longest_name})")
+        raise ConfigError(f"{what} {str(path)[:60]}... {too}; {fix}")
+
+
 def check_writable(path: str | Path, what: str = "folder",
                    fix: str = "choose a writable location") -> None:
     """Check, without creating anything, that files can be written in the folder ``path``.
@@ -91,6 +116,7 @@ def check_writable(path: str | Path, what: str = "folder",
     Raises:
         ConfigError: naming ``what``, the folder, the reason and ``fix`` (what to do).
     """
+    check_path_length(path, what, fix)
     target = Path(path).expanduser().absolute()
     existing = target
     while not existing.exists() and existing != existing.parent:
@@ -205,8 +231,9 @@ def check_output_file(out: str | Path, what: str, example: str,
     Raises:
         ConfigError: naming ``what`` and an ``example`` file name.
     """
-    out = Path(out)
     fix = f"give another file to write, e.g. {example}"
+    check_path_length(out, what, fix)
+    out = Path(out)
     special = _not_regular(out)
     if special is not None:
         raise ConfigError(f"{what} {out} is {special}; extune replaces only regular files: "
@@ -232,6 +259,7 @@ def check_output_folder(out: str | Path, what: str, fix: str = "choose another f
     Raises:
         ConfigError: naming ``what``, the path and ``fix``.
     """
+    check_path_length(out, what, fix)
     out = Path(out)
     if not out.is_dir():
         special = _not_regular(out)
@@ -260,6 +288,26 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+@contextmanager
+def refuse_full_disk(out: str | Path, what: str) -> Iterator[None]:
+    """Turn a write of ``out`` that a full disk stops (:func:`is_disk_full`) into one line:
+    what was not written and what to do (the atomic writes leave no part of it behind).
+
+    Raises:
+        DiskFullError: naming ``what``, the file and its folder's free space.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        folder = Path(out).expanduser().absolute().parent
+        free = free_bytes(folder)
+        left = f" ({_size(free)} free)" if free is not None else ""
+        raise DiskFullError(f"the disk of {folder} is full{left}: {what} {out} was not "
+                            "written; free some space and run the command again") from None
 
 
 def free_bytes(path: str | Path) -> int | None:

@@ -300,10 +300,46 @@ def _check_sqlite_writable(uri: str) -> None:
         raise ServiceError(f"cannot write the MLflow store {path} ({e}); {hint}") from None
 
 
+def _check_sqlite_readable(path: Path) -> None:
+    """An existing SQLite store reads: a SQLite file, whole (not shorter than its pages say),
+    not locked by a writer for seconds. Read-only and cheap (its first page and schema), so
+    MLflow does not fail later with SQLAlchemy's traceback.
+
+    Raises:
+        ServiceError: naming the store, what SQLite said, and what to do.
+    """
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            size = con.execute("PRAGMA page_count").fetchone()[0] * \
+                con.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise ServiceError(f"the MLflow store {path} is locked by another process (SQLite: "
+                               f"{e}); try again when it is done, or pass another "
+                               "--tracking-uri") from None
+        raise ServiceError(f"the MLflow store {path} cannot be read (SQLite: {e}): it is "
+                           "damaged or not an MLflow store; restore it from a backup, or pass "
+                           "another --tracking-uri") from None
+    wal = path.with_name(path.name + "-wal")
+    if size > path.stat().st_size and not wal.exists():
+        raise ServiceError(f"the MLflow store {path} is cut short ({path.stat().st_size} of "
+                           f"{size} bytes): restore it from a backup, or pass another "
+                           "--tracking-uri")
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """The tracking URI (``None``: :data:`DEFAULT_TRACKING_URI`) with a relative SQLite path or
     a bare folder made absolute, so that a search resumes (and exports) from any folder."""
+    from extune.files import check_path_length
+
     uri = uri or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        check_path_length(uri[len("sqlite:///"):], "the MLflow store of --tracking-uri",
+                          "choose a store with a shorter path")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
         uri = f"sqlite:///{path}"
@@ -327,6 +363,7 @@ def existing_store(uri: str | None) -> str:
             raise ServiceError(f"no MLflow store at {Path(given).expanduser()}; pass "
                                "--tracking-uri (the one the search used)"
                                f"{tracking_env_note(uri, resolved)}")
+        _check_sqlite_readable(path)
         return resolved
     check_tracking_uri(resolved, write=False)
     return resolved

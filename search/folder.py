@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extune.errors import ConfigError
+from extune.errors import ConfigError, one_line
 from extune.files import atomic_write_text
 from extune.locks import lock_folder, unlock_folder
 from extune.search.reporting.results import TrialRecord, records_from_study, select_trial
@@ -114,6 +116,7 @@ class SearchDir:
         except (OSError, ValueError):
             raise ConfigError(f"{path} is not a search folder (no readable {META_NAME}); pass "
                               "the folder `extune search` printed") from None
+        _check_meta(path, meta)
         return cls(path, meta)
 
     def save(self) -> None:
@@ -145,7 +148,15 @@ class SearchDir:
 
     @property
     def settings(self) -> SearchSettings:
-        return SearchSettings.from_dict(self.meta["settings"])
+        try:
+            return SearchSettings.from_dict(self.meta["settings"])
+        except ConfigError as e:
+            raise ConfigError(f"{self.path / META_NAME}: its settings are not valid ({e}); "
+                              f"{_NOT_A_SEARCH_FIX}") from None
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type
+            raise ConfigError(f"{self.path / META_NAME}: its settings are not what extune "
+                              f"writes ({type(e).__name__}: {one_line(e, 200)}); "
+                              f"{_NOT_A_SEARCH_FIX}") from None
 
     @property
     def objectives(self) -> list[Objective]:
@@ -177,23 +188,133 @@ class SearchDir:
         return get_space(self.meta["space_name"])
 
     def study(self) -> Any:
-        """The Optuna study (read from ``optuna.db``)."""
+        """The Optuna study (read from ``optuna.db``).
+
+        Raises:
+            ConfigError: the search never started a trial, or its study is missing or damaged
+                (:meth:`study_problem`; the message says what can still be done).
+        """
         import optuna
 
+        problem = self.study_problem()
+        if problem is not None:
+            raise self.damaged(problem)
+        url = self.meta["optuna_storage"]
+        never = ConfigError(f"{self.path} has no Optuna study yet (the search never started a "
+                            "trial)")
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+            raise never  # Optuna would create the file
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            return optuna.load_study(study_name=self.name, storage=self.meta["optuna_storage"])
+            return optuna.load_study(study_name=self.name, storage=url)
         except KeyError:
-            raise ConfigError(f"{self.path} has no Optuna study yet (the search never started "
-                              "a trial)") from None
+            raise never from None
 
     def records(self) -> list[TrialRecord]:
         return records_from_study(self.study(), self.objectives)
+
+    # ------------------------------------------------------------------ damage
+    def ray_started(self) -> bool:
+        """Whether Ray saved anything of this search (``tuner.pkl`` or an experiment state in
+        a local experiment folder; a bucket's is taken as saved)."""
+        if "://" in self.experiment_path:
+            return True
+        folder = Path(self.experiment_path)
+        return (folder / "tuner.pkl").exists() or any(folder.glob("experiment_state-*.json"))
+
+    def study_problem(self) -> str | None:
+        """Why the Optuna study file cannot be used (``None`` when it can, or when the search
+        never got as far as making it): missing once Ray has saved the search, not SQLite, cut
+        short, or without this search's study. Read with SQLite's read-only mode: nothing is
+        created or changed."""
+        url = self.meta["optuna_storage"]
+        if not url.startswith("sqlite:///"):
+            return None
+        path = Path(url[len("sqlite:///"):])
+        if not path.is_file():
+            return f"its Optuna study {path} is missing" if self.ray_started() else None
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                check = db.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    return f"its Optuna study {path} is damaged (SQLite: {one_line(check, 120)})"
+                found = db.execute("SELECT COUNT(*) FROM studies WHERE study_name = ?",
+                                   (self.name,)).fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                raise ConfigError(f"the Optuna study {path} is locked by another process (a "
+                                  "search still running?); try again when it ends") from None
+            return f"its Optuna study {path} cannot be read (SQLite: {one_line(e, 120)})"
+        except sqlite3.DatabaseError as e:  # not a database, malformed
+            return f"its Optuna study {path} cannot be read (SQLite: {one_line(e, 120)})"
+        if not found:
+            return f"its Optuna study {path} holds no study named {self.name}"
+        return None
+
+    def complete_trials(self) -> int | None:
+        """Complete trials in the Optuna study (``None`` when it cannot be read)."""
+        if self.study_problem() is not None:
+            return None
+        try:
+            return sum(r.state == "complete" for r in self.records())
+        except ConfigError:
+            return None
+
+    def damaged(self, what: str) -> ConfigError:
+        """The error of a search whose saved state is damaged: ``what``, and what can still be
+        done with it (:meth:`what_remains`)."""
+        return ConfigError(f"search {self.path} is damaged: {what}, so {self.what_remains()}")
+
+    def what_remains(self) -> str:
+        """What can be done with a search that cannot be resumed: export its complete trials
+        from the folder, or from MLflow when the folder's study is gone; start a new search."""
+        complete = self.complete_trials()
+        if complete is None:
+            return (f"it cannot be resumed or exported from its folder; its trials stay in "
+                    f"MLflow ({self.meta['tracking_uri']}): extune ui --search {self.name} "
+                    "lists them, extune export --run <run id> exports one; or start a new "
+                    "search")
+        if complete:
+            return (f"it cannot be resumed; its {complete} complete trial(s) can still be "
+                    f"exported: extune export {self.path} (the best so far); or start a new "
+                    "search")
+        return "it cannot be resumed and has no complete trial to export; start a new search"
 
 
 CLAIM_NAME = ".extune_search"
 """Created exclusively (``O_EXCL``) in a new search folder: of two searches started at once
 with the same ``--out`` and ``--name``, exactly one gets the folder."""
+
+_NOT_A_SEARCH_FIX = ("extune writes that file itself: pass the folder `extune search` printed, "
+                     "or start a new search")
+
+_META_TYPES = {"name": str, "search_id": str, "status": str, "settings": dict,
+               "tracking_uri": str, "optuna_storage": str, "experiment_path": str}
+"""The entries of ``search.json`` that resume and export read, and their types."""
+
+
+def _check_meta(path: Path, meta: Any) -> None:
+    """``search.json`` has the shape extune writes (a failed search's marker needs only its
+    status and error: :meth:`SearchDir.refuse_failed` reads it).
+
+    Raises:
+        ConfigError: naming the first entry missing or of the wrong type.
+    """
+    where = path / META_NAME
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where} holds a {type(meta).__name__}, not the mapping extune "
+                          f"writes; {_NOT_A_SEARCH_FIX}")
+    if meta.get("status") == "failed":
+        return
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind):
+            found = "is missing" if key not in meta else f"is a {type(meta[key]).__name__}"
+            raise ConfigError(f"{where}: its entry '{key}' {found} (a {kind.__name__} is "
+                              f"expected); {_NOT_A_SEARCH_FIX}")
+    experiment = meta["experiment_path"]
+    if "://" not in experiment and not Path(experiment).is_absolute():
+        raise ConfigError(f"{where}: its entry 'experiment_path' ({experiment}) is not an "
+                          f"absolute path or a bucket URI; {_NOT_A_SEARCH_FIX}")
 
 
 def refuse_taken_name(settings: SearchSettings) -> None:

@@ -204,6 +204,10 @@ class SearchSettings:
             ConfigError: the first bad setting, in one line.
         """
         require(self.trials >= 1, f"--trials must be >= 1, got {self.trials}")
+        require(self.trials <= TRIALS_MAX, f"--trials must be <= {TRIALS_MAX}, got "
+                f"{self.trials}")
+        require(0 <= self.seed <= SAMPLER_SEED_MAX, f"--seed must be in [0, "
+                f"{SAMPLER_SEED_MAX}] (Optuna's samplers take 32-bit seeds), got {self.seed}")
         require(self.max_concurrent is None or self.max_concurrent >= 1,
                f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         require(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
@@ -319,6 +323,13 @@ class SearchSettings:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
+
+TRIALS_MAX = 100_000
+"""Most trials of one search: a bound of typing mistakes (Ray Tune keeps every trial in the
+driver's memory, about 0.3 MB each: docs/reliability.md, "Load")."""
+
+SAMPLER_SEED_MAX = 2**32 - 1
+"""Largest ``--seed``: Optuna's samplers seed NumPy's legacy generator, which takes 32 bits."""
 
 GIVEN_KEYS = ("data.root", "data.cache_dir", "runtime.progress")
 """The keys a search's base config changes for its trials (:meth:`SearchSettings.base_config`);

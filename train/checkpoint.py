@@ -51,7 +51,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     hint = "pass the checkpoint.pt of an extune run"
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused a Python object
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # random bytes, a plain pickle
+            raise ExtuneError(f"cannot read checkpoint {file}: it is not a torch file; "
+                              f"{hint}") from None
         raise ExtuneError(f"{file} is not an extune checkpoint: it holds Python objects that "
                           f"extune does not load (they could run code); {hint}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
@@ -61,4 +64,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise ExtuneError(f"{file} is not an extune checkpoint (no {', '.join(missing)} "
                           f"entries); {hint}")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not weights or \
+            not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ExtuneError(f"{file} is not an extune checkpoint: its model entry holds no "
+                          f"weights; {hint}")
+    if not isinstance(state["config"], dict):
+        raise ExtuneError(f"{file} is not an extune checkpoint: its config entry is not a "
+                          f"mapping of settings; {hint}")
     return state

@@ -91,9 +91,14 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that reads exponent floats without a dot (``1e-3``) as numbers.
 
     Every YAML extune reads (config files, ``--set`` values, space files, MLflow params) goes
-    through it. Raises ``yaml.YAMLError`` as ``yaml.safe_load`` does.
+    through it. Raises ``yaml.YAMLError`` as ``yaml.safe_load`` does, also for text nested
+    deeper than Python's recursion limit allows PyYAML to read (a ``RecursionError``).
     """
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("its lists or mappings are nested too deeply to read (hundreds "
+                             "of levels); no extune file nests more than a few") from None
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -135,6 +140,14 @@ def _num(default: Any, low: float | None = None, high: float | None = None, **kw
 
 SEED_MAX = 2**63 - 1
 """Largest seed: torch and NumPy generators take 64-bit seeds, Ray and JSON readers 63-bit."""
+
+THREADS_MAX = 1024
+"""Most torch CPU threads (``runtime.threads``): far above any machine's cores, far below what
+crashes OpenMP (50000 threads segfaulted, 2**31 - 1 aborted libgomp, 10**11 overflowed)."""
+
+EPOCHS_MAX = 100_000
+"""Most epochs of a training (``optim.epochs``, its warm-up): a bound of typing mistakes
+(10**20 was accepted and would never end)."""
 
 
 def _all_corruptions() -> list[str]:
@@ -178,13 +191,13 @@ class ModelConfig:
 class OptimConfig:
     """SGD with momentum and a cosine schedule."""
 
-    epochs: int = _num(10, 1)
+    epochs: int = _num(10, 1, EPOCHS_MAX)
     batch_size: int = _num(128, 2)
     lr: float = _num(0.1, 0.0, low_open=True)
     probe_lr: float | None = _num(None, 0.0, low_open=True)  # online linear probe; None: optim.lr
     momentum: float = _num(0.9, 0.0, 1.0, high_open=True)
     weight_decay: float = _num(1e-4, 0.0)
-    warmup_epochs: int = _num(0, 0)  # linear learning-rate warm-up before the cosine decay
+    warmup_epochs: int = _num(0, 0, EPOCHS_MAX)  # linear warm-up before the cosine decay
     label_smoothing: float = _num(0.0, 0.0, 1.0, high_open=True)  # ce only
 
 
@@ -268,7 +281,7 @@ class RuntimeConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
-    threads: int | None = _num(None, 1)  # torch CPU threads; None: torch's default
+    threads: int | None = _num(None, 1, THREADS_MAX)  # torch CPU threads; None: torch's default
     progress: bool = True  # progress bar per epoch
 
 

@@ -119,11 +119,24 @@ def load_data(cfg: DataConfig) -> DataSplits:
     order = _stratified_order(full.labels, cfg.split_seed)
     val = full.subset(order[:n_val].sort().values)
     train = full.subset(order[n_val:].sort().values)
+    _warn_one_class(val, len(decoded.classes), cfg)
     if cfg.limit is not None and cfg.limit < len(train):
         keep = _stratified_order(train.labels, cfg.split_seed + 1)[: cfg.limit]
         train = train.subset(keep.sort().values)
     mean, std = channel_stats(train.images)
     return DataSplits(train, val, decoded.test, list(decoded.classes), mean, std)
+
+
+def _warn_one_class(val: ImageSet, num_classes: int, cfg: DataConfig) -> None:
+    """One warning when the validation split holds a single class: any model scores accuracy
+    1.0 or 0.0 on it, so it cannot tell trials apart (a set with one image per class)."""
+    seen = int(torch.unique(val.labels).numel())
+    if seen < 2 <= num_classes:
+        warnings.warn(f"{cfg.name}: the validation split holds {len(val)} image(s) of 1 of the "
+                      f"{num_classes} classes (data.val_fraction={cfg.val_fraction:g} of the "
+                      "training images), so its accuracy cannot tell models apart (1.0 or 0.0 "
+                      "for any model); add images to each class or raise data.val_fraction",
+                      stacklevel=3)
 
 
 def _stratified_order(labels: Tensor, seed: int) -> Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -17,6 +16,7 @@ from torch import Tensor
 from extune.augment import Explainer
 from extune.errors import DiskFullError, ExtuneError, one_line
 from extune.evaluate import evaluate_split
+from extune.evaluate.metric_info import metrics_json
 from extune.evaluate.suite import Part
 from extune.files import (
     atomic_write_text,
@@ -424,4 +424,4 @@ def _restore(state: _State, ckpt: dict, resume: str | Path) -> None:
 
 def _write_metrics(state: _State, final: dict[str, float]) -> None:
     payload = {"final": final, "history": state.history}
-    atomic_write_text(state.out_dir / "metrics.json", json.dumps(payload, indent=2))
+    atomic_write_text(state.out_dir / "metrics.json", metrics_json(payload))  # NaN: null

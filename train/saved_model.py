@@ -37,7 +37,11 @@ def model_from_checkpoint(ckpt: dict, checkpoint: str | Path,
     """:func:`load_model` of a checkpoint already read (``checkpoint`` names it in errors)."""
     cfg = validate_config(Config.from_dict(ckpt["config"]).with_overrides(
         parse_assignments(overrides or [])))
-    num_classes = ckpt["model"]["classifier.weight"].shape[0]
+    classifier = ckpt["model"].get("classifier.weight")
+    if classifier is None or classifier.dim() != 2:
+        raise ExtuneError(f"checkpoint {checkpoint} holds no classifier weights "
+                          "(classifier.weight); pass the checkpoint.pt of an extune run")
+    num_classes = classifier.shape[0]
     model = config_model(cfg, num_classes)
     try:
         model.load_state_dict(ckpt["model"])

@@ -30,14 +30,15 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 from ray.tune import Callback
 
-from extune.errors import DiskFullError, ExtuneError
-from extune.files import MIN_FREE_BYTES, free_bytes
+from extune.errors import ConfigError, DiskFullError, ExtuneError, one_line
+from extune.files import MIN_FREE_BYTES, check_writable, free_bytes
 from extune.search.folder import SearchDir
 from extune.search.tracking.parent import mark_interrupted
 
 __all__ = ["DiskGuard", "full_disk", "reset", "repair_error_files", "watched_folders",
            "raise_if_disk_full", "ray_storage", "WholeFilesSystem", "restore_tuner",
-           "check_experiment_state"]
+           "check_experiment_state", "check_resumable", "check_storage", "ray_state_problem",
+           "pickle_problem", "RestoreFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -225,36 +226,203 @@ def check_experiment_state(experiment_path: str) -> None:
     read (Ray would log it and silently start the experiment over, its trials forgotten).
 
     Raises:
-        ExtuneError: when the state file is cut short or not JSON.
+        ExtuneError: when the state file is cut short, not JSON or not Ray's mapping.
     """
+    problem = experiment_state_problem(experiment_path)
+    if problem is not None:
+        raise ExtuneError(f"{problem}, so its trials cannot be resumed; the finished ones stay "
+                          f"in MLflow and in {experiment_path}: start a new search")
+
+
+def experiment_state_problem(experiment_path: str) -> str | None:
+    """Why Ray's newest experiment state in a local ``experiment_path`` cannot be restored
+    (``None``: it reads, or there is none): not JSON, or not the mapping of trials and runner
+    data Ray writes (Ray fails on it and starts the experiment over)."""
     if "://" in experiment_path:
-        return
+        return None
     from ray.tune.execution.tune_controller import TuneController
 
     states = sorted(Path(experiment_path).glob(TuneController.CKPT_FILE_TMPL.format("*")))
     if not states:
-        return
+        return None
     try:
-        json.loads(states[-1].read_text())
+        state = json.loads(states[-1].read_text())
     except (ValueError, OSError) as e:
-        raise ExtuneError(
-            f"Ray's state of this search, {states[-1]}, cannot be read ({type(e).__name__}: "
-            f"{e}), so its trials cannot be resumed; the finished ones stay in MLflow and in "
-            f"{experiment_path}: start a new search") from None
+        return (f"Ray's state of this search, {states[-1]}, cannot be read "
+                f"({type(e).__name__}: {one_line(e, 200)})")
+    if not (isinstance(state, dict) and isinstance(state.get("trial_data"), list)
+            and isinstance(state.get("runner_data"), dict)):
+        return (f"Ray's state of this search, {states[-1]}, is not Ray's record of the trials "
+                "(no trial_data and runner_data)")
+    return None
 
 
-def restore_tuner(experiment_path: str, trainable: Any) -> Any:
-    """``Tuner.restore`` of the experiment in ``experiment_path`` after a check that it can be
-    read, with the trials' error files a full disk cut short removed, and the partial files
-    of writes it stopped."""
+RAY_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json",
+               "basic-variant-state-*.json")
+"""Ray's pickled state of an experiment (the ``.json`` ones are pickles too); the newest of
+each pattern is what a restore reads."""
+
+
+def pickle_problem(path: Path) -> str | None:
+    """Why the pickle ``path`` is not whole (``None``: it is): empty, cut short, or not a
+    pickle. Checked by walking its opcodes (``pickletools``), which runs none of its code."""
+    import pickletools
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    if not data:
+        return f"{path} is empty"
+    try:
+        ops = list(pickletools.genops(data))
+    except ValueError as e:
+        return f"{path} is cut short or not a pickle ({one_line(e, 120)})"
+    if not ops or ops[-1][0].name != "STOP":
+        return f"{path} is cut short ({len(data)} bytes, no end)"
+    return None
+
+
+def ray_state_problem(experiment_path: str) -> str | None:
+    """Why Ray cannot restore the experiment saved in a local ``experiment_path`` (``None``:
+    its files read, or there is no local folder to look at): the newest of each of
+    :data:`RAY_PICKLES` whole, the newest experiment state readable
+    (:func:`experiment_state_problem`), and no experiment state without ``tuner.pkl`` or a
+    ``tuner.pkl`` without one."""
+    if "://" in experiment_path or not Path(experiment_path).is_dir():
+        return None
+    folder = Path(experiment_path)
+    has_tuner = (folder / "tuner.pkl").exists()
+    has_state = any(folder.glob("experiment_state-*.json"))
+    if has_state and not has_tuner:
+        return f"Ray's {folder / 'tuner.pkl'} is missing (Ray would start the search over)"
+    if has_tuner and not has_state:
+        return f"Ray's experiment state (experiment_state-*.json) is missing from {folder}"
+    if any(folder.glob("search_gen_state-*.json")) and \
+            not any(folder.glob("searcher-state-*.pkl")):
+        return f"Ray's Optuna searcher state (searcher-state-*.pkl) is missing from {folder}"
+    for pattern in RAY_PICKLES:
+        found = sorted(folder.glob(pattern))
+        problem = pickle_problem(found[-1]) if found else None
+        if problem is not None:
+            return f"Ray's {problem}"
+    return experiment_state_problem(experiment_path)
+
+
+def check_storage(storage: str | None, fix: str = "pass another --storage") -> None:
+    """Before Ray starts: ``--storage`` can take the trials' results. A local path (or a
+    ``file://`` URI) must be writable (:func:`~extune.files.check_writable`); a bucket URI
+    must answer through pyarrow, as Ray reaches it (Ray would fail with a traceback once the
+    search folder exists).
+
+    Raises:
+        ConfigError: naming ``--storage``, why, and ``fix``.
+    """
+    if not storage:
+        return
+    if "://" not in storage or storage.startswith("file://"):
+        local = storage[len("file://"):] if storage.startswith("file://") else storage
+        check_writable(local, "the trial storage (--storage)", fix)
+        return
+    import pyarrow
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+        filesystem.get_file_info(path)  # reaches the bucket: a missing one fails here
+    except (OSError, ValueError, pyarrow.ArrowException) as e:
+        raise ConfigError(f"--storage {storage} cannot be reached ({one_line(e, 200)}); check "
+                          f"the bucket's name, the credentials and the network, or {fix}"
+                          ) from None
+
+
+def check_resumable(sdir: SearchDir) -> None:
+    """Before Ray starts on ``--resume``: the search's saved state can be restored. Its
+    Optuna study reads (:meth:`~extune.search.folder.SearchDir.study_problem`) and Ray's files
+    are whole (:func:`ray_state_problem`); a study that holds trials without Ray's state
+    (``tuner.pkl`` deleted) is refused too, since Ray would start over and run ``--trials``
+    more beside them. Never a hang, a silent start-over or a false "interrupted".
+
+    Raises:
+        ConfigError: naming the damaged piece and what can still be done
+            (:meth:`~extune.search.folder.SearchDir.damaged`).
+    """
+    check_storage(sdir.settings.storage, "make it reachable again: the search's trials are "
+                  "there (or start a new search)")
+    problem = sdir.study_problem() or ray_state_problem(sdir.experiment_path)
+    folder = Path(sdir.experiment_path)
+    if problem is None and sdir.ray_started() and "://" not in sdir.experiment_path and \
+            not any(folder.glob("search_gen_state-*.json")):
+        problem = (f"Ray's searcher state (search_gen_state-*.json) is missing from {folder} "
+                   "(Ray would sample trials again from the start)")
+    if problem is None and not sdir.ray_started() and _study_has_trials(sdir):
+        problem = (f"Ray's state of it is missing from {folder} (Ray would start the search "
+                   "over beside the trials its Optuna study holds)")
+    if problem is not None:
+        raise sdir.damaged(problem)
+
+
+def _study_has_trials(sdir: SearchDir) -> bool:
+    url = sdir.meta["optuna_storage"]
+    if not url.startswith("sqlite:///") or not Path(url[len("sqlite:///"):]).is_file():
+        return False
+    return bool(sdir.study().get_trials(deepcopy=False))
+
+
+class RestoreFailed(logging.Filter):
+    """Ray's restore logs "Failed to restore the run state" and starts the experiment over
+    (its trials forgotten; with a searcher left half restored it hangs, deaf to SIGTERM): this
+    filter on Ray's controller logger raises instead, so the search stops in one line.
+    A logging filter is the one place Ray lets a caller act between the failure and the
+    start-over (``TuneController.__init__`` catches the error and goes on)."""
+
+    def __init__(self, then: str) -> None:
+        super().__init__()
+        self.then = then
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            error = record.exc_info[1] if record.exc_info else None
+            why = f" ({type(error).__name__}: {one_line(error, 200)})" if error else ""
+            raise ExtuneError(f"Ray could not restore this search's state{why}; "
+                              f"{self.then}") from None
+        return True
+
+
+_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+def restore_tuner(experiment_path: str, trainable: Any,
+                  then: str = "start a new search") -> Any:
+    """``Tuner.restore`` of the experiment in ``experiment_path`` after a check that its files
+    can be read (:func:`ray_state_problem`), with the trials' error files a full disk cut
+    short removed, and the partial files of writes it stopped. A restore Ray cannot do stops
+    the search in one line (:class:`RestoreFailed`) that ends with ``then`` (what can still
+    be done), never a start-over.
+
+    Raises:
+        ExtuneError: the state cannot be read or restored.
+    """
+    import pickle
+
     from ray import tune
 
-    check_experiment_state(experiment_path)
+    problem = ray_state_problem(experiment_path)
+    if problem is not None:
+        raise ExtuneError(f"{problem}, so its trials cannot be resumed; {then}")
     repair_error_files(experiment_path)
     if "://" not in experiment_path:
         for partial in Path(experiment_path).rglob(".*.partial"):
             partial.unlink(missing_ok=True)
+    logger = logging.getLogger(_CONTROLLER_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, RestoreFailed)]:
+        logger.removeFilter(old)
+    logger.addFilter(RestoreFailed(then))
     storage = ray_storage(experiment_path)
-    return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                              resume_errored=False,
-                              storage_filesystem=storage.get("storage_filesystem"))
+    try:
+        return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False,
+                                  storage_filesystem=storage.get("storage_filesystem"))
+    except (pickle.UnpicklingError, ImportError, AttributeError, EOFError) as e:
+        raise ExtuneError(f"Ray's {experiment_path}/tuner.pkl cannot be loaded "
+                          f"({type(e).__name__}: {one_line(e, 200)}); {then}") from None

@@ -152,6 +152,7 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
     base, check = reconcile_fixed(settings, base, space, check)
     _check_services(settings, settings.resolved_tracking_uri())
     check_writable(settings.out, "search folders in --out")
+    disk.check_storage(settings.storage)
     check_free_space(settings.out, "search folders in --out")
     check_free_space(tempfile.gettempdir(), "the temporary folder trials train in")
     refuse_taken_name(settings)
@@ -165,8 +166,12 @@ def run_search(settings: SearchSettings | None = None, *, resume: str | Path | N
 def _resume(sdir: SearchDir, address: str | None, *, start: float, callbacks: list[Any],
             stop: Any) -> SearchResult:
     """Finish the search of a folder whose lock this process holds (as :func:`run_search`)."""
+    from extune.search.engine import disk
+
     sdir.refuse_failed("start a new one")
     settings = sdir.settings
+    if sdir.meta["status"] != "finished":
+        disk.check_resumable(sdir)  # before Ray: damage is named, never restarted
     settings.address = address or settings.address
     _check_services(settings, sdir.meta["tracking_uri"])
     if sdir.meta["status"] == "finished":
@@ -295,7 +300,7 @@ def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: 
     if resumed and tune.Tuner.can_restore(sdir.experiment_path):
         from extune.search.engine.disk import restore_tuner
 
-        return restore_tuner(sdir.experiment_path, trainable)
+        return restore_tuner(sdir.experiment_path, trainable, then=sdir.what_remains())
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -300,9 +300,34 @@ def run_page(experiment_id: str, run_id: str) -> str:
 
 
 def mlflow_client(uri: str) -> Any:
-    """An ``MlflowClient`` with MLflow's and alembic's INFO logging (table creation) silenced."""
+    """An ``MlflowClient`` with MLflow's and alembic's INFO logging (table creation) silenced,
+    and its SQL errors logged in one line (:class:`SqlErrorOneLine`)."""
     from mlflow import MlflowClient
 
     for name in ("mlflow", "alembic"):  # after the import: mlflow sets its levels on import
         logging.getLogger(name).setLevel(logging.WARNING)
+    logger = logging.getLogger(_SQL_ERROR_LOGGER)
+    if not any(isinstance(f, SqlErrorOneLine) for f in logger.filters):
+        logger.addFilter(SqlErrorOneLine())
     return MlflowClient(tracking_uri=uri)
+
+
+_SQL_ERROR_LOGGER = "mlflow.store.db.utils"
+"""MLflow's logger of the SQL errors of a database store, each with a 60-line traceback."""
+
+
+class SqlErrorOneLine(logging.Filter):
+    """MLflow logs every SQL error of its store with the traceback, then raises it: a store
+    that is locked for a while (another process writing) printed four such tracebacks during
+    one ``extune train``. Its ``database is locked`` is left out (the writer of the journal
+    retries, and says once that tracking is behind), any other error is one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        if "database is locked" in str(error):
+            return False
+        record.msg, record.args = f"MLflow's store: {one_line(error, 200)}", None
+        record.exc_info = record.exc_text = None
+        return True

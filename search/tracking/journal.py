@@ -119,21 +119,42 @@ class Journal:
         self.folder = Path(folder) if folder is not None else None
         self._lock = threading.Lock()
         self._seq = max((op.seq for op in self._read()), default=0)
+        self._cut_end = self._ends_cut()
 
     @property
     def _ops_file(self) -> Path | None:
         return self.folder / "journal.jsonl" if self.folder else None
 
     def _read(self) -> list[Op]:
+        return self._lines()[0]
+
+    def _lines(self) -> tuple[list[Op], list[int]]:
+        """The ops of the journal, and the numbers (from 1) of the lines that are not one: a
+        line cut short by a process killed while it wrote (its write is lost; the lines after
+        it, written by the next process, still count)."""
         if self._ops_file is None or not self._ops_file.is_file():
-            return []
-        ops = []
-        for line in self._ops_file.read_text().splitlines():
+            return [], []
+        ops, unreadable = [], []
+        for number, line in enumerate(self._ops_file.read_text(errors="replace").splitlines(),
+                                      start=1):
             try:
                 ops.append(Op.from_json(json.loads(line)))
-            except (ValueError, KeyError, TypeError):  # a line cut by a crash
-                break
-        return ops
+            except (ValueError, KeyError, TypeError, AttributeError):
+                unreadable.append(number)
+        return ops, unreadable
+
+    def unreadable_lines(self) -> list[int]:
+        """The journal's lines that hold no readable write (numbered from 1)."""
+        return self._lines()[1]
+
+    def _ends_cut(self) -> bool:
+        """Whether the journal's last line lacks its end (the next write starts a new line)."""
+        try:
+            with self._ops_file.open("rb") as f:  # type: ignore[union-attr]
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) != b"\n"
+        except (OSError, AttributeError):  # no file, an empty one, memory only
+            return False
 
     def sent(self) -> int:
         if self.folder is None:
@@ -157,7 +178,9 @@ class Journal:
                 try:
                     self.folder.mkdir(parents=True, exist_ok=True)
                     with self._ops_file.open("a") as f:
-                        f.write(json.dumps(op.to_json(), default=str) + "\n")
+                        start = "\n" if self._cut_end else ""  # not onto a cut line
+                        f.write(start + json.dumps(op.to_json(), default=str) + "\n")
+                    self._cut_end = False
                 except OSError as e:
                     self.write_error = e
         return op

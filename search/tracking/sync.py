@@ -11,7 +11,7 @@ studies or training runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ the journal holds unsent writes)."""
 @dataclass
 class SyncResult:
     """What a sync did: ``sent`` writes the store took, ``pending`` writes still unsent, per
-    journal folder."""
+    journal folder; ``unreadable``: the lines of a journal that hold no readable write (cut
+    short by a killed process), which could not be sent."""
 
     folders: dict[str, tuple[int, int]]
+    unreadable: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def sent(self) -> int:
@@ -77,6 +79,9 @@ def sync_journals(jobs: Sequence[Job], timeout: float = 60.0) -> SyncResult:
     bounded_http_client()
     result = SyncResult({})
     for journal, make_tracker in jobs:
+        lost = Journal(journal).unreadable_lines()
+        if lost:
+            result.unreadable[str(journal / "journal.jsonl")] = lost
         unsent = len(Journal(journal).unsent())
         if unsent == 0:
             continue

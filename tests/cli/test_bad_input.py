@@ -239,6 +239,143 @@ def in_use(folder: str, kind: str | None = None) -> Callable[[Path], None]:
 def _release_held() -> None:
     while _HELD:
         os.close(_HELD.pop())
+    while _CLEANUPS:
+        _CLEANUPS.pop()()
+
+
+# issue 28: numbers bounded, damaged files named (setups)
+_CLEANUPS: list[Callable[[], None]] = []
+"""What a row's setup holds until the row ends (a mounted disk, a lock on a store)."""
+
+LONG = "/".join(["d" * 200] * 21)
+"""A relative path longer than PATH_MAX (4096 bytes on Linux), each name a legal length."""
+
+
+def nested(name: str, key: str) -> Callable[[Path], None]:
+    """A YAML file whose ``key`` holds lists nested 5000 deep (PyYAML's reader recursed)."""
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_text(f"{key}: " + "[" * 5000 + "]" * 5000 + "\n")
+    return setup
+
+
+def empty_model(tmp: Path) -> None:
+    """A checkpoint with every entry, whose model holds no weights."""
+    save_checkpoint({"epoch": 0, "model": {}, "config": Config().to_dict()},
+                    tmp / "run" / "checkpoint.pt")
+
+
+def random_bytes(tmp: Path) -> None:
+    import random
+
+    (tmp / "run").mkdir()
+    (tmp / "run" / "checkpoint.pt").write_bytes(random.Random(28).randbytes(4096))
+
+
+def full_disk(tmp: Path) -> None:
+    """``{tmp}/full``: a tmpfs of 1 MiB, full to the last byte (unmounted after the row)."""
+    import subprocess
+
+    disk = tmp / "full"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+    _CLEANUPS.append(lambda: subprocess.run(["umount", "-l", str(disk)], capture_output=True))
+    with (disk / "filler").open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def finished_search(tmp: Path) -> None:
+    """``{tmp}/runs/s``: a finished search with one complete trial in its Optuna study."""
+    import optuna
+
+    from extune.locks import unlock_folder
+    from extune.search.folder import SearchDir
+    from extune.search.settings import SearchSettings
+    from extune.spaces import get_space
+
+    sdir = SearchDir.create(SearchSettings(out=str(tmp / "runs"), name="s", space="ce"),
+                            Config(), get_space("ce"))
+    unlock_folder(sdir.path)
+    sdir.set_status("finished")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=sdir.meta["optuna_storage"],
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"optim.lr": 0.1}, value=0.5,
+        distributions={"optim.lr": optuna.distributions.FloatDistribution(0.01, 1.0)}))
+
+
+def search_with_storage(storage: str) -> Callable[[Path], None]:
+    """``{tmp}/runs/s``: an interrupted search whose trials went to ``storage`` (as one an
+    older extune left when ``--storage`` failed after the folder was made)."""
+    def setup(tmp: Path) -> None:
+        from extune.locks import unlock_folder
+        from extune.search.folder import SearchDir
+        from extune.search.settings import SearchSettings
+        from extune.spaces import get_space
+
+        settings = SearchSettings(out=str(tmp / "runs"), name="s", space="ce", storage=storage)
+        sdir = SearchDir.create(settings, Config(), get_space("ce"))
+        unlock_folder(sdir.path)
+        sdir.set_status("interrupted")
+    return setup
+
+
+def search_json(text: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / "runs" / "s").mkdir(parents=True)
+        (tmp / "runs" / "s" / "search.json").write_text(text)
+    return setup
+
+
+def damaged_store(how: str) -> Callable[[Path], None]:
+    """``{tmp}/mlflow.db``: random bytes, cut to half, or held by another writer's lock."""
+    def setup(tmp: Path) -> None:
+        import random
+        import sqlite3
+
+        db = tmp / "mlflow.db"
+        if how == "random":
+            db.write_bytes(random.Random(28).randbytes(8192))
+            return
+        search_run(tmp)
+        if how == "cut":
+            db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+            return
+        held = sqlite3.connect(db, check_same_thread=False)
+        held.execute("BEGIN EXCLUSIVE")
+        _CLEANUPS.append(held.close)
+    return setup
+
+
+def cut_journal(tmp: Path) -> None:
+    """A tracked training's output folder whose MLflow journal holds 10 writes and an 11th
+    cut short (its process was killed while writing it)."""
+    from extune.search.tracking.journal import Journal, Op
+
+    folder = tmp / "run" / "tracking"
+    journal = Journal(folder)
+    journal.append(Op("start", name="demo", params={"method": "ce"}))
+    for epoch in range(1, 10):
+        journal.append(Op("metrics", metrics={"train/loss": 1.0 / epoch}, step=epoch))
+    journal.append(Op("end", status="FINISHED"))
+    text = (folder / "journal.jsonl").read_text()
+    (folder / "journal.jsonl").write_text(text[: len(text) - 12])
+    (folder / "run.json").write_text(json.dumps({
+        "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "e", "train_id": "t28",
+        "name": "demo"}))
+
+
+def one_image_per_class(tmp: Path) -> None:
+    _images(tmp / "data" / "train" / "ant", (250, 0, 0), n=1)
+    _images(tmp / "data" / "train" / "bee", (0, 250, 0), n=1)
 
 
 # --------------------------------------------------------------------------- the table
@@ -515,6 +652,114 @@ ROWS = [
         ["no MLflow store at", "mlflow.db", "MLFLOW_TRACKING_URI", "is not read"],
         absent=["mlflow.db", "other.db"],
         env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/other.db"}),
+    # issue 28: every number bounded, damaged files named, one line each
+    Row("config-nested-5000-deep", ["config", "--config", "{tmp}/cfg.yaml"], 2,
+        ["cfg.yaml is not valid YAML", "nested too deeply"],
+        setup=nested("cfg.yaml", "optim")),
+    Row("space-nested-5000-deep", [*SEARCH, "--space", "{tmp}/space.yaml"], 2,
+        ["space.yaml is not valid YAML", "nested too deeply"], absent=["runs", "mlflow.db"],
+        setup=nested("space.yaml", "optim.lr")),
+    Row("plan-nested-5000-deep", ["study", "--plan", "{tmp}/plan.yaml", "--out", "{tmp}/runs"],
+        2, ["plan file", "is not valid YAML", "nested too deeply"], absent=["runs"],
+        setup=nested("plan.yaml", "claims")),
+    Row("threads-50000", ["train", "--set", "runtime.threads=50000", "--out", "{tmp}/run"], 2,
+        ["runtime.threads: 50000 is out of range", "<= 1024"], absent=["run"]),
+    Row("threads-int32-max", ["train", "--set", "runtime.threads=2147483647", "--out",
+                              "{tmp}/run"], 2, ["runtime.threads: 2147483647 is out of range"],
+        absent=["run"]),
+    Row("threads-beyond-int32", ["train", "--set", "runtime.threads=99999999999", "--out",
+                                 "{tmp}/run"], 2,
+        ["runtime.threads: 99999999999 is out of range"], absent=["run"]),
+    Row("search-seed-negative", [*SEARCH, "--seed", "-1"], 2,
+        ["--seed must be in [0, 4294967295]", "got -1"], absent=["runs", "mlflow.db"]),
+    Row("search-seed-beyond-32-bits", [*SEARCH, "--seed", "4294967296"], 2,
+        ["--seed must be in [0, 4294967295]", "32-bit seeds"], absent=["runs", "mlflow.db"]),
+    Row("study-seeds-beyond-32-bits", ["study", "--seed", "4294967295", "--search-seeds", "2",
+                                       "--out", "{tmp}/runs"], 2,
+        ["--seed 4294967295: the searches' sampler seeds 4294967295..4294967296"],
+        absent=["runs", "mlflow.db"]),
+    Row("study-seed-negative", ["study", "--seed", "-1", "--out", "{tmp}/runs"], 2,
+        ["--seed -1", "must be in [0, 4294967295]"], absent=["runs", "mlflow.db"]),
+    Row("search-storage-not-writable", [*SEARCH, "--storage", "file:///proc/x"], 2,
+        ["cannot write the trial storage (--storage) /proc/x"], absent=["runs", "mlflow.db"]),
+    Row("search-storage-missing-bucket", [*SEARCH, "--storage",
+                                          "s3://extune-no-such-bucket-28/trials"], 2,
+        ["--storage s3://extune-no-such-bucket-28/trials cannot be reached"],
+        absent=["runs", "mlflow.db"], env={"AWS_EC2_METADATA_DISABLED": "true"}),
+    Row("search-resume-storage-not-writable", ["search", "--resume", "{tmp}/runs/s"], 2,
+        ["cannot write the trial storage (--storage) /proc/x", "the search's trials are there"],
+        setup=search_with_storage("file:///proc/x")),
+    Row("train-out-beyond-path-max", ["train", "--out", "{tmp}/" + LONG], 2,
+        ["the output folder (--out)", "bytes long (at most 4095)"], absent=["d" * 200]),
+    Row("search-out-beyond-path-max", [*SEARCH, "--out", "{tmp}/" + LONG], 2,
+        ["search folders in --out", "bytes long (at most 4095)"], absent=["d" * 200, "mlflow.db"]),
+    Row("search-name-beyond-name-max", [*SEARCH, "--out", "{tmp}/" + "n" * 300], 2,
+        ["has a name of 300 bytes (at most 255)"], absent=["mlflow.db"]),
+    Row("tracking-uri-beyond-path-max", [*SEARCH, "--tracking-uri",
+                                         "sqlite:///{tmp}/" + LONG + "/mlflow.db"], 2,
+        ["the MLflow store of --tracking-uri", "bytes long (at most 4095)"],
+        absent=["runs", "d" * 200]),
+    Row("evaluate-out-beyond-path-max", ["evaluate", "--checkpoint", "{tmp}/run", "--out",
+                                         "{tmp}/" + LONG + "/e.json"], 2,
+        ["the evaluation file (--out)", "bytes long"], setup=checkpoint),
+    Row("evaluate-empty-model", ["evaluate", "--checkpoint", "{tmp}/run"], 2,
+        ["is not an extune checkpoint: its model entry holds no weights"], setup=empty_model),
+    Row("evaluate-random-bytes", ["evaluate", "--checkpoint", "{tmp}/run"], 2,
+        ["cannot read checkpoint", "it is not a torch file"], setup=random_bytes),
+    Row("evaluate-out-on-full-disk", ["evaluate", "--checkpoint", "{tmp}/run", "--out",
+                                      "{tmp}/full/e.json"], 2,
+        ["only 0 KiB free on the disk of the evaluation file (--out)"],
+        absent=["full/e.json"], setup=both(checkpoint, full_disk)),
+    Row("explain-out-on-full-disk", ["explain", "--checkpoint", "{tmp}/run", "-o",
+                                     "{tmp}/full/grid.png"], 2,
+        ["only 0 KiB free on the disk of the grid image (-o)"], absent=["full/grid.png"],
+        setup=both(checkpoint, full_disk)),
+    Row("export-out-on-full-disk", ["export", "{tmp}/runs/s", "-o", "{tmp}/full/best.yaml"], 2,
+        ["the disk of", "full is full (0 KiB free): the exported config", "was not written"],
+        absent=["full/best.yaml"], setup=both(finished_search, full_disk)),
+    Row("ui-store-not-sqlite", ["ui", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--port",
+                                "5999"], 2,
+        ["the MLflow store", "cannot be read (SQLite: file is not a database)"],
+        setup=damaged_store("random")),
+    Row("ui-store-cut-short", ["ui", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--port",
+                               "5999"], 2, ["the MLflow store", "mlflow.db"],
+        setup=damaged_store("cut")),
+    Row("ui-store-locked", ["ui", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--port",
+                            "5999"], 2,
+        ["the MLflow store", "is locked by another process", "try again when it is done"],
+        setup=damaged_store("locked")),
+    Row("export-run-store-locked", ["export", "--run", "abc", "--tracking-uri",
+                                    "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 2,
+        ["is locked by another process"], absent=["x.yaml"], setup=damaged_store("locked")),
+    Row("study-margin-nan", ["study", "--margin", "accuracy=nan", "--out", "{tmp}/runs"], 2,
+        ["--margin accuracy=nan: the margin must be a finite number"], absent=["runs"]),
+    Row("study-margin-infinite", ["study", "--margin", "accuracy=inf", "--out", "{tmp}/runs"],
+        2, ["--margin accuracy=inf: the margin must be a finite number"], absent=["runs"]),
+    Row("train-epochs-1e20", ["train", "--set", "optim.epochs=100000000000000000000", "--out",
+                              "{tmp}/run"], 2,
+        ["optim.epochs: 100000000000000000000 is out of range", "<= 100000"], absent=["run"]),
+    Row("search-trials-1e20", [*SEARCH, "--trials", "100000000000000000000"], 2,
+        ["--trials must be <= 100000"], absent=["runs", "mlflow.db"]),
+    Row("study-final-epochs-1e20", ["study", "--final-epochs", "100000000000000000000",
+                                    "--out", "{tmp}/runs"], 2,
+        ["--final-epochs must be <= 100000"], absent=["runs"]),
+    Row("export-epochs-1e20", ["export", "{tmp}/runs/s", "--epochs", "100000000000000000000",
+                               "-o", "{tmp}/x.yaml"], 2,
+        ["--epochs must be <= 100000"], absent=["x.yaml"], setup=failed_search),
+    Row("search-resume-search-json-list", ["search", "--resume", "{tmp}/runs/s"], 2,
+        ["search.json holds a list, not the mapping extune writes"],
+        setup=search_json("[]")),
+    Row("export-search-json-without-settings", ["export", "{tmp}/runs/s", "-o",
+                                                "{tmp}/x.yaml"], 2,
+        ["search.json: its entry 'search_id' is missing"], absent=["x.yaml"],
+        setup=search_json('{"name": "s", "status": "interrupted"}')),
+    Row("sync-journal-cut-short", ["sync", "{tmp}/run"], 0,
+        ["warning:", "journal.jsonl: 1 line(s) could not be read (line 11",
+         "sent 10 write(s)"], setup=cut_journal),
+    Row("one-image-per-class", [*TRAIN_IF, *sum((["--set", f"{k}={v}"]
+                                                for k, v in FAST.items()), [])],
+        0, ["the validation split holds 1 image(s) of 1 of the 2 classes",
+            "cannot tell models apart"], setup=one_image_per_class, tiny=True),
     Row("export-pruned-run", ["export", "--run", "{run_id}", "--tracking-uri",
                               "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 0,
         ["warning:", "was pruned", "scores are partial"], setup=pruned_run,

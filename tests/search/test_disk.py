@@ -133,7 +133,8 @@ def test_bucket_storage_is_left_to_ray():
 
 def test_a_cut_short_experiment_state_stops_a_resume_in_one_line(tmp_path):
     check_experiment_state(str(tmp_path))  # nothing to resume: nothing to say
-    (tmp_path / "experiment_state-2026-12-04_10-00-00.json").write_text('{"trials": []}')
+    (tmp_path / "experiment_state-2026-12-04_10-00-00.json").write_text(
+        '{"trial_data": [], "runner_data": {}}')
     check_experiment_state(str(tmp_path))
     (tmp_path / "experiment_state-2026-12-04_11-00-00.json").write_text('{"trials": [{"id')
     with pytest.raises(ExtuneError, match=r"experiment_state-2026-12-04_11-00-00.json, cannot "
