@@ -173,7 +173,7 @@ class StudyDir:
                               "restore it (MLflow keeps a copy with the study's run) or start a "
                               "new study")
         current = self.plan()
-        rebuilt = build_plan(self.settings)
+        rebuilt = _known_settings_only(build_plan(self.settings), current)
         digest = plan_hash(rebuilt)
         if digest == plan_hash(current):
             return []
@@ -249,3 +249,11 @@ class StudyDir:
         experiments.append({"path": path, "labels": labels, "epochs": epochs})
         self.save()
         return path
+
+
+def _known_settings_only(rebuilt: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``rebuilt`` without the base config keys ``current`` did not have: settings added to
+    extune after the study started did not exist for its runs, so they are no deviation."""
+    known = current.get("base_config", {})
+    base = {k: v for k, v in rebuilt.get("base_config", {}).items() if k in known}
+    return {**rebuilt, "base_config": base}

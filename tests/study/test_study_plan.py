@@ -179,3 +179,20 @@ def test_a_control_arm_trains_the_methods_config_and_seeds_with_its_part_off(tmp
     assert saved.eval.per_image and saved.eval.test  # keeps its per-image test outputs
     no_controls = StudySettings.preset(True, methods=["supcon", "excon"], controls=False)
     assert build_plan(no_controls)["controls"] == {}
+
+
+def test_a_setting_added_to_extune_after_the_start_is_no_deviation(tmp_path, monkeypatch):
+    import extune.study.plan as plan_module
+
+    settings = StudySettings.preset(True, methods=["ce"], out=str(tmp_path), name="s")
+    sdir = StudyDir.create(settings)
+    sdir.write_plan(build_plan(settings))
+    real = plan_module.build_plan
+
+    def with_a_new_setting(s):  # a later extune knows one more config key
+        plan = real(s)
+        plan["base_config"]["eval.new_setting"] = True
+        return plan
+
+    monkeypatch.setattr(plan_module, "build_plan", with_a_new_setting)
+    assert StudyDir.load(sdir.path).check_plan() == []
