@@ -1,0 +1,328 @@
+"""SIGTERM and SIGHUP end every command as Ctrl-C does (extune.signals): one line, exit 143 or
+129 (130 for Ctrl-C), MLflow runs KILLED, nothing left RUNNING, no server or Ray process left,
+and ``--resume`` completes every trial and epoch once.
+
+The process tests send the signal as schedulers and terminals do, to the whole process group:
+through ``timeout`` (which passes a signal it gets on to its whole group) and to the group of a
+new session (``setsid``, as Slurm and systemd signal a job). Ray's processes are then out of
+that group (``connect_ray``) and are stopped by the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from processes import free_port, port_answers, port_closes, read_until, search_runs, start, stop
+
+TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data.test_size=40",
+        "model.backbone=tiny_cnn", "optim.batch_size=32", "eval.explain_samples=8",
+        "eval.corruptions=[contrast]", "eval.grid_images=2", "runtime.progress=false"]
+EXTUNE = [sys.executable, "-m", "extune.cli"]
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60)
+
+
+# ------------------------------------------------------------------ fast: the mechanism
+@pytest.mark.parametrize("signum, words, code", [
+    (signal.SIGTERM, "terminated (SIGTERM)", 143), (signal.SIGHUP, "hung up (SIGHUP)", 129),
+    (signal.SIGINT, "interrupted", 130)])
+def test_a_stop_signal_is_ctrl_c_with_its_own_words_and_exit_code(signum, words, code):
+    done = _run_python(f"""
+        import os, time
+        from extune.signals import handle_signals, interrupt_exit_code, stop_words
+        handle_signals()
+        try:
+            os.kill(os.getpid(), {int(signum)})
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print(stop_words(), interrupt_exit_code())
+        """)
+    assert done.stdout.strip() == f"{words} {code}", done.stderr
+
+
+def test_a_stop_signal_sent_twice_at_once_is_one_stop():
+    """``timeout`` sends its SIGTERM to the command and then to its whole group: the second is
+    no second Ctrl-C (which would skip the clean stop); one later than REPEAT_S is."""
+    done = _run_python("""
+        import os, signal, time
+        from extune.signals import REPEAT_S, handle_signals
+        handle_signals()
+        stops = []
+        signal.signal(signal.SIGINT, lambda *a: stops.append(time.monotonic()))  # as Tune's
+        for pause in (0.05, 0.05, REPEAT_S + 0.2, 0.05):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(pause)
+        print(len(stops))
+        """)
+    assert done.stdout.strip() == "2", done.stderr
+
+
+def test_signals_wait_while_ray_starts_and_a_second_one_does_not():
+    done = _run_python("""
+        import os, signal, time
+        from extune.signals import deferred, handle_signals, interrupt_exit_code
+        handle_signals()
+        try:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                print("the block ran to its end")
+        except KeyboardInterrupt:
+            print("then stopped", interrupt_exit_code())
+        try:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+                print("not reached")
+        except KeyboardInterrupt:
+            print("the second one at once")
+        """)
+    assert done.stdout.split("\n")[:3] == ["the block ran to its end", "then stopped 143",
+                                           "the second one at once"], done.stderr
+
+
+def test_a_signal_after_the_last_line_exits_at_once_without_a_traceback():
+    done = _run_python("""
+        import os, signal, threading, time
+        from extune.signals import exit_at_once_on_signals
+        threading.Thread(target=time.sleep, args=(30,)).start()  # exit would wait for it
+        exit_at_once_on_signals(143)
+        print("the last line")
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while the process exits
+        time.sleep(30)
+        """)
+    assert done.returncode == 143 and done.stdout == "the last line\n"
+    assert done.stderr == ""  # no "Exception ignored in ... Traceback"
+
+
+def test_the_ray_hooks_that_keep_its_processes_apart_exist():
+    """connect_ray leans on three private names of Ray: an upgrade that renames one fails here,
+    not silently (a group signal would reach Ray's processes again)."""
+    from ray._private import ray_constants, services, utils
+
+    assert hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER")
+    assert isinstance(services.ConsolePopen, type)
+    assert callable(utils.set_sigterm_handler)
+
+
+# ------------------------------------------------------------------ slow: real commands
+def _session(sid: int) -> list[str]:
+    """The live processes of session ``sid`` (zombies aside)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {text[text.index('(') + 1:text.rindex(')')]}")
+    return found
+
+
+def _serving(port: int) -> list[str]:
+    """The live processes started with ``--port <port>`` (``mlflow ui`` and its uvicorn)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and f"--port\0{port}\0".encode() in b"\0".join(args) + b"\0":
+            found.append(f"{cmdline.parent.name} {b' '.join(args[:3]).decode(errors='replace')}")
+    return found
+
+
+def _nothing_left(sid: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while _session(sid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _session(sid), _session(sid)
+
+
+def _wait(check, what: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not check():
+        assert process.poll() is None, f"the command ended ({process.returncode}) before {what}"
+        assert time.time() < deadline, f"no {what} in {timeout:.0f} s"
+        time.sleep(0.2)
+
+
+def _one_stop_line(log: str, words: str) -> str:
+    assert "Traceback" not in log and "Exception ignored" not in log, log[-3000:]
+    assert "SIGTERM received" not in log and "Failed to connect to GCS" not in log, log[-3000:]
+    lines = [line for line in log.splitlines() if line.startswith(words)]
+    assert len(lines) == 1, log[-3000:]
+    return lines[0]
+
+
+def _search_args(work: Path, name: str, uri: str) -> list[str]:
+    sets = [a for kv in [*TINY, "optim.epochs=3", f"data.cache_dir={work / 'cache'}"]
+            for a in ("--set", kv)]
+    return [*EXTUNE, "search", "--space", "ce", "--trials", "3", "--scheduler", "none",
+            "--max-concurrent", "2", "--sampler", "random", "--no-live", "--name", name,
+            "--out", str(work / "runs"), "--tracking-uri", uri, *sets]
+
+
+def _trial_reported(folder: Path):
+    return lambda: any(p.stat().st_size > 0 for p in folder.glob("trials/*/result.json"))
+
+
+def _every_trial_once(uri: str, folder: Path, trials: int, epochs: int) -> None:
+    """After ``--resume``: the parent and each trial FINISHED, epochs 1..N once each."""
+    from extune.search.tracking.client import mlflow_client
+
+    runs = search_runs(uri, folder)
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status)
+                                                          for r in runs]
+    trials_ = [r for r in runs if r.data.tags.get("extune.role") == "trial"]
+    assert len(trials_) == trials
+    client = mlflow_client(uri)
+    for run in trials_:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")]
+        assert sorted(steps) == list(range(1, epochs + 1)), (run.info.run_name, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["timeout-sigterm", "setsid-sighup"])
+def test_a_group_signal_stops_a_search_cleanly_and_resume_finishes_it(tmp_path, how):
+    """``timeout 900 extune search ... & kill -TERM $!`` (timeout signals its whole group), and
+    SIGHUP to the group of the search's session, mid-trial: Ray's GCS no longer dies under the
+    driver (it hung for 60 s, exited 1 and left the runs RUNNING)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = tmp_path / "runs" / "s"
+    args = _search_args(tmp_path, "s", uri)
+    if how == "timeout-sigterm":
+        command, signum, words, code = ["timeout", "900", *args], signal.SIGTERM, \
+            "terminated (SIGTERM)", 143
+    else:
+        command, signum, words, code = args, signal.SIGHUP, "hung up (SIGHUP)", 129
+    search = start(command, tmp_path / "search.log", cwd=tmp_path)
+    try:
+        _wait(_trial_reported(folder), "trial reporting", search)
+        if how == "timeout-sigterm":
+            search.send_signal(signum)  # timeout passes it on to its process group
+        else:
+            os.killpg(search.pid, signum)
+        assert search.wait(timeout=120) == code
+        _nothing_left(search.pid)  # Ray's processes too
+    finally:
+        stop(search)
+    log = (tmp_path / "search.log").read_text()
+    assert _one_stop_line(log, words) == f"{words}: continue with: extune search --resume " \
+                                         f"{folder}"
+    assert json.loads((folder / "search.json").read_text())["status"] == "interrupted"
+    states = {r.info.status for r in search_runs(uri, folder)}
+    assert "RUNNING" not in states and "KILLED" in states, states
+
+    resumed = subprocess.run([*EXTUNE, "search", "--resume", str(folder)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _every_trial_once(uri, folder, trials=3, epochs=3)
+
+
+@pytest.mark.slow
+def test_signals_while_ray_starts_stop_in_one_line_naming_no_folder(tmp_path):
+    """Ctrl-C twice to the group while Ray starts (its GCS is up, ``ray.init`` has not
+    returned): one line that names no folder (none was made), exit 130, Ray gone, no
+    "Exception ignored ... Traceback"."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    search = start(_search_args(tmp_path, "s", uri), tmp_path / "search.log", cwd=tmp_path)
+    try:
+        _wait(lambda: any("gcs_server" in p for p in _session(search.pid)), "GCS", search,
+              timeout=180)
+        os.killpg(search.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(search.pid, signal.SIGINT)
+        assert search.wait(timeout=120) == 130
+        _nothing_left(search.pid)
+    finally:
+        stop(search)
+    log = (tmp_path / "search.log").read_text()
+    assert _one_stop_line(log, "interrupted") == ("interrupted before the search had a folder: "
+                                                  "nothing to continue; run the command again")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_sighup_to_a_training_ends_its_run_killed_and_resume_finishes_it(tmp_path):
+    """SIGHUP (a closing terminal) used to kill ``extune train`` and leave its MLflow run
+    RUNNING for ever; now the run ends KILLED and ``--resume`` finishes the same run, every
+    epoch once."""
+    from extune.search.tracking.client import mlflow_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    sets = [a for kv in [*TINY, "method=ce", "optim.epochs=6",
+                         f"data.cache_dir={tmp_path / 'cache'}"] for a in ("--set", kv)]
+    args = [*EXTUNE, "train", *sets, "--out", str(out), "--tracking-uri", uri]
+    train = start(args, tmp_path / "train.log", cwd=tmp_path)
+    try:
+        _wait(lambda: (out / "checkpoint.pt").is_file(), "checkpoint", train)
+        os.killpg(train.pid, signal.SIGHUP)
+        assert train.wait(timeout=60) == 129
+        _nothing_left(train.pid)
+    finally:
+        stop(train)
+    _one_stop_line((tmp_path / "train.log").read_text(), "hung up (SIGHUP)")
+    client = mlflow_client(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert (run.info.status, run.data.tags["extune.state"]) == ("KILLED", "interrupted")
+
+    resumed = subprocess.run([*args[:-4], "--resume", str(out), "--out", str(out),
+                              "--tracking-uri", uri], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    again = client.get_run(run.info.run_id)
+    assert (again.info.status, again.data.tags["extune.state"]) == ("FINISHED", "complete")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")]
+    assert sorted(steps) == list(range(1, 7))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["setsid-sighup", "sigkill"])
+def test_extune_ui_leaves_no_server_holding_the_port(tmp_path, how):
+    """SIGHUP to the group of ``extune ui``'s session: one line, exit 129, the MLflow server
+    and its uvicorn stopped; SIGKILL (nothing to handle it): the kernel stops the server."""
+    from extune.search.tracking.client import mlflow_client
+
+    mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store
+    port = free_port()
+    ui = subprocess.Popen([*EXTUNE, "ui", "--port", str(port)], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    try:
+        read_until(ui, "experiments: http://127.0.0.1:", timeout=180)
+        assert port_answers(port)
+        if how == "sigkill":
+            ui.kill()
+            ui.wait(timeout=30)
+        else:
+            os.killpg(ui.pid, signal.SIGHUP)
+            assert ui.wait(timeout=60) == 129
+            rest = ui.stdout.read()
+            assert _one_stop_line(rest, "hung up (SIGHUP)") == (
+                f"hung up (SIGHUP); the MLflow UI on http://127.0.0.1:{port} stopped")
+        assert port_closes(port, timeout=30), "the MLflow server outlived extune ui"
+        deadline = time.time() + 30
+        while _serving(port) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _serving(port)  # mlflow ui and uvicorn, in a session of their own
+        _nothing_left(ui.pid)
+    finally:
+        if ui.poll() is None:
+            ui.kill()
