@@ -31,7 +31,8 @@ import torch
 from extune.train.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rows_search import ray_rows  # noqa: E402  (benchmarks/ is not a package)
+from rows_audit import audit_rows  # noqa: E402  (benchmarks/ is not a package)
+from rows_search import ray_rows  # noqa: E402
 from rows_steps import (  # noqa: E402
     cuda_rows,
     data_rows,
@@ -54,6 +55,7 @@ GROUPS: dict[str, Callable[[argparse.Namespace, torch.device], list[Row]]] = {
     "data": lambda a, d: data_rows(a.quick),
     "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command),
     "cuda": lambda a, d: cuda_rows(a.quick),
+    "audit": lambda a, d: audit_rows(a.quick, d),
 }
 """Row groups in table order; ``--only`` picks some."""
 
