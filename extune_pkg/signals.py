@@ -30,8 +30,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["handle_signals", "deferred", "exit_at_once_on_signals", "received", "terminated",
-           "stop_words", "interrupt_exit_code", "STOP_SIGNALS", "EXIT_INTERRUPTED",
+__all__ = ["handle_signals", "deferred", "sigint_kept", "exit_at_once_on_signals", "received",
+           "terminated", "stop_words", "interrupt_exit_code", "STOP_SIGNALS", "EXIT_INTERRUPTED",
            "EXIT_TERMINATED", "EXIT_HUNG_UP"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -130,6 +130,19 @@ def deferred() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     if held:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigint_kept() -> Iterator[None]:
+    """Put back the SIGINT handler after the block. Ray Tune's ``fit`` installs its own (the
+    clean stop) and leaves it there: the first Ctrl-C or stop signal after a search (during its
+    summary, a study's next stage) only set an event nobody waits for any more."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 def exit_at_once_on_signals(code: int) -> None:

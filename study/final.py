@@ -34,6 +34,7 @@ from extune.search.engine.trials import (
     trial_error,
 )
 from extune.search.settings import Objective
+from extune.signals import sigint_kept
 from extune.train.config import Config
 
 __all__ = ["run_final_stage", "final_points", "HISTORY_KEYS"]
@@ -106,7 +107,8 @@ def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker:
         from extune.search.tracking.journal import close_writer
 
         try:
-            _tuner(sdir, base, todo, tracker, path).fit()
+            with sigint_kept():  # Tune leaves its handler: the next Ctrl-C would be swallowed
+                _tuner(sdir, base, todo, tracker, path).fit()
         finally:
             close_writer(sdir.final_dir / "tracking", timeout=60)
         done = _collect_all(sdir, points, base)

@@ -58,6 +58,7 @@ from extune.search.tracking.parent import (
     search_tracker,
     search_writer,
 )
+from extune.signals import sigint_kept
 from extune.spaces import get_space, validate_space
 from extune.spaces.validate import SpaceCheck
 from extune.train.config import Config
@@ -244,7 +245,8 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
         tuner = _tuner(sdir, settings, plan, data, tracker, max_epochs, resumed, callbacks,
                        stop)
         fit_start = time.time()
-        tuner.fit()
+        with sigint_kept():  # Tune leaves its handler: the next Ctrl-C would be swallowed
+            tuner.fit()
         raise_if_disk_full(sdir, tracker, None)
         trials = ray_trials(sdir)
         spent = [type(b).__name__ for b in search_budgets(sdir, settings, trials)
@@ -260,7 +262,7 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
     except BaseException as e:
         if interrupted and is_disk_full(e):
             raise_if_disk_full(sdir, tracker, e)
-        if interrupted:
+        if interrupted or isinstance(e, KeyboardInterrupt):  # a signal during the summary too
             mark_interrupted(sdir, tracker)
         raise
 

@@ -108,6 +108,50 @@ def test_a_signal_after_the_last_line_exits_at_once_without_a_traceback():
     assert done.stderr == ""  # no "Exception ignored in ... Traceback"
 
 
+def test_the_sigint_handler_ray_tune_leaves_behind_is_put_back():
+    """Tune's fit installs its SIGINT handler and leaves it: the next Ctrl-C (during the
+    search's summary, a study's next stage) would be swallowed."""
+    done = _run_python("""
+        import os, signal, time
+        from extune.signals import sigint_kept
+        with sigint_kept():
+            signal.signal(signal.SIGINT, lambda *a: None)  # as Tune's fit does
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("stopped")
+        """)
+    assert done.stdout.strip() == "stopped", done.stderr
+
+
+def test_a_training_stopped_while_it_sends_its_last_writes_ends_its_run_killed(
+        tiny_config, tmp_path, monkeypatch):
+    """The model's upload can take long: a signal then must not leave the run RUNNING behind
+    it (the writes stay in the journal for ``extune sync``)."""
+    from extune.search.tracking import final
+    from extune.search.tracking.client import mlflow_client
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("{}\n")  # training has started writing its folder
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = final.open_final_run(tiny_config, out, tracking_uri=uri, experiment=None, lineage={},
+                               resume=None, register=None)
+    run.epoch({"epoch": 1, "val/accuracy": 0.5})
+
+    def stopped(folder, timeout):
+        raise KeyboardInterrupt  # a signal while the writer sends
+
+    real_close = final.close_writer
+    monkeypatch.setattr(final, "close_writer", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run.close(60)
+    real_close(out / "tracking", timeout=30)  # this test's writer, not left running
+    ended = mlflow_client(uri).get_run(run.run_id)
+    assert (ended.info.status, ended.data.tags["extune.state"]) == ("KILLED", "interrupted")
+
+
 def test_the_ray_hooks_that_keep_its_processes_apart_exist():
     """connect_ray leans on three private names of Ray: an upgrade that renames one fails here,
     not silently (a group signal would reach Ray's processes again)."""
