@@ -145,6 +145,14 @@ THREADS_MAX = 1024
 """Most torch CPU threads (``runtime.threads``): far above any machine's cores, far below what
 crashes OpenMP (50000 threads segfaulted, 2**31 - 1 aborted libgomp, 10**11 overflowed)."""
 
+IMAGES_MAX = 10_000_000
+"""Most synthetic images of a split (``data.train_size``, ``data.test_size``): 10**20 overflowed
+NumPy's generator (the real limit is memory: 10**7 images of 32 px take 30 GB)."""
+
+WIDTH_MAX = 65536
+"""Widest projection head (``model.projection_dim``, ``model.projection_hidden``): 10**20
+crashed torch's native code."""
+
 EPOCHS_MAX = 100_000
 """Most epochs of a training (``optim.epochs``, its warm-up): a bound of typing mistakes
 (10**20 was accepted and would never end)."""
@@ -171,8 +179,8 @@ class DataConfig:
     cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here ("": no cache)
     strict: bool = False  # imagefolder: an undecodable image is an error (else skipped, warned)
     num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
-    train_size: int = _num(6000, 10)  # synthetic only: training images (before the val split)
-    test_size: int = _num(1000, 10)  # synthetic only: test images
+    train_size: int = _num(6000, 10, IMAGES_MAX)  # synthetic only: training images (before val)
+    test_size: int = _num(1000, 10, IMAGES_MAX)  # synthetic only: test images
     synthetic_seed: int = _num(0, 0, SEED_MAX)  # synthetic only: generator seed
     distractors: int = _num(2, 0, 8)  # synthetic only: distractor objects per image
 
@@ -183,8 +191,8 @@ class ModelConfig:
 
     backbone: str = "resnet_mini"  # a registered backbone: extune.models.list_backbones()
     cifar_stem: bool | None = None  # None: 3x3 stride-1 stem without max-pool when image_size <= 64
-    projection_dim: int = _num(128, 8)  # output of the projection head (L2-normalised)
-    projection_hidden: int | None = _num(None, 8)  # None: the backbone's feature width
+    projection_dim: int = _num(128, 8, WIDTH_MAX)  # output of the projection head (L2-normalised)
+    projection_hidden: int | None = _num(None, 8, WIDTH_MAX)  # None: the backbone's width
 
 
 @dataclass
