@@ -43,6 +43,17 @@ from extune.train.datasets.synthetic import render_synthetic
 CLASSES, SIZE, TRAIN, HELD_OUT = 4, 16, 512, 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny batches: one thread is fastest, and much faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------- model-independent controls
 def sobel_edges(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """The image's edges: Sobel gradient magnitude of the channel mean (ignores the model)."""
@@ -89,13 +100,8 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained() -> Iterator[Trained]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batches: one thread is fastest, also on a busy machine
-    try:
-        yield Trained()
-    finally:
-        torch.set_num_threads(threads)
+def trained(one_thread: None) -> Trained:
+    return Trained()
 
 
 def _final_similarity(t: Trained, explainer) -> float:
