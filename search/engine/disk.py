@@ -287,17 +287,14 @@ def ray_state_problem(experiment_path: str) -> str | None:
     """Why Ray cannot restore the experiment saved in a local ``experiment_path`` (``None``:
     its files read, or there is no local folder to look at): the newest of each of
     :data:`RAY_PICKLES` whole, the newest experiment state readable
-    (:func:`experiment_state_problem`), and no experiment state without ``tuner.pkl`` or a
-    ``tuner.pkl`` without one."""
+    (:func:`experiment_state_problem`), and no experiment state without ``tuner.pkl``. (A
+    ``tuner.pkl`` without an experiment state is an experiment stopped before it saved
+    anything: Ray starts it again, and loses nothing.)"""
     if "://" in experiment_path or not Path(experiment_path).is_dir():
         return None
     folder = Path(experiment_path)
-    has_tuner = (folder / "tuner.pkl").exists()
-    has_state = any(folder.glob("experiment_state-*.json"))
-    if has_state and not has_tuner:
+    if any(folder.glob("experiment_state-*.json")) and not (folder / "tuner.pkl").exists():
         return f"Ray's {folder / 'tuner.pkl'} is missing (Ray would start the search over)"
-    if has_tuner and not has_state:
-        return f"Ray's experiment state (experiment_state-*.json) is missing from {folder}"
     if any(folder.glob("search_gen_state-*.json")) and \
             not any(folder.glob("searcher-state-*.pkl")):
         return f"Ray's Optuna searcher state (searcher-state-*.pkl) is missing from {folder}"
@@ -351,7 +348,12 @@ def check_resumable(sdir: SearchDir) -> None:
                   "there (or start a new search)")
     problem = sdir.study_problem() or ray_state_problem(sdir.experiment_path)
     folder = Path(sdir.experiment_path)
-    if problem is None and sdir.ray_started() and "://" not in sdir.experiment_path and \
+    local = "://" not in sdir.experiment_path
+    if problem is None and local and (folder / "tuner.pkl").exists() and \
+            not any(folder.glob("experiment_state-*.json")) and _study_has_trials(sdir):
+        problem = (f"Ray's experiment state (experiment_state-*.json) is missing from {folder} "
+                   "(Ray would start the search over beside the trials its Optuna study holds)")
+    if problem is None and local and any(folder.glob("experiment_state-*.json")) and \
             not any(folder.glob("search_gen_state-*.json")):
         problem = (f"Ray's searcher state (search_gen_state-*.json) is missing from {folder} "
                    "(Ray would sample trials again from the start)")
@@ -393,7 +395,7 @@ _CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 
 
 def restore_tuner(experiment_path: str, trainable: Any,
-                  then: str = "start a new search") -> Any:
+                  then: str = "what finished stays in MLflow; start it again") -> Any:
     """``Tuner.restore`` of the experiment in ``experiment_path`` after a check that its files
     can be read (:func:`ray_state_problem`), with the trials' error files a full disk cut
     short removed, and the partial files of writes it stopped. A restore Ray cannot do stops
@@ -417,7 +419,8 @@ def restore_tuner(experiment_path: str, trainable: Any,
     logger = logging.getLogger(_CONTROLLER_LOGGER)
     for old in [f for f in logger.filters if isinstance(f, RestoreFailed)]:
         logger.removeFilter(old)
-    logger.addFilter(RestoreFailed(then))
+    if "://" in experiment_path or any(Path(experiment_path).glob("experiment_state-*.json")):
+        logger.addFilter(RestoreFailed(then))  # else Ray starts over what saved nothing
     storage = ray_storage(experiment_path)
     try:
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,

@@ -116,6 +116,25 @@ def test_a_search_that_never_started_a_trial_resumes_as_new(tmp_path):
     assert not (sdir.path / "optuna.db").exists()  # reading it did not create it
 
 
+def test_a_search_stopped_before_ray_saved_its_state(tmp_path):
+    """``tuner.pkl`` but no experiment state: Ray was stopped in its first step. Nothing is
+    lost when no trial exists (Ray starts it again); with trials, it would start over beside
+    them."""
+    sdir = _search(tmp_path, complete=0)
+    trials = Path(sdir.experiment_path)
+    for name in ("experiment_state", "search_gen_state", "searcher-state"):
+        for path in trials.glob(f"{name}-*"):
+            path.unlink()
+    check_resumable(sdir)
+    assert ray_state_problem(str(trials)) is None  # what a study's final runs restore too
+    (tmp_path / "other").mkdir()
+    other = _search(tmp_path / "other", complete=1)
+    for name in ("experiment_state", "search_gen_state", "searcher-state"):
+        for path in Path(other.experiment_path).glob(f"{name}-*"):
+            path.unlink()
+    assert "experiment state (experiment_state-*.json) is missing" in _damaged(other)
+
+
 @pytest.mark.parametrize("damage, words", [
     ("delete", "its Optuna study {db} is missing"),
     ("truncate", "its Optuna study {db} cannot be read (SQLite:"),
