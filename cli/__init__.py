@@ -12,9 +12,11 @@ as one line ``error: ...`` with exit status 2, never as a traceback.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -30,6 +32,8 @@ from extune.signals import (
 
 __all__ = ["app", "main", "run"]
 
+T = TypeVar("T")
+
 app = typer.Typer(
     name="extune",
     help="Hyperparameter search for explanation-driven training (ExCon, EDDA) of image "
@@ -38,15 +42,33 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(train.train)
-app.command()(train.evaluate)
-app.command()(train.explain)
-app.command("config")(train.show_config)
-app.command("search")(search.search)
-app.command("study")(study.study)
-app.command("export")(search.export)
-app.command("sync")(search.sync)
-app.command("ui")(ui.ui)
+
+
+def _stoppable(command: Callable[..., T]) -> Callable[..., T]:
+    """``command`` ended by Ctrl-C, SIGTERM or SIGHUP (``KeyboardInterrupt``) with one line and
+    exit 130, 143 or 129 (:mod:`extune.signals`). typer would swallow it first: 0.29 and newer
+    exit 130 without a word (after SIGTERM too), older ones abort with 1."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            echo((stop_words(), "bold red"), err=True)  # a command that can go on says how itself
+            raise typer.Exit(interrupt_exit_code()) from None
+
+    return run
+
+
+app.command()(_stoppable(train.train))
+app.command()(_stoppable(train.evaluate))
+app.command()(_stoppable(train.explain))
+app.command("config")(_stoppable(train.show_config))
+app.command("search")(_stoppable(search.search))
+app.command("study")(_stoppable(study.study))
+app.command("export")(_stoppable(search.export))
+app.command("sync")(_stoppable(search.sync))
+app.command("ui")(_stoppable(ui.ui))
 
 
 def main(argv: list[str] | None = None) -> int:

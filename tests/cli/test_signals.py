@@ -51,6 +51,25 @@ def test_a_stop_signal_is_ctrl_c_with_its_own_words_and_exit_code(signum, words,
     assert done.stdout.strip() == f"{words} {code}", done.stderr
 
 
+def test_every_command_says_it_was_stopped_in_one_line_with_its_code(tmp_path):
+    """typer turns a ``KeyboardInterrupt`` inside a command into a silent exit 130 (or an abort,
+    exit 1): ``extune evaluate`` stopped by SIGHUP said nothing and exited 130."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, time
+        import extune.train.saved_model as saved
+
+        def evaluate_checkpoint(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+
+        saved.evaluate_checkpoint = evaluate_checkpoint
+        from extune.cli import main
+        print("exit", main(["evaluate", "--checkpoint", "run/checkpoint.pt"]))
+        """)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == "exit 129", done.stdout + done.stderr
+    assert done.stderr.strip() == "hung up (SIGHUP)"
+
+
 def test_a_stop_signal_sent_twice_at_once_is_one_stop():
     """``timeout`` sends its SIGTERM to the command and then to its whole group: the second is
     no second Ctrl-C (which would skip the clean stop); one later than REPEAT_S is."""
