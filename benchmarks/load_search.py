@@ -63,7 +63,7 @@ def _rss() -> int:
 def run(trials: int, concurrent: int, work: Path) -> dict:
     from extune.search.engine.run import run_search
     from extune.search.settings import SearchSettings
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     settings = SearchSettings(
         space="ce", trials=trials, max_concurrent=concurrent, scheduler="none",

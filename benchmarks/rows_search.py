@@ -52,7 +52,7 @@ def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False
     them; every search writes under one temporary folder; Ray is shut down at the end."""
     import ray
 
-    from extune.search.tracking.client import MlflowTracker
+    from extune.tracking.client import MlflowTracker
 
     quiet_ray_env()
     start = time.perf_counter()
@@ -149,7 +149,7 @@ def sequential_seconds(result: Any) -> dict[str, float]:
     """Seconds of each of the search's trainings run again one after another in this process
     (same configs, one torch thread as a trial has, data loaded beforehand as the search does,
     after one untimed warm-up training for the lazy imports); by Tune trial id."""
-    from extune.search.engine.trials import trial_config
+    from extune.tracking.trials import trial_config
     from extune.train import fit
     from extune.train.data import load_data
 

@@ -2,9 +2,10 @@
 ``study``, ``export``, ``sync``, ``ui``.
 
 One module per family of commands: :mod:`~extune.cli.train` (``train``, ``evaluate``,
-``explain``, ``config``), :mod:`~extune.cli.search` (``search``, ``export``, ``sync``),
-:mod:`~extune.cli.study` (``study``) and :mod:`~extune.cli.ui` (``ui``). Heavy imports (torch,
-ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
+``explain``, ``config``), :mod:`~extune.cli.search` (``search``), :mod:`~extune.cli.export`
+(``export``), :mod:`~extune.cli.sync` (``sync``), :mod:`~extune.cli.study` (``study``) and
+:mod:`~extune.cli.ui` (``ui``). Heavy imports (torch, ray, optuna, mlflow) happen inside the
+commands, so ``extune --help`` stays fast.
 
 Every user error (bad key or value, unknown name, missing files, unreachable services) is printed
 as one line ``error: ...`` with exit status 2, never as a traceback.
@@ -20,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-from extune.cli import search, study, train, ui
+from extune.cli import export, search, study, sync, train, ui
 from extune.cli._common import echo
 from extune.errors import ExtuneError
 from extune.signals import (
@@ -66,8 +67,8 @@ app.command()(_stoppable(train.explain))
 app.command("config")(_stoppable(train.show_config))
 app.command("search")(_stoppable(search.search))
 app.command("study")(_stoppable(study.study))
-app.command("export")(_stoppable(search.export))
-app.command("sync")(_stoppable(search.sync))
+app.command("export")(_stoppable(export.export))
+app.command("sync")(_stoppable(sync.sync))
 app.command("ui")(_stoppable(ui.ui))
 
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from extune.defaults import DEFAULT_TRACKING_URI
+from extune.defaults import DEFAULT_TRACKING_URI, SEARCH
 from extune.errors import ConfigError
 from extune.signals import interrupt_exit_code, stop_words
 
@@ -39,12 +39,18 @@ StorageOpt = Annotated[str | None, typer.Option(
     help="Shared path or bucket URI for trial results and checkpoints (clusters).")]
 TrackingUriOpt = Annotated[str | None, typer.Option(
     help=f"MLflow tracking URI. (default: {DEFAULT_TRACKING_URI})")]
-ExperimentOpt = Annotated[str | None, typer.Option(help="MLflow experiment. (default: extune)")]
+ExperimentOpt = Annotated[str | None, typer.Option(
+    help=f"MLflow experiment. (default: {SEARCH.experiment})")]
 
 
-def option_values(options: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    """The options among ``names`` that were given (not ``None``)."""
-    return {k: v for k, v in options.items() if k in names and v is not None}
+def option_values(options: dict[str, Any], command: Callable[..., Any],
+                  exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The options of ``command`` (its parameters, less ``exclude``) that were given: not
+    ``None`` in ``options`` (the command's ``locals()``)."""
+    import inspect
+
+    names = [n for n in inspect.signature(command).parameters if n not in set(exclude)]
+    return {k: options[k] for k in names if options.get(k) is not None}
 
 
 def settings_kwargs(given: dict[str, Any], rename: dict[str, str] | None = None

@@ -1,4 +1,4 @@
-"""``extune search``, ``extune export`` and ``extune sync``: a search, its best config, MLflow.
+"""``extune search``: Optuna samples, Ray Tune runs the trials, MLflow records them.
 
 Heavy imports (ray, optuna, mlflow) happen inside the commands, so ``extune --help`` stays fast.
 """
@@ -22,11 +22,10 @@ from extune.cli._common import (
     settings_kwargs,
     warn_job_paths,
 )
-from extune.defaults import DEFAULT_TRACKING_URI
-from extune.errors import ConfigError
+from extune.defaults import SEARCH
 from extune.signals import interrupt_exit_code, stop_words
 
-__all__ = ["search", "export", "sync"]
+__all__ = ["search"]
 
 _RESUME_OK = {"resume", "address"}
 
@@ -34,33 +33,37 @@ _RESUME_OK = {"resume", "address"}
 def search(
     space: Annotated[str | None, typer.Option(
         help="Built-in space (excon, edda, random_occlusion, supcon, ce) or a YAML space file. "
-             "(default: excon)")]
+             f"(default: {SEARCH.space})")]
     = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Base config YAML (default: a quick synthetic-data base).")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s", help="Override a base config key, e.g. --set optim.epochs=20.")] = None,
-    trials: Annotated[int | None, typer.Option(help="Number of trials. (default: 8)")] = None,
+    trials: Annotated[int | None, typer.Option(
+        help=f"Number of trials. (default: {SEARCH.trials})")] = None,
     max_concurrent: Annotated[int | None, typer.Option(
         help="Trials running at once. (default: as many as the CPUs/GPUs hold)")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(
-        help="CPUs per trial (also its torch threads). (default: 1)")] = None,
+        help="CPUs per trial (also its torch threads). "
+             f"(default: {SEARCH.cpus_per_trial:g})")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(
         help="GPUs per trial, fractional to share one (0.25); 0: CPU only. (default: 1 "
              "where the cluster has GPUs, else 0)")] = None,
     time_budget: Annotated[float | None, typer.Option(
         help="Stop the search after this many seconds.")] = None,
     sampler: Annotated[str | None, typer.Option(
-        help="tpe, random, cmaes, nsga2 or qmc (seeded). (default: tpe)")] = None,
-    seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
+        help=f"tpe, random, cmaes, nsga2 or qmc (seeded). (default: {SEARCH.sampler})")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"Sampler seed. (default: {SEARCH.seed})")] = None,
     scheduler: Annotated[str | None, typer.Option(
         help="asha (stop weak trials early), none, or auto: asha for one objective, none "
-             "for several (no bias of the Pareto front). (default: auto)")] = None,
+             f"for several (no bias of the Pareto front). (default: {SEARCH.scheduler})")] = None,
     objective: Annotated[str | None, typer.Option(
         help="accuracy, alignment, ece, ... or several: accuracy,alignment (Pareto front). "
-             "(default: accuracy)")] = None,
+             f"(default: {SEARCH.objective})")] = None,
     max_failures: Annotated[int | None, typer.Option(
-        help="Retries of a failing trial from its last checkpoint. (default: 1)")] = None,
+        help="Retries of a failing trial from its last checkpoint. "
+             f"(default: {SEARCH.max_failures})")] = None,
     address: Annotated[str | None, typer.Option(
         help="Ray cluster to join (HOST:PORT, ray://HOST:PORT, auto); default: local Ray.")]
     = None,
@@ -73,13 +76,14 @@ def search(
         help="Finish the interrupted search in this folder (its saved settings are used).")]
     = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder that holds search folders. (default: runs)")] = None,
+        "--out", "-o", help=f"Folder that holds search folders. (default: {SEARCH.out})")] = None,
     fix: Annotated[list[str] | None, typer.Option(
         help="Hold a searched setting at a value, e.g. --fix explain.explainer=gradcam "
              "(repeatable).")] = None,
     full_eval: Annotated[str | None, typer.Option(
         help="When a trial runs the full evaluation suite (its objectives run every epoch): "
-             "end, milestones (also at ASHA's) or every (as eval.every says). (default: end)")]
+             f"end, milestones (also at ASHA's) or every (as eval.every says). (default: "
+             f"{SEARCH.full_eval})")]
     = None,
     live: Annotated[bool, typer.Option(help="Live table of trials on a terminal.")] = True,
     log_checkpoints: Annotated[bool, typer.Option(
@@ -90,10 +94,9 @@ def search(
     With no options: a quick ExCon search (8 trials) on the synthetic data set.
     """
     from extune.files import check_output_folder
-    from extune.search.engine.run import run_search
-    from extune.search.settings import SearchSettings
+    from extune.search import SearchSettings, run_search
 
-    given = option_values(locals(), _OPTION_NAMES)
+    given = option_values(locals(), search, exclude=("live", "log_checkpoints"))
     if resume is not None:
         refuse_with_resume(given, _RESUME_OK, "search")
         result = interruptible(lambda: run_search(resume=resume, address=address), "search",
@@ -110,14 +113,8 @@ def search(
     _exit_if_all_failed(result)
 
 
-_OPTION_NAMES = ("space", "config", "set_", "trials", "max_concurrent", "cpus_per_trial",
-                 "gpus_per_trial", "time_budget", "sampler", "seed", "scheduler", "objective",
-                 "max_failures", "address", "storage", "tracking_uri", "experiment", "name",
-                 "resume", "out", "fix", "full_eval")
-
-
 def _print_plan(settings: Any) -> None:
-    from extune.search.connections import ray_address
+    from extune.search import ray_address
 
     echo("extune search: space ", (settings.space, "bold"),
          f", {settings.trials} trial{'s' if settings.trials != 1 else ''} "
@@ -130,7 +127,7 @@ def _print_plan(settings: Any) -> None:
 
 
 def _gpu_text(gpus_per_trial: float | None) -> str:
-    from extune.search.engine.resources import GPU_RULE
+    from extune.search import GPU_RULE
 
     if gpus_per_trial is None:
         return f" + {GPU_RULE}"
@@ -138,7 +135,7 @@ def _gpu_text(gpus_per_trial: float | None) -> str:
 
 
 def _print_result(result: Any) -> None:
-    from extune.search.reporting.console import ranked_table
+    from extune.search import ranked_table
 
     console.print(ranked_table(result.records, result.objectives, best=result.best,
                                title=f"{result.name}: trials, best first"))
@@ -177,96 +174,3 @@ def _exit_if_all_failed(result: Any) -> None:
          "no config was exported" + (f"; the first error: {first}" if first else "")
          + f"; see {result.path / 'summary.md'}", err=True)
     raise typer.Exit(1)
-
-
-def export(
-    search_dir: Annotated[Path | None, typer.Argument(
-        help="Search folder written by `extune search`.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="YAML file to write.")]
-    = Path("best.yaml"),
-    select: Annotated[str | None, typer.Option(
-        help="accuracy, alignment, ... (best complete trial by it) or knee (Pareto trial "
-             "closest to the ideal point). (default: the objective; knee for several)")] = None,
-    run: Annotated[str | None, typer.Option(
-        help="Export the config of this MLflow trial run instead.")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(
-        help=f"MLflow store of --run. (default: {DEFAULT_TRACKING_URI})")] = None,
-    epochs: Annotated[int | None, typer.Option(
-        help="Train the export this many epochs, with warm-ups scaled to keep their share "
-             "of training.")] = None,
-) -> None:
-    """Write the full config of a search's chosen trial (or of an MLflow run) as YAML."""
-    from extune.cli.train import warn_inactive
-    from extune.files import refuse_full_disk
-    from extune.search.folder import SearchDir
-    from extune.search.reporting.export import (
-        epoch_settings,
-        export_run,
-        export_search,
-        search_caveat,
-    )
-    from extune.train.config import EPOCHS_MAX
-
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    if epochs is not None and epochs > EPOCHS_MAX:
-        raise ConfigError(f"--epochs must be <= {EPOCHS_MAX}, got {epochs}")
-    if (search_dir is None) == (run is None):
-        raise ConfigError("give either a SEARCH_DIR or --run RUN_ID")
-    if run is not None:
-        if select is not None:
-            raise ConfigError("--select applies to a search folder, not to --run")
-        with refuse_full_disk(out, "the exported config"):
-            config, note = export_run(run, out, tracking_uri, epochs)
-        echo(f"wrote {out} ({config.method}) from MLflow run {run}")
-        if note:
-            echo(("warning:", "bold yellow"), f" {note}")
-    else:
-        with refuse_full_disk(out, "the exported config"):
-            config, record = export_search(search_dir, out, select, epochs)
-        echo(f"wrote {out} ({config.method}) from {record.name} of {search_dir}")
-        note = search_caveat(SearchDir.load(search_dir))
-        if note:
-            echo(("warning:", "bold yellow"), f" {note}")
-    hint = "" if epochs is not None or not config.optim.warmup_epochs else (
-        "; a longer final run keeps the learning-rate warm-up's epochs: pass --epochs N to "
-        "scale it")
-    echo(f"note: {epoch_settings(config)}{hint}")
-    warn_inactive(config)
-    echo(f"train it: extune train --config {out}")
-
-
-def sync(
-    folder: Annotated[Path, typer.Argument(
-        help="Search or study folder, or the output folder of `extune train`.")],
-    timeout: Annotated[float, typer.Option(
-        help="Seconds to keep trying a tracking store that does not answer.")] = 60.0,
-) -> None:
-    """Send the MLflow writes a search, study or training run kept while the store was down."""
-    from extune.search.tracking.final import is_train_folder, train_journals
-    from extune.search.tracking.sync import search_journals, sync_journals
-    from extune.study.tracking import is_study_folder, study_journals
-
-    if is_study_folder(folder):
-        jobs = study_journals(folder)
-    elif is_train_folder(folder):
-        jobs = train_journals(folder)
-    else:
-        jobs = search_journals(folder)
-    result = sync_journals(jobs, timeout)
-    for journal, lines in result.unreadable.items():
-        echo(("warning:", "bold yellow"), f" {journal}: {len(lines)} line(s) could not be read "
-             f"(line {', '.join(map(str, lines[:5]))}{', ...' if len(lines) > 5 else ''}: cut "
-             "short when the process writing it was killed), so their write(s) cannot be "
-             "sent; the other writes are")
-    if not result.folders:
-        readable = " readable" if result.unreadable else ""
-        echo(f"nothing to send: MLflow has every{readable} write of {folder}")
-        return
-    for journal, (sent, pending) in result.folders.items():
-        echo(f"{journal}: sent {sent} write(s)" + (f", {pending} still unsent" if pending
-                                                   else ""))
-    if result.pending:
-        echo(("error:", "bold red"), f" {result.pending} write(s) still unsent: the tracking "
-             "store did not answer; run extune sync again when it does", err=True)
-        raise typer.Exit(1)

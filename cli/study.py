@@ -19,6 +19,7 @@ from extune.cli._common import (
     refuse_with_resume,
     settings_kwargs,
 )
+from extune.defaults import SEARCH, STUDY
 from extune.errors import ConfigError
 from extune.train.config import as_float, parse_assignments
 
@@ -41,12 +42,13 @@ def study(
                        "(default: the papers' claims)")] = None,
     seeds: Annotated[int | None, typer.Option(
         help="Final runs per method (seeds); with --resume, more seeds reuse the finished "
-             "ones. (default: 5; --quick: 2)")] = None,
+             f"ones. (default: {STUDY.seeds}; --quick: {STUDY.quick_seeds})")] = None,
     final_epochs: Annotated[int | None, typer.Option(
         help="Epochs of a final run; allowed with --resume (recorded as a deviation). "
-             "(default: the search epochs; --quick: 2)")] = None,
+             f"(default: the search epochs; --quick: {STUDY.quick_final_epochs})")] = None,
     trials: Annotated[int | None, typer.Option(
-        help="Trials of each method's search (a cap with --budget-epochs). (default: 8; "
+        help="Trials of each method's search (a cap with --budget-epochs). "
+             f"(default: {STUDY.trials}; "
              "--quick: 2)")] = None,
     budget_epochs: Annotated[int | None, typer.Option(
         help="Each search stops once its trials trained this many epochs in all, so every "
@@ -58,7 +60,8 @@ def study(
         help="TPE's random start-up trials. (default: max(2, min(10, trials // 4)))")] = None,
     search_seeds: Annotated[int | None, typer.Option(
         help="Searches per method with sampler seeds seed..seed+S-1; the final runs share "
-             "their configs, so the intervals include the search's variance. (default: 1)")]
+             "their configs, so the intervals include the search's variance. "
+             f"(default: {STUDY.search_seeds})")]
     = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs of a search trial (sets optim.epochs of the base).")] = None,
@@ -73,36 +76,42 @@ def study(
         help="Hold a searched setting in every search, e.g. --fix explain.explainer=gradcam.")]
     = None,
     eval_explainer: Annotated[str | None, typer.Option(
-        help="Explainer that scores every method's explanations. (default: gradcam)")] = None,
+        help="Explainer that scores every method's explanations. "
+             f"(default: {STUDY.eval_explainer})")] = None,
     eval_layer: Annotated[str | None, typer.Option(
         help="Layer of --eval-explainer (Grad-CAM). (default: the backbone's last stage)")]
     = None,
     protocols: Annotated[str | None, typer.Option(
         help="Sensitivity protocols, comma-separated explainer[:layer] ('previous': the stage "
-             "before the last); '' for none. (default: gradcam,gradcam:previous,"
-             "integrated_gradients)")] = None,
+             f"before the last); '' for none. (default: {','.join(STUDY.protocols)})")] = None,
     test: Annotated[str | None, typer.Option(
-        "--test", help="welch, permutation or paired. (default: welch)")] = None,
+        "--test", help=f"welch, permutation or paired. (default: {STUDY.test})")] = None,
     correction: Annotated[str | None, typer.Option(
-        help="Across the claims: holm, bh or none. (default: holm)")] = None,
+        help=f"Within each family of claims: holm, bh or none. (default: {STUDY.correction})")]
+    = None,
     margin: Annotated[list[str] | None, typer.Option(
         help="Equivalence margin of a metric, e.g. --margin accuracy=0.01 (repeatable).")]
     = None,
     min_driven_share: Annotated[float | None, typer.Option(
         help="Below this share of training images driven through its own view a method is "
-             "'weakly tested'. (default: the plan's, else 0.2)")] = None,
+             f"'weakly tested'. (default: the plan's, else {STUDY.min_driven_share:g})")] = None,
     controls: Annotated[bool | None, typer.Option(
         "--controls/--no-controls", help="Train each explanation-driven method's "
         "switched-off arms with its chosen config and seeds. (default: yes)")] = None,
-    sampler: Annotated[str | None, typer.Option(help="Sampler of every search. (default: tpe)")]
+    sampler: Annotated[str | None, typer.Option(
+        help=f"Sampler of every search. (default: {SEARCH.sampler})")]
     = None,
-    seed: Annotated[int | None, typer.Option(help="Sampler seed. (default: 0)")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"Sampler seed. (default: {SEARCH.seed})")] = None,
     scheduler: Annotated[str | None, typer.Option(
-        help="asha, none or auto (asha for one objective). (default: auto)")] = None,
-    objective: Annotated[str | None, typer.Option(
-        help="Validation objective that selects each method's config. (default: accuracy)")]
+        help=f"asha, none or auto (asha for one objective). (default: {SEARCH.scheduler})")]
     = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial. (default: 1)")]
+    objective: Annotated[str | None, typer.Option(
+        help="Validation objective that selects each method's config. "
+             f"(default: {SEARCH.objective})")]
+    = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(
+        help=f"CPUs per trial. (default: {SEARCH.cpus_per_trial:g})")]
     = None,
     gpus_per_trial: Annotated[float | None, typer.Option(
         help="GPUs per trial. (default: 1 where the cluster has GPUs)")] = None,
@@ -114,7 +123,8 @@ def study(
     name: Annotated[str | None, typer.Option(help="Study name. (default: study-<date>-<time>)")]
     = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder that holds study folders. (default: runs)")] = None,
+        "--out", "-o", help=f"Folder that holds study folders. (default: {SEARCH.out})")]
+    = None,
     resume: Annotated[Path | None, typer.Option(
         help="Finish the interrupted study in this folder (nothing is trained twice).")] = None,
     live: Annotated[bool, typer.Option(help="Live tables of trials on a terminal.")] = True,
@@ -125,7 +135,7 @@ def study(
     from extune.study.run import run_study
     from extune.study.settings import StudySettings
 
-    given = option_values(locals(), _OPTION_NAMES)
+    given = option_values(locals(), study, exclude=("quick", "live"))
     _check_numbers(seed, search_seeds, final_epochs)
     planned = load_plan_file(plan) if plan is not None else None
     if resume is not None:
@@ -155,7 +165,7 @@ def _check_numbers(seed: int | None, search_seeds: int | None, final_epochs: int
     Raises:
         ConfigError: naming the option and its bounds.
     """
-    from extune.search.settings import SAMPLER_SEED_MAX
+    from extune.search import SAMPLER_SEED_MAX
     from extune.train.config import EPOCHS_MAX
 
     last = (seed or 0) + max(1, search_seeds or 1) - 1
@@ -192,15 +202,6 @@ def _exit_on_failed_runs(result: Any) -> None:
     echo(f"warning: {len(parts)} problem(s); the report uses the runs that finished: "
          + "; ".join(parts))
     raise typer.Exit(1)
-
-
-_OPTION_NAMES = ("methods", "plan", "seeds", "final_epochs", "trials", "budget_epochs",
-                 "budget_seconds", "startup_trials", "search_seeds", "epochs", "config", "set_",
-                 "fix", "eval_explainer", "eval_layer", "protocols", "test", "correction",
-                 "margin", "min_driven_share", "controls", "sampler", "seed", "scheduler",
-                 "objective",
-                 "cpus_per_trial", "gpus_per_trial", "max_concurrent", "address", "storage",
-                 "tracking_uri", "experiment", "name", "out", "resume")
 
 
 def _print_plan(s: Any) -> None:

@@ -217,7 +217,7 @@ def _unsent_writes(out: Path) -> int:
     """MLflow writes of a training kept in ``out/tracking`` that the store has not taken."""
     if not (out / "tracking").is_dir():
         return 0
-    from extune.search.tracking.journal import Journal
+    from extune.tracking.journal import Journal
 
     return len(Journal(out / "tracking").unsent())
 
@@ -227,7 +227,7 @@ _REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
 def _open_run(cfg: Any, out: Path, config: Path | None, resume: Path | None, *, track: bool,
               tracking_uri: str | None, experiment: str | None, register: str | None) -> Any:
-    """The MLflow run of this training (:mod:`extune.search.tracking.final`), the store
+    """The MLflow run of this training (:mod:`extune.tracking.training_run`), the store
     checked before anything trains; ``None`` with ``--no-track``.
 
     Raises:
@@ -244,7 +244,7 @@ def _open_run(cfg: Any, out: Path, config: Path | None, resume: Path | None, *, 
     if register is not None and not _REGISTERED_NAME.fullmatch(register):
         raise ConfigError(f"--register '{register}': a registered model's name has letters, "
                           "digits, '.', '_' and '-' (at most 100), e.g. --register excon-cifar10")
-    from extune.search.tracking.final import open_final_run
+    from extune.tracking.training_run import open_final_run
     from extune.train.config import load_lineage
 
     return open_final_run(cfg, out, tracking_uri=tracking_uri, experiment=experiment,
@@ -255,7 +255,7 @@ def _open_run(cfg: Any, out: Path, config: Path | None, resume: Path | None, *, 
 def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) -> None:
     """Log the end of training (test metrics, files, the model), wait for the store (a minute
     at most), and say where the run and the model are, or how to send what it did not take."""
-    from extune.search.tracking.parent import FLUSH_TIMEOUT_S
+    from extune.tracking.journal import FLUSH_TIMEOUT_S
 
     try:
         run.finish(metrics, epochs, _table_text(table))
@@ -328,7 +328,7 @@ ModelStoreOpt = Annotated[str | None, typer.Option(
 @contextlib.contextmanager
 def _local_checkpoint(checkpoint: str, tracking_uri: str | None) -> Any:
     """A checkpoint path for ``--checkpoint``: as given, or an MLflow model's, downloaded."""
-    from extune.search.tracking.model import is_model_uri, model_checkpoint
+    from extune.tracking.logged_model import is_model_uri, model_checkpoint
 
     if not is_model_uri(checkpoint):
         if tracking_uri is not None:
@@ -358,7 +358,7 @@ def evaluate(
         check_output_file,
         refuse_full_disk,
     )
-    from extune.search.tracking.model import is_model_uri, model_slug
+    from extune.tracking.logged_model import is_model_uri, model_slug
     from extune.train.progress import EpochProgress
     from extune.train.saved_model import evaluate_checkpoint, evaluation_path
 

@@ -34,7 +34,7 @@ START_TIMEOUT_S = 180.0
 LOG_NAME = "mlflow-ui.log"
 APP_NAME = "extune"
 """MLflow's server app with the model-training view as a new browser's default (entry point
-``mlflow.app``: :mod:`extune.search.tracking.mlflow_app`)."""
+``mlflow.app``: :mod:`extune.tracking.mlflow_app`)."""
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """The server's environment beyond ours (where we do not set it): no job runners (MLflow's
 GenAI jobs, a dozen worker processes that slow the start and that browsing runs never uses)."""
@@ -56,7 +56,7 @@ def ui(
     """Start the MLflow UI on a tracking store (127.0.0.1 by default) and print the link of
     each search and study in it, each scoped to its own runs, and of each final run
     (``extune train``), under the search it was exported from."""
-    from extune.search.connections import check_tracking_uri, existing_store
+    from extune.tracking.store import check_tracking_uri, existing_store
 
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
@@ -90,13 +90,13 @@ def ui(
 
 
 def _entries(uri: str, name: str | None) -> list[Any]:
-    """The store's searches and studies (:func:`~extune.search.tracking.views.store_entries`),
+    """The store's searches and studies (:func:`~extune.tracking.views.store_entries`),
     or the one named ``name``.
 
     Raises:
         ConfigError: no search or study of that name.
     """
-    from extune.search.tracking.views import store_entries
+    from extune.tracking.views import store_entries
 
     entries = store_entries(uri)
     if name is None:
@@ -205,7 +205,7 @@ def run_until_stopped(command: list[str], log_path: Path, *, ready: Any = None,
             line), or did not answer within :data:`START_TIMEOUT_S`.
         KeyboardInterrupt: stopped by a signal (the server is stopped).
     """
-    from extune.search.connections import stop_process_group
+    from extune.processes import stop_process_group
 
     with log_path.open("a") as log:
         process = subprocess.Popen(command, start_new_session=True, stdout=log, env=env,

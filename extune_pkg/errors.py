@@ -41,3 +41,7 @@ class RegistryError(ExtuneError, KeyError):
 
 class DiskFullError(ExtuneError):
     """A disk extune writes to is full; the message says what was kept and how to go on."""
+
+
+class ServiceError(ExtuneError, ConnectionError):
+    """A service extune needs (a Ray cluster, an MLflow tracking store) cannot be reached."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 import sqlite3
 import time
@@ -24,27 +23,29 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from extune.errors import ConfigError, one_line
+from extune.evaluate.objectives import Objective
 from extune.files import atomic_write_text
+from extune.folders import MetaFolder
 from extune.locks import lock_folder, unlock_folder
-from extune.search.reporting.results import TrialRecord, records_from_study, select_trial
-from extune.search.settings import GIVEN_KEYS, Objective, SearchSettings
+from extune.search.records import TrialRecord, records_from_study
+from extune.search.settings import GIVEN_KEYS, SearchSettings
 from extune.spaces import get_space, space_name
 from extune.train.config import Config
 
-__all__ = ["SearchDir", "META_NAME", "storage_root", "chosen_trial"]
+__all__ = ["SearchDir", "META_NAME", "storage_root", "is_search_folder"]
 
 META_NAME = "search.json"
 
 
 @dataclass
-class SearchDir:
+class SearchDir(MetaFolder):
     """A search folder and its ``search.json``."""
 
-    path: Path
-    meta: dict[str, Any]
+    META_NAME: ClassVar[str] = META_NAME
+    KIND: ClassVar[str] = "search"
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -110,22 +111,12 @@ class SearchDir:
         Raises:
             ConfigError: no ``search.json`` there.
         """
-        path = Path(path).resolve()
-        try:
-            meta = json.loads((path / META_NAME).read_text())
-        except (OSError, ValueError):
-            raise ConfigError(f"{path} is not a search folder (no readable {META_NAME}); pass "
-                              "the folder `extune search` printed") from None
+        path, meta = cls.read_meta(path)
         _check_meta(path, meta)
         return cls(path, meta)
 
-    def save(self) -> None:
-        """Write ``search.json`` atomically."""
-        atomic_write_text(self.path / META_NAME, json.dumps(self.meta, indent=2, default=str))
-
     def set_status(self, status: str, **extra: Any) -> None:
-        self.meta.update(status=status, **extra)
-        self.save()
+        self.update(status=status, **extra)
 
     def refuse_failed(self, then: str) -> None:
         """Refuse a search that failed before any trial ran (status ``failed``).
@@ -356,39 +347,9 @@ def _claim(settings: SearchSettings) -> tuple[str, Path]:
     raise ConfigError(f"could not find a free search folder name under {settings.out}")
 
 
-def chosen_trial(search: SearchDir) -> dict[str, Any]:
-    """What a finished search chose (its best config file, trial, objective value) and what it
-    spent (trials by state, trial-epochs), with the settings that shaped it: sampler, seed,
-    TPE start-up trials, scheduler constants."""
-    from extune.search.reporting.results import consumed_epochs, consumed_seconds
-    from extune.search.settings import default_startup_trials
-
-    records = search.records()
-    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
-    best_file = search.path / "best_config.yaml"
-    s = search.settings
-    chosen: dict[str, Any] = {
-        "config": str(best_file) if best_file.is_file() else None, "counts": counts,
-        "trial_epochs": consumed_epochs(records), "trial_seconds": consumed_seconds(records),
-        "search_dir": str(search.path),
-        "parent_run_id": search.meta.get("parent_run_id"), "name": search.name,
-        "sampler": s.sampler, "seed": s.seed, "trials": s.trials,
-        "epoch_budget": s.epoch_budget, "seconds_budget": s.seconds_budget,
-        "startup_trials": (s.startup_trials or default_startup_trials(s.trials))
-        if s.sampler == "tpe" else None,
-        "scheduler": s.scheduler_text(), "scheduler_settings": {
-            "name": s.resolved_scheduler, "reduction_factor": s.reduction_factor,
-            "grace_period": s.grace_period,
-            "max_epochs": search.base_config().optim.epochs},
-        "fixed": s.resolved_fixed}
-    if counts["complete"]:
-        best = select_trial(records, search.objectives)
-        objective = search.objectives[0]
-        chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
-                      params=best.params, number=best.number,
-                      startup=chosen["startup_trials"] is not None
-                      and best.number < chosen["startup_trials"])
-    return chosen
+def is_search_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a search (its ``search.json``)."""
+    return (Path(path) / META_NAME).is_file()
 
 
 def storage_root(storage: str) -> str:

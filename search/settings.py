@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from extune.defaults import SEARCH
 from extune.errors import ConfigError
-from extune.evaluate.metric_info import metric_info
-from extune.search.connections import resolve_tracking_uri
+from extune.evaluate.objectives import OBJECTIVES, Objective, parse_objectives
+from extune.tracking.store import resolve_tracking_uri
 from extune.train.config import Config
 
 __all__ = [
     "SearchSettings",
+    "TrialPlace",
     "Objective",
     "OBJECTIVES",
     "SAMPLERS",
@@ -30,18 +32,6 @@ __all__ = [
     "absolute_data_paths",
     "GIVEN_KEYS",
 ]
-
-_OBJECTIVE_METRICS = {
-    "accuracy": "val/accuracy", "top5": "val/top5", "loss": "val/loss", "ece": "val/ece",
-    "alignment": "val/alignment", "avg_drop": "val/avg_drop",
-    "increase_confidence": "val/increase_confidence", "deletion_auc": "val/deletion_auc",
-    "insertion_auc": "val/insertion_auc", "pointing_game": "val/pointing_game",
-    "saliency_in_mask": "val/saliency_in_mask", "fgsm_accuracy": "adv/fgsm_accuracy",
-    "shift_accuracy": "shift/accuracy", "shift_ece": "shift/ece"}
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    name: (metric, metric_info(metric).mode) for name, metric in _OBJECTIVE_METRICS.items()}
-"""Objective names for ``--objective`` -> (reported metric, direction); the direction is the
-metric's own (:func:`extune.evaluate.metric_info.metric_info`)."""
 
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "qmc")
 SCHEDULERS = ("auto", "asha", "none")
@@ -67,45 +57,43 @@ forwards and backwards per batch and would make single trials of the quick searc
 longer than the rest together. Its layer is still searched."""
 
 
-@dataclass(frozen=True)
-class Objective:
-    """One optimisation target: a reported metric and its direction."""
+@dataclass
+class TrialPlace:
+    """Where trials run and where their records go: what a search and a study share (each
+    study search gets its study's).
 
-    name: str
-    metric: str
-    mode: str  # "max" | "min"
-
-
-def parse_objectives(names: str | list[str] | tuple[str, ...]) -> list[Objective]:
-    """``"accuracy,alignment"`` -> objectives; also accepts ``val/metric:max`` forms.
-
-    Raises:
-        ConfigError: an unknown name, a bad direction, or a repeated objective.
+    Attributes:
+        cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional);
+            ``gpus_per_trial=None``: one GPU per trial where the cluster has GPUs, else none
+            (:mod:`extune.search.engine.resources`).
+        max_concurrent: trials running at once; ``None``: as many as the Ray cluster's CPUs
+            and GPUs hold (``CPUs // cpus_per_trial``, ``GPUs // gpus_per_trial``).
+        address: Ray cluster to join; ``None`` starts Ray on this machine.
+        storage: Ray storage for trial results/checkpoints (shared path or bucket URI);
+            ``None``: inside the search folder.
+        tracking_uri: MLflow tracking URI; ``None``:
+            :data:`~extune.defaults.DEFAULT_TRACKING_URI` (``mlflow.db`` in the working
+            folder).
+        experiment: MLflow experiment name.
+        out: folder that holds the search (or study) folder (``<out>/<name>``).
+        live: show the live table (else one line per finished trial).
     """
-    if isinstance(names, str):
-        names = [n for n in names.split(",")]
-    items = [n.strip() for n in names if n.strip()]
-    if not items:
-        raise ConfigError("--objective needs at least one name, e.g. accuracy or "
-                          "accuracy,alignment")
-    out: list[Objective] = []
-    for item in items:
-        metric, _, mode = item.partition(":")
-        if metric in OBJECTIVES and not mode:
-            out.append(Objective(metric, *OBJECTIVES[metric]))
-        elif "/" in metric and mode in ("max", "min"):
-            out.append(Objective(metric, metric, mode))
-        else:
-            raise ConfigError(f"unknown objective '{item}'; use one of "
-                              f"{', '.join(OBJECTIVES)} or METRIC:max|min (e.g. val/top5:max)")
-    if len({o.metric for o in out}) != len(out):
-        raise ConfigError(f"--objective names a metric twice: {','.join(items)}")
-    return out
+
+    cpus_per_trial: float = SEARCH.cpus_per_trial
+    gpus_per_trial: float | None = None
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = SEARCH.experiment
+    out: str = SEARCH.out
+    live: bool = True
 
 
 @dataclass
-class SearchSettings:
-    """The settings of one search (what ``extune search`` takes).
+class SearchSettings(TrialPlace):
+    """The settings of one search (what ``extune search`` takes), besides where its trials run
+    (:class:`TrialPlace`).
 
     Attributes:
         space: a built-in space name (``excon``, ``edda``, ``random_occlusion``, ``supcon``,
@@ -113,11 +101,6 @@ class SearchSettings:
         config: base config YAML; ``None``: defaults with :data:`QUICK_BASE` (a quick search).
         overrides: dotted-key overrides of the base (``--set``).
         trials: number of trials.
-        max_concurrent: trials running at once; ``None``: as many as the Ray cluster's CPUs
-            and GPUs hold (``CPUs // cpus_per_trial``, ``GPUs // gpus_per_trial``).
-        cpus_per_trial, gpus_per_trial: Ray resources of one trial (GPUs may be fractional);
-            ``gpus_per_trial=None``: one GPU per trial where the cluster has GPUs, else none
-            (:mod:`extune.search.engine.resources`).
         time_budget_s: stop the whole search after this many seconds.
         epoch_budget: stop the whole search once its trials trained this many epochs in all
             (:class:`~extune.search.engine.budget.EpochBudget`); ``trials`` is then a cap.
@@ -132,17 +115,8 @@ class SearchSettings:
             only, so it would pre-filter the Pareto front toward it).
         objective: objective names (see :data:`OBJECTIVES`); several give a Pareto front.
         max_failures: retries of a failing trial from its last checkpoint.
-        address: Ray cluster to join; ``None`` starts Ray on this machine.
-        storage: Ray storage for trial results/checkpoints (shared path or bucket URI);
-            ``None``: inside the search folder.
-        tracking_uri: MLflow tracking URI; ``None``:
-            :data:`~extune.defaults.DEFAULT_TRACKING_URI` (``mlflow.db`` in the working
-            folder).
-        experiment: MLflow experiment name.
         name: search name; ``None``: ``<space>-<date>-<time>``.
-        out: folder that holds the search folder (``<out>/<name>``).
         reduction_factor, grace_period: ASHA settings (``grace_period`` in epochs).
-        live: show the live table (else one line per finished trial).
         full_eval: when a trial runs the full evaluation suite (corruptions, FGSM,
             explanation metrics); its objectives are evaluated after every epoch in any case.
             ``end``: after its last epoch only; ``milestones``: also at the ASHA milestones
@@ -160,32 +134,23 @@ class SearchSettings:
             its own run with ``mlflow.parentRunId``).
     """
 
-    space: str = "excon"
+    space: str = SEARCH.space
     config: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    trials: int = 8
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
+    trials: int = SEARCH.trials
     time_budget_s: float | None = None
     epoch_budget: int | None = None
     seconds_budget: float | None = None
-    sampler: str = "tpe"
+    sampler: str = SEARCH.sampler
     startup_trials: int | None = None
-    seed: int = 0
-    scheduler: str = "auto"
-    objective: list[str] = field(default_factory=lambda: ["accuracy"])
-    max_failures: int = 1
-    address: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    experiment: str = "extune"
+    seed: int = SEARCH.seed
+    scheduler: str = SEARCH.scheduler
+    objective: list[str] = field(default_factory=lambda: [SEARCH.objective])
+    max_failures: int = SEARCH.max_failures
     name: str | None = None
-    out: str = "runs"
     reduction_factor: float = 3.0
     grace_period: int = 1
-    live: bool = True
-    full_eval: str = "end"
+    full_eval: str = SEARCH.full_eval
     fixed: dict[str, Any] = field(default_factory=dict)
     log_checkpoints: bool = False
     start_at_base: bool = True
@@ -380,7 +345,7 @@ def default_startup_trials(trials: int) -> int:
 def make_sampler(name: str, seed: int, trials: int, n_objectives: int,
                  startup_trials: int | None = None) -> Any:
     """An Optuna sampler by name, seeded (held parameters never reach it: see
-    :class:`extune.search.engine.held.HeldSpace`).
+    :class:`extune.search.engine.held_settings.HeldSpace`).
 
     TPE starts from ``startup_trials`` random trials (default :func:`default_startup_trials`),
     models parameters jointly (``multivariate``, ``group`` for conditional spaces) and uses the

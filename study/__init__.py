@@ -8,7 +8,7 @@ corrected for multiplicity, and the report that says what the numbers do and do 
 >>> result = run_study(StudySettings(methods=["ce", "edda"], seeds=5))  # doctest: +SKIP
 
 Modules: :mod:`~extune.study.settings` (what a study takes), :mod:`~extune.study.folder` (its
-folder), :mod:`~extune.study.run` (the stages), :mod:`~extune.study.final` (the final runs),
+folder), :mod:`~extune.study.run` (the stages), :mod:`~extune.study.retrain` (the final runs),
 :mod:`~extune.study.protocols` and :mod:`~extune.study.sensitivity` (evaluation protocols),
 :mod:`~extune.study.stats` (the statistics), :mod:`~extune.study.claims` (claims and verdicts),
 :mod:`~extune.study.report` and :mod:`~extune.study.plots` (the report). Names are imported

@@ -25,10 +25,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from extune.errors import ConfigError
 from extune.files import atomic_write_text
+from extune.folders import MetaFolder
 from extune.study.settings import StudySettings
 
 __all__ = ["StudyDir", "STUDY_META", "software_versions"]
@@ -53,11 +54,11 @@ def software_versions() -> dict[str, str]:
 
 
 @dataclass
-class StudyDir:
+class StudyDir(MetaFolder):
     """A study folder and its ``study.json``."""
 
-    path: Path
-    meta: dict[str, Any]
+    META_NAME: ClassVar[str] = STUDY_META
+    KIND: ClassVar[str] = "study"
 
     @classmethod
     def create(cls, settings: StudySettings) -> StudyDir:
@@ -99,20 +100,7 @@ class StudyDir:
         Raises:
             ConfigError: no readable ``study.json`` there.
         """
-        path = Path(path).resolve()
-        try:
-            meta = json.loads((path / STUDY_META).read_text())
-        except (OSError, ValueError):
-            raise ConfigError(f"{path} is not a study folder (no readable {STUDY_META}); pass "
-                              "the folder `extune study` printed") from None
-        return cls(path, meta)
-
-    def save(self) -> None:
-        atomic_write_text(self.path / STUDY_META, json.dumps(self.meta, indent=2, default=str))
-
-    def update(self, **values: Any) -> None:
-        self.meta.update(values)
-        self.save()
+        return cls(*cls.read_meta(path))
 
     def add_seconds(self, stage: str, seconds: float) -> None:
         times = self.meta.setdefault("stage_seconds", {})
@@ -241,7 +229,7 @@ class StudyDir:
         suffix = "" if not experiments else f"-{len(experiments) + 1}"
         storage = self.settings.storage
         if storage:
-            from extune.search.folder import storage_root
+            from extune.search import storage_root
 
             path = f"{storage_root(storage)}/{self.name}/final{suffix}"
         else:

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from extune.defaults import STUDY
 from extune.errors import ConfigError
 
 __all__ = ["PLAN_FILE", "CURRENT_PLAN_FILE", "DEFAULT_MIN_DRIVEN_SHARE", "PLAN_KEYS",
@@ -42,7 +43,7 @@ __all__ = ["PLAN_FILE", "CURRENT_PLAN_FILE", "DEFAULT_MIN_DRIVEN_SHARE", "PLAN_K
 
 PLAN_FILE = "plan.json"
 CURRENT_PLAN_FILE = "plan-current.json"
-DEFAULT_MIN_DRIVEN_SHARE = 0.2
+DEFAULT_MIN_DRIVEN_SHARE = STUDY.min_driven_share
 """A method whose explanation-driven part drove fewer of its training images than this share
 (``train/driven_share`` averaged over its runs) is "weakly tested": its verdicts stand, with
 the share beside them."""

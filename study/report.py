@@ -228,7 +228,7 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
 
     Args:
         sdir: the study folder.
-        runs: the final runs and controls (:func:`~extune.study.final.run_final_stage`).
+        runs: the final runs and controls (:func:`~extune.study.retrain.run_final_stage`).
         chosen: method -> what each of its searches chose and spent
             (:func:`~extune.search.folder.chosen_trial`).
         sensitivity: :func:`~extune.study.sensitivity.rescore_stage`.

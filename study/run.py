@@ -24,11 +24,11 @@ from typing import Any
 from rich.console import Console
 
 from extune.locks import hold_folder
-from extune.search.folder import SearchDir, chosen_trial
-from extune.search.tracking.journal import bounded_http_client
+from extune.search import SearchDir, chosen_trial
 from extune.study.folder import StudyDir
 from extune.study.plan import PLAN_FILE, build_plan
 from extune.study.settings import StudySettings
+from extune.tracking.journal import bounded_http_client
 
 __all__ = ["StudyResult", "run_study", "study_tracker"]
 
@@ -68,12 +68,8 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
     """
     import ray
 
-    from extune.search.connections import (
-        check_tracking_uri,
-        connect_ray,
-        quiet_ray_env,
-        resolve_tracking_uri,
-    )
+    from extune.search import connect_ray, quiet_ray_env
+    from extune.tracking.store import check_tracking_uri, resolve_tracking_uri
 
     start = time.time()
     quiet_ray_env()
@@ -112,8 +108,8 @@ def run_study(settings: StudySettings | None = None, *, resume: str | Path | Non
 
 def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Path]]:
     """Searches, final runs, sensitivity and report of a study whose Ray is up."""
-    from extune.study.final import run_final_stage
     from extune.study.report import write_report
+    from extune.study.retrain import run_final_stage
     from extune.study.sensitivity import rescore_stage
 
     settings = sdir.settings
@@ -214,8 +210,8 @@ def _validate_spaces(settings: StudySettings) -> None:
 
 def study_tracker(sdir: StudyDir, uri: str) -> Any:
     """The MLflow tracker of the study's parent run (created, or found again on resume)."""
-    from extune.search.tracking.client import VIEW_TAG, MlflowTracker
-    from extune.search.tracking.views import study_view
+    from extune.tracking.client import VIEW_TAG, MlflowTracker
+    from extune.tracking.views import study_view
 
     s = sdir.settings
     tracker = MlflowTracker(uri, s.experiment, sdir.study_id, sdir.name, role="study",
@@ -247,7 +243,7 @@ def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str,
     """Run (or finish, or read) search ``index`` of ``method`` with the plan's ``held``
     settings; returns its chosen trial (:func:`~extune.search.folder.chosen_trial`) with the
     search's wall time."""
-    from extune.search.engine.run import run_search
+    from extune.search import run_search
 
     name = sdir.settings.search_name(method, index)
     folder = sdir.search_dir(name)

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from extune.search.settings import SearchSettings, check_name, parse_objectives, require
+from extune.defaults import SEARCH, STUDY
+from extune.search import SearchSettings, TrialPlace, check_name, parse_objectives, require
 from extune.train.config import Config
 from extune.train.methods import METHODS
 
@@ -60,7 +61,7 @@ DEFAULT_MARGINS: dict[str, float] = {
 """Equivalence margins: a difference within ``±margin`` counts as none when two one-sided tests
 show it (``--margin accuracy=0.01`` changes one)."""
 
-DEFAULT_PROTOCOLS = ("gradcam", "gradcam:previous", "integrated_gradients")
+DEFAULT_PROTOCOLS = STUDY.protocols
 """Evaluation protocols of the sensitivity section: ``explainer[:layer]``; ``previous`` is the
 stage before the backbone's last (Grad-CAM one stage earlier)."""
 
@@ -74,8 +75,9 @@ permutation test of the mean difference (unpaired), or a paired t test by seed i
 
 
 @dataclass
-class StudySettings:
-    """What ``extune study`` takes.
+class StudySettings(TrialPlace):
+    """What ``extune study`` takes, besides where its trials run (:class:`TrialPlace`, as
+    ``extune search``).
 
     Attributes:
         methods: the methods compared (each searched with its built-in space); ``None``: the
@@ -115,31 +117,29 @@ class StudySettings:
             base (:data:`STUDY_BASE`).
         quick: the tiny preset (:data:`QUICK_STUDY`, 2 trials, 2 seeds, 2 final epochs) unless
             those are given.
-        cpus_per_trial, gpus_per_trial, max_concurrent, address, storage, tracking_uri,
-        experiment, out, live: as ``extune search``.
         name: study name; ``None``: ``study-<date>-<time>``.
         confidence: level of the intervals; ``1 - confidence`` is the family-wise error rate.
     """
 
     methods: list[str] | None = None
-    seeds: int = 5
+    seeds: int = STUDY.seeds
     final_epochs: int | None = None
-    trials: int = 8
+    trials: int = STUDY.trials
     budget_epochs: int | None = None
     budget_seconds: float | None = None
     startup_trials: int | None = None
-    search_seeds: int = 1
+    search_seeds: int = STUDY.search_seeds
     epochs: int | None = None
-    sampler: str = "tpe"
-    seed: int = 0
-    scheduler: str = "auto"
-    objective: str = "accuracy"
+    sampler: str = SEARCH.sampler
+    seed: int = SEARCH.seed
+    scheduler: str = SEARCH.scheduler
+    objective: str = SEARCH.objective
     fixed: dict[str, Any] = field(default_factory=dict)
-    eval_explainer: str = "gradcam"
+    eval_explainer: str = STUDY.eval_explainer
     eval_layer: str | None = None
     protocols: list[str] = field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
-    test: str = "welch"
-    correction: str = "holm"
+    test: str = STUDY.test
+    correction: str = STUDY.correction
     margins: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     min_driven_share: float | None = None
@@ -147,16 +147,7 @@ class StudySettings:
     config: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     quick: bool = False
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    address: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    experiment: str = "extune"
     name: str | None = None
-    out: str = "runs"
-    live: bool = True
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
@@ -304,7 +295,8 @@ class StudySettings:
     def preset(cls, quick: bool, **given: Any) -> StudySettings:
         """Settings from the options given; ``quick`` fills in the tiny budget's defaults."""
         if quick:
-            given = {"trials": 2, "seeds": 2, "final_epochs": 2, **given}
+            given = {"trials": STUDY.quick_trials, "seeds": STUDY.quick_seeds,
+                     "final_epochs": STUDY.quick_final_epochs, **given}
         return cls(quick=quick, **given)
 
 

@@ -1,5 +1,5 @@
 """The MLflow journals of a study folder, for ``extune sync``
-(:mod:`extune.search.tracking.sync`)."""
+(:mod:`extune.tracking.sync`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search.tracking.sync import Job, search_journals
+from extune.search import search_journals
 from extune.study.folder import STUDY_META
+from extune.tracking.sync import Job
 
 __all__ = ["study_journals", "is_study_folder"]
 
@@ -23,7 +24,7 @@ def study_journals(folder: str | Path) -> list[Job]:
     Raises:
         ConfigError: not a study folder.
     """
-    from extune.search.tracking.parent import TRACKING_DIR
+    from extune.tracking.journal import TRACKING_DIR
 
     root = Path(folder).resolve()
     if not is_study_folder(root):
@@ -36,9 +37,9 @@ def study_journals(folder: str | Path) -> list[Job]:
 
 
 def _study_tracker(folder: Path) -> Any:
-    from extune.search.connections import resolve_tracking_uri
     from extune.study.folder import StudyDir
     from extune.study.run import study_tracker
+    from extune.tracking.store import resolve_tracking_uri
 
     sdir = StudyDir.load(folder)
     uri = sdir.meta.get("tracking_uri") or resolve_tracking_uri(sdir.settings.tracking_uri)

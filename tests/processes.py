@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from extune.search.connections import stop_process_group
+from extune.processes import stop_process_group
 
 BIN = Path(sys.executable).parent
 
@@ -114,7 +114,7 @@ def search_runs(uri: str, search_dir: Path) -> list:
     """Every MLflow run (parent and trials) of the search in ``search_dir``, by its id."""
     import json
 
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     search_id = json.loads((search_dir / "search.json").read_text())["search_id"]
     client = mlflow_client(uri)

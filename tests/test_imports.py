@@ -90,7 +90,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_the_packages():
     graph = import_graph()
     assert {"extune.registry", "extune.cli", "extune.train.validate",
-            "extune.search.engine.trials"} <= set(graph)
+            "extune.tracking.trials"} <= set(graph)
     assert "extune.train.config" in graph["extune.train.validate"]
     assert "extune.models.resnet" in graph["extune.models.backbones"]  # a lazy import counts
 
@@ -126,19 +126,59 @@ def test_no_module_imports_a_private_name_of_another_package():
 
 
 def test_dependencies_point_one_way():
-    """``models``, ``augment`` and ``evaluate`` never import ``train``, ``spaces``, ``search``,
-    ``study`` or the CLI; ``train`` never imports ``spaces``, ``search``, ``study`` or the CLI;
-    ``search`` never imports ``study`` (a study is built on searches)."""
+    """The floors (README, "Layout"): ``models``, ``augment`` and ``evaluate`` import none of
+    ``train``, ``spaces``, ``tracking``, ``search``, ``study`` or the CLI; ``train`` none of
+    ``spaces``, ``tracking``, ``search``, ``study`` or the CLI; ``spaces`` none of ``tracking``
+    and above; ``tracking`` (everything that talks to MLflow) none of ``spaces``, ``search``,
+    ``study`` or the CLI; ``search`` never imports ``study`` (a study is built on searches)."""
     graph = import_graph()
-    rules = {("extune.models", "extune.augment", "extune.evaluate"):
-             ("extune.train", "extune.spaces", "extune.search", "extune.study", "extune.cli"),
-             ("extune.train",): ("extune.spaces", "extune.search", "extune.study", "extune.cli"),
-             ("extune.spaces",): ("extune.search", "extune.study", "extune.cli"),
+    above_train = ("extune.spaces", "extune.tracking", "extune.search", "extune.study",
+                   "extune.cli")
+    rules = {("extune.models", "extune.augment", "extune.evaluate"): ("extune.train",
+                                                                       *above_train),
+             ("extune.train",): above_train,
+             ("extune.spaces",): ("extune.tracking", "extune.search", "extune.study",
+                                  "extune.cli"),
+             ("extune.tracking",): ("extune.spaces", "extune.search", "extune.study",
+                                    "extune.cli"),
              ("extune.search",): ("extune.study", "extune.cli"),
              ("extune.study",): ("extune.cli",)}
     bad = [(m, t) for low, high in rules.items() for m, targets in graph.items()
            if m.startswith(low) for t in targets if t.startswith(high)]
     assert bad == []
+
+
+def test_study_and_the_cli_use_the_front_door_of_search():
+    """``extune.study`` and ``extune.cli`` import names of ``extune.search``, never its
+    modules: what search exports is in one place (``search/__init__.py``)."""
+    graph = import_graph()
+    bad = [(m, t) for m, targets in graph.items()
+           if m.startswith(("extune.study", "extune.cli")) for t in targets
+           if t.startswith("extune.search.")]
+    assert bad == []
+
+
+SEARCH_FLOORS = (("extune.search.settings", "extune.search.connections", "extune.search.records"),
+                 ("extune.search.folder",), ("extune.search.reporting",),
+                 ("extune.search.engine",))
+"""The floors inside ``search/``, lowest first (search/__init__.py)."""
+
+
+def _search_floor(module: str) -> int | None:
+    for floor, prefixes in enumerate(SEARCH_FLOORS):
+        if module.startswith(prefixes):
+            return floor
+    return None
+
+
+def test_no_import_inside_search_runs_back_up():
+    graph = import_graph()
+    bad = [(m, t) for m, targets in graph.items() if _search_floor(m) is not None
+           for t in targets if _search_floor(t) is not None
+           and _search_floor(t) > _search_floor(m)]
+    assert bad == []
+    assert all(_search_floor(m) is not None for m in graph
+               if m.startswith("extune.search.")), "a search module without a floor"
 
 
 @pytest.mark.parametrize("module, absent", [
@@ -151,6 +191,9 @@ def test_dependencies_point_one_way():
     ("extune.search.engine.run", ("torch", "ray", "mlflow")),
     ("extune.search.engine.trainable", ("optuna", "mlflow")),
     ("extune.search.settings", ("torch", "ray", "mlflow")),
+    ("extune.search", ("torch", "ray", "optuna", "mlflow")),
+    ("extune.tracking", ("torch", "ray", "optuna", "mlflow")),
+    ("extune.tracking.store", ("torch", "ray", "optuna", "mlflow")),
     ("extune.study", ("torch", "ray", "optuna", "mlflow")),
     ("extune.evaluate.metric_info", ("torch",)),
 ])

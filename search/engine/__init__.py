@@ -2,7 +2,7 @@
 
 :mod:`~extune.search.engine.run` (``run_search``: the Tuner, resume, the end of a search),
 :mod:`~extune.search.engine.trainable` (what a Ray worker runs for a trial),
-:mod:`~extune.search.engine.trials` (what describes a trial: its config keys, Config, name,
+:mod:`~extune.tracking.trials` (what describes a trial: its config keys, Config, name,
 metrics and error), :mod:`~extune.search.engine.optuna_search` (the searcher that records
 pruned and failed trials as such), :mod:`~extune.search.engine.resources` (CPUs and GPUs per
 trial), :mod:`~extune.search.engine.budget` (a budget in trial-epochs) and

@@ -33,12 +33,12 @@ from ray.tune import Callback
 from extune.errors import ConfigError, DiskFullError, ExtuneError, one_line
 from extune.files import MIN_FREE_BYTES, check_writable, free_bytes
 from extune.search.folder import SearchDir
-from extune.search.tracking.parent import mark_interrupted
+from extune.search.reporting.parent_run import mark_interrupted
 
 __all__ = ["DiskGuard", "full_disk", "reset", "repair_error_files", "watched_folders",
            "raise_if_disk_full", "ray_storage", "WholeFilesSystem", "restore_tuner",
-           "check_experiment_state", "check_resumable", "check_storage", "ray_state_problem",
-           "pickle_problem", "RestoreFailed"]
+           "check_experiment_state", "check_resumable", "alias_moved_modules", "MOVED_MODULES",
+           "check_storage", "ray_state_problem", "pickle_problem", "RestoreFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,29 @@ class RestoreFailed(logging.Filter):
 _CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
 
 
+MOVED_MODULES = {
+    "extune.search.tracking": "extune.tracking",
+    "extune.search.tracking.callback": "extune.tracking.callback",
+    "extune.search.tracking.client": "extune.tracking.client",
+    "extune.search.tracking.journal": "extune.tracking.journal",
+    "extune.search.tracking.notes": "extune.tracking.notes",
+    "extune.search.tracking.parent": "extune.search.reporting.parent_run",
+    "extune.search.engine.trials": "extune.tracking.trials",
+}
+"""Modules that moved (extune 0.1, issue 29) under the names a search saved by an earlier
+extune pickled its callbacks with (Ray keeps them in ``tuner.pkl``)."""
+
+
+def alias_moved_modules() -> None:
+    """Make :data:`MOVED_MODULES` importable under their old names, so that ``Tuner.restore``
+    unpickles the callbacks of a search started before they moved."""
+    import importlib
+    import sys
+
+    for old, new in MOVED_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+
+
 def restore_tuner(experiment_path: str, trainable: Any,
                   then: str = "what finished stays in MLflow; start it again") -> Any:
     """``Tuner.restore`` of the experiment in ``experiment_path`` after a check that its files
@@ -422,6 +445,7 @@ def restore_tuner(experiment_path: str, trainable: Any,
     if "://" in experiment_path or any(Path(experiment_path).glob("experiment_state-*.json")):
         logger.addFilter(RestoreFailed(then))  # else Ray starts over what saved nothing
     storage = ray_storage(experiment_path)
+    alias_moved_modules()
     try:
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False,

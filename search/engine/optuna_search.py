@@ -1,6 +1,7 @@
 """An OptunaSearch that records early-stopped trials as PRUNED and failed ones as FAIL.
 
-Why a subclass: in Ray 2.60 ``OptunaSearch`` fixes the study's pruner to ``NopPruner`` and its
+Why a subclass: Ray's ``OptunaSearch`` (checked with Ray 2.60; tests/search cover it on every
+version the pyproject allows) fixes the study's pruner to ``NopPruner`` and its
 ``on_trial_complete`` tells Optuna ``COMPLETE`` with whatever the trial reported last. Ray's
 TuneController calls ``search_alg.on_trial_complete(trial_id, result=last_result)`` both when a
 trial ends on its own and when the scheduler (ASHA) stops it (``stop_trial``), so a trial
@@ -9,7 +10,7 @@ which misleads TPE and the exported best trial. A trial that raised after report
 would also be told COMPLETE, since Ray only tells FAIL when there is no value at all.
 
 Here the trial's planned epochs are known at ``suggest`` time (the base config with the trial's
-parameters, :func:`extune.search.engine.trials.trial_config`), so ``on_trial_complete`` tells
+parameters, :func:`extune.tracking.trials.trial_config`), so ``on_trial_complete`` tells
 ``PRUNED`` when the last reported ``epoch`` is short of them and ``FAIL`` on any error or
 non-finite objective, through the same ``_ot_trials`` map and ``study.tell`` that Ray uses.
 
@@ -28,7 +29,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from extune.search.engine.trials import TRIAL_NUMBER, reported_metrics, trial_config
+from extune.tracking.trials import TRIAL_NUMBER, reported_metrics, trial_config
 
 __all__ = ["PruneAwareOptunaSearch"]
 

@@ -1,10 +1,11 @@
 """What each trial gets from the Ray cluster (CPUs, GPUs) and how many trials run at once.
 
 The GPU rule: ``--gpus-per-trial`` not given (``None``) means **one GPU per trial where the
-cluster has GPUs**, none where it has none. Ray 2.60 no longer hides GPUs from a task that asked
-for none (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO``), so a trial given no GPU is also kept off them
-here (:func:`hide_unassigned_gpus`): with ``runtime.device=auto`` it would otherwise put every
-trial on ``cuda:0`` without Ray counting it, as many at once as there are CPUs.
+cluster has GPUs**, none where it has none. Ray (checked with 2.60) no longer hides GPUs from a
+task that asked for none (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO``), so a trial given no GPU is
+kept off them here (:func:`hide_unassigned_gpus`): with ``runtime.device=auto`` it would
+otherwise put every trial on ``cuda:0`` without Ray counting it, as many at once as there are
+CPUs.
 """
 
 from __future__ import annotations

@@ -27,29 +27,15 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from extune.errors import ConfigError, DiskFullError, ExtuneError
+from extune.evaluate.objectives import Objective
 from extune.files import check_free_space, check_writable, is_disk_full
 from extune.locks import folder_lock, unlock_folder
-from extune.search.connections import (
-    check_tracking_uri,
-    connect_ray,
-    probe_ray_address,
-    quiet_ray_env,
-)
-from extune.search.engine.held import held_space, reconcile_fixed
+from extune.search.connections import connect_ray, probe_ray_address, quiet_ray_env
+from extune.search.engine.held_settings import held_space, reconcile_fixed
 from extune.search.engine.resources import ResourcePlan, cluster_plan
-from extune.search.engine.stopped import ray_trials, settle_stopped, was_interrupted
+from extune.search.engine.stopped_trials import ray_trials, settle_stopped, was_interrupted
 from extune.search.folder import SearchDir, refuse_taken_name
-from extune.search.reporting.results import (
-    TrialRecord,
-    pareto_front,
-    records_from_study,
-    select_trial,
-)
-from extune.search.reporting.summary import write_outputs, write_plots
-from extune.search.settings import Objective, SearchSettings, make_sampler
-from extune.search.tracking.journal import Op, bounded_http_client
-from extune.search.tracking.parent import (
-    FLUSH_TIMEOUT_S,
+from extune.search.reporting.parent_run import (
     close_orphans,
     close_search_writer,
     journal_dir,
@@ -58,9 +44,19 @@ from extune.search.tracking.parent import (
     search_tracker,
     search_writer,
 )
+from extune.search.reporting.results import (
+    TrialRecord,
+    pareto_front,
+    records_from_study,
+    select_trial,
+)
+from extune.search.reporting.summary import write_outputs, write_plots
+from extune.search.settings import SearchSettings, make_sampler
 from extune.signals import sigint_kept
 from extune.spaces import get_space, validate_space
 from extune.spaces.validate import SpaceCheck
+from extune.tracking.journal import FLUSH_TIMEOUT_S, Op, bounded_http_client
+from extune.tracking.store import check_tracking_uri
 from extune.train.config import Config
 
 if TYPE_CHECKING:
@@ -284,33 +280,25 @@ def _check_storage(settings: SearchSettings) -> None:
 def _tuner(sdir: SearchDir, settings: SearchSettings, plan: ResourcePlan, data: DataSplits,
            tracker: Any, max_epochs: int | None, resumed: bool, callbacks: list[Any],
            stop: Any = None) -> Any:
-    from ray import tune
-
-    from extune.search.engine.trainable import train_trial
+    """The search's Tuner (:func:`~extune.search.engine.tuner.trial_tuner`): its searcher,
+    scheduler, budgets and callbacks; the data decoded once (in run_search)."""
+    from extune.search.engine.budget import with_budget
+    from extune.search.engine.tuner import trial_tuner
 
     base = sdir.base_config()
     base_dict = base.to_dict()
     epochs = max_epochs or base.optim.epochs
-    # data: decoded once (in run_search), shared through Ray's object store
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base_dict, data=data,
-                             cpus=settings.cpus_per_trial,
-                             objectives=tuple(o.metric for o in settings.objectives),
-                             storage=sdir.experiment_path,
-                             full_epochs=settings.full_epochs(epochs)),
-        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-    if resumed and tune.Tuner.can_restore(sdir.experiment_path):
-        from extune.search.engine.disk import restore_tuner
-
-        return restore_tuner(sdir.experiment_path, trainable, then=sdir.what_remains())
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=_searcher(sdir, settings, base_dict),
-            scheduler=_scheduler(settings, epochs),
-            num_samples=settings.trials, max_concurrent_trials=plan.concurrency,
-            time_budget_s=settings.time_budget_s, reuse_actors=True),
-        run_config=_run_config(sdir, settings, tracker, base_dict, callbacks, stop))
+    return trial_tuner(
+        sdir.experiment_path, base=base_dict, data=data, plan=plan,
+        cpus_per_trial=settings.cpus_per_trial,
+        objectives=[o.metric for o in settings.objectives],
+        callbacks=_callbacks(sdir, settings, tracker, base_dict, callbacks),
+        tune_config={"search_alg": _searcher(sdir, settings, base_dict),
+                     "scheduler": _scheduler(settings, epochs), "num_samples": settings.trials,
+                     "time_budget_s": settings.time_budget_s},
+        stop=with_budget(sdir, settings, stop), max_failures=settings.max_failures,
+        full_epochs=settings.full_epochs(epochs), restore=resumed,
+        restore_then=sdir.what_remains())
 
 
 def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -> Any:
@@ -346,16 +334,13 @@ def _scheduler(settings: SearchSettings, max_epochs: int) -> Any:
                          reduction_factor=settings.reduction_factor, stop_last_trials=False)
 
 
-def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
-                base: dict[str, Any], callbacks: list[Any], stop: Any = None) -> Any:
-    from ray import tune
-
-    from extune.search.engine.budget import with_budget
-    from extune.search.engine.disk import DiskGuard, ray_storage, watched_folders
+def _callbacks(sdir: SearchDir, settings: SearchSettings, tracker: Any, base: dict[str, Any],
+               extra: list[Any]) -> list[Any]:
+    """The disk guard, the trials' MLflow runs, the live console, then ``extra``."""
+    from extune.search.engine.disk import DiskGuard, watched_folders
     from extune.search.reporting.console import LiveConsole
-    from extune.search.tracking.callback import MlflowCallback
+    from extune.tracking.callback import MlflowCallback
 
-    stop = with_budget(sdir, settings, stop)
     console = LiveConsole(title=sdir.name, objectives=settings.objectives, base=base,
                           total=settings.trials, live=settings.live,
                           study=(sdir.meta["optuna_storage"], sdir.name))
@@ -364,11 +349,7 @@ def _run_config(sdir: SearchDir, settings: SearchSettings, tracker: Any,
         tracker, base, tags=_trial_tags(settings), objectives=tuple(settings.objectives),
         journal_dir=journal_dir(sdir), log_checkpoint=settings.log_checkpoints,
         constant=(*settings.resolved_fixed, *sdir.meta.get("space_constants", {})))
-    return tune.RunConfig(
-        **ray_storage(sdir.experiment_path), verbose=0, stop=stop,
-        callbacks=[guard, tracking, console, *callbacks],
-        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    return [guard, tracking, console, *extra]
 
 
 def _trial_tags(settings: SearchSettings) -> dict[str, str]:
@@ -379,7 +360,7 @@ def _trial_tags(settings: SearchSettings) -> dict[str, str]:
 
 def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
             trials: list[Any], stopped_by: str = "time budget") -> SearchResult:
-    from extune.search.engine.trials import trial_error
+    from extune.tracking.trials import trial_error
 
     study = sdir.study()
     if not interrupted:

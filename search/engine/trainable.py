@@ -11,7 +11,7 @@ from typing import Any
 
 from extune.errors import ConfigError, ExtuneError
 from extune.search.engine.resources import hide_unassigned_gpus
-from extune.search.engine.trials import trial_config
+from extune.tracking.trials import trial_config
 from extune.train.config import Config
 
 __all__ = ["train_trial", "FAILED_MARKER"]

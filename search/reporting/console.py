@@ -12,7 +12,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from extune.search.engine.trials import (
+from extune.evaluate.objectives import Objective
+from extune.search.reporting.results import TrialRecord, pareto_front, rank_records
+from extune.tracking.trials import (
     config_label,
     planned_epochs,
     reported_metrics,
@@ -20,8 +22,6 @@ from extune.search.engine.trials import (
     trial_error,
     trial_label,
 )
-from extune.search.reporting.results import TrialRecord, pareto_front, rank_records
-from extune.search.settings import Objective
 
 __all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
 

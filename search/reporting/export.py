@@ -11,7 +11,7 @@ the user gave them (:func:`as_given`), and its comment lines are sentences about
 where it comes from, why it may not be final, its warm-ups, where its relative paths start.
 Its last key, ``lineage:``, says the same for machines (search name and id, trial, MLflow runs,
 selection rule, extune version): ``extune train`` records it as tags of its MLflow run and
-links the run to the trial and the search (:mod:`~extune.search.tracking.final`).
+links the run to the trial and the search (:mod:`~extune.tracking.training_run`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import yaml
 
 from extune import __version__
 from extune.errors import ConfigError, one_line
+from extune.evaluate.objectives import Objective
 from extune.files import atomic_write_text, check_output_file, check_writable
-from extune.search.connections import existing_store
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord, select_trial
-from extune.search.settings import Objective
+from extune.tracking.store import existing_store
 from extune.train.config import LINEAGE_KEY, Config, load_yaml
 
 __all__ = ["export_search", "export_run", "search_lineage", "run_caveat", "search_caveat",
@@ -151,8 +151,8 @@ def _trial_run_id(sdir: SearchDir, trial_id: str | None) -> str | None:
     uri = sdir.meta.get("tracking_uri")
     if not uri or not trial_id:
         return None
-    from extune.search.tracking.client import mlflow_client, tag_filter
-    from extune.search.tracking.journal import bounded_http_client
+    from extune.tracking.client import mlflow_client, tag_filter
+    from extune.tracking.journal import bounded_http_client
 
     bounded_http_client()
     try:
@@ -283,7 +283,7 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str | None = None,
     uri = existing_store(tracking_uri)
     from mlflow.exceptions import MlflowException
 
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
     try:

@@ -39,8 +39,8 @@ from typing import Any
 from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 
 from extune.errors import one_line
-from extune.search.engine.trials import trial_label
-from extune.search.settings import Objective
+from extune.evaluate.objectives import Objective
+from extune.tracking.trials import trial_label
 
 __all__ = ["MIN_TRIALS", "MIN_FIT", "FIT_PER_PARAMETER", "PLOTS_DIR", "Comparable", "Drawn",
            "SearchPlots", "comparable_study", "draw_plots", "fit_minimum", "search_plots"]
@@ -302,8 +302,8 @@ class _FanovaOnce(BaseImportanceEvaluator):
     """Optuna's fANOVA importance evaluator, seeded and fitted once per set of trials and
     parameters: the PNG and the HTML importance plots and the contour's choice of the two most
     important parameters then show one fit (unseeded, three fits could rank them three ways).
-    Named, not Optuna's default: that is PED-ANOVA since Optuna 5, which the titles would
-    misname."""
+    Named, not Optuna's default: that is PED-ANOVA in Optuna 5 (checked with 5.1; fANOVA in
+    Optuna 4), which the titles would misname."""
 
     def __init__(self, seed: int = 0) -> None:
         self._evaluator = FanovaImportanceEvaluator(seed=seed)

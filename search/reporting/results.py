@@ -1,4 +1,5 @@
-"""Trial records of a search, ranking, the Pareto front, the knee rule and the summary files.
+"""Ranking a search's trial records (:mod:`extune.search.records`), the Pareto front, the knee
+rule, the chosen trial and the summary files.
 
 Everything here works from the Optuna study (with the ``extune.*`` user attributes that
 :class:`~extune.search.engine.optuna_search.PruneAwareOptunaSearch` writes) and plain Python,
@@ -10,19 +11,23 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search.settings import OBJECTIVES, Objective
+from extune.evaluate.objectives import OBJECTIVES, Objective
+from extune.search.records import (
+    TrialRecord,
+    consumed_epochs,
+    consumed_seconds,
+    records_from_study,
+)
 
 __all__ = [
     "TrialRecord",
-    "consumed_epochs",
-    "consumed_seconds",
     "records_from_study",
+    "chosen_trial",
     "dominates",
     "pareto_front",
     "knee_point",
@@ -33,72 +38,6 @@ __all__ = [
     "plot_summary",
 ]
 
-_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-           "WAITING": "waiting"}
-
-
-@dataclass
-class TrialRecord:
-    """One trial of a search.
-
-    Attributes:
-        number: Optuna trial number (0-based, in the order trials were asked).
-        trial_id: Ray Tune trial id (also the MLflow tag ``extune.trial_id``).
-        state: ``complete``, ``pruned`` (stopped early), ``failed``, ``running`` or ``waiting``.
-        values: objective values of a complete trial (in objective order), else ``None``.
-        metrics: the last reported metrics (``epoch``, ``val/...``, ``train/...``).
-        params: the trial's config overrides (dotted keys).
-        planned_epochs: epochs the trial would have trained.
-        node_id, hostname, pid: where it ran last.
-        error: one-line error of a failed trial, when known.
-    """
-
-    number: int
-    trial_id: str | None = None
-    state: str = "running"
-    values: list[float] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    planned_epochs: int | None = None
-    node_id: str | None = None
-    hostname: str | None = None
-    pid: int | None = None
-    error: str | None = None
-
-    @property
-    def epoch(self) -> int:
-        return int(self.metrics.get("epoch", 0))
-
-    @property
-    def name(self) -> str:
-        return f"trial-{self.number:03d}"  # as in MLflow and the live view
-
-    def value(self, objective: Objective) -> float | None:
-        v = self.metrics.get(objective.metric)
-        return v if v is not None and math.isfinite(v) else None
-
-
-def records_from_study(study: Any, objectives: Sequence[Objective]) -> list[TrialRecord]:
-    """One :class:`TrialRecord` per Optuna trial, in trial-number order."""
-    records = []
-    for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        metrics = dict(attrs.get("extune.metrics", {}))
-        state = _STATES.get(t.state.name, t.state.name.lower())
-        values = list(t.values) if state == "complete" and t.values is not None else None
-        if values is not None:  # the study holds the values told; keep metrics consistent
-            for obj, v in zip(objectives, values, strict=False):
-                metrics.setdefault(obj.metric, v)
-        records.append(TrialRecord(
-            number=t.number, trial_id=attrs.get("extune.ray_trial_id"), state=state,
-            values=values, metrics=metrics, params=dict(attrs.get("extune.params", t.params)),
-            planned_epochs=attrs.get("extune.planned_epochs"),
-            node_id=attrs.get("extune.node_id"), hostname=attrs.get("extune.hostname"),
-            pid=attrs.get("extune.pid"), error=attrs.get("extune.error")))
-    return records
-
-
-# ---------------------------------------------------------------- Pareto / knee
 def _oriented(values: Sequence[float], objectives: Sequence[Objective]) -> list[float]:
     """Values turned so that larger is better for every objective."""
     return [v if o.mode == "max" else -v for v, o in zip(values, objectives, strict=True)]
@@ -325,14 +264,35 @@ def _plot_history(ax: Any, records: Sequence[TrialRecord], objective: Objective)
     ax.legend(loc="best", fontsize=8)
 
 
-def consumed_epochs(records: Iterable[Any]) -> int:
-    """Trial-epochs of a search's trials
-    (:class:`TrialRecord`): the sum of each trial's last
-    reported epoch."""
-    return sum(r.epoch for r in records)
+def chosen_trial(search: Any) -> dict[str, Any]:
+    """What a finished search chose (its best config file, trial, objective value) and what it
+    spent (trials by state, trial-epochs), with the settings that shaped it: sampler, seed,
+    TPE start-up trials, scheduler constants."""
+    from extune.search.settings import default_startup_trials
 
-
-def consumed_seconds(records: Iterable[Any]) -> float:
-    """Trial-seconds of a search's trials (:class:`TrialRecord`): the sum of each trial's last
-    reported ``train/seconds`` (training and validation: the compute, whatever ran at once)."""
-    return sum(float(r.metrics.get("train/seconds", 0.0)) for r in records)
+    records = search.records()
+    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed")}
+    best_file = search.path / "best_config.yaml"
+    s = search.settings
+    chosen: dict[str, Any] = {
+        "config": str(best_file) if best_file.is_file() else None, "counts": counts,
+        "trial_epochs": consumed_epochs(records), "trial_seconds": consumed_seconds(records),
+        "search_dir": str(search.path),
+        "parent_run_id": search.meta.get("parent_run_id"), "name": search.name,
+        "sampler": s.sampler, "seed": s.seed, "trials": s.trials,
+        "epoch_budget": s.epoch_budget, "seconds_budget": s.seconds_budget,
+        "startup_trials": (s.startup_trials or default_startup_trials(s.trials))
+        if s.sampler == "tpe" else None,
+        "scheduler": s.scheduler_text(), "scheduler_settings": {
+            "name": s.resolved_scheduler, "reduction_factor": s.reduction_factor,
+            "grace_period": s.grace_period,
+            "max_epochs": search.base_config().optim.epochs},
+        "fixed": s.resolved_fixed}
+    if counts["complete"]:
+        best = select_trial(records, search.objectives)
+        objective = search.objectives[0]
+        chosen.update(trial=best.name, value=best.value(objective), metric=objective.metric,
+                      params=best.params, number=best.number,
+                      startup=chosen["startup_trials"] is not None
+                      and best.number < chosen["startup_trials"])
+    return chosen

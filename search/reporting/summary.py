@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from extune.errors import one_line
+from extune.evaluate.objectives import Objective
 from extune.files import atomic_write_text
 from extune.search.folder import SearchDir
 from extune.search.reporting.export import as_given
@@ -17,7 +18,6 @@ from extune.search.reporting.results import (
     summary_csv,
     summary_markdown,
 )
-from extune.search.settings import Objective
 
 if TYPE_CHECKING:
     from extune.search.reporting.plots import SearchPlots

@@ -121,7 +121,7 @@ def failed_search(tmp: Path) -> None:
 
 def pruned_run(tmp: Path) -> None:
     """An MLflow store with one trial run that ASHA pruned."""
-    from extune.search.tracking.client import mlflow_client, param_value
+    from extune.tracking.client import mlflow_client, param_value
 
     client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
     run = client.create_run(client.create_experiment("e"), run_name="trial-001",
@@ -134,7 +134,7 @@ def pruned_run(tmp: Path) -> None:
 
 def search_run(tmp: Path) -> None:
     """An MLflow store with one search's parent run, ``demo``."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     client = mlflow_client(f"sqlite:///{tmp}/mlflow.db")
     client.create_run(client.create_experiment("e"), run_name="demo",
@@ -358,7 +358,7 @@ def damaged_store(how: str) -> Callable[[Path], None]:
 def cut_journal(tmp: Path) -> None:
     """A tracked training's output folder whose MLflow journal holds 10 writes and an 11th
     cut short (its process was killed while writing it)."""
-    from extune.search.tracking.journal import Journal, Op
+    from extune.tracking.journal import Journal, Op
 
     folder = tmp / "run" / "tracking"
     journal = Journal(folder)

@@ -148,8 +148,8 @@ def test_a_training_stopped_while_it_sends_its_last_writes_ends_its_run_killed(
         tiny_config, tmp_path, monkeypatch):
     """The model's upload can take long: a signal then must not leave the run RUNNING behind
     it (the writes stay in the journal for ``extune sync``)."""
-    from extune.search.tracking import final
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking import final
+    from extune.tracking.client import mlflow_client
 
     out = tmp_path / "run"
     out.mkdir()
@@ -247,7 +247,7 @@ def _trial_reported(folder: Path):
 
 def _every_trial_once(uri: str, folder: Path, trials: int, epochs: int) -> None:
     """After ``--resume``: the parent and each trial FINISHED, epochs 1..N once each."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     runs = search_runs(uri, folder)
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status)
@@ -326,7 +326,7 @@ def test_sighup_to_a_training_ends_its_run_killed_and_resume_finishes_it(tmp_pat
     """SIGHUP (a closing terminal) used to kill ``extune train`` and leave its MLflow run
     RUNNING for ever; now the run ends KILLED and ``--resume`` finishes the same run, every
     epoch once."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
@@ -361,7 +361,7 @@ def test_sighup_to_a_training_ends_its_run_killed_and_resume_finishes_it(tmp_pat
 def test_extune_ui_leaves_no_server_holding_the_port(tmp_path, how):
     """SIGHUP to the group of ``extune ui``'s session: one line, exit 129, the MLflow server
     and its uvicorn stopped; SIGKILL (nothing to handle it): the kernel stops the server."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store
     port = free_port()

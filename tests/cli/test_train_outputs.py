@@ -67,7 +67,7 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_nothing_and_says_how_to_start
     monkeypatch.chdir(tmp_path)
     assert main(again) == 0
     assert (tmp_path / "runs" / "a" / "checkpoint.pt").is_file()
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -99,10 +99,10 @@ def test_the_names_each_folder_keeps_are_the_names_the_code_writes():
     from extune.locks import LOCK_NAME
     from extune.search.folder import CLAIM_NAME, META_NAME
     from extune.search.reporting.plots import PLOTS_DIR
-    from extune.search.tracking.final import RUN_FILE, SUMMARY_NAME
-    from extune.search.tracking.parent import TRACKING_DIR
     from extune.study.folder import STUDY_META
     from extune.study.plan import CURRENT_PLAN_FILE, PLAN_FILE
+    from extune.tracking.journal import TRACKING_DIR
+    from extune.tracking.training_run import RUN_FILE, SUMMARY_NAME
     from extune.train.checkpoint import CHECKPOINT_NAME
     from extune.train.grid import GRID_NAME
     from extune.train.loop import PER_IMAGE_NAME

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_ctrl_c_stops_the_server_and_its_workers(tmp_path):
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store
     port = free_port()

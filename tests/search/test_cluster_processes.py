@@ -153,7 +153,7 @@ def test_search_on_a_cluster_started_like_a_user(cluster):
     nodes = _trial_nodes(study)
     assert len(nodes) == 2, nodes  # one trial on each node
 
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     trials = _trial_runs(cluster.tracking_uri, study)
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
@@ -304,7 +304,7 @@ def _reported(folder: Path) -> bool:
 
 def _check_every_epoch_once(uri: str, folder: Path, epochs: int) -> None:
     """The search's parent run and both trials FINISHED, each epoch in MLflow once."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     runs = search_runs(uri, folder)
     assert [r.info.status for r in runs].count("FINISHED") == len(runs) == 3, [

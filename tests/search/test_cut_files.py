@@ -13,8 +13,8 @@ import pytest
 from extune.errors import ConfigError
 from extune.evaluate.metric_info import metrics_json
 from extune.files import check_path_length
-from extune.search.tracking.client import SqlErrorOneLine
-from extune.search.tracking.journal import Journal, Op
+from extune.tracking.client import SqlErrorOneLine
+from extune.tracking.journal import Journal, Op
 
 
 def test_a_cut_journal_line_is_counted_and_the_next_write_starts_a_new_line(tmp_path):

@@ -156,3 +156,20 @@ def test_a_file_the_full_disk_does_not_let_open_leaves_nothing(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space"):
         WholeFilesSystem().open(str(tmp_path / "state.json"), "wb")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_search_saved_before_the_tracking_package_moved_still_unpickles():
+    """Ray pickled an earlier search's callbacks under their old module names."""
+    import importlib
+    import pickle
+
+    from extune.search.engine.disk import MOVED_MODULES, alias_moved_modules
+
+    alias_moved_modules()
+    for old, new in MOVED_MODULES.items():
+        assert importlib.import_module(old) is importlib.import_module(new)
+    # a pickle that names the old module of MlflowCallback's module-level class
+    blob = pickle.dumps(importlib.import_module("extune.tracking.client").MlflowTracker,
+                        protocol=0)  # names the class as text
+    old = blob.replace(b"extune.tracking.client", b"extune.search.tracking.client")
+    assert pickle.loads(old) is importlib.import_module("extune.tracking.client").MlflowTracker

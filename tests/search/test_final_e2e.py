@@ -68,7 +68,7 @@ def _val_images(folder: Path, count: int = 8) -> tuple[torch.Tensor, torch.Tenso
 def test_search_export_train_register_load_evaluate(trained, monkeypatch):
     import mlflow
 
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     client = mlflow_client(trained.uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -24,7 +24,7 @@ SMALL = {"data.image_size": 16, "data.train_size": 240, "data.test_size": 40,
 
 
 def _runs(uri: str, role: str) -> list:
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -37,7 +37,7 @@ def final(tmp_path_factory):
     best trial, and the tracked final run trained from it (one epoch)."""
     from handmade_search import handmade_search
 
-    from extune.search.tracking.client import MlflowTracker
+    from extune.tracking.client import MlflowTracker
 
     tmp = tmp_path_factory.mktemp("final")
     before = os.getcwd()
@@ -72,7 +72,7 @@ def test_an_export_records_where_it_comes_from(final):
 
 
 def test_the_final_run_carries_the_lineage_and_links_both_ways(final):
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     run, client = final.run, mlflow_client(final.uri)
     tags = run.data.tags
@@ -94,7 +94,7 @@ def test_the_final_run_carries_the_lineage_and_links_both_ways(final):
 
 
 def test_the_final_run_holds_params_metrics_files_and_the_model(final):
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     run, client = final.run, mlflow_client(final.uri)
     assert set(run.data.params) == set(Config.keys())
@@ -170,7 +170,7 @@ def tiny_args(tiny_config) -> list[str]:
 def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_path,
                                                                 monkeypatch, capsys):
     from extune.errors import DiskFullError
-    from extune.search.tracking.final import FinalRun
+    from extune.tracking.training_run import FinalRun
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -203,7 +203,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
     resumed = {r.info.run_name: r for r in _runs(uri, "train")}["run"]
     assert resumed.info.run_id == runs["run"].info.run_id
     assert (resumed.info.status, resumed.data.tags["extune.state"]) == ("FINISHED", "complete")
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     history = mlflow_client(uri).get_metric_history(resumed.info.run_id, "val/accuracy")
     assert [m.step for m in history] == [1, 2]
@@ -211,7 +211,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
 
 def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
         tiny_args, tmp_path, monkeypatch, capsys):
-    from extune.search.tracking import journal, parent
+    from extune.tracking import journal, parent
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -238,8 +238,8 @@ def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
 
 
 def test_register_needs_a_store_with_a_registry():
-    from extune.search.connections import ServiceError
-    from extune.search.tracking.final import _check_registry
+    from extune.errors import ServiceError
+    from extune.tracking.training_run import _check_registry
 
     class NoRegistry:
         uri = "file:///srv/mlruns"

@@ -56,7 +56,7 @@ def sets(*pairs: str) -> list[str]:
 
 
 def test_a_search_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk, tmp_path):
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [sys.executable, "-m", "extune.cli", "search", "--space", "ce", "--trials", "4",

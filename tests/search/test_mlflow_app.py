@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import entry_points
 
-from extune.search.tracking.mlflow_app import WORKFLOW_KEY, DefaultViewApp
+from extune.tracking.mlflow_app import WORKFLOW_KEY, DefaultViewApp
 
 PAGE = b"<!doctype html><html><head><title>MLflow</title></head><body></body></html>"
 
@@ -50,4 +50,4 @@ def test_other_responses_pass_untouched():
 
 def test_mlflow_finds_the_app_by_name():
     apps = {e.name: e.value for e in entry_points(group="mlflow.app")}
-    assert apps["extune"] == "extune.search.tracking.mlflow_app:app"
+    assert apps["extune"] == "extune.tracking.mlflow_app:app"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from extune.errors import ServiceError
 from extune.search import connections
-from extune.search.connections import ServiceError, connect_ray, probe_ray_address, ray_address
+from extune.search.connections import connect_ray, probe_ray_address, ray_address
 
 
 def test_the_option_then_the_job_environment_then_a_local_ray(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from extune.search.engine.budget import EpochBudget
-from extune.search.reporting.results import consumed_epochs
+from extune.search.records import consumed_epochs
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from extune.search.engine.trials import TRIAL_NUMBER
+from extune.evaluate.objectives import Objective
 from extune.search.reporting.console import LiveConsole, ranked_table
 from extune.search.reporting.results import TrialRecord
-from extune.search.settings import Objective
+from extune.tracking.trials import TRIAL_NUMBER
 from extune.train.config import Config
 
 ACC = Objective("accuracy", "val/accuracy", "max")

@@ -19,7 +19,7 @@ from extune.cli import main
 from extune.search.engine.run import run_search
 from extune.search.reporting.export import export_search
 from extune.search.settings import SearchSettings
-from extune.search.tracking.client import mlflow_client
+from extune.tracking.client import mlflow_client
 from extune.train.config import Config
 
 pytestmark = pytest.mark.slow

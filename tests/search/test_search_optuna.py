@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from extune.search.engine.optuna_search import PruneAwareOptunaSearch
-from extune.search.engine.trials import TRIAL_NUMBER, split_config
+from extune.tracking.trials import TRIAL_NUMBER, split_config
 from extune.train.config import Config
 
 BASE = Config().with_overrides({"optim.epochs": 3}).to_dict()

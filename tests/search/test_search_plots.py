@@ -11,8 +11,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from extune.evaluate.objectives import Objective
 from extune.search.reporting.plots import MIN_FIT, draw_plots, fit_minimum, search_plots
-from extune.search.settings import Objective
 
 matplotlib.use("Agg")
 

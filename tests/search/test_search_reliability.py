@@ -34,7 +34,7 @@ def search_args(work: Path, name: str, *extra: str, epochs: int = 3, trials: int
 
 def check_every_epoch_once(uri: str, search_dir: Path, trials: int, epochs: int) -> None:
     """MLflow holds the parent FINISHED and each trial FINISHED with epochs 1..N once."""
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     runs = search_runs(uri, search_dir)
     parents = [r for r in runs if r.data.tags.get("extune.role") == "search"]

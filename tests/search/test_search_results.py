@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extune.errors import ConfigError
+from extune.evaluate.objectives import Objective
 from extune.search.reporting.results import (
     TrialRecord,
     dominates,
@@ -16,7 +17,6 @@ from extune.search.reporting.results import (
     summary_csv,
     summary_markdown,
 )
-from extune.search.settings import Objective
 
 ACC = Objective("accuracy", "val/accuracy", "max")
 ALIGN = Objective("alignment", "val/alignment", "max")

@@ -87,7 +87,7 @@ def test_several_objectives_get_no_early_stopping_by_default():
 
 
 def test_fixed_parameters_are_checked_and_answered_by_the_held_space():
-    from extune.search.engine.held import HeldSpace
+    from extune.search.engine.held_settings import HeldSpace
     from extune.spaces import get_space
 
     with pytest.raises(ConfigError, match="unknown config key"):
@@ -108,7 +108,7 @@ def test_fixed_parameters_are_checked_and_answered_by_the_held_space():
 
 
 def test_held_epochs_are_the_schedulers_horizon(tmp_path):
-    from extune.search.engine.held import HeldSpace
+    from extune.search.engine.held_settings import HeldSpace
     from extune.spaces import get_space
 
     path = tmp_path / "s.yaml"
@@ -140,7 +140,7 @@ def test_quick_search_holds_gradcam_unless_fixed_otherwise(tmp_path):
 
 
 def test_fix_on_a_key_the_space_does_not_search_is_applied_to_the_base(capsys):
-    from extune.search.engine.held import reconcile_fixed
+    from extune.search.engine.held_settings import reconcile_fixed
     from extune.spaces import get_space, validate_space
 
     settings = SearchSettings(space="ce", fixed={"data.image_size": 24, "optim.lr": 0.05})
@@ -156,7 +156,7 @@ def test_fix_on_a_key_the_space_does_not_search_is_applied_to_the_base(capsys):
 
 
 def test_set_on_a_searched_key_is_held_in_every_trial(capsys):
-    from extune.search.engine.held import reconcile_fixed
+    from extune.search.engine.held_settings import reconcile_fixed
     from extune.spaces import get_space, validate_space
 
     settings = SearchSettings(space="excon", overrides={"excon.mask_threshold": 0.3,

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.engine.trials import TRIAL_NUMBER
+from extune.evaluate.objectives import Objective
 from extune.search.reporting.export import config_from_params, export_run
-from extune.search.settings import Objective
-from extune.search.tracking.callback import MlflowCallback
-from extune.search.tracking.client import MlflowTracker, mlflow_client, param_value
-from extune.search.tracking.journal import close_writer
+from extune.tracking.callback import MlflowCallback
+from extune.tracking.client import MlflowTracker, mlflow_client, param_value
+from extune.tracking.journal import close_writer
+from extune.tracking.trials import TRIAL_NUMBER
 from extune.train.config import Config
 
 ACCURACY = Objective("accuracy", "val/accuracy", "max")
@@ -158,7 +158,7 @@ def test_param_strings_round_trip_to_a_typed_config():
 
 
 def test_store_lists_every_search_and_study_newest_first_with_scoped_views(tmp_path):
-    from extune.search.tracking.views import runs_table_view, store_entries
+    from extune.tracking.views import runs_table_view, store_entries
 
     client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     first, second = client.create_experiment("a"), client.create_experiment("b")

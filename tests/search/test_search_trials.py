@@ -1,4 +1,4 @@
-"""What describes a trial (``extune.search.engine.trials``): config keys, Config, name, metrics, error;
+"""What describes a trial (``extune.tracking.trials``): config keys, Config, name, metrics, error;
 and that the trainable's import needs no Optuna."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from extune.errors import ConfigError
-from extune.search.engine.trials import (
+from extune.tracking.trials import (
     LABEL,
     RUN,
     TRIAL_NUMBER,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from extune.search.tracking.journal import Journal, Op, TrackingWriter, apply_op
+from extune.tracking.journal import Journal, Op, TrackingWriter, apply_op
 
 
 class FlakyTracker:

@@ -157,7 +157,7 @@ def _runs(client, **tags) -> list:
 
 def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
         browser, store, ui, tmp_path):
-    from extune.search.tracking.client import mlflow_client
+    from extune.tracking.client import mlflow_client
 
     process, port, printed = ui
     address = f"http://127.0.0.1:{port}"

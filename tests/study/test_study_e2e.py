@@ -11,7 +11,7 @@ import json
 import pytest
 
 from extune.cli import main
-from extune.search.tracking.client import mlflow_client
+from extune.tracking.client import mlflow_client
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def _study_runs(uri: str) -> dict[str, list]:
 
 
 def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
-    import extune.study.final as final
+    import extune.study.retrain as final
     import extune.study.run as study_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

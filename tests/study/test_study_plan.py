@@ -143,8 +143,8 @@ def test_the_plan_is_written_with_its_hash_and_a_change_is_a_deviation(tmp_path)
 
 
 def test_a_control_arm_trains_the_methods_config_and_seeds_with_its_part_off(tmp_path):
-    from extune.search.engine.trials import ARM
-    from extune.study.final import final_points
+    from extune.study.retrain import final_points
+    from extune.tracking.trials import ARM
 
     settings = StudySettings.preset(True, methods=["supcon", "excon"], seeds=4, search_seeds=2)
     base = settings.base_config()

@@ -4,7 +4,7 @@ Why not Ray's ``MLflowLoggerCallback``: it makes no parent run, logs Ray's inter
 metrics and opens new runs for restored trials (leaving the old ones RUNNING). Here every run is
 found again by its tags (``extune.search_id``, ``extune.trial_id``) before one is created, so a
 resumed search continues its runs instead of duplicating them. All writes happen on the driver,
-batched with ``log_batch``, by one writer thread (:mod:`extune.search.tracking.journal`) that
+batched with ``log_batch``, by one writer thread (:mod:`extune.tracking.journal`) that
 keeps their order and keeps them on disk until the store has them; the workers need no MLflow
 access.
 """
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from extune.errors import one_line
-from extune.search.connections import ServiceError, check_tracking_uri
+from extune.errors import ServiceError, one_line
+from extune.tracking.store import check_tracking_uri
 
 __all__ = ["MlflowTracker", "mlflow_client", "param_value", "tag_filter", "STATE_TAG",
            "EXPERIMENT_KIND_TAG",
@@ -36,7 +36,8 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 """Experiment tag prefix of MLflow 3's shared runs-table views: the value is the view as JSON
 (``selectedColumns``, ``orderByKey``, ``runsExpanded``, ...), opened by the page URL's
 ``viewStateShareKey``. The page's ``workflowType=machine_learning`` picks the model-training
-view; MLflow 3.17 ignores the experiment kind tag when its GenAI/model-training switch is on."""
+view; MLflow (checked with 3.17) ignores the experiment kind tag when its switch between GenAI
+and model training is on."""
 VIEW_TAG = "extune.mlflow_view"
 """Tag of a search's parent run: the UI page of its runs table (:func:`view_page`)."""
 FINAL_RUNS_TAG = "extune.final_runs"
@@ -74,7 +75,7 @@ class MlflowTracker:
         search_id: the search's unique id (tag ``extune.search_id``).
         search_name: the search's name (the parent run's name).
         role: the parent run's ``extune.role`` tag: ``search``, ``study`` for a study's run, or
-            ``train`` for the run of ``extune train`` (:mod:`~extune.search.tracking.final`).
+            ``train`` for the run of ``extune train`` (:mod:`~extune.tracking.training_run`).
         tags: more tags of the parent run when it is created (``mlflow.parentRunId`` nests a
             search under a study's run).
         id_tag: the tag that holds ``search_id`` on the parent run (``extune.train_id`` for
@@ -235,7 +236,7 @@ class MlflowTracker:
         """Tell a search's run (its parent or a trial) about a run of ``extune train`` trained
         from it: the tag ``extune.final_runs`` lists their ids, and its description starts with a
         link to each (once per final run: the collapsed description shows it)."""
-        from extune.search.tracking.notes import NOTE_TAG
+        from extune.tracking.notes import NOTE_TAG
 
         run = self.client.get_run(run_id)
         listed = [r for r in run.data.tags.get(FINAL_RUNS_TAG, "").split(",") if r]

@@ -4,9 +4,9 @@ Why by hand: Ray's ``MLflowLoggerCallback`` writes inside Tune's event loop with
 default retries (minutes per call while a server is down, every trial's bookkeeping stalled),
 and nothing in MLflow's client queues writes across an outage or a driver restart.
 
-How: :class:`~extune.search.tracking.callback.MlflowCallback` turns each Tune event into an
+How: :class:`~extune.tracking.callback.MlflowCallback` turns each Tune event into an
 :class:`Op` (``start``, ``metrics``, ``tags``, ``artifact``, ``best``, ``end``; the run of
-``extune train`` adds ``model`` and ``link``: :mod:`~extune.search.tracking.final`), appends it
+``extune train`` adds ``model`` and ``link``: :mod:`~extune.tracking.training_run`), appends it
 to the journal ``<folder>/journal.jsonl`` and queues it. One writer thread applies the ops in
 order and records the last one the store took in ``<folder>/sent``. When the store does not
 answer, the writer says once that tracking is behind, keeps the ops (in memory and in the
@@ -31,10 +31,17 @@ from typing import Any
 
 from extune.errors import one_line
 
-__all__ = ["Op", "Journal", "TrackingWriter", "writer_for", "close_writer", "apply_op",
-           "HTTP_TIMEOUT_S"]
+__all__ = ["TRACKING_DIR", "FLUSH_TIMEOUT_S", "Op", "Journal", "TrackingWriter", "writer_for",
+           "close_writer", "apply_op", "HTTP_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
+
+TRACKING_DIR = "tracking"
+"""Folder of a search, study or training run folder that holds the MLflow writes not yet sent
+(the journal and its files)."""
+FLUSH_TIMEOUT_S = 60.0
+"""How long a command that ends waits for an unreachable tracking store before it leaves the
+unsent writes in its journal (``extune sync`` sends them)."""
 
 HTTP_TIMEOUT_S = 15
 """Timeout of one MLflow HTTP request from the writer; the writer retries, not the client."""
@@ -212,7 +219,7 @@ class TrackingWriter:
     """One thread that applies a tracker's ops in order (see the module docstring).
 
     Args:
-        tracker: the :class:`~extune.search.tracking.client.MlflowTracker` of the search.
+        tracker: the :class:`~extune.tracking.client.MlflowTracker` of the search.
         folder: the journal's folder (``None``: memory only).
         warn: how the writer tells the user that tracking is behind or caught up.
     """
@@ -386,7 +393,7 @@ def _end(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
 
 def _model(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
     from extune.errors import ExtuneError
-    from extune.search.tracking.model import log_checkpoint_model
+    from extune.tracking.logged_model import log_checkpoint_model
 
     try:
         log_checkpoint_model(tracker, run_id, Path(op.path or ""), name=op.dir or "model",

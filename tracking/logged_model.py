@@ -22,7 +22,7 @@ work on ``models:/NAME/1``), and the pyfunc can explain (which needs the network
 a traced graph). MLflow's own pyfunc of a PyTorch model would return logits of normalised
 tensors. Why not ``mlflow.pytorch.log_model``: it logs to the fluent active run, the global
 tracking URI and the default experiment; extune's writes go through its journal
-(:mod:`~extune.search.tracking.journal`) with an explicit client, so an outage costs no
+(:mod:`~extune.tracking.journal`) with an explicit client, so an outage costs no
 training and ``extune sync`` can log the model later. :func:`log_checkpoint_model` takes the
 steps ``log_model`` takes (a logged model of the run, its folder saved by
 ``mlflow.pytorch.save_model``, uploaded, finalised, registered), once per run.
@@ -230,9 +230,9 @@ def _register(client: Any, name: str, model: Any, run_id: str) -> str:
 def _version_description(client: Any, run_id: str) -> str:
     """A registered version's description: the run that logged it (a link) with its test
     metrics, and where its config came from (the run description's "Trained from ..." line,
-    :func:`~extune.search.tracking.notes.final_note`)."""
-    from extune.search.tracking.client import run_page
-    from extune.search.tracking.notes import NOTE_TAG
+    :func:`~extune.tracking.notes.final_note`)."""
+    from extune.tracking.client import run_page
+    from extune.tracking.notes import NOTE_TAG
 
     run = client.get_run(run_id)
     metrics = run.data.metrics
@@ -380,7 +380,7 @@ def model_checkpoint(uri: str, tracking_uri: str | None) -> Iterator[Path]:
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from extune.search.connections import existing_store, tracking_env_note
+    from extune.tracking.store import existing_store, tracking_env_note
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     store = existing_store(tracking_uri)

@@ -1,8 +1,8 @@
 """The parent MLflow run of a search: created with the search's constants and description,
 given its shared runs-table view, told the search's results, and tidied when a driver stopped
 (runs still RUNNING). Where Ray Tune keeps such work in callbacks, the trials' side is in
-:mod:`~extune.search.tracking.callback`; this module is the search's side, called by the engine
-when a search starts, ends or stops.
+:mod:`~extune.tracking.callback`; this module is the search's side, called by the engine
+when a search starts, ends or stops, and by ``extune sync`` (:func:`search_journals`).
 """
 
 from __future__ import annotations
@@ -11,29 +11,31 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from extune.errors import one_line
+from extune.errors import ConfigError, one_line
+from extune.evaluate.objectives import Objective
 from extune.search.connections import ray_address
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord
-from extune.search.settings import Objective
-from extune.search.tracking.journal import Op, TrackingWriter, close_writer, writer_for
+from extune.tracking.journal import (
+    TRACKING_DIR,
+    Op,
+    TrackingWriter,
+    close_writer,
+    writer_for,
+)
+from extune.tracking.sync import Job
 
-__all__ = ["TRACKING_DIR", "FLUSH_TIMEOUT_S", "search_tracker", "searched_keys",
-           "log_results", "journal_dir", "search_writer", "close_search_writer",
-           "close_orphans", "end_killed", "mark_interrupted"]
+__all__ = ["search_tracker", "searched_keys", "log_results", "journal_dir", "search_writer",
+           "close_search_writer", "close_orphans", "end_killed", "mark_interrupted",
+           "search_journals"]
 
 log = logging.getLogger(__name__)
 
-TRACKING_DIR = "tracking"
-"""Folder of the search folder that holds the MLflow writes not yet sent (journal, files)."""
-FLUSH_TIMEOUT_S = 60.0
-"""How long a search that ends waits for an unreachable tracking store before it leaves the
-unsent writes in its journal (``extune sync`` sends them)."""
 
 
 def search_tracker(sdir: SearchDir) -> Any:
     """The MLflow tracker of a search, its parent run created (or found again) and described."""
-    from extune.search.tracking.client import VIEW_TAG, MlflowTracker
+    from extune.tracking.client import VIEW_TAG, MlflowTracker
 
     tracker = MlflowTracker(sdir.meta["tracking_uri"], sdir.settings.experiment,
                             sdir.search_id, sdir.name, tags=sdir.settings.run_tags)
@@ -74,7 +76,7 @@ def _parent_params(sdir: SearchDir) -> dict[str, Any]:
 
 def _share_view(tracker: Any, sdir: SearchDir) -> str:
     """The search's runs table as an MLflow shared view; returns its UI page."""
-    from extune.search.tracking.views import runs_table_view
+    from extune.tracking.views import runs_table_view
 
     view = runs_table_view(sdir.search_id, tuple(sdir.objectives), sorted(searched_keys(sdir)))
     return tracker.share_view(f"extune-{sdir.search_id[:12]}", view)
@@ -138,7 +140,7 @@ def log_results(writer: Any, files: dict[str, Path], plots: dict[str, Path],
 
 
 def journal_dir(sdir: SearchDir) -> Path:
-    """The folder of the search's journal (:mod:`extune.search.tracking.journal`)."""
+    """The folder of the search's journal (:mod:`extune.tracking.journal`)."""
     return sdir.path / TRACKING_DIR
 
 
@@ -199,3 +201,20 @@ def mark_interrupted(sdir: SearchDir, tracker: Any) -> None:
     except OSError:  # a full disk: resume reads "running" the same way
         pass
     end_killed(sdir, tracker)
+
+
+def search_journals(folder: str | Path) -> list[Job]:
+    """The journal of a search folder with its search's tracker (``extune sync``,
+    :func:`extune.tracking.sync.sync_journals`).
+
+    Raises:
+        ConfigError: not a search folder.
+    """
+    from extune.search.folder import is_search_folder
+
+    root = Path(folder).resolve()
+    if not is_search_folder(root):
+        raise ConfigError(f"{root} is not a search or study folder (no search.json or "
+                          "study.json), nor an output folder of a tracked `extune train` (no "
+                          "tracking/run.json); pass the folder `extune search` printed")
+    return [(root / TRACKING_DIR, lambda: search_tracker(SearchDir.load(root)))]

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from extune.search.settings import Objective
-from extune.search.tracking.client import (
+from extune.evaluate.objectives import Objective
+from extune.tracking.client import (
     STATE_TAG,
     VIEW_TAG,
     mlflow_client,

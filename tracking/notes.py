@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from extune.search.settings import Objective
+from extune.evaluate.objectives import Objective
 
 __all__ = ["trial_note", "final_note", "NOTE_TAG", "NOT_MEASURED"]
 

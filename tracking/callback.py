@@ -2,9 +2,9 @@
 
 Why not Ray's ``MLflowLoggerCallback``: it makes no parent run, logs Ray's internal keys as
 metrics and opens new runs for restored trials (leaving the old ones RUNNING). Here every run is
-found again by its tags before one is created (:class:`~extune.search.tracking.client.
+found again by its tags before one is created (:class:`~extune.tracking.client.
 MlflowTracker`), and the hooks only build ops for the search's journal writer
-(:mod:`extune.search.tracking.journal`), so a slow store never stalls Tune's loop.
+(:mod:`extune.tracking.journal`), so a slow store never stalls Tune's loop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from typing import Any
 from ray.tune import Callback
 
 from extune.errors import one_line
-from extune.search.engine.trials import (
+from extune.evaluate.objectives import Objective
+from extune.tracking.client import STATE_TAG, MlflowTracker
+from extune.tracking.journal import Op
+from extune.tracking.notes import NOTE_TAG, trial_note
+from extune.tracking.trials import (
     config_arm,
     config_label,
     reported_metrics,
@@ -28,10 +32,6 @@ from extune.search.engine.trials import (
     trial_error,
     trial_label,
 )
-from extune.search.settings import Objective
-from extune.search.tracking.client import STATE_TAG, MlflowTracker
-from extune.search.tracking.journal import Op
-from extune.search.tracking.notes import NOTE_TAG, trial_note
 from extune.train.checkpoint import CHECKPOINT_NAME
 from extune.train.grid import GRID_NAME
 
@@ -69,14 +69,14 @@ class MlflowCallback(Callback):
       ``extune.node_id``, ``extune.error`` (failed); the run name (``excon · trial-003``) ends
       with the state once the trial ends;
     - a description (the run page shows it first): the objectives, the suite's metrics rounded
-      or "not measured", the searched settings (:mod:`~extune.search.tracking.notes`);
+      or "not measured", the searched settings (:mod:`~extune.tracking.notes`);
     - artifacts: ``config.yaml`` (the trial's full Config), the labelled saliency grid of its
       last epoch (every trial that trained an epoch), and with ``log_checkpoint`` the
       checkpoint;
     - status FINISHED (complete or pruned), FAILED, or KILLED (interrupted).
 
     The hooks only build ops for the search's
-    :class:`~extune.search.tracking.journal.TrackingWriter` (one thread, in order, journaled in
+    :class:`~extune.tracking.journal.TrackingWriter` (one thread, in order, journaled in
     ``journal_dir``): a slow or unreachable tracking store never stalls Tune's event loop.
 
     Args:
@@ -109,7 +109,7 @@ class MlflowCallback(Callback):
 
     @property
     def writer(self) -> Any:
-        from extune.search.tracking.journal import writer_for
+        from extune.tracking.journal import writer_for
 
         return writer_for(self.tracker, self.journal_dir)
 
@@ -204,7 +204,7 @@ class MlflowCallback(Callback):
         self._ended.add(trial.trial_id)
 
     def _note(self, trial: Any, state: str) -> str:
-        """The run's description (:func:`~extune.search.tracking.notes.trial_note`)."""
+        """The run's description (:func:`~extune.tracking.notes.trial_note`)."""
         _, overrides = split_config(trial.config)
         planned = trial_config(self.base, trial.config).optim.epochs
         result = trial.last_result or {}

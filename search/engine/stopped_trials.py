@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from extune.search.engine.trials import reported_metrics
 from extune.search.folder import SearchDir
+from extune.search.reporting.parent_run import search_writer
 from extune.search.settings import SearchSettings
-from extune.search.tracking.journal import Op
-from extune.search.tracking.parent import search_writer
+from extune.tracking.journal import Op
+from extune.tracking.trials import reported_metrics
 
 __all__ = ["ray_trials", "was_interrupted", "settle_stopped"]
 

@@ -1,7 +1,7 @@
 """The MLflow run of ``extune train``: a final run beside the searches, its model and lineage.
 
 ``extune train`` opens one run (:func:`open_final_run`), found again by its tag
-``extune.train_id`` (an :class:`~extune.search.tracking.client.MlflowTracker` whose "parent"
+``extune.train_id`` (an :class:`~extune.tracking.client.MlflowTracker` whose "parent"
 is this run), so that ``--resume`` continues it. The run holds
 
 - params: every config key (dotted);
@@ -10,17 +10,17 @@ is this run), so that ``--resume`` continues it. The run holds
   ``interrupted``), ``extune.method``, ``extune.version``, ``extune.out``, ``extune.error``, and
   for an exported config ``extune.lineage.<key>`` (search, trial, MLflow run, selection rule,
   extune version of the export: :data:`~extune.train.config.LINEAGE_KEY`);
-- a description (:func:`~extune.search.tracking.notes.final_note`) with links to the trial and
+- a description (:func:`~extune.tracking.notes.final_note`) with links to the trial and
   the search it came from; the search's parent run and the trial run get a link back and the
   tag ``extune.final_runs``;
 - artifacts: ``config.yaml``, ``metrics.json``, the labelled saliency grid, ``summary.txt`` (the
-  console's final table) and the model ``model`` (:mod:`~extune.search.tracking.model`),
+  console's final table) and the model ``model`` (:mod:`~extune.tracking.logged_model`),
   registered with ``--register NAME``;
 - status FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM, SIGHUP).
 
 The store is checked and the run created before training starts (one line when it cannot be:
 the same check as a search's). Everything after goes through the journal writer of
-``<out>/tracking/`` (:mod:`~extune.search.tracking.journal`): a store that stops answering
+``<out>/tracking/`` (:mod:`~extune.tracking.journal`): a store that stops answering
 costs no training, the unsent writes stay there and ``extune sync <out>`` sends them. Trials of
 a search never open such a run: this is the command line's, not :func:`~extune.train.fit`'s.
 """
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from extune import __version__
-from extune.errors import ConfigError, one_line
-from extune.search.connections import ServiceError, resolve_tracking_uri
-from extune.search.tracking.client import STATE_TAG, MlflowTracker, run_page, tag_filter
-from extune.search.tracking.journal import (
+from extune.errors import ConfigError, ServiceError, one_line
+from extune.tracking.client import STATE_TAG, MlflowTracker, run_page, tag_filter
+from extune.tracking.journal import (
+    TRACKING_DIR,
     Op,
     TrackingWriter,
     apply_op,
@@ -46,9 +46,9 @@ from extune.search.tracking.journal import (
     close_writer,
     writer_for,
 )
-from extune.search.tracking.notes import NOTE_TAG, final_note
-from extune.search.tracking.parent import TRACKING_DIR
-from extune.search.tracking.sync import Job
+from extune.tracking.notes import NOTE_TAG, final_note
+from extune.tracking.store import resolve_tracking_uri
+from extune.tracking.sync import Job
 
 __all__ = ["FinalRun", "open_final_run", "train_journals", "is_train_folder", "TRAIN_ID_TAG",
            "LINEAGE_PREFIX", "RUN_FILE", "DEFAULT_EXPERIMENT"]
@@ -95,7 +95,7 @@ class FinalRun:
     def finish(self, metrics: dict[str, float], epochs: int, summary: str) -> None:
         """The end of training: test metrics, files, the model, description, FINISHED."""
         from extune.files import atomic_write_text
-        from extune.search.tracking.model import MODEL_NAME
+        from extune.tracking.logged_model import MODEL_NAME
         from extune.train.checkpoint import CHECKPOINT_NAME
         from extune.train.grid import GRID_NAME
 

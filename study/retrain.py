@@ -22,9 +22,10 @@ import json
 import math
 from typing import Any
 
+from extune.evaluate.objectives import Objective
 from extune.files import atomic_write_text
-from extune.search.engine.resources import cluster_plan
-from extune.search.engine.trials import (
+from extune.signals import sigint_kept
+from extune.tracking.trials import (
     ARM,
     LABEL,
     RUN,
@@ -33,8 +34,6 @@ from extune.search.engine.trials import (
     trial_config,
     trial_error,
 )
-from extune.search.settings import Objective
-from extune.signals import sigint_kept
 from extune.train.config import Config
 
 __all__ = ["run_final_stage", "final_points", "HISTORY_KEYS"]
@@ -104,7 +103,7 @@ def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker:
     todo = [p for p in points if done.get(p[LABEL], {}).get("state") != "complete"]
     if todo:
         path = _experiment_for(sdir, [p[LABEL] for p in todo], epochs)
-        from extune.search.tracking.journal import close_writer
+        from extune.tracking.journal import close_writer
 
         try:
             with sigint_kept():  # Tune leaves its handler: the next Ctrl-C would be swallowed
@@ -132,12 +131,13 @@ def _experiment_for(sdir: Any, labels: list[str], epochs: int) -> str:
 
 
 def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str) -> Any:
+    """The final runs' Tuner (:func:`extune.search.trial_tuner`): a grid of whole configs, one
+    trial each, restored when an earlier attempt saved the experiment."""
     from ray import tune
 
-    from extune.search.engine.disk import ray_storage, restore_tuner
-    from extune.search.engine.trainable import train_trial
-    from extune.search.reporting.console import LiveConsole
-    from extune.search.tracking.callback import MlflowCallback
+    from extune.search import LiveConsole, cluster_plan, trial_tuner
+    from extune.tracking.callback import MlflowCallback
+    from extune.tracking.journal import TRACKING_DIR
     from extune.train.data import load_data
 
     settings = sdir.settings
@@ -145,29 +145,17 @@ def _tuner(sdir: Any, base: Config, points: list[dict], tracker: Any, path: str)
     plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
                         gpus_per_trial=settings.gpus_per_trial,
                         max_concurrent=settings.max_concurrent, trials=len(points))
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=base_dict, data=load_data(base.data),
-                             cpus=settings.cpus_per_trial, objectives=("val/accuracy",),
-                             storage=path),
-        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-    if tune.Tuner.can_restore(path):
-        return restore_tuner(path, trainable)
     callbacks = [
         MlflowCallback(tracker, base_dict, tags={"extune.stage": "final",
                                                  "extune.study_id": sdir.study_id},
-                       journal_dir=sdir.final_dir / "tracking"),
+                       journal_dir=sdir.final_dir / TRACKING_DIR),
         LiveConsole(title=f"{sdir.name} final runs", objectives=[TEST_ACCURACY], base=base_dict,
                     total=len(points), live=settings.live),
     ]
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=plan.concurrency, reuse_actors=True),
-        param_space={RUN: tune.grid_search(points)},
-        run_config=tune.RunConfig(
-            **ray_storage(path), verbose=0, callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    return trial_tuner(path, base=base_dict, data=load_data(base.data), plan=plan,
+                       cpus_per_trial=settings.cpus_per_trial, objectives=("val/accuracy",),
+                       callbacks=callbacks, tune_config={},
+                       param_space={RUN: tune.grid_search(points)})
 
 
 def _experiments(sdir: Any) -> list[dict[str, Any]]:
