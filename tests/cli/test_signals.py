@@ -148,7 +148,7 @@ def test_a_training_stopped_while_it_sends_its_last_writes_ends_its_run_killed(
         tiny_config, tmp_path, monkeypatch):
     """The model's upload can take long: a signal then must not leave the run RUNNING behind
     it (the writes stay in the journal for ``extune sync``)."""
-    from extune.tracking import final
+    from extune.tracking import training_run as final
     from extune.tracking.client import mlflow_client
 
     out = tmp_path / "run"

@@ -211,7 +211,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
 
 def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
         tiny_args, tmp_path, monkeypatch, capsys):
-    from extune.tracking import journal, parent
+    from extune.tracking import journal
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -220,7 +220,7 @@ def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
         raise ConnectionError("Connection refused")
 
     monkeypatch.setattr(journal, "apply_op", down)
-    monkeypatch.setattr(parent, "FLUSH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(journal, "FLUSH_TIMEOUT_S", 1.0)
     assert main(["train", *tiny_args, "--set", "method=ce", "--set",
                  f"data.cache_dir={tmp_path / 'cache'}", "--out", "run"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
