@@ -86,7 +86,8 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     with progress.phase(f"evaluating on the {split} split") as part:
         return evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                               std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
-                              explainer=explainer, prefix=split, full=True, part=part)
+                              explainer=explainer, prefix=split, full=True, part=part,
+                              audit=cfg.eval.audit)
 
 
 def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
