@@ -384,22 +384,33 @@ JSON file, an image: far less)."""
 
 def explain(
     checkpoint: CheckpointOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")]
-    = Path("grid.png"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file to write (default "
+                                             "grid.png; with --audit, audit.png).")] = None,
     images: Annotated[Path | None, typer.Option(
         help="Folder of images (one sub-folder per class, or flat: explained for the predicted "
              "class). Default: validation images of the checkpoint's data set.")] = None,
     explainer: Annotated[str | None, typer.Option(
         help="Explainer (gradcam, integrated_gradients, ...). Default: the training one.")]
     = None,
-    count: Annotated[int, typer.Option(help="Number of images.")] = 8,
+    count: Annotated[int, typer.Option(help="Number of images (with --audit: rows of the "
+                                       "figure).")] = 8,
     set_: SetOpt = None,
     tracking_uri: ModelStoreOpt = None,
+    audit: Annotated[bool, typer.Option(
+        "--audit", help="Audit the explainer instead (sanity checks, robustness, complexity, "
+        "faithfulness) on the images of the explanation metrics: print the audit and draw the "
+        "randomisation test's cascade.")] = False,
 ) -> None:
-    """Draw a trained model's explanations: image, saliency, and the views its method trains on."""
+    """Draw a trained model's explanations: image, saliency, and the views its method trains on;
+    or, with --audit, audit its explainer."""
     from extune.files import check_free_space, check_output_file, refuse_full_disk
     from extune.train.saved_model import GRID_SUFFIXES, explain_checkpoint
 
+    if audit:
+        _audit(checkpoint, out or Path("audit.png"), images=images, explainer=explainer,
+               count=count, overrides=set_ or [], tracking_uri=tracking_uri)
+        return
+    out = out or Path("grid.png")
     check_output_file(out, "the grid image (-o)", "grid.png", GRID_SUFFIXES)  # before a download
     check_free_space(out.parent, "the grid image (-o)", need=_OUTPUT_ROOM)
     with _local_checkpoint(checkpoint, tracking_uri) as local, \
@@ -407,6 +418,52 @@ def explain(
         path = explain_checkpoint(local, out, images=images, explainer=explainer, count=count,
                                   overrides=set_ or [])
     console.print(f"wrote {path}", highlight=False, markup=False)
+
+
+def _audit(checkpoint: str, out: Path, *, images: Path | None, explainer: str | None,
+           count: int, overrides: list[str], tracking_uri: str | None) -> None:
+    """``extune explain --audit``: the audit's table on the console, the cascade's PNG."""
+    from extune.files import check_free_space, check_output_file, refuse_full_disk
+    from extune.train.saved_model import GRID_SUFFIXES, audit_checkpoint
+
+    check_output_file(out, "the audit figure (-o)", "audit.png", GRID_SUFFIXES)
+    check_free_space(out.parent, "the audit figure (-o)", need=_OUTPUT_ROOM)
+    with _local_checkpoint(checkpoint, tracking_uri) as local, \
+            refuse_full_disk(out, "the audit figure"):  # written whole or not at all
+        found = audit_checkpoint(local, out, images=images, explainer=explainer, count=count,
+                                 overrides=overrides)
+    console.print(_audit_table(found, title=f"explanation audit of {checkpoint}"))
+    console.print(f"wrote {found.figure}", highlight=False, markup=False)
+
+
+def _audit_table(found: Any, title: str) -> Table:
+    """Each audit metric's mean over the images with its direction, then the randomisation
+    cascade layer by layer; the verdict in the caption."""
+    from extune.evaluate.metric_info import metric_info
+
+    audit = found.audit
+    summary = audit.summary()
+    verdict = "passed" if audit.passed else "FAILED"
+    mean = summary["randomisation_similarity"]
+    caption = Text(f"randomisation test {verdict}: mean similarity {mean:.3f} "
+                   f"{'<' if audit.passed else '>='} {audit.threshold:.3f}",
+                   style="bold green" if audit.passed else "bold red")
+    table = Table(title=Text(f"{title}\n{found.protocol}, {found.images}"),
+                  header_style="bold", caption=caption)
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("what")
+    table.add_row(Text("audit", style="bold"))
+    for name, value in summary.items():
+        info = metric_info(name)
+        table.add_row(Text(f"  {name} {info.arrow}"), _value(value), Text(info.label))
+    table.add_section()
+    table.add_row(Text("randomisation cascade", style="bold"), "",
+                  Text("randomisation_similarity after re-initialising the layers from the top "
+                       "down to this one"))
+    for layer, row in zip(audit.layers, audit.cascade, strict=True):
+        table.add_row(Text(f"  {layer}"), _value(float(row.nanmean())))
+    return table
 
 
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
@@ -451,7 +508,7 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
-_SECTION_TITLES = {"per corruption": "corruptions: accuracy / ECE"}
+_SECTION_TITLES = {"per corruption": "corruptions: accuracy / ECE", "audit": "explanation audit"}
 
 
 def _cell(metrics: dict[str, Any], keys: tuple[str, ...]) -> str:

@@ -60,6 +60,7 @@ __all__ = [
     "pearson",
     "randomised_layers",
     "randomisation_cascade",
+    "cascade_maps",
     "random_other_class",
     "random_logit_similarity",
     "uniform_noise",
@@ -300,22 +301,62 @@ def randomisation_cascade(model: nn.Module, explainer: Explainer, images: Tensor
         ``layers[:l + 1]`` (``cascade=False``: one row, the whole model, named by the last
         layer). No randomisable layer: ``((), [0, N])``.
     """
-    device = model_device(model, images.device)
-    x0 = normalize(to_unit(images[:1].to(device)), mean, std)
-    layers = randomised_layers(model, x0)
-    randomised = copy.deepcopy(model)
-    modules = dict(randomised.named_modules())
     names, rows = [], []
-    for i, name in enumerate(layers):
-        with _seeded_global_rng(seed, device):
-            modules[name].reset_parameters()
-        if cascade or i == len(layers) - 1:
+    for _, name, randomised, last in _randomised_copies(model, images, seed, mean, std):
+        if cascade or last:
             maps, _ = compute_saliency(randomised, explainer, images, mean=mean, std=std,
                                        target=target, batch_size=batch_size)
             names.append(name)
             rows.append(rank_correlation(saliency, maps))
     similarity = torch.stack(rows) if rows else saliency.new_zeros(0, len(images))
     return tuple(names), similarity
+
+
+def cascade_maps(model: nn.Module, explainer: Explainer, images: Tensor, target: Tensor, *,
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                 batch_size: int = 64) -> tuple[tuple[str, ...], Tensor]:
+    """The maps of the randomisation cascade themselves, for a few images (a figure).
+
+    The same randomised models as :func:`randomisation_cascade` with the same ``seed``: row
+    ``l`` of the result is explained by the copy whose ``layers[:l + 1]`` are re-initialised, so
+    its rank correlation with the original map is row ``l`` of the cascade.
+
+    Args:
+        model: Classifier on normalised input (not modified).
+        explainer: ``(model, x normalised [B,3,H,W], target [B]) -> [B,1,H,W]`` in [0, 1].
+        images: uint8 ``[n, 3, H, W]`` (keep ``n`` small: every map is kept).
+        target: int64 ``[n]``, the classes explained.
+        mean, std: Per-channel normalisation in [0, 1].
+        seed: Re-initialisation seed.
+        batch_size: Images per explainer call.
+
+    Returns:
+        ``(layers, maps float32 [len(layers), n, 1, H, W])``, top layer first.
+    """
+    names, maps = [], []
+    for _, name, randomised, _ in _randomised_copies(model, images, seed, mean, std):
+        found, _ = compute_saliency(randomised, explainer, images, mean=mean, std=std,
+                                    target=target, batch_size=batch_size)
+        names.append(name)
+        maps.append(found)
+    h, w = images.shape[-2:]
+    stacked = torch.stack(maps) if maps else torch.zeros(0, len(images), 1, h, w)
+    return tuple(names), stacked
+
+
+def _randomised_copies(model: nn.Module, images: Tensor, seed: int, mean: Sequence[float],
+                       std: Sequence[float]) -> Iterator[tuple[int, str, nn.Module, bool]]:
+    """A deep copy of ``model`` with one more of its :func:`randomised_layers` re-initialised
+    at each step, top first: ``(index, layer name, the copy, whether it is the last)``."""
+    device = model_device(model, images.device)
+    x0 = normalize(to_unit(images[:1].to(device)), mean, std)
+    layers = randomised_layers(model, x0)
+    randomised = copy.deepcopy(model)
+    modules = dict(randomised.named_modules())
+    for i, name in enumerate(layers):
+        with _seeded_global_rng(seed, device):
+            modules[name].reset_parameters()
+        yield i, name, randomised, i == len(layers) - 1
 
 
 # ---------------------------------------------------------------------------- random logit

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 __all__ = ["MetricInfo", "METRIC_INFO", "metric_info", "KINDS", "BOOKKEEPING", "split_key",
            "SummaryRow", "summary_rows", "metrics_json"]
 
-KINDS = ("classification", "calibration", "robustness", "explanations")
-"""The kinds of evaluation metrics, in the order a summary shows them."""
+KINDS = ("classification", "calibration", "robustness", "explanations", "audit")
+"""The kinds of evaluation metrics, in the order a summary shows them (``audit``: the
+explanation audit of :mod:`extune.evaluate.audit`, sanity checks of the explainer)."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,16 @@ METRIC_INFO: dict[str, MetricInfo] = {m.name: m for m in (
     _info("saliency_in_mask", True, "saliency mass inside the mask", "explanations"),
     # the explanation audit (extune.evaluate.audit; docs/metrics.md, "Explanation audit")
     _info("randomisation_similarity", False, "rank correlation after randomising the model",
-          "explanations", low=-1.0),
+          "audit", low=-1.0),
     _info("randomisation_pass", True, "randomisation test passed (1) or failed (0)",
-          "explanations"),
+          "audit"),
     _info("random_logit_similarity", False, "rank correlation with another class's map",
-          "explanations", low=-1.0),
-    _info("max_sensitivity", False, "max-sensitivity", "explanations", high=math.inf),
-    _info("avg_sensitivity", False, "avg-sensitivity", "explanations", high=math.inf),
-    _info("sparseness", True, "Gini index of the map", "explanations"),
-    _info("effective_complexity", False, "pixels above eps", "explanations", high=math.inf),
-    _info("faithfulness_correlation", True, "faithfulness correlation", "explanations",
+          "audit", low=-1.0),
+    _info("max_sensitivity", False, "max-sensitivity", "audit", high=math.inf),
+    _info("avg_sensitivity", False, "avg-sensitivity", "audit", high=math.inf),
+    _info("sparseness", True, "Gini index of the map", "audit"),
+    _info("effective_complexity", False, "pixels above eps", "audit", high=math.inf),
+    _info("faithfulness_correlation", True, "faithfulness correlation", "audit",
           low=-1.0),
 )}
 """Every metric of :func:`extune.evaluate.evaluate_split` (per-corruption keys aside: they

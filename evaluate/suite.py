@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from extune.augment.model_state import eval_mode
 from extune.augment.views import normalize, to_unit
+from extune.evaluate.audit import AUDIT_SUMMARY, AuditSettings, audit_scores
 from extune.evaluate.batching import batches, model_device
 from extune.evaluate.classification import _classification_tensors, predict_logits
 from extune.evaluate.corruptions import make_corruption
@@ -31,8 +32,8 @@ from extune.evaluate.explanations import (
 )
 from extune.evaluate.robustness import fgsm_correct
 
-__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "EvalSettings", "Part", "PerImage",
-           "metric_names", "metric_groups", "evaluate_split"]
+__all__ = ["CLASSIFICATION_METRICS", "GROUPS", "FULL_GROUPS", "EvalSettings", "Part",
+           "PerImage", "metric_names", "metric_groups", "evaluate_split"]
 
 CLASSIFICATION_METRICS = ("accuracy", "top5", "loss", "ece")
 """Keys computed at every evaluation (also with ``full=False``)."""
@@ -61,7 +62,7 @@ class EvalSettings(Protocol):
 
 def metric_names(prefix: str = "val", *, full: bool = True,
                  corruptions: Sequence[str] = (), explain: bool = False,
-                 masks: bool = False) -> list[str]:
+                 masks: bool = False, audit: bool = False) -> list[str]:
     """The keys :func:`evaluate_split` returns for these settings, in its order.
 
     Args:
@@ -70,6 +71,7 @@ def metric_names(prefix: str = "val", *, full: bool = True,
         corruptions: ``cfg.corruptions``.
         explain: An explainer was given and ``cfg.explain_samples > 0``.
         masks: The split has ground-truth masks (only counts with ``explain``).
+        audit: The explanation audit was asked for (only counts with ``explain``).
     """
     names = [f"{prefix}/{m}" for m in CLASSIFICATION_METRICS]
     if not full:
@@ -84,6 +86,8 @@ def metric_names(prefix: str = "val", *, full: bool = True,
         names += [f"{prefix}/{m}" for m in EXPLANATION_METRICS]
         if masks:
             names += [f"{prefix}/{m}" for m in LOCALISATION_METRICS]
+        if audit:
+            names += [f"{prefix}/{m}" for m in AUDIT_SUMMARY]
     return names
 
 
@@ -112,8 +116,10 @@ PerImage = dict[str, Tensor]
 - ``{shift}/{corruption}/correct`` and ``/confidence`` ``[N]`` for each corruption;
 - ``{adv}/fgsm_correct`` bool ``[N]``;
 - ``{prefix}/explain_index`` int64 ``[n]`` (the explanation images, indices into the split) and
-  ``{prefix}/{metric}`` float ``[n]`` for every explanation and localisation metric (NaN where
-  a metric is undefined for an image, e.g. an empty mask).
+  ``{prefix}/{metric}`` float ``[n]`` for every explanation and localisation metric and, with
+  the audit, every :data:`~extune.evaluate.audit.AUDIT_METRICS` name (NaN where a metric is
+  undefined for an image, e.g. an empty mask; ``randomisation_pass`` is not per image: it is
+  the mean ``randomisation_similarity`` below the threshold).
 
 Averaged (ECE: binned) over images they give the metrics :func:`evaluate_split` returns."""
 
@@ -136,8 +142,13 @@ def _keep_classified(per_image: PerImage | None, prefix: str, logits: Tensor,
     _keep(per_image, f"{prefix}/confidence", confidence)
 
 
-GROUPS = ("shift", "adv", "explain")
-"""Metric groups beyond the classification metrics; ``full`` computes all of them."""
+GROUPS = ("shift", "adv", "explain", "audit")
+"""Metric groups beyond the classification metrics."""
+
+FULL_GROUPS = ("shift", "adv", "explain")
+"""The groups ``full`` computes. The explanation audit (``audit``) costs as much again as the
+explanation metrics: it runs only when asked (``evaluate_split(audit=True)``: the end-of-run
+suite, ``eval.audit``) or when ``metrics`` names one of its keys."""
 
 
 def metric_groups(prefix: str, metrics: Collection[str]) -> set[str]:
@@ -145,11 +156,15 @@ def metric_groups(prefix: str, metrics: Collection[str]) -> set[str]:
 
     >>> sorted(metric_groups("val", ["val/accuracy", "val/alignment", "shift/ece"]))
     ['explain', 'shift']
+    >>> sorted(metric_groups("val", ["val/faithfulness_correlation"]))
+    ['audit']
     """
     shift, adv = group_prefix(prefix, "shift") + "/", group_prefix(prefix, "adv") + "/"
     explain = {f"{prefix}/{m}" for m in (*EXPLANATION_METRICS, *LOCALISATION_METRICS)}
+    audit = {f"{prefix}/{m}" for m in AUDIT_SUMMARY}
     groups = {"shift" for m in metrics if m.startswith(shift)}
     groups |= {"adv" for m in metrics if m.startswith(adv)}
+    groups |= {"audit" for m in metrics if m in audit}
     return groups | {"explain" for m in metrics if m in explain}
 
 
@@ -203,11 +218,28 @@ def _explanation_metrics(model: nn.Module, split: ImageSetLike, explainer: Expla
     return {f"{prefix}/{m}": torch.cat(v).nanmean() for m, v in scores.items()}
 
 
+def _audit_metrics(model: nn.Module, split: ImageSetLike, explainer: Explainer, *,
+                   mean: Sequence[float], std: Sequence[float], cfg: EvalSettings, prefix: str,
+                   seed: int, per_image: PerImage | None) -> dict[str, Tensor]:
+    """The explanation audit (:func:`~extune.evaluate.audit.audit_scores`) on the explanation
+    images, for the predicted class; the randomisation test without its cascade (the same
+    ``randomisation_similarity``: only the fully randomised model's maps are needed)."""
+    index = explanation_subset(len(split.images), cfg.explain_samples, seed=seed)
+    images = split.images[index.to(split.images.device)]
+    audit = audit_scores(model, explainer, images, mean=mean, std=std,
+                         settings=AuditSettings(seed=seed, cascade=False),
+                         batch_size=cfg.batch_size)
+    _keep(per_image, f"{prefix}/explain_index", index)
+    for m, v in audit.scores.items():
+        _keep(per_image, f"{prefix}/{m}", v)
+    return {f"{prefix}/{m}": torch.tensor(v) for m, v in audit.summary().items()}
+
+
 def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[float],
                    std: Sequence[float], num_classes: int, cfg: EvalSettings,
                    explainer: Explainer | None = None, prefix: str = "val", full: bool = True,
                    seed: int = 0, metrics: Collection[str] = (), part: Part | None = None,
-                   per_image: PerImage | None = None) -> dict[str, float]:
+                   per_image: PerImage | None = None, audit: bool = False) -> dict[str, float]:
     """Evaluate a classifier on one split; every metric as a plain float.
 
     Always: ``{prefix}/accuracy``, ``top5`` (top-min(5, C)), ``loss`` (cross-entropy) and
@@ -216,7 +248,10 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
     ``{shift}/accuracy|ece``), ``{adv}/fgsm_accuracy`` at ``cfg.fgsm_eps``,
     and, when ``explainer`` is given and ``cfg.explain_samples > 0``, the explanation
     metrics of the predicted class on :func:`explanation_subset` images (plus the
-    localisation metrics when ``images.masks`` is not ``None``). See ``docs/metrics.md``.
+    localisation metrics when ``images.masks`` is not ``None``). With ``audit`` (and an
+    explainer), the explanation audit on the same images (``{prefix}/randomisation_similarity``
+    ... ``{prefix}/randomisation_pass``, :data:`~extune.evaluate.audit.AUDIT_SUMMARY`). See
+    ``docs/metrics.md``.
 
     The model runs in eval mode (no BatchNorm update) under ``torch.no_grad`` except for
     the FGSM and explainer gradients, which touch no parameter ``.grad``; every module's
@@ -242,10 +277,12 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
             whole group (:func:`metric_groups`) is computed, e.g. ``val/alignment`` brings
             every explanation metric.
         part: ``None``, or called with the name of each part before it runs (``classification``,
-            ``corruptions 3/15 (contrast)``, ``FGSM``, ``explanation metrics``), for a
-            progress display (:meth:`extune.train.progress.EpochProgress.phase`).
+            ``corruptions 3/15 (contrast)``, ``FGSM``, ``explanation metrics``, ``explanation
+            audit``), for a progress display (:meth:`extune.train.progress.EpochProgress.phase`).
         per_image: ``None``, or a dict that receives the per-image outputs of every metric
             computed (:data:`PerImage`), e.g. a final run's, for resampling the test images.
+        audit: Also the explanation audit (the ``audit`` group, whether ``full`` or not): the
+            end-of-run suite (``eval.audit``); about as costly as the explanation metrics.
 
     Returns:
         ``{name: float}`` with the keys of :func:`metric_names` for these settings.
@@ -265,7 +302,9 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
         out = {f"{prefix}/{k}": v for k, v in values.items()}
         _keep(per_image, f"{prefix}/label", labels)
         _keep_classified(per_image, prefix, logits, labels)
-        groups = set(GROUPS) if full else metric_groups(prefix, metrics)
+        groups = (set(FULL_GROUPS) if full else set()) | metric_groups(prefix, metrics)
+        if audit:
+            groups.add("audit")
         if "shift" in groups:
             out.update(_shift_metrics(model, images.images, labels, num_classes=num_classes,
                                       cfg=cfg, prefix=prefix, seed=seed, part=part,
@@ -281,4 +320,8 @@ def evaluate_split(model: nn.Module, images: ImageSetLike, *, mean: Sequence[flo
             part("explanation metrics")
             out.update(_explanation_metrics(model, images, explainer, cfg=cfg,
                                             prefix=prefix, seed=seed, per_image=per_image, **kw))
+        if "audit" in groups and explainer is not None and cfg.explain_samples > 0:
+            part("explanation audit")
+            out.update(_audit_metrics(model, images, explainer, cfg=cfg, prefix=prefix,
+                                      seed=seed, per_image=per_image, **kw))
     return {k: float(v) for k, v in out.items()}

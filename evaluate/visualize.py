@@ -15,7 +15,7 @@ from torch import Tensor
 
 from extune.files import atomic_writer
 
-__all__ = ["saliency_grid", "overlay"]
+__all__ = ["saliency_grid", "overlay", "cascade_figure"]
 
 
 def _heat(saliency: Tensor, colormap: str) -> Tensor:
@@ -98,7 +98,8 @@ def saliency_grid(images: Tensor, saliency: Tensor,
 
 
 def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
-          correct: Sequence[bool] | None, heading: str | None) -> Path:
+          correct: Sequence[bool | None] | None, heading: str | None,
+          heading_color: str = "black") -> Path:
     """Lay the rows out as one mosaic image on one matplotlib axes, with the labels as text,
     and save the PNG.
 
@@ -126,7 +127,8 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
     label_lines = [line for label in rows for line in label.split("\n")]
     left = 0.2 + 0.065 * max(len(line) for line in label_lines)  # 8 pt text, right-aligned
     title_lines = max((t.count("\n") + 1 for t in titles or ()), default=0)
-    top = 0.1 + 0.13 * title_lines + (0.3 if heading else 0.0)
+    heading_lines = heading.count("\n") + 1 if heading else 0
+    top = 0.1 + 0.13 * title_lines + 0.15 * heading_lines + (0.15 if heading else 0.0)
     fig_w, fig_h = left + width + max(0.15, (gap_x + 0.1) / 2), top + height + 0.1
     fig = Figure(figsize=(fig_w, fig_h), dpi=110)
     ax = fig.add_axes((left / fig_w, 0.1 / fig_h, width / fig_w, height / fig_h))
@@ -142,11 +144,17 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
         ax.text(-0.08, r * step_y + h * inch / 2, label, fontsize=8, ha="right",
                 va="center", multialignment="center")
     for c, title in enumerate(titles or ()):
-        color = "black" if correct is None else ("green" if correct[c] else "red")
+        color = "black" if correct is None or correct[c] is None else (
+            "green" if correct[c] else "red")
         ax.text(c * step_x + w * inch / 2, -0.05, title, fontsize=7, color=color, ha="center",
                 va="bottom", multialignment="center")
-    if heading:
-        fig.suptitle(heading, fontsize=9, y=1 - 0.08 / fig_h, va="top")
+    if heading:  # its first line in heading_color (bold unless black), the rest in black
+        first, _, rest = heading.partition("\n")
+        fig.suptitle(first, fontsize=9, y=1 - 0.08 / fig_h, va="top", color=heading_color,
+                     fontweight="normal" if heading_color == "black" else "bold")
+        if rest:
+            fig.text(0.5, 1 - 0.26 / fig_h, rest, fontsize=8, ha="center", va="top",
+                     multialignment="center")
     with atomic_writer(path) as f:  # whole or not at all (a full disk leaves no empty file)
         fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png")
     return path
@@ -154,3 +162,81 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
 
 _TILE, _GAP = 1.0, 0.15
 """Inches per image in the grid, and between images."""
+
+
+def cascade_figure(images: Tensor, original: Tensor, maps: Tensor, layers: Sequence[str],
+                   similarity: Sequence[float], path: str | Path, *, threshold: float,
+                   passed: bool, row_labels: Sequence[str] | None = None,
+                   heading: str | None = None, colormap: str = "jet") -> Path:
+    """The randomisation test's cascade as a PNG a reader takes in at a glance.
+
+    One row per image; columns: the image, its map, then its map after each randomised layer,
+    top down (row ``l`` of ``maps`` after re-initialising ``layers[:l + 1]``). Each map column
+    is titled with its layer and the mean rank correlation with the original map over every
+    audited image (green below ``threshold``: the map changed; red at or above it); the
+    figure's title gives the verdict, green (passed) or red (failed).
+
+    Args:
+        images: uint8 ``[n, 3, H, W]`` (or float in [0, 1]).
+        original: The maps of the trained model ``[n, 1, H, W]`` in [0, 1].
+        maps: ``[L, n, 1, H, W]`` in [0, 1] (:func:`extune.evaluate.audit.cascade_maps`).
+        layers: ``L`` layer names, top first.
+        similarity: ``L`` mean rank correlations (the audit's cascade, averaged over images).
+        path: PNG file to write.
+        threshold: The randomisation test's threshold.
+        passed: The verdict.
+        row_labels: One label per image (class, prediction).
+        heading: A second title line (explainer, layer, images, model).
+        colormap: A matplotlib colormap name.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    n = images.shape[0]
+    if original.shape != (n, 1, *images.shape[-2:]) or maps.shape[1:] != original.shape \
+            or len(maps) != len(layers) or len(layers) != len(similarity):
+        raise ValueError(f"expected images [n,3,H,W], original [n,1,H,W], maps [L,n,1,H,W], "
+                         f"L layers and similarities, got {tuple(images.shape)}, "
+                         f"{tuple(original.shape)}, {tuple(maps.shape)}, {len(layers)}, "
+                         f"{len(similarity)}")
+    columns = [_unit(images), _heat(original.cpu(), colormap),
+               *(_heat(m.cpu(), colormap) for m in maps)]  # each [n, 3, H, W]
+    labels = list(row_labels) if row_labels is not None else [f"image {i + 1}" for i in range(n)]
+    rows = {label: torch.stack([c[i] for c in columns]) for i, label in
+            enumerate(_unique(labels))}
+    titles = ["image", "trained\nmodel's map", *(f"{_wrap(name)}\nρ̄ {rho:.2f}"
+                                                for name, rho in zip(layers, similarity,
+                                                                     strict=True))]
+    below = [None, None, *(rho < threshold for rho in similarity)]
+    mean = similarity[-1] if len(similarity) else float("nan")
+    verdict = (f"randomisation test {'PASSED' if passed else 'FAILED'}: mean similarity after "
+               f"randomising every layer {mean:.2f} {'<' if passed else '>='} {threshold:.3f}")
+    legend = ("columns: the map after re-initialising the layers from the top down to the one "
+              f"named\nρ̄: mean rank correlation with the trained model's map (green below "
+              f"{threshold:.3f}: the map changed)")
+    title = "\n".join(line for line in (verdict, heading, legend) if line)
+    return _draw(rows, Path(path), titles=titles, correct=below, heading=title,
+                 heading_color="green" if passed else "red")
+
+
+def _wrap(name: str, width: int = 14) -> str:
+    """A layer name in lines of about ``width`` characters, cut at its dots (``encoder.`` of
+    every backbone layer left out)."""
+    parts = name.removeprefix("encoder.").split(".")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "." + part
+        else:
+            lines.append("." + part)
+    return "\n".join(lines)
+
+
+def _unique(labels: Sequence[str]) -> list[str]:
+    """Row labels made unique (a dict keys the rows): repeats get `` (2)``, `` (3)``..."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out

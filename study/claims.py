@@ -15,8 +15,10 @@ A row gets one of five verdicts (docs/study.md, "Verdicts"):
   the metric's margin;
 - **not shown**: neither (the row gives the smallest difference the seeds could detect at the
   corrected level);
-- **not tested**: an arm never switched on, or its models are no better than chance; such a
-  row is left out of its family.
+- **not tested**: an arm never switched on, or its models are no better than chance, or (an
+  explanation metric's row) the explainer of its protocol fails the randomisation test on the
+  study's models (:func:`claim_rows`' ``explanations_untested``); such a row is left out of its
+  family.
 
 Holm (or the chosen correction) runs within each family of each kind: the claims' primary
 metrics, their secondary metrics, the controls' primary and secondary metrics; differences and
@@ -37,9 +39,9 @@ from extune.evaluate.metric_info import MetricInfo, metric_info
 from extune.study import stats
 
 __all__ = ["StudyMetric", "ClaimMetric", "Claim", "STUDY_METRICS", "BUILTIN_CLAIMS",
-           "EXPLANATION_METRIC_NAMES", "FAMILIES", "PRIMARY", "SECONDARY", "HOLDS", "REVERSED",
-           "EQUIVALENT", "NOT_SHOWN", "NOT_TESTED", "VERDICTS", "metric_by_name", "claim_rows",
-           "claims_to_plan", "claims_from_plan"]
+           "EXPLANATION_METRIC_NAMES", "AUDIT_METRIC_NAMES", "FAMILIES", "PRIMARY", "SECONDARY",
+           "HOLDS", "REVERSED", "EQUIVALENT", "NOT_SHOWN", "NOT_TESTED", "VERDICTS",
+           "metric_by_name", "claim_rows", "claims_to_plan", "claims_from_plan"]
 
 HOLDS, REVERSED, EQUIVALENT = "holds", "reversed", "equivalent"
 NOT_SHOWN, NOT_TESTED = "not shown", "not tested"
@@ -89,12 +91,29 @@ STUDY_METRICS: tuple[StudyMetric, ...] = (
     StudyMetric("insertion_auc", "test/insertion_auc"),
     StudyMetric("pointing_game", "test/pointing_game"),
     StudyMetric("saliency_in_mask", "test/saliency_in_mask"),
+    StudyMetric("randomisation_similarity", "test/randomisation_similarity"),
+    StudyMetric("random_logit_similarity", "test/random_logit_similarity"),
+    StudyMetric("max_sensitivity", "test/max_sensitivity"),
+    StudyMetric("avg_sensitivity", "test/avg_sensitivity"),
+    StudyMetric("sparseness", "test/sparseness"),
+    StudyMetric("effective_complexity", "test/effective_complexity"),
+    StudyMetric("faithfulness_correlation", "test/faithfulness_correlation"),
 )
 """The metrics a study reports (docs/metrics.md); the mask metrics only where the data set has
-ground-truth masks (the synthetic set)."""
+ground-truth masks (the synthetic set); the explanation audit's per-image metrics (its
+``randomisation_pass`` is a verdict per checkpoint, not a measure to compare: the report uses
+it to decide whether a protocol's explanation rows are tested at all)."""
+
+AUDIT_METRIC_NAMES = ("randomisation_similarity", "random_logit_similarity", "max_sensitivity",
+                      "avg_sensitivity", "sparseness", "effective_complexity",
+                      "faithfulness_correlation")
+"""The explanation audit's metrics in a study (:data:`extune.evaluate.audit.AUDIT_METRICS`)."""
 
 EXPLANATION_METRIC_NAMES = ("alignment", "avg_drop", "increase_confidence", "deletion_auc",
-                            "insertion_auc", "pointing_game", "saliency_in_mask")
+                            "insertion_auc", "pointing_game", "saliency_in_mask",
+                            *AUDIT_METRIC_NAMES)
+"""The metrics an evaluation protocol (explainer, layer) changes, measured on the explanation
+images."""
 
 _BY_NAME = {m.name: m for m in STUDY_METRICS}
 
@@ -132,7 +151,14 @@ _EDDA_PAPER = ("EDDA's paper: occluding salient regions lowers confidence, occlu
                "non-salient ones keeps it (extune's alignment scores both at once)")
 _EDDA_ACCURACY = "EDDA's paper: accuracy kept"
 _EXTUNE = "extune (a measure the paper does not use)"
+_AUDIT = ("extune's explanation audit (a measure the paper does not use; each checked against "
+          "Quantus 0.6, docs/metrics.md)")
 _SECONDARY_EXPLANATIONS = ("deletion_auc", "insertion_auc", "pointing_game", "saliency_in_mask")
+
+
+def _audited() -> tuple[ClaimMetric, ...]:
+    """The explanation audit's metrics, in the secondary family of every built-in claim."""
+    return tuple(ClaimMetric(m, SECONDARY, _AUDIT) for m in AUDIT_METRIC_NAMES)
 
 
 def _edda(b: str) -> Claim:
@@ -141,7 +167,8 @@ def _edda(b: str) -> Claim:
         ClaimMetric("accuracy", PRIMARY, _EDDA_ACCURACY),
         ClaimMetric("avg_drop", SECONDARY, _EXTUNE),
         ClaimMetric("increase_confidence", SECONDARY, _EXTUNE),
-        *(ClaimMetric(m, SECONDARY, _EXTUNE) for m in _SECONDARY_EXPLANATIONS)), _EDDA)
+        *(ClaimMetric(m, SECONDARY, _EXTUNE) for m in _SECONDARY_EXPLANATIONS),
+        *_audited()), _EDDA)
 
 
 BUILTIN_CLAIMS: tuple[Claim, ...] = (
@@ -152,7 +179,8 @@ BUILTIN_CLAIMS: tuple[Claim, ...] = (
         ClaimMetric("fgsm_accuracy", PRIMARY, _EXCON_FGSM),
         ClaimMetric("shift_ece", PRIMARY, _EXCON_PAPER),
         ClaimMetric("alignment", SECONDARY, _EXTUNE),
-        *(ClaimMetric(m, SECONDARY, _EXTUNE) for m in _SECONDARY_EXPLANATIONS)), _EXCON),
+        *(ClaimMetric(m, SECONDARY, _EXTUNE) for m in _SECONDARY_EXPLANATIONS),
+        *_audited()), _EXCON),
     _edda("ce"),
     _edda("random_occlusion"),
 )
@@ -211,7 +239,8 @@ def claim_rows(values: Values, claims: Sequence[Claim], arms: Sequence[str],
                confidence: float, controls: Mapping[str, Sequence[str]] | None = None,
                clusters: Mapping[int, int] | None = None,
                test_variance: TestVariance | None = None,
-               weak: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+               weak: Mapping[str, str] | None = None,
+               explanations_untested: str | None = None) -> list[dict[str, Any]]:
     """Every claim whose two arms are in the study and every control of its method, on every
     present metric, with its verdict (module docstring).
 
@@ -229,6 +258,9 @@ def claim_rows(values: Values, claims: Sequence[Claim], arms: Sequence[str],
             ``None``: the intervals cover the runs only.
         weak: method -> why its explanation-driven part was weakly tested (said beside every
             row of that method; the verdict stands).
+        explanations_untested: why no explanation metric's row gets a verdict (the protocol's
+            explainer fails the randomisation test on the study's models); ``None``: they do.
+            The other rows keep theirs.
 
     Returns:
         One dict per row: ``kind`` (``claim``/``control``), ``a``, ``b``, ``source``,
@@ -252,7 +284,8 @@ def claim_rows(values: Values, claims: Sequence[Claim], arms: Sequence[str],
             "key": metric.key, "higher_is_better": metric.higher_is_better,
             "difference": diff, "n_a": diff.n_a, "n_b": diff.n_b, "p": diff.p,
             "margin": margin, "p_equivalence": stats.equivalence(diff, margin),
-            "why": untested.get(row["a"]) or untested.get(row["b"]),
+            "why": untested.get(row["a"]) or untested.get(row["b"])
+            or (explanations_untested if metric.explanation else None),
             "weak": (weak or {}).get(row["a"])})
     _adjust_and_decide(rows, correction, alpha, test)
     return rows

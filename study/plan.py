@@ -28,6 +28,7 @@ Users declare their own claims in a YAML plan file (``extune study --plan plan.y
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -283,7 +284,7 @@ def build_plan(settings: Any) -> dict[str, Any]:
                      "steps": final.eval.steps, "explain_samples": final.eval.explain_samples,
                      "top_fraction": final.eval.top_fraction,
                      "deletion_steps": final.eval.deletion_steps,
-                     "sensitivity": list(settings.protocols)},
+                     "sensitivity": list(settings.protocols), "audit": _audit_plan()},
         "statistics": {"test": settings.test, "correction": settings.correction,
                        "confidence": settings.confidence, "power": 0.8,
                        "families": "Holm within primary and secondary, claims and controls "
@@ -302,6 +303,19 @@ def build_plan(settings: Any) -> dict[str, Any]:
         "spaces": spaces,
         "base_config": base.flatten(),
     }
+
+
+def _audit_plan() -> dict[str, Any]:
+    """The explanation audit a study runs and the rule it decides by (docs/study.md)."""
+    from extune.evaluate.audit import RANDOMISATION_THRESHOLD, AuditSettings
+
+    return {"settings": dataclasses.asdict(AuditSettings(cascade=False)),  # the suite's
+            "threshold": RANDOMISATION_THRESHOLD,
+            "main_protocol": "every audit metric", "sensitivity": "the randomisation test",
+            "not_tested": "every explanation row of a protocol whose explainer fails the "
+                          "randomisation test on the study's models: the mean "
+                          "randomisation_similarity of some arm's complete final runs at or "
+                          "above the threshold"}
 
 
 def _metrics() -> Sequence[Any]:

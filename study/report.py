@@ -30,7 +30,7 @@ from extune.study.claims import (
 )
 
 __all__ = ["build_results", "report_markdown", "write_report", "present_metrics", "summarise",
-           "method_status", "weakly_tested", "DRIVEN_METHODS"]
+           "method_status", "weakly_tested", "randomisation_failure", "DRIVEN_METHODS"]
 
 DRIVEN_METHODS = ("excon", "edda", "random_occlusion")
 """Methods with a part of their own that a warm-up or a setting can leave switched off."""
@@ -166,31 +166,116 @@ def _compute(sdir: Any, arm: str, searches: list[dict], runs: Sequence[dict]
             "final_core_s": final_s * s.cpus_per_trial, "final_gpu_s": final_s * gpus}
 
 
-def _bootstrap(runs: Sequence[dict], per_image: Mapping[str, str | None] | None = None,
+def _bootstrap(runs: Sequence[dict], per_image: Mapping[str, Any] | None = None,
                seed: int = 0) -> Any:
-    """The test-set bootstrap of these runs' per-image outputs (``per_image``: label -> file,
-    a re-scored protocol's), or ``None`` when none kept them."""
-    from extune.study.resample import TestSetBootstrap, outputs_of
+    """The test-set bootstrap of these runs' per-image outputs, or ``None`` when none kept
+    them: each run's own file and its re-scored audit's (``audit_per_image``), or
+    ``per_image``'s (label -> a file or a list of files: a re-scored protocol's)."""
+    from extune.study.resample import TestSetBootstrap
 
-    if per_image is not None:
-        runs = [{**r, "per_image": per_image.get(r["label"])} for r in runs]
-    outputs = outputs_of(runs)
+    outputs: dict[str, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        if run["state"] != "complete":
+            continue
+        files = per_image.get(run["label"]) if per_image is not None else \
+            [run.get("per_image"), run.get("audit_per_image")]
+        data = _outputs([files] if isinstance(files, str) or files is None else files)
+        if data is not None:
+            outputs.setdefault(run["method"], {})[int(run["seed_index"])] = data
     return TestSetBootstrap(outputs, _clusters(runs), seed=seed) if outputs else None
 
 
-def _sensitivity(runs: Sequence[dict], sensitivity: dict[str, Any], rows: Any
-                 ) -> dict[str, Any]:
-    """The verdict of each explanation row (claims and controls) under every protocol."""
+def _outputs(files: Sequence[str | None]) -> dict[str, Any] | None:
+    """The per-image outputs of the first file, with the keys the others add (``None`` when
+    the first is missing)."""
+    from extune.study.resample import load_outputs
+
+    found = load_outputs(files[0]) if files and files[0] else None
+    for extra in files[1:] if found is not None else ():
+        more = load_outputs(extra) if extra else None
+        found = {**(more or {}), **found}
+    return found
+
+
+def _with_audit(runs: Sequence[dict], audit: Mapping[str, Any], main: str) -> list[dict]:
+    """The runs with the main protocol's audit (:func:`~extune.study.sensitivity.audit_stage`)
+    among their metrics where their own test evaluation did not measure it, and the file of its
+    per-image scores (``audit_per_image``)."""
+    scores = audit.get("scores", {}).get(main, {})
+    files = audit.get("per_image", {}).get(main, {})
+    return [{**r, "metrics": {**scores.get(r["label"], {}), **r["metrics"]},
+             "audit_per_image": files.get(r["label"])} if r["label"] in scores else r
+            for r in runs]
+
+
+def _merge_audit(sensitivity: dict[str, Any], audit: Mapping[str, Any]) -> dict[str, Any]:
+    """Every protocol's scores and per-image files with its audit's (``audit`` empty: as
+    they are); per-image entries become lists of files (the first: the protocol's own)."""
+    scores, per_image = {}, {}
+    for text, by_label in sensitivity["scores"].items():
+        found = audit.get("scores", {}).get(text, {})
+        scores[text] = {label: {**found.get(label, {}), **values}
+                        for label, values in by_label.items()}
+        files = sensitivity.get("per_image", {}).get(text, {})
+        extra = audit.get("per_image", {}).get(text, {})
+        per_image[text] = {label: [files.get(label), extra.get(label)]
+                           for label in {*files, *extra}}
+    return {**sensitivity, "scores": scores, "per_image": per_image}
+
+
+def randomisation_failure(runs: Sequence[dict], scores: Mapping[str, Mapping[str, float]],
+                          arms: Sequence[str], threshold: float, description: str
+                          ) -> tuple[str | None, dict[str, float]]:
+    """Whether a protocol's explainer fails the randomisation test on the study's models, and
+    why (docs/study.md, "The explanation audit").
+
+    An arm's similarity is the mean over its complete final runs of each checkpoint's mean
+    ``randomisation_similarity`` (over the explanation images); the explainer fails when that
+    of any arm (methods and controls alike) is at or above ``threshold``: its maps of those
+    models keep most of their ranking when every layer is re-initialised, so they do not show
+    what those models learned, and no comparison of explanations that involves them says
+    anything about training.
+
+    Args:
+        runs: the final runs; scores: label -> the protocol's ``test/...`` scores; arms: the
+            study's arms; threshold: the test's threshold; description: the protocol in words.
+
+    Returns:
+        ``(the reason, or None when it passes or was not audited; arm -> similarity)``.
+    """
+    means = {}
+    for arm in arms:
+        values = list(_values(runs, arm, "test/randomisation_similarity", scores).values())
+        if values:
+            means[arm] = sum(values) / len(values)
+    failing = {a: m for a, m in means.items() if m >= threshold}
+    if not failing:
+        return None, means
+    worst = max(failing.values())
+    listed = ", ".join(f"{a} {m:.2f}" for a, m in failing.items())
+    return (f"{description} fails the randomisation test on this study's models: mean "
+            f"similarity {worst:.2f} >= {threshold:.3f} (final runs of {listed})"), means
+
+
+def _sensitivity(runs: Sequence[dict], sensitivity: dict[str, Any], rows: Any,
+                 untested: Mapping[str, str | None]) -> dict[str, Any]:
+    """The verdict of each explanation row (claims and controls) under every protocol, its
+    explanation rows "not tested" where ``untested`` (protocol text -> reason) says why; a
+    protocol's families hold the explanation metrics measured under it."""
     verdicts: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, Any]] = {}
+    everywhere = present_metrics(runs)
     for protocol in sensitivity["protocols"]:
         scores = sensitivity["scores"][protocol["text"]]
         per_image = sensitivity.get("per_image", {}).get(protocol["text"])
+        measured = {k for found in scores.values() for k in found}
+        present = [m.name for m in everywhere if not m.explanation or m.key in measured]
 
         def by_protocol(arm: str, metric: StudyMetric, scores: Any = scores) -> dict:
             return _values(runs, arm, metric.key, scores if metric.explanation else None)
 
-        for row in rows(by_protocol, _bootstrap(runs, per_image)):
+        for row in rows(by_protocol, _bootstrap(runs, per_image), present,
+                        untested.get(protocol["text"])):
             if metric_by_name(row["metric"]).explanation:
                 key = f"{row['a']} vs {row['b']}: {row['metric']}"
                 verdicts.setdefault(key, {})[protocol["text"]] = row["verdict"]
@@ -223,7 +308,8 @@ def _covers(s: Any, bootstrap: Any, test_images: int | None) -> str:
 
 
 def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[str, Any]]],
-                  sensitivity: dict[str, Any]) -> dict[str, Any]:
+                  sensitivity: dict[str, Any], audit: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """Everything the report shows, as plain data (``results.json``).
 
     Args:
@@ -232,14 +318,20 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
         chosen: method -> what each of its searches chose and spent
             (:func:`~extune.search.folder.chosen_trial`).
         sensitivity: :func:`~extune.study.sensitivity.rescore_stage`.
+        audit: :func:`~extune.study.sensitivity.audit_stage` (``None``: no audit; every
+            explanation row keeps its verdict).
     """
     s = sdir.settings
     plan = sdir.plan()
     base = s.base_config()
     num_classes = sensitivity.get("num_classes")
+    runs = _with_audit(runs, audit or {}, sensitivity["main"]["text"])
+    sensitivity = _merge_audit(sensitivity, audit or {})
     present = [m.name for m in present_metrics(runs)]
     controls = {m: [a["arm"] for a in arms] for m, arms in plan["controls"].items()}
     arms = [a for m in s.methods for a in (m, *controls.get(m, ()))]
+    audited = _audit_results(runs, sensitivity, arms, audit)
+    failing = {p["text"]: p["why"] for p in audited["protocols"]} if audited else {}
     untested = {a: why for a in arms if (why := method_status(runs, a, num_classes))}
     weak = weakly_tested(runs, list(controls), plan["min_driven_share"])
     claims = claims_from_plan(plan["claims"])
@@ -247,13 +339,14 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
     clusters = _clusters(runs)
     bootstrap = _bootstrap(runs)
 
-    def rows(values: Any, boot: Any) -> list[dict[str, Any]]:
-        return claim_rows(values, claims, arms, present, untested=untested,
+    def rows(values: Any, boot: Any, measured: Sequence[str] = present,
+             explanations: str | None = None) -> list[dict[str, Any]]:
+        return claim_rows(values, claims, arms, measured, untested=untested,
                           margins=lambda m: margins.get(m, s.margin(m)), test=s.test,
                           correction=s.correction, confidence=s.confidence,
                           controls=controls, clusters=clusters,
                           test_variance=boot.variance if boot is not None else None,
-                          weak=weak)
+                          weak=weak, explanations_untested=explanations)
 
     summary = summarise(runs, arms, s.confidence, bootstrap)
     first = next((c[0] for c in chosen.values() if c), {})
@@ -296,16 +389,45 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
         "deviations": sdir.meta.get("deviations", []),
         "wall_s": dict(sdir.meta.get("stage_seconds", {})),
         "metrics": present, "methods": methods,
-        "comparisons": rows(lambda arm, metric: _values(runs, arm, metric.key), bootstrap),
-        "sensitivity": _sensitivity(runs, sensitivity, rows)}
+        "comparisons": rows(lambda arm, metric: _values(runs, arm, metric.key), bootstrap,
+                            present, failing.get(sensitivity["main"]["text"])),
+        "sensitivity": _sensitivity(runs, sensitivity, rows, failing),
+        "audit": audited}
+
+
+def _audit_results(runs: Sequence[dict], sensitivity: dict[str, Any], arms: Sequence[str],
+                   audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per protocol: each arm's mean randomisation similarity, how many of its checkpoints
+    pass, and why its explanation rows are not tested (:func:`randomisation_failure`)."""
+    if not audit:
+        return None
+    threshold = audit["threshold"]
+    found = []
+    for protocol in sensitivity["protocols"]:
+        if protocol["text"] not in audit["scores"]:
+            continue
+        scores = sensitivity["scores"][protocol["text"]]
+        why, means = randomisation_failure(runs, scores, arms, threshold,
+                                           protocol["description"])
+        passed = {a: list(_values(runs, a, "test/randomisation_pass", scores).values())
+                  for a in means}
+        found.append({"text": protocol["text"], "description": protocol["description"],
+                      "similarity": means, "passed": {a: [int(sum(v)), len(v)]
+                                                      for a, v in passed.items()},
+                      "why": why,
+                      "metrics": sorted({k.removeprefix("test/") for v in
+                                         audit["scores"][protocol["text"]].values()
+                                         for k in v})})
+    return {"threshold": threshold, "protocols": found}
 
 
 def write_report(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[str, Any]]],
-                 sensitivity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+                 sensitivity: dict[str, Any], audit: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write ``results.json``, ``report.md`` and the plots into the study folder."""
     from extune.study.plots import write_plots
 
-    results = build_results(sdir, runs, chosen, sensitivity)
+    results = build_results(sdir, runs, chosen, sensitivity, audit)
     files = {"results": sdir.path / "results.json", "report": sdir.path / "report.md"}
     atomic_write_text(files["results"], json.dumps(results, indent=2, default=str))
     atomic_write_text(files["report"], report_markdown(results))
@@ -363,9 +485,9 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines += ["> **Smoke test** (`extune study --quick`): tiny data, two trials and two "
                   "seeds per method. It shows that every stage works; its numbers say nothing "
                   "about the methods.", ""]
-    sections = (_setup, _budget_table, _metrics_table, _claims_tables, _controls_table,
-                _sources, _sensitivity_table, _per_seed_table, _diagnostics_table,
-                _compute_table, _limits, _reproducibility)
+    sections = (_setup, _budget_table, _metrics_table, _audit_table, _claims_tables,
+                _controls_table, _sources, _sensitivity_table, _per_seed_table,
+                _diagnostics_table, _compute_table, _limits, _reproducibility)
     for section in sections:
         part = section(results)
         if part:
@@ -515,8 +637,10 @@ def _claims_tables(results: dict[str, Any]) -> list[str]:
              "is below it (the difference lies within the margin); **not shown**: neither, "
              "which is not evidence of no difference (MDD: the smallest true difference "
              "detected with 80% power at the family's corrected level); **not tested**: an arm "
-             "never switched on or is no better than chance. The interval beside a verdict is "
-             "at the level its adjusted test used, so it excludes 0 exactly when the verdict "
+             "never switched on or is no better than chance, or (an explanation row) the "
+             "explainer fails the randomisation test on the study's models. The interval "
+             "beside a verdict is at the level its adjusted test used, so it excludes 0 "
+             "exactly when the verdict "
              f"is holds or reversed; the simultaneous interval covers every difference of the "
              f"family at once with {conf}% confidence (Bonferroni).", ""]
     claims = [c for c in results["comparisons"] if c.get("kind", "claim") == "claim"]
@@ -534,6 +658,11 @@ def _claims_tables(results: dict[str, Any]) -> list[str]:
 
 def _untested_and_weak(results: dict[str, Any]) -> list[str]:
     lines = []
+    main = results["protocol"].get("text")
+    for protocol in (results.get("audit") or {}).get("protocols", []):
+        if protocol["why"] and protocol["text"] == main:
+            lines.append(f"- {NOT_TESTED}: **every explanation row**: {protocol['why']} (see "
+                         "the explanation audit)")
     for arm, v in results["methods"].items():
         if v.get("status"):
             lines.append(f"- {NOT_TESTED}: **{arm}**: {v['status']}")
@@ -570,6 +699,33 @@ def _sources(results: dict[str, Any]) -> list[str]:
             by_source.setdefault(f"{m['family']}: {m['source']}", []).append(m["metric"])
         lines.append(f"- **{claim['a']} vs {claim['b']}** ({claim['source']}): " + "; ".join(
             f"{', '.join(names)} ({where})" for where, names in by_source.items()) + ".")
+    return lines
+
+
+def _audit_table(results: dict[str, Any]) -> list[str]:
+    audit = results.get("audit")
+    if not audit or not audit["protocols"]:
+        return []
+    arms = list(results["methods"])
+    threshold = audit["threshold"]
+    lines = ["## Explanation audit: do the explanations depend on the models?", "",
+             "The randomisation test (Adebayo et al. 2018) re-initialises every layer of each "
+             "final checkpoint and explains the same test images again: an explainer whose "
+             f"maps keep a mean rank correlation of {threshold:.3f} (√½) or more with the "
+             "trained model's shows little of what the model learned. A cell is the mean over "
+             "an arm's final runs of each checkpoint's mean similarity, and how many "
+             "checkpoints pass. A protocol whose explainer fails on any arm's models gets no "
+             "verdict on any explanation row (**not tested**); the other rows keep theirs. "
+             "Every audit metric is measured under the main protocol, the randomisation test "
+             "under every protocol.", "",
+             "| protocol | " + " | ".join(arms) + " | explanation rows |",
+             "|---|" + "---|" * (len(arms) + 1)]
+    for p in audit["protocols"]:
+        cells = [f"{p['similarity'][a]:.3f} ({p['passed'][a][0]}/{p['passed'][a][1]} pass)"
+                 if a in p["similarity"] else "-" for a in arms]
+        verdict = f"{NOT_TESTED}: fails" if p["why"] else "tested"
+        lines.append(f"| {p['description']} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += ["", *(f"- {p['why']}." for p in audit["protocols"] if p["why"])]
     return lines
 
 

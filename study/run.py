@@ -4,8 +4,9 @@ For each method: one search (or ``--search-seeds S``) of its built-in space with
 (trials or trial-epochs, epochs, scheduler, sampler and seed), selected on the validation split;
 then every method's chosen config is retrained with K seeds at the final epoch count, as Ray
 trials (a cluster runs them in parallel), and scored on the test split under one evaluation
-protocol; then the saved checkpoints are re-scored under the sensitivity protocols and the
-report is written (:mod:`extune.study.report`).
+protocol; then the saved checkpoints are re-scored under the sensitivity protocols, their explainers
+audited (:func:`~extune.study.sensitivity.audit_stage`), and the report is written
+(:mod:`extune.study.report`).
 
 Everything is resumable: a finished search is read, an unfinished one resumed; the final runs'
 Tune experiments are restored, so nothing is trained twice. MLflow: one parent run for the study
@@ -110,7 +111,7 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
     """Searches, final runs, sensitivity and report of a study whose Ray is up."""
     from extune.study.report import write_report
     from extune.study.retrain import run_final_stage
-    from extune.study.sensitivity import rescore_stage
+    from extune.study.sensitivity import audit_stage, rescore_stage
 
     settings = sdir.settings
     console = Console()
@@ -140,7 +141,10 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
     t0 = time.time()
     sensitivity = rescore_stage(sdir, runs, console)
     sdir.add_seconds("sensitivity", time.time() - t0)
-    results, files = write_report(sdir, runs, chosen, sensitivity)
+    t0 = time.time()
+    audit = audit_stage(sdir, runs, console)
+    sdir.add_seconds("audit", time.time() - t0)
+    results, files = write_report(sdir, runs, chosen, sensitivity, audit)
     _log_study(tracker, results, files)
     incomplete = any(r["state"] != "complete" for r in runs)
     sdir.update(status="finished" if not incomplete else "finished with failures")

@@ -8,6 +8,13 @@ is the same under all of them. Scores are kept in ``final/sensitivity.json`` by 
 protocol, and their per-image values in ``final/sensitivity/`` (the report resamples the test
 images under every protocol alike), so a resumed study or a rewritten report scores nothing
 twice.
+
+The audit stage (:func:`audit_stage`) does the same for the explanation audit
+(:mod:`extune.evaluate.audit`): every audit metric under the main protocol (the final runs'
+own, where their test evaluation measured them; else re-scored) and the randomisation test
+under every other protocol, kept in ``final/audit.json`` and ``final/audit/``. The report
+gives no verdict to the explanation rows of a protocol whose explainer fails the randomisation
+test on the study's models.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from typing import Any
 from extune.files import atomic_write_text
 from extune.study.protocols import Protocol, main_protocol, parse_protocol
 
-__all__ = ["rescore_stage", "SENSITIVITY_FILE"]
+__all__ = ["rescore_stage", "audit_stage", "randomisation_test", "SENSITIVITY_FILE",
+           "AUDIT_FILE"]
 
 SENSITIVITY_FILE = "sensitivity.json"
+AUDIT_FILE = "audit.json"
 
 
 def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, Any]:
@@ -35,16 +44,8 @@ def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str,
         ``{"text", "explainer", "layer", "steps", "description"}``. The main protocol's scores
         are the final runs' own test metrics (their per-image outputs, their own file).
     """
-    from extune.train.config import Config
-    from extune.train.methods import config_model
-
-    settings = sdir.settings
-    base = settings.final_config(Config.load(sdir.base_file), settings.final_seeds()[0])
-    last_stage = config_model(base, 2).default_layer
+    base, last_stage, main, others = _protocols(sdir)
     steps = base.eval.steps
-    main = main_protocol(settings.eval_explainer, settings.eval_layer)
-    others = [p for p in map(parse_protocol, settings.protocols)
-              if _resolved(p, last_stage) != _resolved(main, last_stage)]
     cache_file = sdir.final_dir / SENSITIVITY_FILE
     cache = _read(cache_file)
     complete = [r for r in runs if r["state"] == "complete" and r.get("checkpoint")]
@@ -77,11 +78,91 @@ def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str,
             if scorer.splits.test is not None else base.eval.explain_samples}
 
 
-def _per_image_file(sdir: Any, run: dict, protocol: Protocol) -> Path:
-    """``final/sensitivity/<label>-<hash>.npz``: a checkpoint's per-image scores under a
+def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, Any]:
+    """The explanation audit of every complete final run's checkpoint: every audit metric under
+    the main protocol (the run's own test metrics where its evaluation measured them, else
+    re-scored), the randomisation test under every other protocol; cached by checkpoint and
+    protocol in ``final/audit.json``, per-image scores in ``final/audit/``.
+
+    Returns:
+        ``{"threshold": float, "protocols": [protocol text, ...], "scores": {protocol text:
+        {label: {"test/randomisation_similarity": ..., "test/randomisation_pass": ..., and
+        under the main protocol every other audit metric}}}, "per_image": {protocol text:
+        {label: npz path (re-scored) or None (the run's own per-image file holds them)}}}``.
+    """
+    from extune.evaluate.audit import RANDOMISATION_THRESHOLD
+
+    base, last_stage, main, others = _protocols(sdir)
+    cache_file = sdir.final_dir / AUDIT_FILE
+    cache = _read(cache_file)
+    complete = [r for r in runs if r["state"] == "complete" and r.get("checkpoint")]
+    own = {r["label"] for r in complete if _has_audit(r["metrics"])}
+    todo = [(r, p) for p in (main, *others) for r in complete
+            if not (p == main and r["label"] in own)
+            and (p.text not in cache.get(r["checkpoint"], {})
+                 or not _per_image_file(sdir, r, p, AUDIT_FOLDER).is_file())]
+    if todo and console is not None:
+        console.print(f"study {sdir.name}: auditing the explainer of {len(complete)} "
+                      f"checkpoints under {len({p.text for _, p in todo})} protocol(s)",
+                      highlight=False, markup=False)
+    scorer = _Scorer(base) if todo else None
+    for run, protocol in todo:
+        layer = _resolved(protocol, last_stage)[1]
+        cache.setdefault(run["checkpoint"], {})[protocol.text] = scorer.audit(
+            run["checkpoint"], protocol.explainer, layer,
+            _per_image_file(sdir, run, protocol, AUDIT_FOLDER), every_metric=protocol == main)
+        atomic_write_text(cache_file, json.dumps(cache, indent=2))
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    per_image: dict[str, dict[str, str | None]] = {}
+    for protocol in (main, *others):
+        scores[protocol.text], per_image[protocol.text] = {}, {}
+        for r in complete:
+            mine = protocol == main and r["label"] in own
+            scores[protocol.text][r["label"]] = _audit_metrics(r["metrics"]) if mine \
+                else cache[r["checkpoint"]][protocol.text]
+            per_image[protocol.text][r["label"]] = None if mine else str(
+                _per_image_file(sdir, r, protocol, AUDIT_FOLDER))
+    return {"threshold": RANDOMISATION_THRESHOLD, "protocols": [main.text] + [
+        p.text for p in others], "scores": scores, "per_image": per_image}
+
+
+AUDIT_FOLDER = "audit"
+
+
+def _protocols(sdir: Any) -> tuple[Any, str, Protocol, list[Protocol]]:
+    """``(the final runs' base config, the backbone's last stage, the main protocol, the other
+    protocols)``; a protocol that resolves to the main one is left out."""
+    from extune.train.config import Config
+    from extune.train.methods import config_model
+
+    settings = sdir.settings
+    base = settings.final_config(Config.load(sdir.base_file), settings.final_seeds()[0])
+    last_stage = config_model(base, 2).default_layer
+    main = main_protocol(settings.eval_explainer, settings.eval_layer)
+    others = [p for p in map(parse_protocol, settings.protocols)
+              if _resolved(p, last_stage) != _resolved(main, last_stage)]
+    return base, last_stage, main, others
+
+
+def _has_audit(metrics: dict[str, float]) -> bool:
+    from extune.evaluate.audit import AUDIT_SUMMARY
+
+    return all(f"test/{m}" in metrics for m in AUDIT_SUMMARY)
+
+
+def _audit_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    from extune.evaluate.audit import AUDIT_SUMMARY
+
+    names = {f"test/{m}" for m in AUDIT_SUMMARY}
+    return {k: v for k, v in metrics.items() if k in names}
+
+
+def _per_image_file(sdir: Any, run: dict, protocol: Protocol, folder: str = "sensitivity"
+                    ) -> Path:
+    """``final/<folder>/<label>-<hash>.npz``: a checkpoint's per-image scores under a
     protocol (the hash of both: a resumed study with new runs scores those anew)."""
     digest = hashlib.sha256(f"{run['checkpoint']}|{protocol.text}".encode()).hexdigest()[:10]
-    return sdir.final_dir / "sensitivity" / f"{run['label']}-{digest}.npz"
+    return sdir.final_dir / folder / f"{run['label']}-{digest}.npz"
 
 
 def _resolved(protocol: Protocol, last_stage: str) -> tuple[str, str | None]:
@@ -141,6 +222,66 @@ class _Scorer:
         with atomic_writer(per_image_file) as f:
             np.savez_compressed(f, **{k: v.numpy() for k, v in per_image.items()})
         return _explanation_metrics(metrics)
+
+
+    def audit(self, checkpoint: str, explainer: str, layer: str | None, per_image_file: Path,
+              every_metric: bool) -> dict[str, float]:
+        """The explanation audit (``test/...``) of one checkpoint under one protocol, on the
+        explanation images of its test evaluation: every audit metric (``every_metric``: the
+        suite's audit group), else the randomisation test only; per-image values go to
+        ``per_image_file``."""
+        import numpy as np
+
+        from extune.evaluate import evaluate_split
+        from extune.evaluate.audit import RANDOMISATION_THRESHOLD
+        from extune.files import atomic_writer
+        from extune.train.methods import evaluation_explainer
+        from extune.train.saved_model import load_model
+
+        with _local_folder(checkpoint) as folder:
+            model, cfg = load_model(Path(folder) / "checkpoint.pt")
+        cfg = cfg.with_overrides({"eval.explainer": explainer, "eval.layer": layer})
+        test, kw = self.splits.test, {"mean": self.splits.mean, "std": self.splits.std}
+        if every_metric:
+            per_image: dict[str, Any] = {}
+            metrics = evaluate_split(model.eval(), test, num_classes=self.splits.num_classes,
+                                     cfg=cfg.eval, explainer=evaluation_explainer(cfg),
+                                     prefix="test", full=False, audit=True,
+                                     per_image=per_image, **kw)
+            found = _audit_metrics(metrics)
+        else:
+            per_image = randomisation_test(model.eval(), test, evaluation_explainer(cfg),
+                                           cfg.eval, **kw)
+            similarity = float(np.nanmean(per_image["test/randomisation_similarity"]))
+            found = {"test/randomisation_similarity": similarity,
+                     "test/randomisation_pass": float(similarity < RANDOMISATION_THRESHOLD)}
+        with atomic_writer(per_image_file) as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in per_image.items()})
+        return found
+
+
+def randomisation_test(model: Any, split: Any, explainer: Any, cfg: Any, *, mean: Any,
+                       std: Any) -> dict[str, Any]:
+    """The randomisation test alone (the audit's costly part left to the main protocol), on the
+    explanation images of :func:`~extune.evaluate.evaluate_split` (``cfg.explain_samples``,
+    the same subset and seed), for the predicted class.
+
+    Returns:
+        ``{"test/explain_index": int64 [n], "test/randomisation_similarity": float32 [n]}``
+        (numpy).
+    """
+    from extune.evaluate.audit import randomisation_cascade
+    from extune.evaluate.explanations import compute_saliency, explanation_subset
+
+    index = explanation_subset(len(split.images), cfg.explain_samples, seed=0)
+    images = split.images[index]
+    saliency, target = compute_saliency(model, explainer, images, mean=mean, std=std,
+                                        batch_size=cfg.batch_size)
+    _, similarity = randomisation_cascade(model, explainer, images, saliency, target, mean=mean,
+                                          std=std, seed=0, cascade=False,
+                                          batch_size=cfg.batch_size)
+    return {"test/explain_index": index.numpy(),
+            "test/randomisation_similarity": similarity[-1].cpu().numpy()}
 
 
 class _local_folder:

@@ -57,6 +57,11 @@ DEFAULT_MARGINS: dict[str, float] = {
     "shift_ece": 0.01, "alignment": 0.02, "avg_drop": 0.02, "increase_confidence": 0.02,
     "deletion_auc": 0.02, "insertion_auc": 0.02, "pointing_game": 0.02,
     "saliency_in_mask": 0.02,
+    # the explanation audit: 2% of a correlation's range [-1, 1], of the Gini index's [0, 1),
+    # a relative change of 0.02 of the map, 20 pixels (2% of a 32 px image)
+    "randomisation_similarity": 0.04, "random_logit_similarity": 0.04,
+    "faithfulness_correlation": 0.04, "max_sensitivity": 0.02, "avg_sensitivity": 0.02,
+    "sparseness": 0.02, "effective_complexity": 20.0,
 }
 """Equivalence margins: a difference within ``±margin`` counts as none when two one-sided tests
 show it (``--margin accuracy=0.01`` changes one)."""

@@ -234,7 +234,8 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
     with progress.phase(f"epoch {epoch + 1}/{cfg.optim.epochs}: validating") as part:
         metrics = {"epoch": float(epoch + 1), **train_metrics,
                    **_evaluate(state, state.splits.val, prefix="val", full=full,
-                               metrics=state.objectives, part=part)}
+                               metrics=state.objectives, part=part,
+                               audit=last and cfg.eval.audit)}
         if not full and state.history:  # carry the last full values: every report has every key
             metrics = {**state.history[-1], **metrics}
         if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid
@@ -285,23 +286,26 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
 
 def _evaluate(state: _State, split: ImageSet, prefix: str, full: bool,
               metrics: Sequence[str] = (), part: Part | None = None,
-              per_image: dict[str, Tensor] | None = None) -> dict[str, float]:
-    """:func:`evaluate_split` of the state's model; ``part`` is told each part as it starts."""
+              per_image: dict[str, Tensor] | None = None, audit: bool = False
+              ) -> dict[str, float]:
+    """:func:`evaluate_split` of the state's model; ``part`` is told each part as it starts;
+    ``audit``: the explanation audit too (the end-of-run suite, with ``eval.audit``)."""
     return evaluate_split(
         state.model, split, mean=state.splits.mean, std=state.splits.std,
         num_classes=state.splits.num_classes, cfg=state.cfg.eval,
         explainer=state.eval_explainer, prefix=prefix, full=full, metrics=metrics, part=part,
-        per_image=per_image)
+        per_image=per_image, audit=audit)
 
 
 def _evaluate_test(state: _State, progress: EpochProgress) -> dict[str, float]:
-    """The full suite on the test split, with a sign on the console while it runs; with
-    ``eval.per_image`` its per-image outputs go to :data:`PER_IMAGE_NAME` in the run folder
-    (written before the epoch's checkpoint is reported, so they travel with it)."""
+    """The full suite on the test split (the explanation audit with ``eval.audit``), with a
+    sign on the console while it runs; with ``eval.per_image`` its per-image outputs go to
+    :data:`PER_IMAGE_NAME` in the run folder (written before the epoch's checkpoint is
+    reported, so they travel with it)."""
     per_image = {} if state.cfg.eval.per_image else None
     with progress.phase("evaluating on the test split") as part:
         metrics = _evaluate(state, state.splits.test, prefix="test", full=True, part=part,
-                            per_image=per_image)
+                            per_image=per_image, audit=state.cfg.eval.audit)
     if per_image is not None:
         import numpy as np
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,8 +21,8 @@ from extune.train.progress import EpochProgress
 from extune.train.runtime import resolve_device, seed_everything
 from extune.train.validate import validate_config
 
-__all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "load_model",
-           "model_from_checkpoint", "GRID_SUFFIXES"]
+__all__ = ["evaluate_checkpoint", "evaluation_path", "explain_checkpoint", "audit_checkpoint",
+           "CheckpointAudit", "load_model", "model_from_checkpoint", "GRID_SUFFIXES"]
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 """Image formats of ``extune explain -o`` (matplotlib writes them without extra packages)."""
@@ -86,7 +88,8 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: list[str], split: str
     with progress.phase(f"evaluating on the {split} split") as part:
         return evaluate_split(model.to(device).eval(), images.to(device), mean=splits.mean,
                               std=splits.std, num_classes=splits.num_classes, cfg=cfg.eval,
-                              explainer=explainer, prefix=split, full=True, part=part)
+                              explainer=explainer, prefix=split, full=True, part=part,
+                              audit=cfg.eval.audit)
 
 
 def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
@@ -139,6 +142,130 @@ def explain_checkpoint(checkpoint: str | Path, out: str | Path, *,
     return explanation_grid(model, method, batch.to(device),
                             None if labels is None else labels.to(device), classes, out,
                             heading=f"{cfg.method} · {method.explainer.name} · {source}")
+
+
+@dataclass(frozen=True)
+class CheckpointAudit:
+    """What :func:`audit_checkpoint` found and drew.
+
+    Attributes:
+        audit: The :class:`~extune.evaluate.audit.Audit` (cascade included).
+        figure: The PNG of the cascade.
+        protocol: The explainer in words (``gradcam at layer3``).
+        images: The audited images in words (``64 validation images``).
+    """
+
+    audit: Any
+    figure: Path
+    protocol: str
+    images: str
+
+
+def audit_checkpoint(checkpoint: str | Path, out: str | Path, *,
+                     images: str | Path | None = None, explainer: str | None = None,
+                     count: int = 8, overrides: list[str] | None = None) -> CheckpointAudit:
+    """The explanation audit of a checkpoint and the figure of its randomisation cascade
+    (``extune explain --audit``).
+
+    The explainer is the one of the checkpoint's explanation metrics
+    (:func:`~extune.train.methods.evaluation_explainer`: ``eval.explainer`` or the training
+    one), or ``explainer`` (at its default layer). The images are those of ``extune evaluate``'s
+    explanation metrics (``eval.explain_samples`` validation images, the same subset), or up to
+    that many of the folder ``images``; each is explained for its predicted class. The figure
+    shows the first ``count`` of them.
+
+    Raises:
+        ExtuneError: unreadable checkpoint, unknown explainer or layer, no images.
+    """
+    from extune.evaluate.audit import AuditSettings, audit_scores
+    from extune.train.methods import check_explain_layer
+
+    if count < 1:
+        raise ExtuneError(f"--count must be >= 1, got {count}")
+    check_output_file(out, "the audit figure (-o)", "audit.png", GRID_SUFFIXES)
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, checkpoint, overrides)
+    if explainer is not None:
+        cfg = validate_config(cfg.with_overrides({"eval.explainer": explainer,
+                                                  "eval.layer": None}))
+    check_explain_layer(cfg, model)
+    if cfg.eval.explain_samples < 1:
+        raise ExtuneError("the audit needs images: eval.explain_samples is 0; add --set "
+                          "eval.explain_samples=64")
+    device = resolve_device(cfg.runtime)
+    seed_everything(cfg.runtime.seed)
+    classes, mean, std, batch, labels = _audit_images(ckpt, cfg, images)
+    model = model.to(device).eval()
+    explain = evaluation_explainer(cfg)
+    audit = audit_scores(model, explain, batch.to(device), mean=mean, std=std,
+                         settings=AuditSettings(), batch_size=cfg.eval.batch_size)
+    protocol = _protocol_words(cfg, model)
+    source = (f"{len(batch)} validation images" if images is None
+              else f"{len(batch)} images of {images}")
+    shown = batch[:count].to(device)
+    predicted = [classes[t] for t in audit.target[:count].tolist()]
+    truth = [classes[y] + "\n" for y in labels[:count].tolist()] if labels is not None \
+        else [""] * len(predicted)
+    names = [f"{y}pred {p}" for y, p in zip(truth, predicted, strict=True)]
+    figure = _draw_cascade(model, explain, shown, audit, out, mean=mean, std=std,
+                           batch_size=cfg.eval.batch_size, row_labels=names,
+                           heading=f"{cfg.method} · {cfg.model.backbone} · {protocol} · "
+                                   f"{source} (ρ̄ over all of them; rows: the first "
+                                   f"{len(shown)})")
+    return CheckpointAudit(audit, figure, protocol, source)
+
+
+def _draw_cascade(model: Network, explain: Any, shown: Tensor, audit: Any, out: str | Path, *,
+                  mean: tuple, std: tuple, batch_size: int, row_labels: list[str],
+                  heading: str) -> Path:
+    """The cascade figure of ``shown`` (the first images of ``audit``)."""
+    from extune.evaluate.audit import cascade_maps
+    from extune.evaluate.explanations import compute_saliency
+    from extune.evaluate.visualize import cascade_figure
+
+    target = audit.target[:len(shown)]
+    original, _ = compute_saliency(model, explain, shown, mean=mean, std=std, target=target)
+    layers, maps = cascade_maps(model, explain, shown, target, mean=mean, std=std,
+                                batch_size=batch_size)
+    return cascade_figure(shown, original, maps, layers,
+                          [float(r.nanmean()) for r in audit.cascade], out,
+                          threshold=audit.threshold, passed=audit.passed,
+                          row_labels=row_labels, heading=heading)
+
+
+def _protocol_words(cfg: Config, model: Network) -> str:
+    """The evaluation explainer in words: ``gradcam at layer3``, ``integrated_gradients (16
+    steps)``."""
+    from extune.augment.explainers import EXPLAINERS
+    from extune.train.methods import evaluation_protocol
+
+    used = evaluation_protocol(cfg)
+    kind = EXPLAINERS.get(used["explainer"])
+    if kind.uses_layer:
+        return f"{used['explainer']} at {used['layer'] or model.default_layer}"
+    if kind.uses_steps:
+        return f"{used['explainer']} ({used['steps']} steps)"
+    return used["explainer"]
+
+
+def _audit_images(ckpt: dict, cfg: Config, images: str | Path | None
+                  ) -> tuple[list[str], tuple, tuple, Tensor, Tensor | None]:
+    """``(classes, mean, std, uint8 images, labels or None)``: the explanation subset of the
+    validation split (``eval.explain_samples``), or up to that many images of a folder."""
+    from extune.evaluate.explanations import explanation_subset
+
+    n = cfg.eval.explain_samples
+    stats = (ckpt.get("classes"), ckpt.get("mean"), ckpt.get("std"))
+    splits = None
+    if images is None or None in stats:  # older checkpoints: the statistics of the data
+        splits = load_data(cfg.data)
+        stats = (splits.classes, splits.mean, splits.std)
+    classes, mean, std = list(stats[0]), tuple(stats[1]), tuple(stats[2])
+    if images is not None:
+        batch, labels = _folder_images(Path(images), classes, cfg.data.image_size, n)
+        return classes, mean, std, batch, labels
+    index = explanation_subset(len(splits.val), n, seed=0)
+    return classes, mean, std, splits.val.images[index], splits.val.labels[index]
 
 
 def _folder_images(folder: Path, classes: list[str], size: int, count: int

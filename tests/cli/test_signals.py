@@ -246,9 +246,15 @@ def _trial_reported(folder: Path):
 
 
 def _every_trial_once(uri: str, folder: Path, trials: int, epochs: int) -> None:
-    """After ``--resume``: the parent and each trial FINISHED, epochs 1..N once each."""
+    """After ``--resume``: every trial COMPLETE in Optuna, the parent and each trial FINISHED
+    in MLflow with epochs 1..N once each (a SIGHUP used to leave trial-000 COMPLETE in Optuna
+    and FAILED in MLflow)."""
+    import optuna
+
     from extune.tracking.client import mlflow_client
 
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials
     runs = search_runs(uri, folder)
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status)
                                                           for r in runs]

@@ -26,7 +26,9 @@ def test_train_writes_outputs_and_summary(tiny_args, tmp_path, capsys):
     assert code == 0
     metrics = json.loads((out / "evaluation-test.json").read_text())
     assert "test/accuracy" in metrics and "test/adv/fgsm_accuracy" in metrics
+    assert "test/randomisation_pass" in metrics  # extune evaluate measures the audit
     _explain_the_checkpoint(out, tmp_path)
+    _audit_the_checkpoint(out, tmp_path, capsys)
 
 
 def _assert_summary_order(printed: str) -> None:
@@ -36,7 +38,8 @@ def _assert_summary_order(printed: str) -> None:
     rows = [line.split("│")[1].strip() for line in printed.splitlines() if line.count("│") > 2]
     assert rows[:2] == ["classification", "accuracy ↑"]
     order = ["classification", "accuracy ↑", "ece ↓", "robustness", "shift/accuracy ↑",
-             "adv/fgsm_accuracy ↑", "explanations", "alignment ↑",
+             "adv/fgsm_accuracy ↑", "explanations", "alignment ↑", "explanation audit",
+             "randomisation_similarity ↓", "faithfulness_correlation ↑",
              "corruptions: accuracy / ECE", "contrast"]
     assert [rows.index(r) for r in order] == sorted(rows.index(r) for r in order)
     assert not any(r.startswith(("epoch", "lr", "images_per_s", "train/")) for r in rows)
@@ -68,6 +71,29 @@ def _explain_the_checkpoint(run, tmp_path):
     (by_class / "no_such_class").mkdir()
     assert main(["explain", "--checkpoint", str(run), "--images", str(by_class)]) == 2
     assert main(["explain", "--checkpoint", str(run), "--explainer", "gradcm"]) == 2
+
+
+def _audit_the_checkpoint(run, tmp_path, capsys):
+    """``extune explain --audit``: the audit's table, the cascade's figure; bad input."""
+    from PIL import Image
+
+    capsys.readouterr()
+    png = tmp_path / "audit.png"
+    assert main(["explain", "--checkpoint", str(run), "--audit", "--count", "3", "-o",
+                 str(png), "--set", "eval.explain_samples=8"]) == 0
+    printed = capsys.readouterr().out
+    for part in ("explanation audit of", "gradcam at layer3, 8 validation images",
+                 "randomisation_similarity ↓", "faithfulness_correlation ↑",
+                 "randomisation cascade", "classifier", "randomisation test ",
+                 f"wrote {png}"):
+        assert part in printed, part
+    with Image.open(png) as im:  # 3 rows; image, map and 7 randomised layers of tiny_cnn
+        assert im.size[0] > 1000 and im.size[1] > 300
+    assert png.stat().st_size > 20_000
+    assert main(["explain", "--checkpoint", str(tmp_path / "no_such_run"), "--audit"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no_such_run" in error
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
 
 
 @pytest.mark.parametrize("args, message", [

@@ -172,6 +172,43 @@ def test_audit_is_seeded_and_checks_settings(trained: Trained) -> None:
         audit_scores(trained.model, create_explainer("saliency"), images[:0], mean=MEAN, std=STD)
 
 
+def test_cascade_maps_are_the_cascades_models_and_draw_a_verdict(trained: Trained,
+                                                                 tmp_path) -> None:
+    """``cascade_maps`` explains with the very copies ``randomisation_cascade`` scores; the
+    figure has a column per layer and says the verdict in green (passed) or red (failed)."""
+    from PIL import Image
+
+    from extune.evaluate.audit import cascade_maps
+    from extune.evaluate.visualize import cascade_figure
+
+    images, explainer = trained.images[:3], create_explainer("gradcam")
+    saliency, target = compute_saliency(trained.model, explainer, images, mean=trained.mean,
+                                        std=trained.std)
+    layers, similarity = randomisation_cascade(trained.model, explainer, images, saliency,
+                                               target, mean=trained.mean, std=trained.std)
+    named, maps = cascade_maps(trained.model, explainer, images, target, mean=trained.mean,
+                               std=trained.std)
+    assert named == layers and maps.shape == (len(layers), 3, 1, SIZE, SIZE)
+    for row, found in zip(similarity, maps, strict=True):
+        assert torch.allclose(rank_correlation(saliency, found), row, equal_nan=True)
+    means = [float(r.nanmean()) for r in similarity]
+    colours = {}
+    for passed in (True, False):
+        out = cascade_figure(images, saliency, maps, layers, means, tmp_path / f"{passed}.png",
+                             threshold=RANDOMISATION_THRESHOLD, passed=passed,
+                             row_labels=["a", "b", "a"], heading="tiny_cnn · gradcam")
+        with Image.open(out) as im:
+            assert im.size[0] > 100 * (2 + len(layers))  # a column per layer, readable tiles
+            rgb = torch.as_tensor(np.array(im.convert("RGB"))[:40], dtype=torch.int32)
+        r, g, b = rgb.unbind(-1)  # the title's colour: the verdict
+        colours[passed] = (bool(((g > 90) & (r < 60) & (b < 60)).any()),
+                           bool(((r > 200) & (g < 60) & (b < 60)).any()))
+    assert colours == {True: (True, False), False: (False, True)}
+    with pytest.raises(ValueError, match="maps"):
+        cascade_figure(images, saliency, maps[:, :2], layers, means, tmp_path / "x.png",
+                       threshold=0.7, passed=True)
+
+
 # ------------------------------------------------------------------------------ correlations
 def test_rank_correlation_matches_scipy_with_ties() -> None:
     g = torch.Generator().manual_seed(0)

@@ -121,7 +121,8 @@ def test_saliency_grid_colours_captions_by_correctness(tmp_path: Path, correct) 
 def test_every_metric_name_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     names = [n.replace("{p}/shift", "{s}").replace("{p}/adv", "{a}")
-             for n in metric_names("{p}", corruptions=["{c}"], explain=True, masks=True)]
+             for n in metric_names("{p}", corruptions=["{c}"], explain=True, masks=True,
+                                   audit=True)]
     missing = [n for n in names if f"| `{n}` |" not in doc]
     assert not missing
 
@@ -150,6 +151,42 @@ def test_cheap_evaluation_computes_the_groups_of_asked_metrics() -> None:
     assert list(out) == ["val/accuracy", "val/top5", "val/loss", "val/ece", "adv/fgsm_accuracy"]
 
 
+def test_the_audit_group_runs_when_asked_on_the_explanation_images() -> None:
+    """``audit=True`` (or an audit key among ``metrics``) adds the audit, on the images and
+    explainer of the explanation metrics; its per-image scores average to its metrics."""
+    from extune.evaluate.audit import AuditSettings, audit_scores
+    from extune.evaluate.explanations import explanation_subset
+    from extune.evaluate.suite import metric_groups
+
+    torch.manual_seed(0)
+    net, split, cfg = TinyNet().eval(), _split(masks=False), _cfg(corruptions=[])
+    per_image: dict[str, torch.Tensor] = {}
+    out = evaluate_split(net, split, mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                         explainer=_grad_explainer, prefix="test", audit=True,
+                         per_image=per_image)
+    assert list(out) == metric_names("test", explain=True, audit=True)
+    index = explanation_subset(len(split.images), cfg.explain_samples, seed=0)
+    alone = audit_scores(net, _grad_explainer, split.images[index], mean=MEAN, std=STD,
+                         settings=AuditSettings(cascade=True))  # the cascade's last row
+    for m, v in alone.summary().items():
+        assert out[f"test/{m}"] == pytest.approx(v, abs=1e-6), m
+    for m in alone.scores:
+        assert per_image[f"test/{m}"].shape == index.shape
+        assert float(per_image[f"test/{m}"].nanmean()) == pytest.approx(out[f"test/{m}"])
+    assert metric_groups("val", ["val/randomisation_pass"]) == {"audit"}
+    cheap = evaluate_split(net, split, mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                           explainer=_grad_explainer, full=False,
+                           metrics=["val/sparseness"])
+    assert list(cheap) == metric_names("val", full=False) + [
+        f"val/{m}" for m in alone.summary()]  # the audit alone, no other group
+    full = evaluate_split(net, split, mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                          explainer=_grad_explainer)
+    assert "val/sparseness" not in full  # full alone leaves the audit out
+    no_explainer = evaluate_split(net, split, mean=MEAN, std=STD, num_classes=3, cfg=cfg,
+                                  audit=True)
+    assert "val/sparseness" not in no_explainer
+
+
 def test_evaluation_names_each_part_as_it_starts() -> None:
     parts: list[str] = []
     evaluate_split(TinyNet(), _split(), mean=MEAN, std=STD, num_classes=3,
@@ -157,15 +194,20 @@ def test_evaluation_names_each_part_as_it_starts() -> None:
                    part=parts.append)
     assert parts == ["classification", "corruptions 1/2 (contrast)",
                      "corruptions 2/2 (brightness)", "FGSM", "explanation metrics"]
+    parts.clear()
+    evaluate_split(TinyNet(), _split(), mean=MEAN, std=STD, num_classes=3,
+                   cfg=_cfg(corruptions=[]), explainer=_grad_explainer, part=parts.append,
+                   audit=True)
+    assert parts[-2:] == ["explanation metrics", "explanation audit"]
 
 
 def test_summary_rows_put_test_accuracy_first_and_group_by_kind() -> None:
     from extune.evaluate.metric_info import KINDS, summary_rows
 
     evaluation = [*metric_names("val", corruptions=["contrast", "brightness"], explain=True,
-                                masks=True),
+                                masks=True, audit=True),
                   *metric_names("test", corruptions=["contrast", "brightness"], explain=True,
-                                masks=True)]
+                                masks=True, audit=True)]
     keys = ["epoch", "train/loss", "train/lr", "train/images_per_s", "train/driven_share",
             *sorted(evaluation)]  # alphabetical, as the table used to be
     rows = summary_rows(keys)
@@ -175,6 +217,8 @@ def test_summary_rows_put_test_accuracy_first_and_group_by_kind() -> None:
     assert list(dict.fromkeys(sections)) == [*KINDS, "per corruption", "training"]
     assert [r.name for r in rows if r.section == "robustness"] == [
         "shift/accuracy", "shift/ece", "adv/fgsm_accuracy"]
+    assert [r.name for r in rows if r.section == "audit"][:2] == [
+        "randomisation_similarity", "randomisation_pass"]  # after the explanations
     assert [(r.name, r.cells["test"]) for r in rows if r.section == "per corruption"] == [
         ("brightness", ("test/shift/brightness/accuracy", "test/shift/brightness/ece")),
         ("contrast", ("test/shift/contrast/accuracy", "test/shift/contrast/ece"))]

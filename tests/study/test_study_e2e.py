@@ -88,9 +88,10 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     assert results["protocol"]["explainer"] == "gradcam" and results["versions"]["ray"]
     assert [p["text"] for p in results["sensitivity"]["protocols"]] == [
         "gradcam", "gradcam:previous", "integrated_gradients"]
+    _check_audit(folder, results, rows)
     report = (folder / "report.md").read_text()
     for part in ("**Smoke test**", "## Claims", "excon vs supcon", "## Controls",
-                 "## Sensitivity", "## Per seed", "## Compute", "## Reproducibility", "p adj.",
+                 "## Explanation audit", "## Sensitivity", "## Per seed", "## Compute", "## Reproducibility", "p adj.",
                  "**Plan** fixed before the first trial"):
         assert part in report, part
 
@@ -121,6 +122,27 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
     assert [p["text"] for p in results["sensitivity"]["protocols"]] == ["gradcam"]
     assert results["deviations"][-2]["setting"] == "protocols"
     assert _final_runs(uri) == 18
+
+
+def _check_audit(folder, results: dict, rows: dict) -> None:
+    """The explanation audit: every final run measured it on its test split (the main
+    protocol is not re-scored); the randomisation test under the other protocols, cached with
+    per-image scores; its metrics in the claims' secondary family; a verdict per protocol."""
+    audit = json.loads((folder / "final" / "audit.json").read_text())
+    assert all(set(by) == {"gradcam:previous", "integrated_gradients"} for by in audit.values())
+    assert len(audit) == 6 and len(list((folder / "final" / "audit").glob("*.npz"))) == 12
+    for arm in ("supcon", "excon", "excon-off"):
+        for run in results["methods"][arm]["runs"]:
+            assert "test/randomisation_similarity" in run["metrics"]
+            assert run["metrics"]["test/randomisation_pass"] in (0.0, 1.0)
+    checked = [p["text"] for p in results["audit"]["protocols"]]
+    assert checked == ["gradcam", "gradcam:previous", "integrated_gradients"]
+    assert all(set(p["similarity"]) == {"supcon", "excon", "excon-off"}
+               for p in results["audit"]["protocols"])
+    assert rows[("claim", "excon", "supcon", "faithfulness_correlation")]["family"] == \
+        "secondary"
+    assert ("control", "excon", "excon-off", "randomisation_similarity") in rows
+    assert results["wall_s"]["audit"] >= 0
 
 
 def _final_runs(uri: str) -> int:

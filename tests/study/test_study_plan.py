@@ -50,6 +50,23 @@ def test_claims_and_families_come_from_a_plan_file(tmp_path):
                                             "what": built["controls"]["excon"][0]["what"]}]}
 
 
+def test_a_plan_file_may_name_the_audit_metrics(tmp_path):
+    """Plan files keep working: the audit's metrics join a claim only where a file names them."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("claims:\n  - {a: edda, b: ce, primary: [alignment],\n"
+                    "     secondary: [faithfulness_correlation, randomisation_similarity]}\n"
+                    "margins: {sparseness: 0.05, effective_complexity: 8}\n")
+    plan = load_plan_file(path)
+    (claim,) = claims_from_plan(plan["claims"])
+    assert [(m.metric, m.family) for m in claim.metrics] == [
+        ("alignment", "primary"), ("faithfulness_correlation", "secondary"),
+        ("randomisation_similarity", "secondary")]
+    assert plan["margins"] == {"sparseness": 0.05, "effective_complexity": 8.0}
+    (old,) = claims_from_plan(parse_plan({"claims": [{"a": "excon", "b": "ce",
+                                                       "primary": ["accuracy"]}]})["claims"])
+    assert [m.metric for m in old.metrics] == ["accuracy"]  # nothing added to a file's claims
+
+
 @pytest.mark.parametrize("text, message", [
     ("claims: []", "'claims' must be a list"),
     ("claims: [{a: excon, b: supcon}]\nextra: 1", "unknown key 'extra'"),
@@ -91,10 +108,16 @@ def test_the_built_in_plan_takes_the_papers_measures_as_primary_and_holds_shared
     excon = families[("excon", "supcon")]
     assert [m for m, f in excon.items() if f == "primary"] == [
         "avg_drop", "increase_confidence", "accuracy", "fgsm_accuracy", "shift_ece"]
+    audit = {"randomisation_similarity", "random_logit_similarity", "max_sensitivity",
+             "avg_sensitivity", "sparseness", "effective_complexity", "faithfulness_correlation"}
     assert {m for m, f in excon.items() if f == "secondary"} == {
-        "alignment", "deletion_auc", "insertion_auc", "pointing_game", "saliency_in_mask"}
+        "alignment", "deletion_auc", "insertion_auc", "pointing_game", "saliency_in_mask",
+        *audit}  # the explanation audit joins every explanation claim's secondary family
     assert [m for m, f in families[("edda", "ce")].items() if f == "primary"] == [
         "alignment", "accuracy"]
+    assert audit <= {m for m, f in families[("edda", "ce")].items() if f == "secondary"}
+    assert plan["margins"]["effective_complexity"] == 20.0  # pixels
+    assert plan["protocol"]["audit"]["threshold"] == pytest.approx(0.5 ** 0.5)
     assert ("edda", "random_occlusion") not in families  # not in this study
     # label smoothing: CE's space searches it, every method's loss reads it -> held for all
     assert plan["held"] == {"optim.label_smoothing": {

@@ -275,3 +275,87 @@ def test_quick_preset_and_final_config():
     assert search.run_tags["mlflow.parentRunId"] == "abc"
     assert search.run_tags["extune.stage"] == "search"
     assert math.isclose(s.margin("accuracy"), 0.02)
+
+
+def _audit(runs, similarity: dict[str, dict[str, float]]) -> dict:
+    """The audit stage's result for hand-made runs: ``similarity`` is protocol -> arm -> each
+    checkpoint's mean randomisation similarity; the main protocol measures every audit metric
+    (sparseness here: excon's maps clearly sparser)."""
+    scores = {}
+    for protocol, by_arm in similarity.items():
+        scores[protocol] = {}
+        for r in runs:
+            value = by_arm[r["method"]] + r["seed_index"] / 1000
+            found = {"test/randomisation_similarity": value,
+                     "test/randomisation_pass": float(value < 0.5 ** 0.5)}
+            if protocol == "gradcam":
+                found["test/sparseness"] = (0.6 if r["method"] == "excon" else 0.4) \
+                    + r["seed_index"] / 1000
+            scores[protocol][r["label"]] = found
+    return {"threshold": 0.5 ** 0.5, "protocols": list(similarity), "scores": scores,
+            "per_image": {p: {r["label"]: None for r in runs} for p in similarity}}
+
+
+def _audited_results(runs, similarity):
+    settings = StudySettings(methods=["excon", "supcon"], controls=False)
+    return build_results(_sdir(settings), runs, {"excon": [], "supcon": []}, _sensitivity(runs),
+                         _audit(runs, similarity))
+
+
+def test_a_protocol_whose_explainer_fails_randomisation_tests_no_explanation_row():
+    """Integrated gradients keep excon's maps once the model is destroyed (0.83 >= 0.707):
+    under that protocol every explanation row is "not tested", with the reason; Grad-CAM
+    passes, and its rows keep their verdicts."""
+    runs = _runs()
+    results = _audited_results(runs, {"gradcam": {"excon": 0.10, "supcon": 0.20},
+                                      "integrated_gradients": {"excon": 0.83, "supcon": 0.40}})
+    sens = results["sensitivity"]["verdicts"]
+    assert sens["excon vs supcon: alignment"] == {"gradcam": "equivalent",
+                                                   "integrated_gradients": "not tested"}
+    assert sens["excon vs supcon: randomisation_similarity"]["integrated_gradients"] == \
+        "not tested"
+    assert "excon vs supcon: sparseness" in sens  # measured under the main protocol only
+    assert set(sens["excon vs supcon: sparseness"]) == {"gradcam"}
+    ig = results["audit"]["protocols"][1]
+    assert ig["why"] == ("integrated_gradients (16 steps) fails the randomisation test on this "
+                         "study's models: mean similarity 0.83 >= 0.707 (final runs of "
+                         "excon 0.83)")
+    assert ig["passed"] == {"excon": [0, 5], "supcon": [5, 5]}
+    assert results["audit"]["protocols"][0]["why"] is None
+    rows = {c["metric"]: c for c in results["comparisons"]}  # the main protocol passes
+    assert rows["accuracy"]["verdict"] == "holds" and rows["alignment"]["verdict"] == \
+        "equivalent"
+    assert rows["sparseness"]["family"] == "secondary" and rows["sparseness"]["verdict"] == \
+        "holds"
+    text = report_markdown(results)
+    for part in ("## Explanation audit: do the explanations depend on the models?",
+                 "| integrated_gradients (16 steps) | 0.832 (0/5 pass) | 0.402 (5/5 pass) | "
+                 "not tested: fails |", "| gradcam at layer3 (the last stage) | 0.102 (5/5 "
+                 "pass) | 0.202 (5/5 pass) | tested |",
+                 "| excon vs supcon: alignment | **equivalent** (-0.000) | not tested"):
+        assert part in text, part
+
+
+def test_when_the_main_explainer_fails_only_explanation_rows_lose_their_verdicts():
+    runs = _runs()
+    passing = _audited_results(runs, {"gradcam": {"excon": 0.10, "supcon": 0.20}})
+    failing = _audited_results(runs, {"gradcam": {"excon": 0.30, "supcon": 0.90}})
+    before = {c["metric"]: c for c in passing["comparisons"]}
+    after = {c["metric"]: c for c in failing["comparisons"]}
+    assert set(before) == set(after) == {"accuracy", "shift_ece", "alignment", "deletion_auc",
+                                         "randomisation_similarity", "sparseness"}
+    for metric in ("accuracy", "shift_ece"):  # not explanation metrics: as they were
+        assert after[metric]["verdict"] == before[metric]["verdict"] != "not tested"
+        assert after[metric]["p_adjusted"] == before[metric]["p_adjusted"]
+    why = ("gradcam at layer3 (the last stage) fails the randomisation test on this study's "
+           "models: mean similarity 0.90 >= 0.707 (final runs of supcon 0.90)")
+    for metric in ("alignment", "deletion_auc", "randomisation_similarity", "sparseness"):
+        assert before[metric]["verdict"] != "not tested"
+        assert after[metric]["verdict"] == "not tested" and after[metric]["why"] == why
+        assert after[metric]["p_adjusted"] is None  # out of its family
+    assert f"- not tested: **every explanation row**: {why}" in report_markdown(failing)
+    without = build_results(_sdir(StudySettings(methods=["excon", "supcon"], controls=False)),
+                            runs, {"excon": [], "supcon": []}, _sensitivity(runs))
+    assert without["audit"] is None  # no audit: no rule
+    assert {c["metric"]: c["verdict"] for c in without["comparisons"]}["alignment"] == \
+        "equivalent"

@@ -109,6 +109,9 @@ def test_per_image_test_outputs_travel_with_the_last_checkpoint(tiny_config, tmp
         assert saved["test/correct"].mean() == pytest.approx(result.metrics["test/accuracy"])
         assert np.nanmean(saved["test/alignment"]) == pytest.approx(
             result.metrics["test/alignment"])
+        for m in ("randomisation_similarity", "faithfulness_correlation"):  # the audit's too
+            assert saved[f"test/{m}"].shape == saved["test/explain_index"].shape
+            assert np.nanmean(saved[f"test/{m}"]) == pytest.approx(result.metrics[f"test/{m}"])
     seconds = [h["train/seconds"] for h in result.history]
     assert 0 < seconds[0] < seconds[1]  # the run's time so far (compute of a study's budget)
 
@@ -123,6 +126,23 @@ def test_objectives_every_epoch_full_suite_where_asked(tiny_config, tmp_path):
     assert "shift/ece" not in first and "adv/fgsm_accuracy" not in first
     assert "shift/ece" in second and "adv/fgsm_accuracy" in second  # a requested milestone
     assert "shift/ece" in last and "val/pointing_game" in last  # always after the last epoch
+    audit = "val/randomisation_similarity"  # the audit: the end-of-run suite only
+    assert audit not in first and audit not in second and audit in last
+    assert last["val/randomisation_pass"] in (0.0, 1.0) and "val/sparseness" in last
+
+
+def test_the_audit_runs_at_the_end_only_and_when_asked(tiny_config, tmp_path):
+    cfg = tiny_config.with_overrides({"method": "ce", "optim.epochs": 2, "eval.every": 1})
+    reports = []
+    fit(cfg, out_dir=tmp_path / "a", report=lambda m, d: reports.append(m))
+    assert "shift/ece" in reports[0] and "val/sparseness" not in reports[0]  # full, no audit
+    assert "val/sparseness" in reports[1]
+    off = fit(cfg.with_overrides({"eval.audit": False}), out_dir=tmp_path / "b", test=True)
+    assert not any(k.endswith("/sparseness") for k in off.metrics)
+    asked = []  # an objective among the audit's keys brings the audit every epoch
+    fit(cfg.with_overrides({"eval.audit": False}), out_dir=tmp_path / "c",
+        report=lambda m, d: asked.append(m), objectives=("val/faithfulness_correlation",))
+    assert all("val/faithfulness_correlation" in m for m in asked)
 
 
 @pytest.mark.parametrize("terminal", [False, True])
