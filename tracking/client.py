@@ -225,6 +225,28 @@ class MlflowTracker:
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def end_abandoned(self) -> int:
+        """End as KILLED (state ``interrupted``) every run of this search (its parent and
+        trials: tag ``extune.search_id``; the run of ``extune train``: its ``id_tag``) that
+        MLflow still has as RUNNING. Only for a folder no process writes (its lock is free):
+        a process killed with SIGKILL, or a lost node, left them so.
+
+        Returns:
+            How many runs were ended.
+        """
+        ids = {self.id_tag, "extune.search_id"}
+        ended = 0
+        for tag in sorted(ids):
+            runs = self.client.search_runs(
+                [self.experiment_id], max_results=5000,
+                filter_string=f"{tag_filter({tag: self.search_id})} and "
+                              "attributes.status = 'RUNNING'")
+            for run in runs:
+                self.set_tags(run.info.run_id, {STATE_TAG: "interrupted"})
+                self.end(run.info.run_id, "KILLED")
+                ended += 1
+        return ended
+
     def share_view(self, key: str, view: dict[str, Any]) -> str:
         """Save a runs-table view (columns, sort, expanded rows) as the experiment's shared view
         ``key``; returns its page (:func:`view_page`)."""

@@ -32,6 +32,8 @@ class SyncResult:
 
     folders: dict[str, tuple[int, int]]
     unreadable: dict[str, list[int]] = field(default_factory=dict)
+    abandoned: dict[str, int] = field(default_factory=dict)
+    """Journal folder -> runs MLflow still had as RUNNING, ended KILLED (``abandoned=True``)."""
 
     @property
     def sent(self) -> int:
@@ -42,13 +44,17 @@ class SyncResult:
         return sum(p for _, p in self.folders.values())
 
 
-def sync_journals(jobs: Sequence[Job], timeout: float = 60.0) -> SyncResult:
+def sync_journals(jobs: Sequence[Job], timeout: float = 60.0, *,
+                  abandoned: bool = False) -> SyncResult:
     """Send the unsent writes of each journal, in order.
 
     Args:
         jobs: journals and their trackers (:func:`extune.search.search_journals`,
             :func:`extune.study.study_journals`).
         timeout: seconds to keep trying a store that does not answer.
+        abandoned: then end the runs each tracker's search still has as RUNNING
+            (:meth:`~extune.tracking.client.MlflowTracker.end_abandoned`): only when no process
+            writes the folder (the caller holds its lock).
 
     Raises:
         ServiceError: the tracking store cannot be reached at all.
@@ -60,9 +66,24 @@ def sync_journals(jobs: Sequence[Job], timeout: float = 60.0) -> SyncResult:
         if lost:
             result.unreadable[str(journal / "journal.jsonl")] = lost
         unsent = len(Journal(journal).unsent())
-        if unsent == 0:
-            continue
-        writer = TrackingWriter(make_tracker(), journal)
-        pending = writer.close(timeout)
-        result.folders[str(journal)] = (unsent - pending, pending)
+        tracker = make_tracker() if unsent or abandoned else None
+        if unsent:
+            writer = TrackingWriter(tracker, journal)
+            pending = writer.close(timeout)
+            result.folders[str(journal)] = (unsent - pending, pending)
+            if pending:
+                continue  # the store is down: nothing can be ended either
+        if abandoned:
+            ended = _end_abandoned(tracker)
+            if ended:
+                result.abandoned[str(journal)] = ended
     return result
+
+
+def _end_abandoned(tracker: Any) -> int:
+    """:meth:`~extune.tracking.client.MlflowTracker.end_abandoned`, 0 when the store does not
+    answer (the sent writes are what matters; a later sync ends them)."""
+    try:
+        return tracker.end_abandoned()
+    except Exception:  # MLflow, requests and SQLAlchemy raise many types
+        return 0

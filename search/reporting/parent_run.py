@@ -16,6 +16,7 @@ from extune.evaluate.objectives import Objective
 from extune.search.connections import ray_address
 from extune.search.folder import SearchDir
 from extune.search.reporting.results import TrialRecord
+from extune.tracking.client import STATE_TAG
 from extune.tracking.journal import (
     TRACKING_DIR,
     Op,
@@ -174,8 +175,10 @@ def end_killed(sdir: SearchDir, tracker: Any) -> None:
     search), and send what the store takes within 10 s."""
     writer = search_writer(sdir, tracker)
     for run in _running_trial_runs(sdir, tracker):
-        if run.data.tags.get("extune.trial_id"):
-            writer.submit(Op("end", run.data.tags["extune.trial_id"], status="KILLED"))
+        trial_id = run.data.tags.get("extune.trial_id")
+        if trial_id:  # the state tag too: a run KILLED but tagged running reads as live
+            writer.submit(Op("tags", trial_id, tags={STATE_TAG: "interrupted"}))
+            writer.submit(Op("end", trial_id, status="KILLED"))
     writer.submit(Op("end", status="KILLED"))
     close_search_writer(sdir, timeout=10)
 
