@@ -33,6 +33,8 @@ __all__ = ["rescore_stage", "audit_stage", "randomisation_test", "SENSITIVITY_FI
 
 SENSITIVITY_FILE = "sensitivity.json"
 AUDIT_FILE = "audit.json"
+AUDIT_FOLDER = "audit"
+"""``final/audit/``: the per-image scores of the checkpoints the audit stage re-scored."""
 
 
 def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, Any]:
@@ -124,9 +126,6 @@ def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, A
                 _per_image_file(sdir, r, protocol, AUDIT_FOLDER))
     return {"threshold": RANDOMISATION_THRESHOLD, "protocols": [main.text] + [
         p.text for p in others], "scores": scores, "per_image": per_image}
-
-
-AUDIT_FOLDER = "audit"
 
 
 def _protocols(sdir: Any) -> tuple[Any, str, Protocol, list[Protocol]]:
