@@ -274,9 +274,9 @@ class EvalConfig:
     top_fraction: float = _num(0.15, 0.0, 1.0, low_open=True, high_open=True)
     deletion_steps: int = _num(16, 2, 256)
     # the explanation audit (docs/metrics.md, "Explanation audit") on the same images and
-    # protocol, in the end-of-run suite only: a trial's or run's last epoch, the test split,
-    # extune evaluate (never the per-epoch validation; it costs about as much again as the
-    # explanation metrics)
+    # protocol, once per run on its result: the test split if evaluated, else the validation
+    # split after the last epoch; and extune evaluate (never the per-epoch validation: it costs
+    # 2-4 times the explanation metrics)
     audit: bool = True
     corruptions: list[str] = field(default_factory=_all_corruptions)  # default: every one
     severity: int = _num(3, 1, 5)

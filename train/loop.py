@@ -104,6 +104,7 @@ class _State:
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
     grid_each_epoch: bool = False
+    test: bool = False  # the test split is evaluated after the last epoch (it gets the audit)
 
 
 def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
@@ -149,6 +150,7 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         state.objectives, state.full_epochs = tuple(objectives), full_epochs
         progress = EpochProgress(enabled=config.runtime.progress)
         test = (test or config.eval.test) and state.splits.test is not None
+        state.test = test
         for epoch in range(state.start_epoch, config.optim.epochs):
             metrics = _run_epoch(state, epoch, progress)
             if test and epoch == config.optim.epochs - 1:
@@ -224,7 +226,9 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, cfg: Config,
 
 def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, float]:
     """Train one epoch and evaluate it; ``train/seconds`` is the run's time so far (training
-    and evaluation, counted over resumes: the compute a study's budget and report count)."""
+    and evaluation, counted over resumes: the compute a study's budget and report count).
+    The explanation audit (``eval.audit``) runs once, on the run's result: the test split when
+    the run evaluates it, else the validation split after the last epoch."""
     cfg = state.cfg
     start = time.perf_counter()
     train_metrics = _train_epoch(state, epoch, progress)
@@ -235,7 +239,7 @@ def _run_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str, 
         metrics = {"epoch": float(epoch + 1), **train_metrics,
                    **_evaluate(state, state.splits.val, prefix="val", full=full,
                                metrics=state.objectives, part=part,
-                               audit=last and cfg.eval.audit)}
+                               audit=last and cfg.eval.audit and not state.test)}
         if not full and state.history:  # carry the last full values: every report has every key
             metrics = {**state.history[-1], **metrics}
         if last or state.grid_each_epoch:  # a search trial's checkpoint carries its latest grid

@@ -137,12 +137,13 @@ def test_the_audit_runs_at_the_end_only_and_when_asked(tiny_config, tmp_path):
     fit(cfg, out_dir=tmp_path / "a", report=lambda m, d: reports.append(m))
     assert "shift/ece" in reports[0] and "val/sparseness" not in reports[0]  # full, no audit
     assert "val/sparseness" in reports[1]
-    off = fit(cfg.with_overrides({"eval.audit": False}), out_dir=tmp_path / "b", test=True)
-    assert not any(k.endswith("/sparseness") for k in off.metrics)
+    tested = fit(cfg, out_dir=tmp_path / "b", test=True).metrics  # once, on the run's result
+    assert "test/sparseness" in tested and "val/sparseness" not in tested
     asked = []  # an objective among the audit's keys brings the audit every epoch
-    fit(cfg.with_overrides({"eval.audit": False}), out_dir=tmp_path / "c",
-        report=lambda m, d: asked.append(m), objectives=("val/faithfulness_correlation",))
+    off = fit(cfg.with_overrides({"eval.audit": False}), out_dir=tmp_path / "c", test=True,
+              report=lambda m, d: asked.append(m), objectives=("val/faithfulness_correlation",))
     assert all("val/faithfulness_correlation" in m for m in asked)
+    assert not any(k.startswith("test/") and k.endswith("/sparseness") for k in off.metrics)
 
 
 @pytest.mark.parametrize("terminal", [False, True])
