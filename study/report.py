@@ -316,7 +316,7 @@ def build_results(sdir: Any, runs: Sequence[dict], chosen: dict[str, list[dict[s
         sdir: the study folder.
         runs: the final runs and controls (:func:`~extune.study.retrain.run_final_stage`).
         chosen: method -> what each of its searches chose and spent
-            (:func:`~extune.search.folder.chosen_trial`).
+            (:func:`~extune.search.chosen_trial`).
         sensitivity: :func:`~extune.study.sensitivity.rescore_stage`.
         audit: :func:`~extune.study.sensitivity.audit_stage` (``None``: no audit; every
             explanation row keeps its verdict).

@@ -245,7 +245,7 @@ def study_tracker(sdir: StudyDir, uri: str) -> Any:
 def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str,
                   held: dict[str, Any]) -> dict[str, Any]:
     """Run (or finish, or read) search ``index`` of ``method`` with the plan's ``held``
-    settings; returns its chosen trial (:func:`~extune.search.folder.chosen_trial`) with the
+    settings; returns its chosen trial (:func:`~extune.search.chosen_trial`) with the
     search's wall time."""
     from extune.search import run_search
 
