@@ -360,7 +360,7 @@ def evaluate(
     )
     from extune.tracking.logged_model import is_model_uri, model_slug
     from extune.train.progress import EpochProgress
-    from extune.train.saved_model import evaluate_checkpoint, evaluation_path
+    from extune.train.checkpoint_eval import evaluate_checkpoint, evaluation_path
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")
@@ -404,7 +404,7 @@ def explain(
     """Draw a trained model's explanations: image, saliency, and the views its method trains on;
     or, with --audit, audit its explainer."""
     from extune.files import check_free_space, check_output_file, refuse_full_disk
-    from extune.train.saved_model import GRID_SUFFIXES, explain_checkpoint
+    from extune.train.checkpoint_eval import GRID_SUFFIXES, explain_checkpoint
 
     if audit:
         _audit(checkpoint, out or Path("audit.png"), images=images, explainer=explainer,
@@ -424,7 +424,7 @@ def _audit(checkpoint: str, out: Path, *, images: Path | None, explainer: str | 
            count: int, overrides: list[str], tracking_uri: str | None) -> None:
     """``extune explain --audit``: the audit's table on the console, the cascade's PNG."""
     from extune.files import check_free_space, check_output_file, refuse_full_disk
-    from extune.train.saved_model import GRID_SUFFIXES, audit_checkpoint
+    from extune.train.checkpoint_eval import GRID_SUFFIXES, audit_checkpoint
 
     check_output_file(out, "the audit figure (-o)", "audit.png", GRID_SUFFIXES)
     check_free_space(out.parent, "the audit figure (-o)", need=_OUTPUT_ROOM)

@@ -207,7 +207,7 @@ class _Scorer:
         from extune.evaluate import evaluate_split
         from extune.files import atomic_writer
         from extune.train.methods import evaluation_explainer
-        from extune.train.saved_model import load_model
+        from extune.train.checkpoint_eval import load_model
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")
@@ -235,7 +235,7 @@ class _Scorer:
         from extune.evaluate.audit import RANDOMISATION_THRESHOLD
         from extune.files import atomic_writer
         from extune.train.methods import evaluation_explainer
-        from extune.train.saved_model import load_model
+        from extune.train.checkpoint_eval import load_model
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")

@@ -92,7 +92,7 @@ def save_model(path: str | Path, checkpoint: str | Path, mlflow_model: Any = Non
     from mlflow.models.model import MLMODEL_FILE_NAME
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from extune.train.saved_model import model_from_checkpoint
+    from extune.train.checkpoint_eval import model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     network, cfg = model_from_checkpoint(ckpt, checkpoint)
@@ -264,7 +264,7 @@ class ImageClassifier:
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
         from extune.train.methods import config_explainer
-        from extune.train.saved_model import model_from_checkpoint
+        from extune.train.checkpoint_eval import model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
         network, self.config = model_from_checkpoint(ckpt, checkpoint)

@@ -56,7 +56,7 @@ def test_every_command_says_it_was_stopped_in_one_line_with_its_code(tmp_path):
     exit 1): ``extune evaluate`` stopped by SIGHUP said nothing and exited 130."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, time
-        import extune.train.saved_model as saved
+        import extune.train.checkpoint_eval as saved
 
         def evaluate_checkpoint(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGHUP)

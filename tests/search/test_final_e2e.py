@@ -55,7 +55,7 @@ def _val_images(folder: Path, count: int = 8) -> tuple[torch.Tensor, torch.Tenso
     from extune.augment import standard_view
     from extune.train.checkpoint import load_checkpoint
     from extune.train.data import load_data
-    from extune.train.saved_model import load_model
+    from extune.train.checkpoint_eval import load_model
 
     model, cfg = load_model(folder)
     ckpt = load_checkpoint(folder)

@@ -1,4 +1,5 @@
-"""Evaluate a saved checkpoint (``extune evaluate``)."""
+"""What extune does with a saved checkpoint: load its model, evaluate it (``extune evaluate``),
+explain it and audit its explainer (``extune explain``, ``--audit``)."""
 
 from __future__ import annotations
 
