@@ -359,8 +359,8 @@ def evaluate(
         refuse_full_disk,
     )
     from extune.tracking.logged_model import is_model_uri, model_slug
-    from extune.train.progress import EpochProgress
     from extune.train.checkpoint_eval import evaluate_checkpoint, evaluation_path
+    from extune.train.progress import EpochProgress
 
     if split not in ("val", "test"):
         raise ExtuneError(f"--split must be val or test, got '{split}'")

@@ -206,8 +206,8 @@ class _Scorer:
 
         from extune.evaluate import evaluate_split
         from extune.files import atomic_writer
-        from extune.train.methods import evaluation_explainer
         from extune.train.checkpoint_eval import load_model
+        from extune.train.methods import evaluation_explainer
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")
@@ -234,8 +234,8 @@ class _Scorer:
         from extune.evaluate import evaluate_split
         from extune.evaluate.audit import RANDOMISATION_THRESHOLD
         from extune.files import atomic_writer
-        from extune.train.methods import evaluation_explainer
         from extune.train.checkpoint_eval import load_model
+        from extune.train.methods import evaluation_explainer
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")

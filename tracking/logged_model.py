@@ -263,8 +263,8 @@ class ImageClassifier:
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
-        from extune.train.methods import config_explainer
         from extune.train.checkpoint_eval import model_from_checkpoint
+        from extune.train.methods import config_explainer
 
         ckpt = load_checkpoint(checkpoint)
         network, self.config = model_from_checkpoint(ckpt, checkpoint)

@@ -54,8 +54,8 @@ def _val_images(folder: Path, count: int = 8) -> tuple[torch.Tensor, torch.Tenso
     """Validation images of the run's data set and the checkpoint's predicted classes."""
     from extune.augment import standard_view
     from extune.train.checkpoint import load_checkpoint
-    from extune.train.data import load_data
     from extune.train.checkpoint_eval import load_model
+    from extune.train.data import load_data
 
     model, cfg = load_model(folder)
     ckpt = load_checkpoint(folder)

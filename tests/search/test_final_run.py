@@ -114,8 +114,8 @@ def test_the_model_loads_as_pyfunc_and_pytorch_and_predicts_as_the_checkpoint(fi
     from mlflow.exceptions import MlflowException
 
     from extune.train.checkpoint import load_checkpoint
-    from extune.train.data import load_data
     from extune.train.checkpoint_eval import load_model
+    from extune.train.data import load_data
 
     uri = f"runs:/{final.run.info.run_id}/model"
     model, cfg = load_model(final.tmp / "final")
