@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["handle_signals", "deferred", "sigint_kept", "exit_at_once_on_signals", "received",
-           "terminated", "stop_words", "interrupt_exit_code", "STOP_SIGNALS", "EXIT_INTERRUPTED",
+           "stop_words", "interrupt_exit_code", "STOP_SIGNALS", "EXIT_INTERRUPTED",
            "EXIT_TERMINATED", "EXIT_HUNG_UP"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -172,11 +172,6 @@ def exit_at_once_on_signals(code: int) -> None:
 def received() -> int | None:
     """The stop signal this process received first (``None``: none, or Ctrl-C only)."""
     return _stops[0][0] if _stops else None
-
-
-def terminated() -> bool:
-    """Whether this process received SIGTERM (before any other stop signal)."""
-    return received() == signal.SIGTERM
 
 
 def stop_words() -> str:
