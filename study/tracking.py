@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from extune.errors import ConfigError
-from extune.search import search_journals
+from extune.search import is_search_folder, search_journals
 from extune.study.folder import STUDY_META
 from extune.tracking.sync import Job
 
@@ -30,8 +30,8 @@ def study_journals(folder: str | Path) -> list[Job]:
     if not is_study_folder(root):
         raise ConfigError(f"{root} is not a study folder (no {STUDY_META})")
     jobs: list[Job] = []
-    for meta in sorted(root.glob("searches/*/search.json")):
-        jobs += search_journals(meta.parent)
+    for folder in sorted(p for p in (root / "searches").glob("*") if is_search_folder(p)):
+        jobs += search_journals(folder)
     jobs.append((root / "final" / TRACKING_DIR, lambda: _study_tracker(root)))
     return jobs
 
