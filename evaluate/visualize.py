@@ -99,7 +99,7 @@ def saliency_grid(images: Tensor, saliency: Tensor,
 
 def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
           correct: Sequence[bool | None] | None, heading: str | None,
-          heading_color: str = "black") -> Path:
+          heading_color: str = "black", wrap_heading: bool = False) -> Path:
     """Lay the rows out as one mosaic image on one matplotlib axes, with the labels as text,
     and save the PNG.
 
@@ -127,9 +127,10 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
     label_lines = [line for label in rows for line in label.split("\n")]
     left = 0.2 + 0.065 * max(len(line) for line in label_lines)  # 8 pt text, right-aligned
     title_lines = max((t.count("\n") + 1 for t in titles or ()), default=0)
-    heading_lines = heading.count("\n") + 1 if heading else 0
-    top = 0.1 + 0.13 * title_lines + 0.15 * heading_lines + (0.15 if heading else 0.0)
-    fig_w, fig_h = left + width + max(0.15, (gap_x + 0.1) / 2), top + height + 0.1
+    fig_w = left + width + max(0.15, (gap_x + 0.1) / 2)
+    first, rest = _heading_lines(heading, fig_w if wrap_heading else None)
+    top = 0.1 + 0.13 * title_lines + 0.15 * (len(first) + len(rest)) + (0.15 if heading else 0.0)
+    fig_h = top + height + 0.1
     fig = Figure(figsize=(fig_w, fig_h), dpi=110)
     ax = fig.add_axes((left / fig_w, 0.1 / fig_h, width / fig_w, height / fig_h))
     ax.imshow(mosaic.numpy(), extent=(0, width, height, 0), interpolation="nearest")
@@ -148,13 +149,13 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
             "green" if correct[c] else "red")
         ax.text(c * step_x + w * inch / 2, -0.05, title, fontsize=7, color=color, ha="center",
                 va="bottom", multialignment="center")
-    if heading:  # its first line in heading_color (bold unless black), the rest in black
-        first, _, rest = heading.partition("\n")
-        fig.suptitle(first, fontsize=9, y=1 - 0.08 / fig_h, va="top", color=heading_color,
+    if first:  # the heading's first line in heading_color (bold unless black), the rest black
+        fig.suptitle("\n".join(first), fontsize=9, y=1 - 0.08 / fig_h, va="top",
+                     color=heading_color,
                      fontweight="normal" if heading_color == "black" else "bold")
-        if rest:
-            fig.text(0.5, 1 - 0.26 / fig_h, rest, fontsize=8, ha="center", va="top",
-                     multialignment="center")
+    if rest:
+        fig.text(0.5, 1 - (0.08 + 0.18 * len(first)) / fig_h, "\n".join(rest), fontsize=8,
+                 ha="center", va="top", multialignment="center")
     with atomic_writer(path) as f:  # whole or not at all (a full disk leaves no empty file)
         fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png")
     return path
@@ -162,6 +163,21 @@ def _draw(rows: dict[str, Tensor], path: Path, *, titles: Sequence[str] | None,
 
 _TILE, _GAP = 1.0, 0.15
 """Inches per image in the grid, and between images."""
+
+
+def _heading_lines(heading: str | None, width: float | None) -> tuple[list[str], list[str]]:
+    """The heading's first line and its other lines, each cut to fit ``width`` inches (9 pt
+    bold and 8 pt text; ``None``: as given)."""
+    import textwrap
+
+    if not heading:
+        return [], []
+    first, *rest = heading.split("\n")
+    if width is None:
+        return [first], rest
+    cut_first = textwrap.wrap(first, max(20, int(width / 0.08))) or [first]
+    cut_rest = [part for line in rest for part in textwrap.wrap(line, max(20, int(width / 0.062)))]
+    return cut_first, cut_rest
 
 
 def cascade_figure(images: Tensor, original: Tensor, maps: Tensor, layers: Sequence[str],
@@ -216,7 +232,7 @@ def cascade_figure(images: Tensor, original: Tensor, maps: Tensor, layers: Seque
               f"{threshold:.3f}: the map changed)")
     title = "\n".join(line for line in (verdict, heading, legend) if line)
     return _draw(rows, Path(path), titles=titles, correct=below, heading=title,
-                 heading_color="green" if passed else "red")
+                 heading_color="green" if passed else "red", wrap_heading=True)
 
 
 def _wrap(name: str, width: int = 14) -> str:
