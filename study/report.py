@@ -269,7 +269,8 @@ def _sensitivity(runs: Sequence[dict], sensitivity: dict[str, Any], rows: Any,
         scores = sensitivity["scores"][protocol["text"]]
         per_image = sensitivity.get("per_image", {}).get(protocol["text"])
         measured = {k for found in scores.values() for k in found}
-        present = [m.name for m in everywhere if not m.explanation or m.key in measured]
+        present = [m.name for m in everywhere if not m.explanation or m.key in measured
+                   or protocol["text"] == sensitivity["main"]["text"]]  # the runs' own
 
         def by_protocol(arm: str, metric: StudyMetric, scores: Any = scores) -> dict:
             return _values(runs, arm, metric.key, scores if metric.explanation else None)
