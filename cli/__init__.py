@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from extune.cli import export, search, study, sync, train, ui
-from extune.cli._common import echo
+from extune.cli._common import echo, help_width
 from extune.errors import ExtuneError
 from extune.signals import (
     exit_at_once_on_signals,
@@ -75,6 +75,7 @@ app.command("ui")(_stoppable(ui.ui))
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, turning user errors into one-line messages."""
     handle_signals()
+    help_width()
     try:
         code = app(args=argv, standalone_mode=False)
     except ExtuneError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -15,12 +16,27 @@ from extune.defaults import DEFAULT_TRACKING_URI, SEARCH
 from extune.errors import ConfigError
 from extune.signals import interrupt_exit_code, stop_words
 
-__all__ = ["console", "err_console", "echo", "option_values", "settings_kwargs",
-           "refuse_with_resume", "interruptible", "exit_stopped", "warn_job_paths",
-           "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
+__all__ = ["console", "err_console", "echo", "help_width", "LOG_WIDTH", "option_values",
+           "settings_kwargs", "refuse_with_resume", "interruptible", "exit_stopped",
+           "warn_job_paths", "StorageOpt", "TrackingUriOpt", "ExperimentOpt"]
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 120
+"""The width of what extune prints where the output is not a terminal (a log, a file, a pipe)
+and ``COLUMNS`` is not set: rich would cut tables and help at 80 columns."""
+
+
+def _width(stream: Any) -> int | None:
+    """``None`` (the terminal's own width) on a terminal or with ``COLUMNS``, else
+    :data:`LOG_WIDTH`."""
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return None if terminal or os.environ.get("COLUMNS") else LOG_WIDTH
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 T = TypeVar("T")
 
@@ -34,6 +50,16 @@ def echo(*parts: str | tuple[str, str], err: bool = False) -> None:
     """
     (err_console if err else console).print(Text.assemble(*parts), highlight=False,
                                             soft_wrap=True)
+
+def help_width() -> None:
+    """``--help`` as wide as :data:`LOG_WIDTH` where it goes to a file or pipe (typer reads
+    ``TERMINAL_WIDTH`` when it is imported, else rich's 80 columns)."""
+    import typer.rich_utils
+
+    if (_width(sys.stdout) is not None and not os.environ.get("TERMINAL_WIDTH")
+            and hasattr(typer.rich_utils, "MAX_WIDTH")):
+        typer.rich_utils.MAX_WIDTH = LOG_WIDTH
+
 
 StorageOpt = Annotated[str | None, typer.Option(
     help="Shared path or bucket URI for trial results and checkpoints (clusters).")]

@@ -118,20 +118,28 @@ def _print_plan(settings: Any) -> None:
 
     echo("extune search: space ", (settings.space, "bold"),
          f", {settings.trials} trial{'s' if settings.trials != 1 else ''} "
-         f"({settings.max_concurrent or 'as many as fit'} at once, "
-         f"{settings.cpus_per_trial:g} CPU"
-         f"{_gpu_text(settings.gpus_per_trial)} each), "
-         f"sampler {settings.sampler}, {settings.scheduler_text()}, objective "
+         f"({settings.max_concurrent or 'as many as fit'} at once, each "
+         f"{settings.cpus_per_trial:g} CPU{_gpu_text(settings.gpus_per_trial, settings.address)}"
+         f"), sampler {settings.sampler}, {settings.scheduler_text()}, objective "
          f"{','.join(settings.objective)}; Ray {ray_address(settings.address) or 'local'}")
     warn_job_paths(settings.out, settings.tracking_uri)
 
 
-def _gpu_text(gpus_per_trial: float | None) -> str:
-    from extune.search import GPU_RULE
+def _gpu_text(gpus_per_trial: float | None, address: str | None) -> str:
+    """A trial's GPUs in words: as asked, or by default one where there are GPUs (this
+    machine's NVIDIA devices; a cluster's are known once Ray runs, and the next line says)."""
+    from extune.search import ray_address
 
-    if gpus_per_trial is None:
-        return f" + {GPU_RULE}"
-    return f" + {gpus_per_trial:g} GPU" if gpus_per_trial else ", no GPU"
+    if gpus_per_trial is not None:
+        return f" + {gpus_per_trial:g} GPU" if gpus_per_trial else " and no GPU"
+    if ray_address(address) is None:
+        return " + 1 GPU" if _local_gpus() else " and no GPU (this machine has none)"
+    return " + 1 GPU if the cluster has GPUs (--gpus-per-trial to change)"
+
+
+def _local_gpus() -> bool:
+    """Whether this machine has an NVIDIA GPU (a device file; no CUDA library is loaded)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _print_result(result: Any) -> None:
@@ -153,8 +161,11 @@ def _print_result(result: Any) -> None:
         echo(f"plots left out: {', '.join(result.plots_left_out)} (too little to draw them "
              f"from; why: {result.path / 'plots' / 'plots.html'})")
     echo(f"search folder: {result.path}")
-    if result.mlflow_view and result.tracking_uri.startswith(("http://", "https://")):
-        browse = f"{result.tracking_uri.rstrip('/')}/{result.mlflow_view}"
+    from extune.tracking.mlflow_app import running_ui
+
+    address = running_ui(result.tracking_uri)
+    if result.mlflow_view and address:
+        browse = f"{address}/{result.mlflow_view}"
     else:
         browse = f"extune ui --search {result.name} (it prints the link of its trials' table)"
     echo(f"MLflow: {result.tracking_uri} (parent run {result.parent_run_id}); browse: {browse}")

@@ -228,6 +228,12 @@ def _print_plan(s: Any) -> None:
         echo("--quick is a smoke test: its numbers show the tool works, not the methods")
 
 
+def _signed(value: float) -> str:
+    """``+0.012``, ``-0.034``; ``0.000`` for what rounds to zero (never ``-0.000``)."""
+    text = f"{value:+.3f}"
+    return "0.000" if float(text) == 0 else text
+
+
 def _print_result(result: Any) -> None:
     """The primary rows of the claims and controls (the report has every row)."""
     from rich.table import Table
@@ -238,13 +244,14 @@ def _print_result(result: Any) -> None:
                         f"{st['correction']} within each family)",
                   title_justify="left", header_style="bold")
     for column in ("A", "B", "metric", "A - B", "CI (adjusted)", "p adj.", "verdict"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "verdict")  # names whole, never "…"
     style = {"holds": "green", "reversed": "red", "equivalent": "cyan"}
     for c in rows:
         d = c["difference"]
         low, high = c.get("interval") or (None, None)
-        ci = f"[{low:+.3f}, {high:+.3f}]" if low is not None else f"n={c['n_a']}+{c['n_b']}"
-        mean = "-" if d.get("estimate") is None else f"{d['estimate']:+.3f}"
+        ci = (f"[{_signed(low)}, {_signed(high)}]" if low is not None
+              else f"n={c['n_a']}+{c['n_b']}")
+        mean = "-" if d.get("estimate") is None else _signed(d["estimate"])
         p = "-" if c.get("p_adjusted") is None else f"{c['p_adjusted']:.3f}"
         weak = c.get("weak") and c["verdict"] != "not tested"
         verdict = c["verdict"] + (" (weakly tested)" if weak else "")

@@ -74,10 +74,12 @@ def train(
     again = _TrainCommand(config, set_, folder, resume, test=test, track=track,
                           tracking_uri=tracking_uri, experiment=experiment, register=register)
     with _claimed(folder, resume):
-        run = _open_run(cfg, folder, config, resume, track=track, tracking_uri=tracking_uri,
-                        experiment=experiment, register=register)
         echo("training ", (cfg.method, "bold"), " on ", (cfg.data.name, "bold"),
              f" with {cfg.model.backbone} for {cfg.optim.epochs} epochs -> {folder}")
+        run = _open_run(cfg, folder, config, resume, track=track, tracking_uri=tracking_uri,
+                        experiment=experiment, register=register)
+        if run is not None:
+            _say_run(run)
         warn_inactive(cfg)
         try:
             with run if run is not None else contextlib.nullcontext():
@@ -252,6 +254,18 @@ def _open_run(cfg: Any, out: Path, config: Path | None, resume: Path | None, *, 
                           resume=resume, register=register)
 
 
+def _say_run(run: Any) -> None:
+    """Where the run is in MLflow as it starts: its page in a running UI of its store (or a
+    server store), else the command that shows it."""
+    from extune.tracking.mlflow_app import running_ui
+
+    uri = run.tracker.uri
+    address = running_ui(uri)
+    where = (f"{address}/{run.page}" if address
+             else f"extune ui --tracking-uri {uri} lists it")
+    echo(f"MLflow: run {run.name} in experiment {run.tracker.experiment}; {where}")
+
+
 def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) -> None:
     """Log the end of training (test metrics, files, the model), wait for the store (a minute
     at most), and say where the run and the model are, or how to send what it did not take."""
@@ -263,9 +277,12 @@ def _finish_run(run: Any, metrics: dict[str, Any], epochs: int, table: Table) ->
     except KeyboardInterrupt:  # the run is ended KILLED (FinalRun.close)
         exit_stopped(f"the training is complete in {run.out}; the MLflow writes not sent yet "
                      f"are kept in {run.out / 'tracking'}: send them with extune sync {run.out}")
+    from extune.tracking.mlflow_app import DEFAULT_UI, running_ui
+
     uri = run.tracker.uri
-    where = (f"{uri.rstrip('/')}/{run.page}" if uri.startswith(("http://", "https://"))
-             else f"extune ui --tracking-uri {uri}, then http://127.0.0.1:5000/{run.page}")
+    address = running_ui(uri)
+    where = (f"{address}/{run.page}" if address
+             else f"extune ui --tracking-uri {uri}, then {DEFAULT_UI}/{run.page}")
     echo(f"MLflow: run {run.name} ({run.run_id}) in experiment {run.tracker.experiment}; "
          f"browse: {where}")
     if pending:

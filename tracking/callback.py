@@ -20,18 +20,20 @@ from ray.tune import Callback
 
 from extune.errors import one_line
 from extune.evaluate.objectives import Objective
-from extune.tracking.client import STATE_TAG, MlflowTracker
+from extune.tracking.client import FINAL_ROLE, ROLE_TAG, STATE_TAG, MlflowTracker
 from extune.tracking.journal import Op
 from extune.tracking.notes import NOTE_TAG, trial_note
 from extune.tracking.trials import (
     config_arm,
     config_label,
+    planned_epochs,
     reported_metrics,
     split_config,
     trial_config,
     trial_error,
     trial_label,
 )
+from extune.tracking.views import EPOCH_TAG, SEARCH_TAG
 from extune.train.checkpoint import CHECKPOINT_NAME
 from extune.train.grid import GRID_NAME
 
@@ -65,9 +67,11 @@ class MlflowCallback(Callback):
       keys, no ``epoch`` metric) and, once the trial ends, ``objective/<name>`` for each
       objective (the value told to Optuna, or a pruned trial's last one);
     - tags: ``extune.state`` (``running``, ``complete``, ``pruned``, ``failed``,
-      ``interrupted``: the one state tag), ``extune.trial_id``, ``extune.method``,
-      ``extune.node_id``, ``extune.error`` (failed); the run name (``excon · trial-003``) ends
-      with the state once the trial ends;
+      ``interrupted``: the one state tag), ``extune.epoch`` (``2/4``: epochs reported of
+      planned, with every report), ``extune.trial_id``, ``extune.search`` (the search's name),
+      ``extune.method``, ``extune.node_id``, ``extune.error`` (failed), ``extune.role``
+      (``trial``; ``final`` for a study's final runs, tagged ``extune.stage=final``); the run
+      name (``excon · trial-003``) ends with the state once the trial ends;
     - a description (the run page shows it first): the objectives, the suite's metrics rounded
       or "not measured", the searched settings (:mod:`~extune.tracking.notes`);
     - artifacts: ``config.yaml`` (the trial's full Config), the labelled saliency grid of its
@@ -103,9 +107,14 @@ class MlflowCallback(Callback):
         self.journal_dir = str(journal_dir) if journal_dir is not None else None
         self._started: set[str] = set()
         self._ended: set[str] = set()
+        self._epochs: dict[str, int | str] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks; a new process starts
-        return {**self.__dict__, "_started": set(), "_ended": set()}  # its runs again (by tag)
+        return {**self.__dict__, "_started": set(), "_ended": set(),  # its runs again (by tag)
+                "_epochs": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # saved by an older extune too
+        self.__dict__.update({"_epochs": {}, **state})
 
     @property
     def writer(self) -> Any:
@@ -140,7 +149,10 @@ class MlflowCallback(Callback):
         params = {k: v for k, v in overrides.items() if k not in self.constant}
         method = overrides.get("method", self.base.get("method", ""))
         tags = {**self.tags, "extune.searched": ",".join(sorted(params)),
-                "extune.method": str(method), STATE_TAG: "running"}
+                "extune.method": str(method), STATE_TAG: "running",
+                SEARCH_TAG: self.tracker.search_name}
+        if self.tags.get("extune.stage") == "final":  # a study's final run: not a trial
+            tags[ROLE_TAG] = FINAL_ROLE
         arm = config_arm(trial.config)
         if arm:  # a study's control: excon-off trains supcon
             tags["extune.arm"] = arm
@@ -163,13 +175,22 @@ class MlflowCallback(Callback):
         self._start(trial)
         metrics = reported_metrics(result)
         step = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        tags = {EPOCH_TAG: f"{step}/{self._planned(trial)}"}  # a column of the live view
         if step == 1:
-            self._submit("tags", trial, tags={f"extune.{k}": str(result[k]) for k in
-                                              ("node_id", "hostname", "pid") if k in result})
+            tags.update({f"extune.{k}": str(result[k]) for k in ("node_id", "hostname", "pid")
+                         if k in result})
+        self._submit("tags", trial, tags=tags)
         # the epoch is the step: as a metric too it would lead MLflow's alphabetical lists
         # (the compare page's parallel plot picks the first shared metric)
         self._submit("metrics", trial, step=step,
                      metrics={k: v for k, v in metrics.items() if k != "epoch"})
+
+    def _planned(self, trial: Any) -> int | str:
+        """The epochs a trial trains (``?`` when its parameters make no valid config)."""
+        if trial.trial_id not in self._epochs:
+            planned = planned_epochs(self.base, trial.config)
+            self._epochs[trial.trial_id] = "?" if planned is None else planned
+        return self._epochs[trial.trial_id]
 
     @_never_fail
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

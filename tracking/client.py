@@ -25,8 +25,9 @@ from extune.errors import ServiceError, one_line
 from extune.tracking.store import check_tracking_uri
 
 __all__ = ["MlflowTracker", "mlflow_client", "param_value", "tag_filter", "STATE_TAG",
-           "EXPERIMENT_KIND_TAG",
-           "VIEW_TAG", "SHARED_VIEW_TAG", "FINAL_RUNS_TAG", "view_page", "run_page"]
+           "EXPERIMENT_KIND_TAG", "ROLE_TAG", "FINAL_ROLE", "TRAIN_ID_TAG",
+           "VIEW_TAG", "SHARED_VIEW_TAG", "FINAL_RUNS_TAG", "view_page", "run_page", "model_page",
+           "version_page"]
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -45,6 +46,15 @@ FINAL_RUNS_TAG = "extune.final_runs"
 trained from it (comma-separated)."""
 STATE_TAG = "extune.state"
 """A trial run's state: ``running``, ``complete``, ``pruned``, ``failed`` or ``interrupted``."""
+ROLE_TAG = "extune.role"
+"""What a run is: ``search`` (a search's parent run), ``trial`` (a search's trial), ``study``
+(a study's parent run) or ``final`` (:data:`FINAL_ROLE`)."""
+FINAL_ROLE = "final"
+"""The role of a final run: the run of ``extune train`` (tag :data:`TRAIN_ID_TAG`) and a
+study's final runs (tag ``extune.stage=final``); never ``trial``, so that a filter of trials
+leaves them out. Runs of ``extune train`` written before extune 0.2 have the role ``train``."""
+TRAIN_ID_TAG = "extune.train_id"
+"""The id of the run of ``extune train`` (how ``--resume`` finds it again)."""
 log = logging.getLogger(__name__)
 _MAX_PARAMS = 100  # MLflow's limit per log_batch call
 _MAX_METRICS = 1000
@@ -75,7 +85,7 @@ class MlflowTracker:
         search_id: the search's unique id (tag ``extune.search_id``).
         search_name: the search's name (the parent run's name).
         role: the parent run's ``extune.role`` tag: ``search``, ``study`` for a study's run, or
-            ``train`` for the run of ``extune train`` (:mod:`~extune.tracking.training_run`).
+            ``final`` for the run of ``extune train`` (:mod:`~extune.tracking.training_run`).
         tags: more tags of the parent run when it is created (``mlflow.parentRunId`` nests a
             search under a study's run).
         id_tag: the tag that holds ``search_id`` on the parent run (``extune.train_id`` for
@@ -155,8 +165,10 @@ class MlflowTracker:
     def parent_run(self, params: dict[str, Any] | None = None) -> str:
         """The search's parent run (found by tag, else created with ``params``), RUNNING."""
         if self._parent is None:
-            tags = {self.id_tag: self.search_id, "extune.role": self.role}
+            tags = {self.id_tag: self.search_id, ROLE_TAG: self.role}
             run_id = self._find(tags)
+            if run_id is None and self.role == FINAL_ROLE:  # a run of an older extune
+                run_id = self._find({**tags, ROLE_TAG: "train"})
             if run_id is None:
                 run = self.client.create_run(self.experiment_id, run_name=self.search_name,
                                              tags={**self.tags, **tags})
@@ -320,6 +332,16 @@ def run_page(experiment_id: str, run_id: str) -> str:
     """The MLflow UI page of a run (after ``http://host:port/``; a link in a run's description
     opens it)."""
     return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def model_page(experiment_id: str, model_id: str) -> str:
+    """The MLflow UI page of a logged model (after ``http://host:port/``)."""
+    return f"#/experiments/{experiment_id}/models/{model_id}"
+
+
+def version_page(name: str, version: str) -> str:
+    """The MLflow UI page of a registered model's version (after ``http://host:port/``)."""
+    return f"#/models/{name}/versions/{version}"
 
 
 def mlflow_client(uri: str) -> Any:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Any
 from extune.errors import one_line
 
 __all__ = ["TRACKING_DIR", "FLUSH_TIMEOUT_S", "Op", "Journal", "TrackingWriter", "writer_for",
-           "close_writer", "apply_op", "HTTP_TIMEOUT_S"]
+           "close_writer", "apply_op", "HTTP_TIMEOUT_S", "resolve_trial_links"]
 
 log = logging.getLogger(__name__)
 
@@ -407,10 +408,33 @@ def _link(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
         tracker.add_final_run(op.link_run, run_id, op.name or run_id)
 
 
+def _tags(tracker: Any, run_id: str, op: Op, steps: dict[str, int]) -> None:
+    tags = {k: resolve_trial_links(tracker, v) if isinstance(v, str) and _TRIAL_LINK.search(v)
+            else v for k, v in (op.tags or {}).items()}
+    tracker.set_tags(run_id, tags)
+
+
+_TRIAL_LINK = re.compile(r"\[([^\]]*)\]\(trial:([^)]*)\)")
+
+
+def resolve_trial_links(tracker: Any, text: str) -> str:
+    """``[trial-003](trial:<Tune trial id>)`` in a description made a link to the trial's run
+    (:func:`~extune.tracking.client.run_page`), or plain text where the trial has no run: a
+    search's description names its trials before it knows their runs' ids."""
+    from extune.tracking.client import run_page
+
+    def link(found: re.Match) -> str:
+        run_id = tracker.find_child(found.group(2)) if found.group(2) else None
+        if run_id is None:
+            return found.group(1)
+        return f"[{found.group(1)}]({run_page(tracker.experiment_id, run_id)})"
+
+    return _TRIAL_LINK.sub(link, text)
+
+
 _APPLY: dict[str, Callable[[Any, str, Op, dict[str, int]], None]] = {
     "metrics": _metrics, "artifact": _artifact, "best": _best, "end": _end,
-    "model": _model, "link": _link,
-    "tags": lambda tracker, run_id, op, steps: tracker.set_tags(run_id, op.tags or {})}
+    "model": _model, "link": _link, "tags": _tags}
 
 
 # ------------------------------------------------------------------ one per folder

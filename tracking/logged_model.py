@@ -35,6 +35,8 @@ dtype per tensor input, and the model takes both uint8 and float images.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -50,7 +52,8 @@ from extune.errors import ConfigError, ExtuneError, one_line
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 __all__ = ["MODEL_NAME", "DATA_DIR", "Classifier", "ImageClassifier", "save_model",
-           "log_checkpoint_model", "is_model_uri", "model_checkpoint", "model_slug"]
+           "log_checkpoint_model", "link_model_pages", "model_note", "MODEL_VERSIONS_TAG",
+           "is_model_uri", "model_checkpoint", "model_slug"]
 
 MODEL_NAME = "model"
 """Name of the logged model of a run (``runs:/<run id>/model``)."""
@@ -171,7 +174,8 @@ def _quiet_export() -> Iterator[None]:
 def log_checkpoint_model(tracker: Any, run_id: str, checkpoint: Path, *, name: str = MODEL_NAME,
                          register: str | None = None, step: int = 0) -> str | None:
     """Log ``checkpoint`` as the MLflow model ``name`` of the run (once: a model the run has
-    already is kept) and, with ``register``, add it to the Model Registry (once per run).
+    already is kept), with ``register`` add it to the Model Registry (once per run), and link
+    the pages (:func:`link_model_pages`).
 
     Returns:
         The registered version, or ``None``.
@@ -187,7 +191,99 @@ def log_checkpoint_model(tracker: Any, run_id: str, checkpoint: Path, *, name: s
             client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
         _upload(client, model, run_id, checkpoint)
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    return _register(client, register, model, run_id) if register else None
+    version = _register(client, tracker.uri, register, model, run_id) if register else None
+    link_model_pages(client, run_id, model, register, version)
+    return version
+
+
+def link_model_pages(client: Any, run_id: str, model: Any, register: str | None,
+                     version: str | None) -> None:
+    """Connect the pages of a final run, its logged model and its registered version, each
+    linking to the next and back (MLflow fills none of this for a model logged with the
+    client):
+
+    - the logged model gets the run's final metrics (the test split's, else the last
+      validation's: logged again with the model's id, MLflow's way of giving a model metrics),
+      the run's params, a description (:func:`model_note`) and MLflow's tag
+      ``mlflow.modelVersions`` (the page then says "registered", lists the version and offers
+      no second "Register model");
+    - the run's description names the model and the version as links (its ``Model:``
+      sentence, :func:`~extune.tracking.notes.model_sentence`).
+
+    Each step is skipped where it was done (``extune sync`` may send the write twice).
+    """
+    from extune.tracking.client import model_page, version_page
+    from extune.tracking.notes import NOTE_TAG, model_sentence
+
+    run = client.get_run(run_id)
+    model = client.get_logged_model(model.model_id)
+    if not model.metrics:
+        _copy_final_metrics(client, run, model.model_id)
+    if not model.params and run.data.params:
+        client.log_model_params(model.model_id, dict(run.data.params))
+    tags = {NOTE_TAG: model_note(run, model, register, version)}
+    if register and version:
+        listed = json.loads(model.tags.get(MODEL_VERSIONS_TAG) or "[]")
+        if {"name": register, "version": version} not in listed:
+            tags[MODEL_VERSIONS_TAG] = json.dumps([*listed, {"name": register,
+                                                             "version": version}])
+    client.set_logged_model_tags(model.model_id, tags)
+    note = run.data.tags.get(NOTE_TAG, "")
+    sentence = model_sentence(model.name, model_page(model.experiment_id, model.model_id),
+                              register, version_page(register, version) if version else None,
+                              version)
+    linked = re.sub(r"Model: [^\n]*", lambda _: sentence, note, count=1)
+    if linked != note:
+        client.set_tag(run_id, NOTE_TAG, linked)
+
+
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
+"""A logged model's tag listing its registered versions (JSON ``[{"name", "version"}]``): what
+``mlflow.register_model`` sets and the model's page reads."""
+
+
+def _copy_final_metrics(client: Any, run: Any, model_id: str) -> None:
+    """The run's final metrics (``test/...``; ``val/...`` without a test split) logged again
+    with the model's id: the same points (step, time, value), so the run keeps one of each."""
+    from mlflow.entities import Metric
+
+    keys = [k for k in run.data.metrics if k.startswith("test/")] or \
+        [k for k in run.data.metrics if k.startswith("val/")]
+    points = []
+    for key in keys:
+        history = client.get_metric_history(run.info.run_id, key)
+        if history:
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            points.append(Metric(key, last.value, last.timestamp, last.step, model_id=model_id,
+                                 run_id=run.info.run_id))
+    for i in range(0, len(points), 1000):
+        client.log_batch(run.info.run_id, metrics=points[i:i + 1000])
+
+
+def model_note(run: Any, model: Any, register: str | None, version: str | None) -> str:
+    """A logged model's description: what it is, with links to the run that logged it and to
+    its registered version, its final metrics, where its config came from, how to load it."""
+    from extune.tracking.client import run_page, version_page
+    from extune.tracking.notes import NOTE_TAG, headline_metrics, source_sentence
+
+    tags = run.data.tags
+    link = f"[{run.info.run_name}]({run_page(run.info.experiment_id, run.info.run_id)})"
+    what = tags.get("extune.method", "a")
+    scores = headline_metrics(run.data.metrics)
+    lines = [f"**{model.name}**: the {what} model of the run {link} (`extune train`)"
+             + (f": {scores}." if scores else ".")]
+    if register and version:
+        uri = f"models:/{register}/{version}"
+        lines += ["", f"Registered as [{register} version {version}]"
+                      f"({version_page(register, version)}) (`{uri}`)."]
+    else:
+        uri = f"models:/{model.model_id}"
+    source = source_sentence(tags.get(NOTE_TAG, ""))
+    lines += ["", source] if source else []
+    lines += ["", f"Load it with `mlflow.pyfunc.load_model(\"{uri}\")` (images -> class "
+                  f"probabilities; the saliency with `params={{\"saliency\": True}}`) or "
+                  f"`mlflow.pytorch.load_model(\"{uri}\")` (float images in [0, 1] -> logits)."]
+    return "\n".join(lines)
 
 
 def _logged_model(client: Any, experiment_id: str, run_id: str, name: str) -> Any:
@@ -208,9 +304,15 @@ def _upload(client: Any, model: Any, run_id: str, checkpoint: Path) -> None:
         client.log_model_artifacts(model.model_id, str(local))
 
 
-def _register(client: Any, name: str, model: Any, run_id: str) -> str:
+def _register(client: Any, store: str, name: str, model: Any, run_id: str) -> str:
     """Add the logged model to the registry under ``name`` unless a version of this run is
-    there already; returns the version."""
+    there already; returns the version.
+
+    Its source is ``models:/<model id>``, which MLflow's page of the version links as its
+    "Source Model"; ``model_id`` is passed too, though MLflow's database registry (3.17)
+    keeps no such field. MLflow's database registry resolves the source with a client of the
+    process's default store, not of ``client``'s (:func:`_only_store` makes them one).
+    """
     from mlflow.exceptions import MlflowException
 
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -221,29 +323,28 @@ def _register(client: Any, name: str, model: Any, run_id: str) -> str:
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=f"models:/{model.model_id}",
-                                          run_id=run_id, model_id=model.model_id,
-                                          description=_version_description(client, run_id))
+    with _only_store(store):
+        version = client.create_model_version(
+            name, source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id,
+            description=_version_description(client, run_id, model))
     return str(version.version)
 
 
-def _version_description(client: Any, run_id: str) -> str:
-    """A registered version's description: the run that logged it (a link) with its test
-    metrics, and where its config came from (the run description's "Trained from ..." line,
-    :func:`~extune.tracking.notes.final_note`)."""
-    from extune.tracking.client import run_page
-    from extune.tracking.notes import NOTE_TAG
+def _version_description(client: Any, run_id: str, model: Any) -> str:
+    """A registered version's description: the logged model (a link) and the run that logged
+    it (a link) with its final metrics, and where its config came from (the run description's
+    "Trained from ..." line, :func:`~extune.tracking.notes.final_note`)."""
+    from extune.tracking.client import model_page, run_page
+    from extune.tracking.notes import NOTE_TAG, headline_metrics, source_sentence
 
     run = client.get_run(run_id)
-    metrics = run.data.metrics
-    scores = " · ".join(f"{k} {metrics[k]:.4f}" for k in
-                        ("test/accuracy", "test/ece", "test/alignment") if k in metrics)
     link = f"[{run.info.run_name}]({run_page(run.info.experiment_id, run_id)})"
-    lines = [f"Logged by the run {link} of `extune train`" + (f": {scores}" if scores else "")
-             + "."]
-    lines += [p for p in run.data.tags.get(NOTE_TAG, "").split("\n\n")
-              if p.startswith("Trained from")]
-    return "\n\n".join(lines)
+    model_link = f"[{model.name}]({model_page(model.experiment_id, model.model_id)})"
+    scores = headline_metrics(run.data.metrics)
+    lines = [f"The logged model {model_link} of the run {link} (`extune train`)"
+             + (f": {scores}." if scores else ".")]
+    source = source_sentence(run.data.tags.get(NOTE_TAG, ""))
+    return "\n\n".join([*lines, source] if source else lines)
 
 
 # ------------------------------------------------------------------ the pyfunc

@@ -19,9 +19,18 @@ new MLflow stores the choice under another key.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DefaultViewApp", "with_default_view", "WORKFLOW_KEY", "DEFAULT_WORKFLOW"]
+__all__ = ["DefaultViewApp", "with_default_view", "WORKFLOW_KEY", "DEFAULT_WORKFLOW",
+           "DEFAULT_UI", "UI_RECORD", "ui_record", "running_ui"]
+
+DEFAULT_UI = "http://127.0.0.1:5000"
+"""Where ``extune ui`` serves by default."""
+UI_RECORD = "mlflow-ui.json"
+"""The file beside a SQLite store that says where ``extune ui`` serves it (``address``,
+``pid``, ``store``), written while it runs: a search that starts prints its link there."""
 
 WORKFLOW_KEY = "mlflow.workflowType_v1"
 DEFAULT_WORKFLOW = "machine_learning"
@@ -74,6 +83,30 @@ class DefaultViewApp:
             await send({"type": "http.response.body", "body": page})
 
         await self.inner(scope, receive, rewrite)
+
+
+def ui_record(store: str) -> Path | None:
+    """The :data:`UI_RECORD` of a SQLite store (``None`` for another store)."""
+    if not store.startswith("sqlite:///"):
+        return None
+    return Path(store[len("sqlite:///"):]).resolve().parent / UI_RECORD
+
+
+def running_ui(store: str) -> str | None:
+    """The address of the MLflow UI of ``store``: a server store's own address, else that of
+    an ``extune ui`` running on it (its :data:`UI_RECORD`, its process alive); ``None`` when
+    none runs."""
+    if store.startswith(("http://", "https://")):
+        return store.rstrip("/")
+    path = ui_record(store)
+    try:
+        record = json.loads(path.read_text()) if path is not None else None
+        if not isinstance(record, dict) or record.get("store") != store:
+            return None
+        os.kill(int(record["pid"]), 0)  # alive (a kill -9 leaves the file behind)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(record["address"])
 
 
 _app: DefaultViewApp | None = None

@@ -12,12 +12,15 @@ pruned or failed trial never measured one, and the searched settings.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from extune.evaluate.objectives import Objective
 
-__all__ = ["trial_note", "final_note", "NOTE_TAG", "NOT_MEASURED"]
+__all__ = ["trial_note", "final_note", "setting_value", "model_sentence", "headline_metrics",
+           "source_sentence",
+           "NOTE_TAG", "NOT_MEASURED"]
 
 NOTE_TAG = "mlflow.note.content"
 NOT_MEASURED = "not measured"
@@ -57,8 +60,15 @@ def trial_note(*, name: str, search: str, state: str, epoch: int, planned: int,
                       f"milestones`); this {state} trial has only what its epochs measured."]
     if params:
         lines += ["", "Searched settings: " + ", ".join(
-            f"`{k}` = {_value(v)}" for k, v in sorted(params.items()))]
+            f"`{k}` = {setting_value(v)}" for k, v in sorted(params.items()))]
     return "\n".join(lines)
+
+
+def setting_value(value: Any) -> str:
+    """A config value in words: a number as :func:`_value` rounds it, ``None`` as ``default``
+    (Config's ``None`` is "the component's default": ``explain.layer`` the backbone's last
+    stage), anything else as text."""
+    return "default" if value is None else _value(value)
 
 
 def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
@@ -71,7 +81,8 @@ def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
         what: the method, data set and epochs in words (``excon on synthetic, 200 epochs``).
         metrics: the final metrics (``test/...``, ``val/...``); empty while it runs.
         source: where its config came from, with links (``None``: not an export).
-        model: the logged model and its registered version, in words.
+        model: the logged model and its registered version, in words
+            (:func:`model_sentence`, which the model's logging links later).
         out: the output folder.
     """
     from extune.evaluate.metric_info import METRIC_INFO
@@ -81,17 +92,43 @@ def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
                           (_split_key(m, split) for m in ("accuracy", "ece", "alignment")))
     lines = [f"**{name}** (`extune train`): {what}: **{state}**."
              + (f" {headline}" if metrics else "")]
-    if source:
-        lines += ["", source]
+    if source or model:  # what it came from and what it made: both seen before "Show more"
+        lines += ["", " ".join(p for p in (source, model) if p)]
     rows = [(key, m) for m in METRIC_INFO.values()
             if _finite(metrics.get(key := _split_key(m.name, split)))]
     if rows:
         lines += ["", f"| {split} metric | value |", "|---|---|"]
         lines += [f"| {key} {info.arrow} | {_value(metrics[key])} |" for key, info in rows]
-    if model:
-        lines += ["", model]
     lines += ["", f"Output folder: `{out}` (`config.yaml`, `checkpoint.pt`, `metrics.json`)."]
     return "\n".join(lines)
+
+
+def model_sentence(name: str, page: str | None = None, register: str | None = None,
+                   register_page: str | None = None, version: str | None = None) -> str:
+    """``Model: [model](page) (pytorch and python_function flavours), registered as
+    [demo version 1](page).``: a final run's model, with links once they exist (the model is
+    logged after the run's description is written)."""
+    model = f"[{name}]({page})" if page else f"`{name}`"
+    text = f"Model: {model} (pytorch and python_function flavours)"
+    if register:
+        text += (f", registered as [{register} version {version}]({register_page})"
+                 if register_page and version else f", registered as `{register}`")
+    return text + "."
+
+
+def source_sentence(note: str) -> str | None:
+    """The ``Trained from ...`` sentence of a final run's description (:func:`final_note`),
+    without the model's sentence that follows it; ``None`` when it has none."""
+    found = re.search(r"^Trained from .*?(?= Model: |$)", note, flags=re.MULTILINE)
+    return found.group(0) if found else None
+
+
+def headline_metrics(metrics: dict[str, Any]) -> str:
+    """``test/accuracy 0.3980 · test/ece 0.1211 · test/alignment 0.0067`` (the validation
+    split's without a test split; ``""`` with neither)."""
+    split = "test" if any(k.startswith("test/") for k in metrics) else "val"
+    keys = [f"{split}/{m}" for m in ("accuracy", "ece", "alignment")]
+    return " · ".join(f"{k} {_value(metrics[k])}" for k in keys if _finite(metrics.get(k)))
 
 
 HEADLINE = ("val/accuracy", "val/ece", "val/alignment")

@@ -6,7 +6,7 @@ is this run), so that ``--resume`` continues it. The run holds
 
 - params: every config key (dotted);
 - metrics: every epoch's (step = epoch), then the test split's at the last epoch;
-- tags: ``extune.role=train``, ``extune.state`` (``running``, ``complete``, ``failed``,
+- tags: ``extune.role=final``, ``extune.state`` (``running``, ``complete``, ``failed``,
   ``interrupted``), ``extune.method``, ``extune.version``, ``extune.out``, ``extune.error``, and
   for an exported config ``extune.lineage.<key>`` (search, trial, MLflow run, selection rule,
   extune version of the export: :data:`~extune.train.config.LINEAGE_KEY`);
@@ -36,7 +36,14 @@ from typing import Any
 
 from extune import __version__
 from extune.errors import ConfigError, ServiceError, one_line
-from extune.tracking.client import STATE_TAG, MlflowTracker, run_page, tag_filter
+from extune.tracking.client import (
+    FINAL_ROLE,
+    STATE_TAG,
+    TRAIN_ID_TAG,
+    MlflowTracker,
+    run_page,
+    tag_filter,
+)
 from extune.tracking.journal import (
     TRACKING_DIR,
     Op,
@@ -46,7 +53,7 @@ from extune.tracking.journal import (
     close_writer,
     writer_for,
 )
-from extune.tracking.notes import NOTE_TAG, final_note
+from extune.tracking.notes import NOTE_TAG, final_note, model_sentence
 from extune.tracking.store import resolve_tracking_uri
 from extune.tracking.sync import Job
 
@@ -55,7 +62,6 @@ __all__ = ["FinalRun", "open_final_run", "train_journals", "is_train_folder", "T
 
 log = logging.getLogger(__name__)
 
-TRAIN_ID_TAG = "extune.train_id"
 LINEAGE_PREFIX = "extune.lineage."
 RUN_FILE = "run.json"
 """``<out>/tracking/run.json``: the store, experiment and id of the run (for ``--resume`` and
@@ -105,11 +111,12 @@ class FinalRun:
         atomic_write_text(self.out / SUMMARY_NAME, summary)
         for name in ("config.yaml", "metrics.json", GRID_NAME, SUMMARY_NAME):
             self._submit(Op("artifact", path=str(self.out / name)))
+        # the description before the model: logging the model links its sentence
+        self._describe("complete", {}, metrics,
+                       model_sentence(MODEL_NAME, register=self.register))
         self._submit(Op("model", path=str(self.out / CHECKPOINT_NAME), dir=MODEL_NAME,
                         register=self.register, step=epochs))
-        model = (f"Model: `{MODEL_NAME}` (pytorch and python_function flavours)"
-                 + (f", registered as `{self.register}`." if self.register else "."))
-        self._end("complete", "FINISHED", {}, metrics, model)
+        self._submit(Op("end", status="FINISHED"))
 
     def __enter__(self) -> FinalRun:
         return self
@@ -165,12 +172,15 @@ class FinalRun:
         return str(found[0].version) if found else None
 
     # ------------------------------------------------------------ inside
-    def _end(self, state: str, status: str, tags: dict[str, str],
-             metrics: dict[str, float] | None = None, model: str | None = None) -> None:
+    def _end(self, state: str, status: str, tags: dict[str, str]) -> None:
+        self._describe(state, tags)
+        self._submit(Op("end", status=status))
+
+    def _describe(self, state: str, tags: dict[str, str],
+                  metrics: dict[str, float] | None = None, model: str | None = None) -> None:
         note = final_note(name=self.name, state=state, what=self.what, metrics=metrics or {},
                           source=self.source, model=model, out=str(self.out))
         self._submit(Op("tags", tags={**tags, STATE_TAG: state, NOTE_TAG: note}))
-        self._submit(Op("end", status=status))
 
     def _submit(self, op: Op) -> None:
         """Journal the write in ``<out>/tracking/`` once training has written into the output
@@ -204,7 +214,7 @@ def open_final_run(cfg: Any, out: Path, *, tracking_uri: str | None, experiment:
             **{f"{LINEAGE_PREFIX}{k}": v for k, v in lineage.items()}}
     tracker = MlflowTracker(uri, experiment or previous.get("experiment") or DEFAULT_EXPERIMENT,
                             previous.get("train_id") or uuid.uuid4().hex,
-                            previous.get("name") or out.name, role="train", tags=tags,
+                            previous.get("name") or out.name, role=FINAL_ROLE, tags=tags,
                             id_tag=TRAIN_ID_TAG)
     tracker.check()
     if register is not None:
@@ -328,6 +338,6 @@ def train_journals(folder: str | Path) -> list[Job]:
 
     def tracker() -> MlflowTracker:
         return MlflowTracker(record["tracking_uri"], record["experiment"], record["train_id"],
-                             record["name"], role="train", id_tag=TRAIN_ID_TAG)
+                             record["name"], role=FINAL_ROLE, id_tag=TRAIN_ID_TAG)
 
     return [(root / TRACKING_DIR, tracker)]

@@ -3,13 +3,15 @@ one-line summary after each epoch.
 
 Nothing is printed when ``enabled`` is false (``runtime.progress=false``: search trials). On a
 terminal (or in a notebook) the bar and the evaluation sign are live and vanish when done;
-elsewhere (a log file, CI, a dumb terminal) the bar prints nothing and each evaluation prints
-one line when it starts.
+elsewhere (a log file, CI, a dumb terminal) each evaluation prints one line when it starts, and
+training and evaluating print a line of where they are when :data:`LOG_EVERY_S` passed
+without one (a log is never silent for long).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -19,6 +21,9 @@ from rich.text import Text
 __all__ = ["EpochProgress", "SUMMARY_KEYS"]
 
 SUMMARY_KEYS = ("train/loss", "train/mask_keep_rate", "val/accuracy", "val/ece", "val/alignment")
+LOG_EVERY_S = 10.0
+"""In a log, a line at least this often (when a step or a part starts) while training or
+evaluating: ``epoch 1/3: step 40/120`` or ``evaluating on the test split: audit…``."""
 
 
 def _ignore(part: str) -> None:
@@ -31,6 +36,15 @@ class EpochProgress:
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
+        self._said = time.monotonic()
+
+    def _log(self, text: str) -> None:
+        """One line of a log; the quiet time starts again."""
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        self._said = time.monotonic()
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._said >= LOG_EVERY_S
 
     @property
     def live(self) -> bool:
@@ -39,8 +53,14 @@ class EpochProgress:
 
     def steps(self, epoch: int, epochs: int, steps: int) -> Iterator[int]:
         """Yield ``range(steps)`` while showing a bar for epoch ``epoch`` (0-based)."""
-        if not self.enabled or not self.live:  # a log gets no bar (nor its blank line)
+        if not self.enabled:
             yield from range(steps)
+            return
+        if not self.live:  # a log gets no bar (nor its blank line): a line now and then
+            for i in range(steps):
+                if self._due():
+                    self._log(f"epoch {epoch + 1}/{epochs}: step {i + 1}/{steps}")
+                yield i
             return
         columns = (TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
@@ -57,15 +77,15 @@ class EpochProgress:
         Yields:
             ``part(name)``, to call as each part of the phase starts (the ``part`` argument of
             :func:`extune.evaluate.evaluate_split`): on a terminal the live line becomes
-            ``what: name…``; elsewhere it prints nothing (one line per phase, never one per
-            part).
+            ``what: name…``; elsewhere it prints one line per phase, and ``what: name…`` for a
+            part that starts :data:`LOG_EVERY_S` or more after the last line.
         """
         if not self.enabled:
             yield _ignore
             return
         if not self.live:
-            self.console.print(f"{what}…", highlight=False, markup=False)
-            yield _ignore
+            self._log(f"{what}…")
+            yield lambda part: self._log(f"{what}: {part}…") if self._due() else None
             return
         with self.console.status(Text(f"{what}…")) as status:
             yield lambda part: status.update(Text(f"{what}: {part}…"))
@@ -80,3 +100,4 @@ class EpochProgress:
             parts.append(f"{speed:.0f} img/s")
         self.console.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts), highlight=False,
                            soft_wrap=True)  # one line, also in a log
+        self._said = time.monotonic()

@@ -41,6 +41,7 @@ from extune.search.reporting.parent_run import (
     journal_dir,
     log_results,
     mark_interrupted,
+    parent_facts,
     search_tracker,
     search_writer,
 )
@@ -194,6 +195,10 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
     search (``sdir=None``) and run the trials."""
     import ray
 
+    from extune.search.connections import ray_address
+
+    where = ray_address(settings.address)
+    _say("starting Ray on this machine ..." if where is None else f"joining Ray at {where} ...")
     started = connect_ray(settings.address)
     created = None
     try:
@@ -208,6 +213,7 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
             sdir = created = SearchDir.create(settings, base, space, searched=searched,
                                               constants=constants)  # locked: ours
         tracker = _prepared(sdir, resumed)
+        _say_where(sdir, tracker)
         return _fit(sdir, settings, tracker, plan, data, max_epochs, resumed=resumed,
                     start=start, callbacks=callbacks, stop=stop)
     finally:
@@ -215,6 +221,30 @@ def _run(sdir: SearchDir | None, settings: SearchSettings, base: Config, space: 
             unlock_folder(created.path)
         if started:
             ray.shutdown()
+
+
+def _say(text: str) -> None:
+    """One line of what the search does now (a log stays no longer silent than a phase)."""
+    Console().print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _say_where(sdir: SearchDir, tracker: Any) -> None:
+    """Where the search is, once it has a folder and a parent run: the folder, and the link of
+    its live view in the MLflow UI (of a running ``extune ui`` on its store, or of a server
+    store; else the command that starts the UI and the page it will have)."""
+    from extune.tracking.mlflow_app import DEFAULT_UI, running_ui
+
+    page = sdir.meta.get("mlflow_view")
+    address = running_ui(tracker.uri)
+    if page and address:
+        live = f"follow it live at {address}/{page}"
+    elif page:
+        live = (f"follow it live with extune ui --search {sdir.name} (on this store: "
+                f"{DEFAULT_UI}/{page})")
+    else:
+        live = f"extune ui --search {sdir.name} prints its link"
+    _say(f"search folder {sdir.path}; MLflow: parent run {tracker.parent_run()} in experiment "
+         f"{tracker.experiment}; {live}")
 
 
 def _prepared(sdir: SearchDir, resumed: bool) -> Any:
@@ -336,9 +366,11 @@ def _scheduler(settings: SearchSettings, max_epochs: int) -> Any:
 
 def _callbacks(sdir: SearchDir, settings: SearchSettings, tracker: Any, base: dict[str, Any],
                extra: list[Any]) -> list[Any]:
-    """The disk guard, the trials' MLflow runs, the live console, then ``extra``."""
+    """The disk guard, the trials' MLflow runs, the parent run's progress, the live console,
+    then ``extra``."""
     from extune.search.engine.disk import DiskGuard, watched_folders
     from extune.search.reporting.console import LiveConsole
+    from extune.search.reporting.progress import ParentProgress
     from extune.tracking.callback import MlflowCallback
 
     console = LiveConsole(title=sdir.name, objectives=settings.objectives, base=base,
@@ -349,7 +381,9 @@ def _callbacks(sdir: SearchDir, settings: SearchSettings, tracker: Any, base: di
         tracker, base, tags=_trial_tags(settings), objectives=tuple(settings.objectives),
         journal_dir=journal_dir(sdir), log_checkpoint=settings.log_checkpoints,
         constant=(*settings.resolved_fixed, *sdir.meta.get("space_constants", {})))
-    return [guard, tracking, console, *extra]
+    progress = ParentProgress(parent_facts(sdir, tracker.parent_run(), tracker.experiment_id),
+                              base, tracker, journal_dir(sdir))
+    return [guard, tracking, progress, console, *extra]
 
 
 def _trial_tags(settings: SearchSettings) -> dict[str, str]:
@@ -377,7 +411,9 @@ def _finish(sdir: SearchDir, tracker: Any, *, interrupted: bool, start: float,
     files = write_outputs(sdir, records, objectives, best)
     plots = write_plots(sdir, study, objectives)
     writer = search_writer(sdir, tracker)
-    log_results(writer, files, plots, best, objectives)
+    facts = parent_facts(sdir, tracker.parent_run(), tracker.experiment_id)
+    log_results(writer, files, plots, best, objectives, facts=facts, records=records,
+                interrupted=interrupted)
     writer.submit(Op("end", status="KILLED" if interrupted else "FINISHED"))
     pending = close_search_writer(sdir, timeout=FLUSH_TIMEOUT_S)
     sdir.set_status("interrupted" if interrupted else "finished",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,10 @@ from extune.tracking.trials import (
     trial_label,
 )
 
-__all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
+__all__ = ["LiveConsole", "ranked_table", "short_key", "params_text", "QUIET_S"]
+
+QUIET_S = 10.0
+"""Seconds a search's log stays without a line before it says where the search stands."""
 
 _STYLE = {"running": "cyan", "complete": "green", "pruned": "yellow",
           "failed": "red", "retrying": "magenta", "pending": "dim"}
@@ -60,7 +64,9 @@ class _Row:
 class LiveConsole(Callback):
     """Tune callback that shows every trial (running / complete / pruned / failed: the states
     of ``summary.md`` and MLflow's ``extune.state``) and the best complete trial so far; a
-    live table on a terminal, one line per event otherwise.
+    live table on a terminal, one line per event otherwise (a trial that starts, ends or is
+    retried), and in a log a line of where the search stands after :data:`QUIET_S` seconds
+    without one, so that a log is never silent for long.
 
     Args:
         title: the search name.
@@ -81,6 +87,7 @@ class LiveConsole(Callback):
         self._rows: dict[str, _Row] = {}
         self._console: Console | None = None
         self._live: Live | None = None
+        self._said = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Ray's tuner.pkl
         return {**self.__dict__, "_console": None, "_live": None, "_rows": {}}
@@ -95,12 +102,28 @@ class LiveConsole(Callback):
             self._live.start()
         else:
             plural = "s" if self.total != 1 else ""
-            self._console.print(f"search [bold]{self.title}[/]: {self.total} trial{plural}")
+            self._print(f"search [bold]{self.title}[/]: {self.total} trial{plural}")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row.state = "running"
         self._changed(row, event=False)
+        if self._live is None and self._console is not None:
+            self._print(f"{row.label} started: {escape(params_text(row.params)) or 'the base'}"
+                        f" ({row.planned or '?'} epochs)")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """In a log, where the search stands when nothing was printed for :data:`QUIET_S`."""
+        if self._live is not None or self._console is None:
+            return
+        if time.monotonic() - self._said < QUIET_S:
+            return
+        running = [r for r in self._rows.values() if r.state in ("running", "retrying")]
+        done = sum(r.state in ("complete", "pruned", "failed") for r in self._rows.values())
+        where = ", ".join(f"{r.label} in epoch {_current(r)}/{r.planned or '?'}"
+                          for r in running[:6])
+        more = f" and {len(running) - 6} more" if len(running) > 6 else ""
+        self._print(f"{done} of {self.total} trials done; running: {where or 'none yet'}{more}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -167,8 +190,14 @@ class LiveConsole(Callback):
                               for o in self.objectives)
             extra = f"  {escape(row.error)}" if row.error else ""
             style = _STYLE.get(row.state, "")
-            self._console.print(f"{row.label} [{style}]{row.state}[/] epoch {row.epoch}/"
-                                f"{row.planned or '?'} {values}{extra}", highlight=False)
+            self._print(f"{row.label} [{style}]{row.state}[/] epoch {row.epoch}/"
+                        f"{row.planned or '?'} {values}{extra}")
+
+    def _print(self, text: str) -> None:
+        """One line of the log (rich markup in ``text``); the quiet time starts again."""
+        if self._console is not None:
+            self._console.print(text, highlight=False, soft_wrap=True)
+        self._said = time.monotonic()
 
     def _best(self) -> _Row | None:
         first = self.objectives[0]
@@ -206,6 +235,11 @@ class LiveConsole(Callback):
                           *[_fmt(r.metrics.get(o.metric)) for o in self.objectives],
                           escape(params_text(r.params)))
         return table
+
+
+def _current(row: _Row) -> int:
+    """The epoch a running trial trains now (the one after its last report)."""
+    return min(row.epoch + 1, row.planned) if row.planned else row.epoch + 1
 
 
 def _finite(value: Any) -> bool:

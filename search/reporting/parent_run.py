@@ -8,6 +8,9 @@ when a search starts, ends or stops, and by ``extune sync`` (:func:`search_journ
 from __future__ import annotations
 
 import logging
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,14 @@ from extune.tracking.journal import (
     close_writer,
     writer_for,
 )
+from extune.tracking.notes import NOTE_TAG
 from extune.tracking.sync import Job
+from extune.tracking.views import BEST_SO_FAR, SEARCH_TAG
 
 __all__ = ["search_tracker", "searched_keys", "log_results", "journal_dir", "search_writer",
            "close_search_writer", "close_orphans", "end_killed", "mark_interrupted",
-           "search_journals"]
+           "search_journals", "ParentFacts", "Progress", "parent_facts",
+           "search_note", "end_progress", "BEST_SO_FAR", "PROGRESS_TAG", "finite"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,8 @@ def search_tracker(sdir: SearchDir) -> Any:
     if sdir.meta.get("parent_run_id") != run_id:
         view = _share_view(tracker, sdir)
         sdir.set_status(sdir.meta["status"], parent_run_id=run_id, mlflow_view=view)
-        tracker.set_tags(run_id, {**_parent_tags(sdir), VIEW_TAG: view})
+        tracker.set_tags(run_id, {**_parent_tags(sdir, run_id, tracker.experiment_id),
+                                  VIEW_TAG: view})
         for name in ("base_config.yaml", sdir.meta.get("space_file"), "search.json"):
             if name and (sdir.path / name).is_file():
                 tracker.log_artifact(run_id, sdir.path / name)
@@ -97,39 +104,180 @@ def _constant_params(sdir: SearchDir) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in searched}
 
 
-def _parent_tags(sdir: SearchDir) -> dict[str, str]:
-    """What the parent run says about itself: the Optuna study and a description (MLflow shows
-    ``mlflow.note.content`` on the run page)."""
-    s = sdir.settings
+def _parent_tags(sdir: SearchDir, run_id: str, experiment_id: str) -> dict[str, str]:
+    """What the parent run says about itself: the Optuna study, the search's name (what a
+    comparison groups by) and the description of a search that starts."""
     storage = sdir.meta["optuna_storage"]
-    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in sdir.objectives)
-    columns = ", ".join(f"objective/{o.name}" for o in sdir.objectives)
-    note = (
-        f"**extune search `{sdir.name}`**: space `{sdir.meta['space_name']}`, {s.trials} trials, "
-        f"objective {objectives}, sampler {s.sampler} (seed {s.seed}), "
-        f"{s.scheduler_text()}.\n\n"
-        f"Each trial is a child run; `extune ui --search {sdir.name}` prints the link of "
-        f"its runs table (the filter `tags.extune.search_id = '{sdir.search_id}' and "
-        f"tags.extune.role = 'trial'`), best first by {columns}. A trial's state is the tag "
-        f"`extune.state` (complete, pruned, failed, interrupted) and the end of its name. The "
-        f"constant settings are this run's params.\n\n"
-        f"Plots (importances, parallel coordinates, contours, history or Pareto front): "
-        f"artifacts `plots/` (`plots/plots.html` is interactive).\n\n"
-        f"Optuna study `{sdir.name}` in `{storage}`: `optuna-dashboard {storage}`.")
+    facts = parent_facts(sdir, run_id, experiment_id)
     return {"extune.optuna_storage": storage, "extune.optuna_study": sdir.name,
             "extune.objectives": ",".join(o.metric for o in sdir.objectives),
-            "mlflow.note.content": note}
+            SEARCH_TAG: sdir.name, NOTE_TAG: search_note(facts, Progress())}
+
+
+@dataclass(frozen=True)
+class ParentFacts:
+    """What a search's description says that does not change while it runs.
+
+    Attributes:
+        name: the search's name; settings: its space, trials, objectives, sampler and
+            scheduler in words; objectives: its objectives; trials: how many it runs.
+        view: the page of its trials' table (after ``http://host:port/``); plots: the page of
+            its ``plots/plots.html``; storage: the Optuna study's storage URL.
+        started_s: when the search started (its folder's creation, seconds since the epoch).
+    """
+
+    name: str
+    settings: str
+    objectives: tuple[Objective, ...]
+    trials: int
+    view: str | None
+    plots: str
+    storage: str
+    started_s: float = 0.0
+
+
+def parent_facts(sdir: SearchDir, run_id: str, experiment_id: str) -> ParentFacts:
+    """The fixed parts of the description of the search of ``sdir`` (parent run ``run_id``)."""
+    from extune.search.reporting.plots import PLOTS_DIR
+    from extune.tracking.client import run_page
+
+    s = sdir.settings
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in sdir.objectives)
+    settings = (f"space `{sdir.meta['space_name']}`, {s.trials} trials, objective {objectives}, "
+                f"sampler {s.sampler} (seed {s.seed}), {s.scheduler_text()}")
+    try:
+        started = time.mktime(time.strptime(sdir.meta["created"], "%Y-%m-%d %H:%M:%S"))
+    except (KeyError, ValueError, OverflowError):
+        started = time.time()
+    return ParentFacts(sdir.name, settings, tuple(sdir.objectives), s.trials,
+                       sdir.meta.get("mlflow_view"),
+                       f"{run_page(experiment_id, run_id)}/artifacts/{PLOTS_DIR}/plots.html",
+                       sdir.meta["optuna_storage"], started)
+
+
+@dataclass
+class Progress:
+    """Where a search stands, for its description.
+
+    Attributes:
+        state: ``starting``, ``running``, ``finished`` or ``interrupted``.
+        counts: trials per state (``complete``, ``pruned``, ``failed``, ``running``).
+        best: the best complete trial so far (the chosen one once finished):
+            ``(name, Tune trial id, {objective name: value})``.
+        chosen: how the best was chosen (``best``; ``knee of the Pareto front``).
+        ranked: the trials best first (finished): ``(name, Tune trial id, state, epochs,
+            {objective name: value})``.
+    """
+
+    state: str = "starting"
+    counts: dict[str, int] = field(default_factory=dict)
+    best: tuple[str, str | None, dict[str, float]] | None = None
+    chosen: str = "best"
+    ranked: list[tuple[str, str | None, str, str, dict[str, float]]] = field(
+        default_factory=list)
+
+
+_RANKED_SHOWN = 10
+
+
+def search_note(facts: ParentFacts, progress: Progress) -> str:
+    """A search's description (its parent run's, what MLflow shows first): where it stands and
+    its best trial in the first line, then links to its trials (best first), their charts and
+    its plots, its best trials ranked, its settings and its Optuna study. A trial's link is
+    ``[trial-003](trial:<Tune trial id>)``, made a link to its run when it is written
+    (:func:`~extune.tracking.journal.resolve_trial_links`)."""
+    lines = [f"**{facts.name}** (`extune search`): {_standing(facts, progress)}"]
+    links = []
+    if facts.view:
+        links += [f"[its trials, best first]({facts.view})",
+                  f"[their charts]({facts.view}&compareRunsMode=CHART)"]
+    if progress.state in ("finished", "interrupted"):
+        links.append(f"[plots.html]({facts.plots}) (importances, parallel coordinates, "
+                     "contours, history)")
+    else:
+        links.append("`plots/plots.html` when it ends")
+    lines += ["", "Open " + ", ".join(links) + "."]
+    if progress.ranked:
+        names = [o.name for o in facts.objectives]
+        lines += ["", "| # | trial | state | epochs | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(names)]
+        for i, (name, trial_id, state, epochs, values) in enumerate(
+                progress.ranked[:_RANKED_SHOWN], 1):
+            cells = [_number(values.get(n)) for n in names]
+            lines.append(f"| {i} | {_trial_link(name, trial_id)} | {state} | {epochs} | "
+                         + " | ".join(cells) + " |")
+        if len(progress.ranked) > _RANKED_SHOWN:
+            lines += ["", f"... and {len(progress.ranked) - _RANKED_SHOWN} more in its trials' "
+                          "table."]
+    lines += ["", f"Settings: {facts.settings}. Each trial is a child run (tag "
+                  "`extune.role = 'trial'`; its state is the tag `extune.state` and the end of "
+                  "its name); this run's params are the settings no trial changes."]
+    lines += ["", f"Optuna study `{facts.name}` in `{facts.storage}` (`pip install "
+                  f"optuna-dashboard`, then `optuna-dashboard {facts.storage}`)."]
+    return "\n".join(lines)
+
+
+def _standing(facts: ParentFacts, progress: Progress) -> str:
+    """``finished: best [trial-005](...) alignment **0.1678**; 8 trials: 3 complete, ...``"""
+    c = progress.counts
+    done = sum(c.get(k, 0) for k in ("complete", "pruned", "failed"))
+    tally = (f"{c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
+             f"{c.get('failed', 0)} failed")
+    best = "no complete trial yet"
+    if progress.best is not None:
+        name, trial_id, values = progress.best
+        scores = ", ".join(f"{o.name} **{_number(values.get(o.name))}**"
+                           for o in facts.objectives)
+        best = f"{progress.chosen} {_trial_link(name, trial_id)}: {scores}"
+    if progress.state == "finished":
+        return f"finished, {best}. {done} trials: {tally}."
+    if progress.state == "interrupted":
+        return (f"interrupted after {done} of {facts.trials} trials ({tally}); "
+                f"{best.replace(progress.chosen, progress.chosen + ' so far', 1)}.")
+    if progress.state == "starting":
+        return f"starting, {facts.trials} trials."
+    so_far = best.replace(progress.chosen, progress.chosen + " so far", 1)
+    return (f"running, {done} of {facts.trials} trials done ({tally}), "
+            f"{c.get('running', 0)} running; {so_far}.")
+
+
+def _trial_link(name: str, trial_id: str | None) -> str:
+    return f"[{name}](trial:{trial_id})" if trial_id else name
+
+
+def _number(value: Any) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4g}"
+
+
+PROGRESS_TAG = "extune.progress"
+"""The parent run's progress in one tag (``5/8 done: 3 complete, 2 pruned, 0 failed; 2
+running``), a column of the experiment's runs table."""
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def log_results(writer: Any, files: dict[str, Path], plots: dict[str, Path],
-                best: TrialRecord | None, objectives: list[Objective]) -> None:
-    """Queue the parent run's results: files, plots, ``best/<metric>`` and the best trial."""
+                best: TrialRecord | None, objectives: list[Objective], *,
+                facts: ParentFacts | None = None, records: list[TrialRecord] | None = None,
+                interrupted: bool = False) -> None:
+    """Queue the parent run's results: files, plots, ``best/<metric>``, the best trial and,
+    given ``facts``, the description of the search's end (its best trial and its trials
+    ranked, from ``records``)."""
     from extune.search.reporting.plots import PLOTS_DIR
 
     for path in files.values():
         writer.submit(Op("artifact", path=str(path)))
     for path in plots.values():
         writer.submit(Op("artifact", path=str(path), dir=PLOTS_DIR))
+    if facts is not None:
+        progress = end_progress(records or [], objectives, best, interrupted)
+        writer.submit(Op("tags", tags={NOTE_TAG: search_note(facts, progress)}))
     if best is None:
         return
     values = {f"best/{o.metric}": best.value(o) for o in objectives if best.value(o) is not None}
@@ -138,6 +286,25 @@ def log_results(writer: Any, files: dict[str, Path], plots: dict[str, Path],
                                    "extune.best_trial_id": best.trial_id}))
     if best.trial_id:
         writer.submit(Op("best", best_trial=best.trial_id))
+
+
+def end_progress(records: list[TrialRecord], objectives: list[Objective],
+                 best: TrialRecord | None, interrupted: bool) -> Progress:
+    """A search's standing at its end: the counts, the chosen trial, the trials ranked."""
+    from extune.search.reporting.results import rank_records
+
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.state] = counts.get(r.state, 0) + 1
+
+    def values(r: TrialRecord) -> dict[str, float]:
+        return {o.name: v for o in objectives if (v := r.value(o)) is not None}
+
+    ranked = [(r.name, r.trial_id, r.state, f"{r.epoch}/{r.planned_epochs or '?'}", values(r))
+              for r in rank_records(records, objectives)]
+    chosen = "knee of the Pareto front" if len(objectives) > 1 else "best"
+    return Progress("interrupted" if interrupted else "finished", counts,
+                    (best.name, best.trial_id, values(best)) if best else None, chosen, ranked)
 
 
 def journal_dir(sdir: SearchDir) -> Path:

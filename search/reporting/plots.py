@@ -273,8 +273,9 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
 
     def parallel() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=False)
-        return (f"Parallel coordinates, {names[0]} ({c.basis})",
-                *both("plot_parallel_coordinate", c.study, params=c.varying(), **target))
+        png, html = both("plot_parallel_coordinate", c.study, params=c.varying(), **target)
+        _legible_axes(png, [names[0], *c.varying()])
+        return f"Parallel coordinates, {names[0]} ({c.basis})", png, html
 
     def contour() -> tuple[str, Any, Any]:
         import optuna
@@ -351,12 +352,42 @@ def _curves(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
     for line in png.get_lines():
         line.set_label(_mlflow_name(line.get_label()))
     if png.get_legend() is not None:
-        png.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0.0, fontsize=8)
+        if len(png.get_lines()) <= MAX_LEGEND:
+            png.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0.0,
+                       fontsize=8)
+        else:  # a column taller than the figure, in 10 colours: plots.html names each line
+            png.get_legend().remove()
     html.for_each_trace(lambda trace: trace.update(name=_mlflow_name(trace.name)))
     png.set_ylabel(name)
     html.update_yaxes(title=name)
     _integer_x(png, html, max(epochs), "epoch")
     return f"{name} per epoch of every trial (pruned ones stop)", png, html
+
+
+MAX_LEGEND = 20
+"""Most trials the learning-curves PNG names in a legend (more would not fit; ``plots.html``
+names each curve when pointed at)."""
+AXIS_WIDTH_IN = 1.7
+"""Inches between two axes of the parallel coordinates PNG: room for the tick labels of one
+(``layer3``, ``0.0001``) before the next."""
+
+
+def _legible_axes(ax: Any, names: list[str]) -> None:
+    """The parallel coordinates PNG made legible: each axis named in full (Optuna cuts long
+    names to ``edda.occlusion_pr...``) on two lines at its dot (``edda.`` over
+    ``keep_fraction``), level, and the figure wide enough that no axis's tick labels run into
+    the next axis (Optuna's 6.4 inches put ``layer3`` against ``256``), tick labels on white
+    over the lines."""
+    shown = [t.get_text() for t in ax.get_xticklabels()]
+    full = [next((n for n in names if n == label or (label.endswith("...")
+                  and n.startswith(label[:-3]))), label) for label in shown]
+    ax.set_xticks(ax.get_xticks())
+    ax.set_xticklabels([n.replace(".", ".\n", 1) for n in full], rotation=0, ha="center",
+                       fontsize=9)
+    ax.figure.set_size_inches(max(8.0, AXIS_WIDTH_IN * len(full) + 2.0), 5.5)
+    for axis in ax.figure.axes:  # tick labels over the lines stay readable
+        for label in axis.get_yticklabels():
+            label.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
 def _mlflow_name(label: str | None) -> str:
@@ -386,7 +417,7 @@ def _save_png(axes: Any, path: Path, heading: str) -> Path:
         fig.suptitle(heading, fontsize=10)
         fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # a legend beside the axes included
     finally:
         plt.close(fig)
     return path

@@ -75,11 +75,18 @@ def test_unknown_explainer_in_a_space_file_fails_fast_in_one_line(tmp_path, caps
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_first_line_states_the_gpu_rule_and_early_stopping(capsys):
+def test_first_line_states_the_gpu_rule_and_early_stopping(capsys, monkeypatch):
     assert main(["search", "--address", "127.0.0.1:1"]) == 2
     first = " ".join(capsys.readouterr().out.split())
-    assert "one GPU per trial where the cluster has GPUs" in first
+    assert "each 1 CPU + 1 GPU if the cluster has GPUs" in first
     assert "ASHA on val/accuracy" in first
+    from extune.cli import search
+
+    for gpus, words in ((False, "each 1 CPU and no GPU (this machine has none)"),
+                        (True, "each 1 CPU + 1 GPU)")):  # this machine: its devices say
+        monkeypatch.setattr(search, "_local_gpus", lambda gpus=gpus: gpus)
+        assert main(["search", "--tracking-uri", "http://127.0.0.1:1"]) == 2
+        assert words in " ".join(capsys.readouterr().out.split())
     assert main(["search", "--objective", "accuracy,alignment", "--gpus-per-trial", "0",
                  "--address", "127.0.0.1:1"]) == 2
     first = " ".join(capsys.readouterr().out.split())

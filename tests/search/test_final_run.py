@@ -53,10 +53,11 @@ def final(tmp_path_factory):
         trial, _ = tracker.child_run("t1", name="ce · trial-001 · complete", params={},
                                      tags={"mlflow.note.content": "**ce · trial-001**"})
         assert main(["export", str(sdir.path), "-o", "best.yaml"]) == 0
-        assert main(["train", "--config", "best.yaml", "--out", "final"]) == 0
+        assert main(["train", "--config", "best.yaml", "--out", "final", "--register",
+                     "demo-model"]) == 0
         yield SimpleNamespace(tmp=tmp, uri=sdir.meta["tracking_uri"], sdir=sdir,
                               parent=parent, trial=trial, run=_runs(sdir.meta["tracking_uri"],
-                                                                    "train")[0])
+                                                                    "final")[0])
     finally:
         os.chdir(before)
 
@@ -107,6 +108,39 @@ def test_the_final_run_holds_params_metrics_files_and_the_model(final):
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert [(m.name, m.source_run_id) for m in models] == [("model", run.info.run_id)]
     assert sorted(p.name for p in (final.tmp / "final" / "tracking").iterdir()) == ["run.json"]
+
+
+def test_the_run_its_model_and_its_version_link_to_each_other(final):
+    """search -> trial -> final run -> logged model -> registered version, and back."""
+    from extune.tracking.client import mlflow_client
+
+    client = mlflow_client(final.uri)
+    run = client.get_run(final.run.info.run_id)
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    [model] = client.search_logged_models(experiment_ids=[experiment])
+    version = client.get_model_version("demo-model", "1")
+    model_page = f"#/experiments/{experiment}/models/{model.model_id}"
+    version_page = "#/models/demo-model/versions/1"
+    run_page = f"#/experiments/{experiment}/runs/{run_id}"
+    # the run -> its model and version, in the description's first lines (seen collapsed)
+    second = run.data.tags["mlflow.note.content"].split("\n\n")[1]
+    assert second.startswith("Trained from [trial-001]")
+    assert f"Model: [model]({model_page})" in second
+    assert f"registered as [demo-model version 1]({version_page})" in second
+    # the model: the run's test metrics and params, a description, its version
+    assert {m.key: m.value for m in model.metrics} == {
+        k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+    assert model.params == run.data.params
+    note = model.tags["mlflow.note.content"]
+    assert f"[final]({run_page})" in note and f"({version_page})" in note
+    assert "Trained from [trial-001]" in note and "Model:" not in note
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": "demo-model",
+                                                               "version": "1"}]
+    assert model.source_run_id == run_id
+    # the version -> the model (its source, MLflow's "Source Model") and the run
+    assert version.source == f"models:/{model.model_id}" and version.run_id == run_id
+    assert f"({model_page})" in version.description and f"({run_page})" in version.description
+    assert [m.step for m in client.get_metric_history(run_id, "test/accuracy")] == [1]
 
 
 def test_the_model_loads_as_pyfunc_and_pytorch_and_predicts_as_the_checkpoint(final):
@@ -192,7 +226,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
     assert main([*train, "--out", "nodata", "--set", "data.name=imagefolder", "--set",
                  f"data.root={tmp_path / 'none'}"]) == 2
     assert not (tmp_path / "nodata").exists()  # a failed start leaves nothing on disk
-    runs = {r.info.run_name: r for r in _runs(uri, "train")}
+    runs = {r.info.run_name: r for r in _runs(uri, "final")}
     assert {n: (r.info.status, r.data.tags["extune.state"]) for n, r in runs.items()} == {
         "run": ("KILLED", "interrupted"), "failed": ("FAILED", "failed"),
         "nodata": ("FAILED", "failed")}
@@ -200,7 +234,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
 
     capsys.readouterr()
     assert main([*train, "--resume", "run", "--out", "run"]) == 0  # the same run goes on
-    resumed = {r.info.run_name: r for r in _runs(uri, "train")}["run"]
+    resumed = {r.info.run_name: r for r in _runs(uri, "final")}["run"]
     assert resumed.info.run_id == runs["run"].info.run_id
     assert (resumed.info.status, resumed.data.tags["extune.state"]) == ("FINISHED", "complete")
     from extune.tracking.client import mlflow_client
@@ -226,12 +260,12 @@ def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
     printed = " ".join(capsys.readouterr().out.split())
     assert "could not be sent" in printed and f"extune sync {tmp_path / 'run'}" in printed
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
-    assert [r.info.status for r in _runs(uri, "train")] == ["RUNNING"]
+    assert [r.info.status for r in _runs(uri, "final")] == ["RUNNING"]
 
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert main(["sync", "run"]) == 0
-    [run] = _runs(uri, "train")
+    [run] = _runs(uri, "final")
     assert run.info.status == "FINISHED" and "test/accuracy" in run.data.metrics
     assert main(["sync", "run"]) == 0
     assert "nothing to send" in capsys.readouterr().out

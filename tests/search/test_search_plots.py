@@ -12,7 +12,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from extune.evaluate.objectives import Objective
-from extune.search.reporting.plots import MIN_FIT, draw_plots, fit_minimum, search_plots
+from extune.search.reporting.plots import (
+    AXIS_WIDTH_IN,
+    MIN_FIT,
+    draw_plots,
+    fit_minimum,
+    search_plots,
+)
 
 matplotlib.use("Agg")
 
@@ -109,9 +115,12 @@ def test_enough_trials_draw_every_plot_without_the_held_parameter(drawn):
                                                "excon.temperature"}
     assert "model.width" not in [t.get_text() for t in importances.png.get_yticklabels()]
     parallel = figures["parallel_coordinate"]
-    axes = [t.get_text() for t in parallel.png.get_xticklabels()]
-    assert list(parallel.html.layout.xaxis.ticktext) == axes
+    axes = [t.get_text().replace("\n", "") for t in parallel.png.get_xticklabels()]
+    assert list(parallel.html.layout.xaxis.ticktext) == axes  # in full, on two lines each
     assert "model.width" not in axes and "optim.lr" in axes
+    assert all(t.get_rotation() == 0 for t in parallel.png.get_xticklabels())
+    width = parallel.png.figure.get_size_inches()[0]  # room for each axis's tick labels
+    assert width >= AXIS_WIDTH_IN * len(axes)
     contour = figures["contour"].html.layout
     assert "model.width" not in (contour.xaxis.title.text, contour.yaxis.title.text)
 
