@@ -212,14 +212,15 @@ def _validate_spaces(settings: StudySettings) -> None:
         validate_space(get_space(method), base, name=method, seed=settings.seed)
 
 
-def study_tracker(sdir: StudyDir, uri: str) -> Any:
-    """The MLflow tracker of the study's parent run (created, or found again on resume)."""
+def study_tracker(sdir: StudyDir, uri: str, *, reopen: bool = True) -> Any:
+    """The MLflow tracker of the study's parent run (created, or found again on resume: RUNNING
+    again unless ``reopen`` is false, as for ``extune sync``)."""
     from extune.tracking.client import VIEW_TAG, MlflowTracker
     from extune.tracking.views import study_view
 
     s = sdir.settings
     tracker = MlflowTracker(uri, s.experiment, sdir.study_id, sdir.name, role="study",
-                            tags={"extune.study_id": sdir.study_id})
+                            tags={"extune.study_id": sdir.study_id}, reopen=reopen)
     tracker.check()
     base = s.base_config()
     params = {"methods": ",".join(s.methods), "seeds": s.seeds, "final_seeds":

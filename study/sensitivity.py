@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from extune.files import atomic_write_text
 from extune.study.protocols import Protocol, main_protocol, parse_protocol
+from extune.train.progress import LOG_EVERY_S
 
 __all__ = ["rescore_stage", "audit_stage", "randomisation_test", "SENSITIVITY_FILE",
            "AUDIT_FILE"]
@@ -60,7 +62,9 @@ def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str,
                       highlight=False, markup=False)
     scorer = _Scorer(base)
     if todo:
-        for run, protocol in todo:
+        said = _Said(console, f"study {sdir.name}: scored", len(todo))
+        for done, (run, protocol) in enumerate(todo):
+            said.maybe(done, f"{run['label']} under {protocol.text}")
             layer = _resolved(protocol, last_stage)[1]
             cache.setdefault(run["checkpoint"], {})[protocol.text] = scorer.score(
                 run["checkpoint"], protocol.explainer, layer, _per_image_file(sdir, run, protocol))
@@ -108,7 +112,9 @@ def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, A
                       f"checkpoints under {len({p.text for _, p in todo})} protocol(s)",
                       highlight=False, markup=False)
     scorer = _Scorer(base) if todo else None
-    for run, protocol in todo:
+    said = _Said(console, f"study {sdir.name}: audited", len(todo))
+    for done, (run, protocol) in enumerate(todo):
+        said.maybe(done, f"{run['label']} under {protocol.text}")
         layer = _resolved(protocol, last_stage)[1]
         cache.setdefault(run["checkpoint"], {})[protocol.text] = scorer.audit(
             run["checkpoint"], protocol.explainer, layer,
@@ -126,6 +132,22 @@ def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, A
                 _per_image_file(sdir, r, protocol, AUDIT_FOLDER))
     return {"threshold": RANDOMISATION_THRESHOLD, "protocols": [main.text] + [
         p.text for p in others], "scores": scores, "per_image": per_image}
+
+
+class _Said:
+    """Where a long stage stands, one line when :data:`LOG_EVERY_S` seconds passed without one (a
+    log is never silent for long while checkpoints are scored)."""
+
+    def __init__(self, console: Any, what: str, total: int) -> None:
+        self.console, self.what, self.total = console, what, total
+        self.last = time.monotonic()
+
+    def maybe(self, done: int, now: str) -> None:
+        if self.console is None or time.monotonic() - self.last < LOG_EVERY_S:
+            return
+        self.console.print(f"{self.what} {done} of {self.total}; now {now}", highlight=False,
+                           markup=False)
+        self.last = time.monotonic()
 
 
 def _protocols(sdir: Any) -> tuple[Any, str, Protocol, list[Protocol]]:

@@ -43,4 +43,4 @@ def _study_tracker(folder: Path) -> Any:
 
     sdir = StudyDir.load(folder)
     uri = sdir.meta.get("tracking_uri") or resolve_tracking_uri(sdir.settings.tracking_uri)
-    return study_tracker(sdir, uri)
+    return study_tracker(sdir, uri, reopen=False)  # extune sync: no run turned RUNNING

@@ -90,6 +90,9 @@ class MlflowTracker:
             search under a study's run).
         id_tag: the tag that holds ``search_id`` on the parent run (``extune.train_id`` for
             the run of ``extune train``, which has no trials).
+        reopen: whether :meth:`parent_run` sets a found run RUNNING again (a resumed search);
+            ``False`` for ``extune sync``, which only sends what was written and ends what a
+            killed process left RUNNING.
     """
 
     id_tag = "extune.search_id"
@@ -97,7 +100,7 @@ class MlflowTracker:
 
     def __init__(self, uri: str, experiment: str, search_id: str, search_name: str, *,
                  role: str = "search", tags: dict[str, str] | None = None,
-                 id_tag: str | None = None) -> None:
+                 id_tag: str | None = None, reopen: bool = True) -> None:
         if id_tag is not None:
             self.id_tag = id_tag
         self.uri = uri
@@ -106,6 +109,7 @@ class MlflowTracker:
         self.search_name = search_name
         self.role = role
         self.tags = dict(tags or {})
+        self.reopen = reopen
         self._client: Any = None
         self._experiment_id: str | None = None
         self._parent: str | None = None
@@ -163,7 +167,9 @@ class MlflowTracker:
         return runs[0].info.run_id if runs else None
 
     def parent_run(self, params: dict[str, Any] | None = None) -> str:
-        """The search's parent run (found by tag, else created with ``params``), RUNNING."""
+        """The search's parent run (found by tag, else created with ``params``), RUNNING
+        unless the tracker was made with ``reopen=False`` (``extune sync``: a found run keeps
+        its status, so a search that ended is not turned RUNNING again)."""
         if self._parent is None:
             tags = {self.id_tag: self.search_id, ROLE_TAG: self.role}
             run_id = self._find(tags)
@@ -174,7 +180,7 @@ class MlflowTracker:
                                              tags={**self.tags, **tags})
                 run_id = run.info.run_id
                 self.log_params(run_id, params or {})
-            else:
+            elif self.reopen:
                 self.client.update_run(run_id, status="RUNNING")
             self._parent = run_id
         return self._parent

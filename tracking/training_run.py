@@ -338,6 +338,7 @@ def train_journals(folder: str | Path) -> list[Job]:
 
     def tracker() -> MlflowTracker:
         return MlflowTracker(record["tracking_uri"], record["experiment"], record["train_id"],
-                             record["name"], role=FINAL_ROLE, id_tag=TRAIN_ID_TAG)
+                             record["name"], role=FINAL_ROLE, id_tag=TRAIN_ID_TAG,
+                             reopen=False)
 
     return [(root / TRACKING_DIR, tracker)]

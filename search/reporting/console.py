@@ -23,14 +23,16 @@ from extune.tracking.trials import (
     trial_error,
     trial_label,
 )
+from extune.train.progress import LOG_EVERY_S
 
 __all__ = ["LiveConsole", "ranked_table", "short_key", "params_text", "QUIET_S"]
 
-QUIET_S = 10.0
+QUIET_S = LOG_EVERY_S
 """Seconds a search's log stays without a line before it says where the search stands."""
 
 _STYLE = {"running": "cyan", "complete": "green", "pruned": "yellow",
-          "failed": "red", "retrying": "magenta", "pending": "dim"}
+          "failed": "red", "retrying": "magenta", "pending": "dim",
+          "waiting": "dim"}
 
 
 def short_key(key: str) -> str:
@@ -119,7 +121,9 @@ class LiveConsole(Callback):
         if time.monotonic() - self._said < QUIET_S:
             return
         running = [r for r in self._rows.values() if r.state in ("running", "retrying")]
-        done = sum(r.state in ("complete", "pruned", "failed") for r in self._rows.values())
+        done = max(sum(r.state in ("complete", "pruned", "failed") for r in self._rows.values()),
+                   sum(getattr(t, "status", None) in ("TERMINATED", "ERROR") for t in trials))
+        # Tune's list holds the trials a restored experiment finished before (no event here)
         where = ", ".join(f"{r.label} in epoch {_current(r)}/{r.planned or '?'}"
                           for r in running[:6])
         more = f" and {len(running) - 6} more" if len(running) > 6 else ""
@@ -189,8 +193,7 @@ class LiveConsole(Callback):
             values = " ".join(f"{o.metric}={_fmt(row.metrics.get(o.metric))}"
                               for o in self.objectives)
             extra = f"  {escape(row.error)}" if row.error else ""
-            style = _STYLE.get(row.state, "")
-            self._print(f"{row.label} [{style}]{row.state}[/] epoch {row.epoch}/"
+            self._print(f"{row.label} {_state_text(row.state)} epoch {row.epoch}/"
                         f"{row.planned or '?'} {values}{extra}")
 
     def _print(self, text: str) -> None:
@@ -229,12 +232,18 @@ class LiveConsole(Callback):
         rows = sorted(self._rows.values(), key=lambda r: (
             order.get(r.state, 5), -sign * r.metrics.get(first.metric, -sign * math.inf)))
         for r in rows[: self.max_rows]:
-            style = _STYLE.get(r.state, "")
             label = f"[bold]{r.label}[/]" if r is best else r.label
-            table.add_row(label, f"[{style}]{r.state}[/]", f"{r.epoch}/{r.planned or '?'}",
+            table.add_row(label, _state_text(r.state), f"{r.epoch}/{r.planned or '?'}",
                           *[_fmt(r.metrics.get(o.metric)) for o in self.objectives],
                           escape(params_text(r.params)))
         return table
+
+
+def _state_text(state: str) -> str:
+    """A trial state as rich markup: coloured where it has a colour, plain (escaped) otherwise
+    (``[]stopped[/]`` would be a markup error)."""
+    style = _STYLE.get(state)
+    return f"[{style}]{escape(state)}[/]" if style else escape(state)
 
 
 def _current(row: _Row) -> int:
@@ -261,7 +270,7 @@ def ranked_table(records: list[TrialRecord], objectives: list[Objective], *,
     table.add_column("parameters / error", overflow="fold")
     for i, r in enumerate(rank_records(records, objectives)[:limit], 1):
         cells = [str(i), f"[bold]{r.name}[/]" if r is best else r.name,
-                 f"[{_STYLE.get(r.state, '')}]{r.state}[/]", f"{r.epoch}/{r.planned_epochs or '?'}",
+                 _state_text(r.state), f"{r.epoch}/{r.planned_epochs or '?'}",
                  *[_fmt(r.value(o)) for o in objectives]]
         if len(objectives) > 1:
             cells.append("*" if id(r) in front else "")

@@ -40,12 +40,14 @@ log = logging.getLogger(__name__)
 
 
 
-def search_tracker(sdir: SearchDir) -> Any:
-    """The MLflow tracker of a search, its parent run created (or found again) and described."""
+def search_tracker(sdir: SearchDir, *, reopen: bool = True) -> Any:
+    """The MLflow tracker of a search, its parent run created (or found again: RUNNING again
+    unless ``reopen`` is false, as for ``extune sync``) and described."""
     from extune.tracking.client import VIEW_TAG, MlflowTracker
 
     tracker = MlflowTracker(sdir.meta["tracking_uri"], sdir.settings.experiment,
-                            sdir.search_id, sdir.name, tags=sdir.settings.run_tags)
+                            sdir.search_id, sdir.name, tags=sdir.settings.run_tags,
+                            reopen=reopen)
     tracker.check()
     created = _parent_params(sdir)
     run_id = tracker.parent_run(params=created)
@@ -387,4 +389,4 @@ def search_journals(folder: str | Path) -> list[Job]:
         raise ConfigError(f"{root} is not a search or study folder (no search.json or "
                           "study.json), nor an output folder of a tracked `extune train` (no "
                           "tracking/run.json); pass the folder `extune search` printed")
-    return [(root / TRACKING_DIR, lambda: search_tracker(SearchDir.load(root)))]
+    return [(root / TRACKING_DIR, lambda: search_tracker(SearchDir.load(root), reopen=False))]

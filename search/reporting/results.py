@@ -128,7 +128,7 @@ def select_trial(records: Sequence[TrialRecord], objectives: Sequence[Objective]
 def rank_records(records: Sequence[TrialRecord],
                  objectives: Sequence[Objective]) -> list[TrialRecord]:
     """Complete trials by Pareto layer then first objective; then pruned (by their last value
-    of the first objective), failed and running trials."""
+    of the first objective), failed, running and waiting trials, then any other state."""
     first = objectives[0]
     sign = 1.0 if first.mode == "max" else -1.0
 
@@ -145,7 +145,8 @@ def rank_records(records: Sequence[TrialRecord],
         remaining = [r for r in remaining if id(r) not in ids]
     for state in ("pruned", "failed", "running", "waiting"):
         ranked.extend(sorted((r for r in records if r.state == state), key=score))
-    return ranked
+    listed = {id(r) for r in ranked}
+    return ranked + [r for r in records if r.state != "complete" and id(r) not in listed]
 
 
 # --------------------------------------------------------------------- summaries

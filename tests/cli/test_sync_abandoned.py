@@ -19,7 +19,7 @@ def _run(uri: str):
 
     runs = mlflow_client(uri).search_runs(
         [e.experiment_id for e in mlflow_client(uri).search_experiments()],
-        filter_string="tags.`extune.role` = 'train'")
+        filter_string="tags.`extune.role` = 'final'")
     return runs[0] if runs else None
 
 

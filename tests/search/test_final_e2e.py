@@ -72,7 +72,7 @@ def test_search_export_train_register_load_evaluate(trained, monkeypatch):
 
     client = mlflow_client(trained.uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    final = next(r for r in runs if r.data.tags.get("extune.role") == "train")
+    final = next(r for r in runs if r.data.tags.get("extune.role") == "final")
     trials = {r.data.tags["extune.trial_id"]: r for r in runs
               if r.data.tags.get("extune.role") == "trial"}
     parent = next(r for r in runs if r.data.tags.get("extune.role") == "search")
@@ -91,7 +91,7 @@ def test_search_export_train_register_load_evaluate(trained, monkeypatch):
     images, predicted = _val_images(trained.tmp / "final")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
     described = client.get_model_version("demo", "1").description
-    assert "Logged by the run [" in described and "Trained from [trial-" in described
+    assert "of the run [" in described and "[trial-" in described
     pyfunc = mlflow.pyfunc.load_model("models:/demo/1")
     assert np.array_equal(pyfunc.predict(images.numpy()).argmax(1), predicted.numpy())
     assert np.array_equal(pyfunc.predict(images.numpy() / np.float32(255)).argmax(1),

@@ -46,3 +46,25 @@ def test_the_final_table_says_complete():
     shown = text(ranked_table(records, [ACC]))
     assert "complete" in shown and "pruned" in shown and "done" not in shown
     assert "pareto" not in shown  # one objective
+
+
+def test_the_final_table_shows_every_state_even_one_without_a_colour():
+    # a resumed search lists trials Optuna asked for but Ray never started ('waiting')
+    records = [TrialRecord(i, str(i), state, None, {"epoch": 0}, planned_epochs=2)
+               for i, state in enumerate(("waiting", "interrupted", "some[/]thing"))]
+    shown = text(ranked_table(records, [ACC]))
+    assert "waiting" in shown and "interrupted" in shown and "some[/]thing" in shown
+
+
+def test_a_quiet_log_says_where_the_search_stands_with_restored_trials_counted():
+    console = LiveConsole(title="final", objectives=[ACC], base=BASE, total=3, live=False)
+    console._console = Console(record=True, width=200, force_terminal=False)
+    running = trial("c", 2, 1, 0.4)
+    console.on_trial_start(0, [], running)
+    console.on_step_end(0, [])
+    assert "trials done" not in console._console.export_text()  # it just said something
+    console._said -= 11  # nothing printed for 11 s
+    restored = [SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="TERMINATED"),
+                SimpleNamespace(status="RUNNING")]  # two ended before a resume: no event
+    console.on_step_end(0, restored)
+    assert "2 of 3 trials done; running: trial-002 in epoch 1/2" in console._console.export_text()

@@ -145,6 +145,14 @@ def test_resumed_search_reuses_its_runs(store, tmp_path):
     steps = [m.step for m in tracker2.client.get_metric_history(child.info.run_id, "train/loss")]
     assert steps == [1, 2, 3]
 
+    # extune sync finds the ended search again without reopening it: nothing left RUNNING
+    parent = tracker2.parent_run()
+    tracker2.end(parent, "FINISHED")
+    syncing = MlflowTracker(store, "test-tracking", "search-2", "demo2", reopen=False)
+    assert syncing.parent_run() == parent
+    assert syncing.end_abandoned() == 0
+    assert syncing.client.get_run(parent).info.status == "FINISHED"
+
 
 def test_param_strings_round_trip_to_a_typed_config():
     cfg = Config().with_overrides({"explain.layer": "layer3", "data.limit": 100,
@@ -173,7 +181,8 @@ def test_store_lists_every_search_and_study_newest_first_with_scoped_views(tmp_p
     run(second, "excon", 2200, **{"extune.role": "search", "extune.study_id": "s1"})
     run(first, "new", 3000, **{"extune.role": "search", "extune.search_id": "n1"})
     run(first, "trial", 3100, **{"extune.role": "trial", "extune.search_id": "n1"})
-    run(first, "new-final", 3200, **{"extune.role": "train", "extune.lineage.search_id": "n1"})
+    run(first, "new-final", 3200, **{"extune.role": "final", "extune.train_id": "t1",
+                                            "extune.lineage.search_id": "n1"})
     run(first, "scratch", 900, **{"extune.role": "train"})  # a config written by hand
     entries = store_entries(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert [(e.kind, e.name, e.experiment) for e in entries] == [
@@ -183,7 +192,7 @@ def test_store_lists_every_search_and_study_newest_first_with_scoped_views(tmp_p
     assert entries[0].page == "#/new"
     final = entries[0].children[0]
     assert (final.kind, final.name) == ("train", "new-final")
-    run_id = client.search_runs([first], "tags.`extune.role` = 'train'")[0].info.run_id
+    run_id = client.search_runs([first], "tags.`extune.role` = 'final'")[0].info.run_id
     assert final.page == f"#/experiments/{first}/runs/{run_id}"
 
     view = runs_table_view("abc", (Objective("alignment", "val/alignment", "max"),),

@@ -246,7 +246,8 @@ def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
     assert "too few trials to fit" in page_html.read_text()  # and plots.html says why
 
     # 5. the final run: beside its search, linked to the trial that chose it and back
-    final = _runs(client, **{"extune.role": "train"})[0]
+    final = next(r for r in _runs(client, **{"extune.role": "final"})
+                 if "extune.train_id" in r.data.tags)  # extune train's, not a study's
     assert final.info.experiment_id == demo.info.experiment_id
     final_link = links[f"search demo/train {final.info.run_name}"]  # printed under its search
     assert final_link == (f"{address}/#/experiments/{final.info.experiment_id}/runs/"

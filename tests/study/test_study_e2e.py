@@ -146,7 +146,7 @@ def _check_audit(folder, results: dict, rows: dict) -> None:
 
 
 def _final_runs(uri: str) -> int:
-    return sum(r.data.tags.get("extune.stage") == "final" for r in _study_runs(uri)["trial"])
+    return sum(r.data.tags.get("extune.stage") == "final" for r in _study_runs(uri)["final"])
 
 
 def _check_mlflow(uri: str) -> tuple[int, int, int]:
@@ -161,8 +161,8 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
     searches = by_role["search"]
     assert sorted(r.data.tags["extune.method"] for r in searches) == ["excon", "supcon"]
     assert all(r.data.tags["mlflow.parentRunId"] == study_id for r in searches)
-    trials = by_role["trial"]
-    finals = [r for r in trials if r.data.tags.get("extune.stage") == "final"]
+    finals = by_role["final"]  # a study's final runs are never 'trial' (a trials filter)
+    assert all(r.data.tags.get("extune.stage") == "final" for r in finals)
     assert sorted(r.info.run_name.split(" · ")[0] for r in finals) == [
         "excon-off-seed1", "excon-off-seed2", "excon-seed1", "excon-seed2", "supcon-seed1",
         "supcon-seed2"]
@@ -171,7 +171,7 @@ def _check_mlflow(uri: str) -> tuple[int, int, int]:
     assert len(controls) == 2 and {r.data.tags["extune.method"] for r in controls} == {"supcon"}
     assert all(r.info.status == "FINISHED" and "test/accuracy" in r.data.metrics
                for r in finals)
-    search_trials = [r for r in trials if r not in finals]
+    search_trials = by_role["trial"]
     assert len(search_trials) == 4  # 2 per search, none duplicated
     client = mlflow_client(uri)
     for run in finals:
