@@ -434,7 +434,7 @@ def explain(
             refuse_full_disk(out, "the grid image"):  # written whole or not at all
         path = explain_checkpoint(local, out, images=images, explainer=explainer, count=count,
                                   overrides=set_ or [])
-    console.print(f"wrote {path}", highlight=False, markup=False)
+    console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _audit(checkpoint: str, out: Path, *, images: Path | None, explainer: str | None,
@@ -450,7 +450,7 @@ def _audit(checkpoint: str, out: Path, *, images: Path | None, explainer: str | 
         found = audit_checkpoint(local, out, images=images, explainer=explainer, count=count,
                                  overrides=overrides)
     console.print(_audit_table(found, title=f"explanation audit of {checkpoint}"))
-    console.print(f"wrote {found.figure}", highlight=False, markup=False)
+    console.print(f"wrote {found.figure}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _audit_table(found: Any, title: str) -> Table:
