@@ -28,3 +28,13 @@ TINY = {
 def tiny_config(tmp_path) -> Config:
     """A config that trains in about a second on a CPU."""
     return Config().with_overrides({**TINY, "data.cache_dir": str(tmp_path / "cache")})
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch single-threaded for a module of tiny batches (:func:`extune.threads.one_torch_thread`:
+    one thread is fastest there, and much faster than two on a busy machine)."""
+    from extune.threads import one_torch_thread as single
+
+    with single():
+        yield

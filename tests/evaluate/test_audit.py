@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -43,15 +42,7 @@ from extune.train.datasets.synthetic import render_synthetic
 CLASSES, SIZE, TRAIN, HELD_OUT = 4, 16, 512, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny batches: one thread is fastest, and much faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: one is fastest
 
 
 # ----------------------------------------------------------------- model-independent controls
@@ -100,7 +91,7 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread: None) -> Trained:
+def trained(one_torch_thread: None) -> Trained:
     return Trained()
 
 

@@ -22,8 +22,6 @@ checked where that happens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -50,15 +48,7 @@ B, SIZE, C, SEED = 6, 16, 4, 3
 CORRELATION_ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny batches: one thread is fastest, and much faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: one is fastest
 
 
 def _model() -> nn.Module:

@@ -4,11 +4,9 @@ what it takes from the final runs, what it caches."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from extune.evaluate.audit import AUDIT_SUMMARY
 from extune.study.folder import StudyDir
@@ -22,15 +20,7 @@ TINY_STUDY = {"data.name": "synthetic", "data.image_size": 16, "data.train_size"
               "eval.explain_samples": 8, "eval.batch_size": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny batches: one thread is fastest, and much faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny batches: one is fastest
 
 
 def _run(sdir, label: str, seed: int, metrics: dict) -> dict:

@@ -16,15 +16,14 @@ of ``data.synthetic_seed`` and the other ``data`` fields of the cache key.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from extune.threads import one_torch_thread
 from extune.train.config import DataConfig
 from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 
@@ -72,7 +71,7 @@ def _load(cfg: DataConfig) -> DecodedData:
     colours = list(COLOURS)
     classes = [f"{colours[c]}_{SHAPES[s]}" for s, c in synthetic_class_pairs(cfg.num_classes)]
     splits = []
-    with _one_thread():
+    with one_torch_thread():  # many small memory-bound ops
         for split, n in ((0, cfg.train_size), (1, cfg.test_size)):
             gen = torch.Generator().manual_seed(2 * cfg.synthetic_seed + split)
             labels = (torch.arange(n) % cfg.num_classes)[torch.randperm(n, generator=gen)]
@@ -80,22 +79,6 @@ def _load(cfg: DataConfig) -> DecodedData:
                                              cfg.distractors, gen)
             splits.append(ImageSet(images, labels, masks))
     return DecodedData(splits[0], splits[1], classes)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch ops single-threaded for a while (restored after).
-
-    Rendering is many small memory-bound ops: intra-op threads gain little, and on a busy CPU
-    (several processes on 2 cores) each op waits for a descheduled peer thread, measured 10-20x
-    slower than one thread. The output does not depend on the thread count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def render_synthetic(labels: Tensor, num_classes: int, size: int, distractors: int,
