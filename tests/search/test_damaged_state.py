@@ -14,11 +14,10 @@ import logging
 import os
 import pickle
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
-from ray.tune import Callback
+from tune_callbacks import InterruptOnce
 
 from extune.cli import main
 from extune.errors import ConfigError, ExtuneError
@@ -219,17 +218,6 @@ def test_storage_that_cannot_take_results_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- a real search
-class InterruptOnce(Callback):
-    """Stops the search like Ctrl-C when its first trial ends, once."""
-
-    def __init__(self, flag: str) -> None:
-        self.flag = flag
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if not os.path.exists(self.flag):
-            Path(self.flag).write_text("sent")
-            os.kill(os.getpid(), signal.SIGUSR1)
-
 
 TINY = {"data.image_size": 16, "data.train_size": 200, "data.num_classes": 4,
         "data.test_size": 40, "model.backbone": "tiny_cnn", "optim.epochs": 3,

@@ -7,13 +7,11 @@ One local Ray instance (2 CPUs) and one MLflow SQLite store serve every test in 
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
-from ray.tune import Callback
 from ray.tune.stopper import Stopper
+from tune_callbacks import InterruptOnce
 
 from extune.cli import main
 from extune.search.engine.run import run_search
@@ -244,17 +242,6 @@ def test_space_that_changes_data_keys_finds_a_relative_data_root(ray_local, work
     base = Config.load(result.path / "base_config.yaml")
     assert base.data.root == str(tmp_path / "images")  # absolute in the saved base
 
-
-class InterruptOnce(Callback):
-    """Sends the stop signal Tune handles (like Ctrl-C) when the first trial ends, once."""
-
-    def __init__(self, flag: str) -> None:
-        self.flag = flag
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if not os.path.exists(self.flag):
-            Path(self.flag).write_text("sent")
-            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def test_resume_after_an_interruption_ends_every_trial_once(ray_local, workdir):
