@@ -91,7 +91,8 @@ def write_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
     for ax, metric in zip(axes, metrics, strict=False):
         plot_metric(ax, metric, results)
     fig.suptitle(f"{results['study']}: test metrics, mean and "
-                 f"{results['statistics']['confidence']:.0%} CI over seeds (dots: seeds)")
+                 f"{results['statistics']['confidence']:.0%} CI over {_covered(results)} "
+                 "(dots: runs)")
     files["plot_overview"] = _save(fig, folder / "overview.png", 100)
     for key, title in CURVES:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
@@ -105,6 +106,15 @@ def write_plots(results: dict[str, Any], folder: Path) -> dict[str, Path]:
                  "mean)")
     files["plot_curves"] = _save(fig, folder / "curves.png", 100)
     return files
+
+
+def _covered(results: dict[str, Any]) -> str:
+    """What the intervals cover, in a few words (the report says it in full)."""
+    stats = results["statistics"]
+    parts = ["searches and seeds" if stats.get("search_clusters") else "seeds"]
+    if stats.get("test_set"):
+        parts.append("test images")
+    return ", ".join(parts)
 
 
 def _grid(plt: Any, count: int, cols: int) -> tuple[Any, list[Any]]:
