@@ -48,9 +48,10 @@ class ParentProgress(Callback):
         self.facts, self.base, self.tracker = facts, base, tracker
         self.journal_dir = journal_dir
         self._best: dict[str, float] = {}
+        self._planned: dict[str, int | None] = {}  # trial id -> its epochs (a Config each)
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks; the store has the rest
-        return {**self.__dict__, "_best": {}}
+        return {**self.__dict__, "_best": {}, "_planned": {}}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._tell(trials)
@@ -63,7 +64,8 @@ class ParentProgress(Callback):
 
     def _tell(self, trials: list) -> None:
         try:
-            progress = self.progress(trials)
+            states = self._states(trials)
+            progress = self.progress(trials, states)
             writer = writer_for(self.tracker, self.journal_dir)
             c = progress.counts
             done = sum(c.get(k, 0) for k in ("complete", "pruned", "failed"))
@@ -72,7 +74,7 @@ class ParentProgress(Callback):
                 PROGRESS_TAG: f"{done}/{self.facts.trials} done: {c.get('complete', 0)} "
                               f"complete, {c.get('pruned', 0)} pruned, {c.get('failed', 0)} "
                               f"failed; {c.get('running', 0)} running"}))
-            self._log_best(writer, self._improved(trials))
+            self._log_best(writer, self._improved(trials, states))
         except Exception as e:  # the search matters more than its description
             log.warning("could not describe the search's progress in MLflow: %s",
                         one_line(e, 200))
@@ -80,7 +82,7 @@ class ParentProgress(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """The best values once more at the end: each line of a comparison spans its search."""
         try:
-            self._improved(trials)
+            self._improved(trials, self._states(trials))
             self._log_best(writer_for(self.tracker, self.journal_dir), dict(self._best))
         except Exception as e:  # the search matters more than its description
             log.warning("could not log the search's best values in MLflow: %s",
@@ -93,14 +95,15 @@ class ParentProgress(Callback):
                                                  for k, v in values.items()},
                              step=step, once_per_step=False))
 
-    def progress(self, trials: list) -> Progress:
-        """The counts and the best complete trial of Tune's ``trials``."""
+    def progress(self, trials: list, states: dict[str, str]) -> Progress:
+        """The counts and the best complete trial of Tune's ``trials`` (``states``: each
+        trial's, :meth:`_states`)."""
         counts: dict[str, int] = {}
         best = None
         first = self.facts.objectives[0]
         sign = 1 if first.mode == "max" else -1
         for t in trials:
-            state = self._state(t)
+            state = states[t.trial_id]
             counts[state] = counts.get(state, 0) + 1
             value = (t.last_result or {}).get(first.metric)
             if state == "complete" and finite(value) and (
@@ -112,6 +115,10 @@ class ParentProgress(Callback):
         values = {o.name: (trial.last_result or {}).get(o.metric) for o in self.facts.objectives}
         return Progress("running", counts, (_trial_name(trial), trial.trial_id, values))
 
+    def _states(self, trials: list) -> dict[str, str]:
+        """Trial id -> ``running``, ``failed``, ``waiting``, ``pruned`` or ``complete``."""
+        return {t.trial_id: self._state(t) for t in trials}
+
     def _state(self, trial: Any) -> str:
         if trial.status == "RUNNING":
             return "running"
@@ -119,17 +126,19 @@ class ParentProgress(Callback):
             return "failed"
         if trial.status != "TERMINATED":
             return "waiting"
-        planned = planned_epochs(self.base, trial.config)
+        if trial.trial_id not in self._planned:
+            self._planned[trial.trial_id] = planned_epochs(self.base, trial.config)
+        planned = self._planned[trial.trial_id]
         epoch = (trial.last_result or {}).get("epoch", 0)
         return "pruned" if planned is not None and epoch < planned else "complete"
 
-    def _improved(self, trials: list) -> dict[str, float]:
+    def _improved(self, trials: list, states: dict[str, str]) -> dict[str, float]:
         """Each objective's best complete value, where it improved since the last call."""
         better = {}
+        complete = [t for t in trials if states[t.trial_id] == "complete"]
         for o in self.facts.objectives:
             sign = 1 if o.mode == "max" else -1
-            values = [(t.last_result or {}).get(o.metric) for t in trials
-                      if self._state(t) == "complete"]
+            values = [(t.last_result or {}).get(o.metric) for t in complete]
             values = [v for v in values if finite(v)]
             if values:
                 top = max(values, key=lambda v: sign * v)
