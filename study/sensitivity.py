@@ -22,13 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from extune.files import atomic_write_text
 from extune.study.protocols import Protocol, main_protocol, parse_protocol
-from extune.train.progress import LOG_EVERY_S
+from extune.train.progress import QuietClock
 
 __all__ = ["rescore_stage", "audit_stage", "randomisation_test", "SENSITIVITY_FILE",
            "AUDIT_FILE"]
@@ -135,19 +134,19 @@ def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, A
 
 
 class _Said:
-    """Where a long stage stands, one line when :data:`LOG_EVERY_S` seconds passed without one (a
-    log is never silent for long while checkpoints are scored)."""
+    """Where a long stage stands, one line when the log has been quiet for a while
+    (:class:`~extune.train.progress.QuietClock`) while checkpoints are scored."""
 
     def __init__(self, console: Any, what: str, total: int) -> None:
         self.console, self.what, self.total = console, what, total
-        self.last = time.monotonic()
+        self.quiet = QuietClock()
 
     def maybe(self, done: int, now: str) -> None:
-        if self.console is None or time.monotonic() - self.last < LOG_EVERY_S:
+        if self.console is None or not self.quiet.due():
             return
         self.console.print(f"{self.what} {done} of {self.total}; now {now}", highlight=False,
                            markup=False)
-        self.last = time.monotonic()
+        self.quiet.said()
 
 
 def _protocols(sdir: Any) -> tuple[Any, str, Protocol, list[Protocol]]:

@@ -18,12 +18,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-__all__ = ["EpochProgress", "SUMMARY_KEYS"]
+__all__ = ["EpochProgress", "QuietClock", "SUMMARY_KEYS", "LOG_EVERY_S"]
 
 SUMMARY_KEYS = ("train/loss", "train/mask_keep_rate", "val/accuracy", "val/ece", "val/alignment")
 LOG_EVERY_S = 10.0
 """In a log, a line at least this often (when a step or a part starts) while training or
 evaluating: ``epoch 1/3: step 40/120`` or ``evaluating on the test split: audit…``."""
+
+
+class QuietClock:
+    """How long a log has been silent: :meth:`due` once :data:`LOG_EVERY_S` seconds passed since
+    the last line (:meth:`said`). One clock serves a training, a search's console and a study's
+    re-scoring alike."""
+
+    def __init__(self) -> None:
+        self.said()
+
+    def said(self) -> None:
+        """A line was printed: the quiet time starts again."""
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= LOG_EVERY_S
 
 
 def _ignore(part: str) -> None:
@@ -36,15 +52,12 @@ class EpochProgress:
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
-        self._said = time.monotonic()
+        self._quiet = QuietClock()
 
     def _log(self, text: str) -> None:
         """One line of a log; the quiet time starts again."""
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
-        self._said = time.monotonic()
-
-    def _due(self) -> bool:
-        return time.monotonic() - self._said >= LOG_EVERY_S
+        self._quiet.said()
 
     @property
     def live(self) -> bool:
@@ -58,7 +71,7 @@ class EpochProgress:
             return
         if not self.live:  # a log gets no bar (nor its blank line): a line now and then
             for i in range(steps):
-                if self._due():
+                if self._quiet.due():
                     self._log(f"epoch {epoch + 1}/{epochs}: step {i + 1}/{steps}")
                 yield i
             return
@@ -85,7 +98,7 @@ class EpochProgress:
             return
         if not self.live:
             self._log(f"{what}…")
-            yield lambda part: self._log(f"{what}: {part}…") if self._due() else None
+            yield lambda part: self._log(f"{what}: {part}…") if self._quiet.due() else None
             return
         with self.console.status(Text(f"{what}…")) as status:
             yield lambda part: status.update(Text(f"{what}: {part}…"))
@@ -100,4 +113,4 @@ class EpochProgress:
             parts.append(f"{speed:.0f} img/s")
         self.console.print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts), highlight=False,
                            soft_wrap=True)  # one line, also in a log
-        self._said = time.monotonic()
+        self._quiet.said()

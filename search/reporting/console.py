@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +22,9 @@ from extune.tracking.trials import (
     trial_error,
     trial_label,
 )
-from extune.train.progress import LOG_EVERY_S
+from extune.train.progress import QuietClock
 
-__all__ = ["LiveConsole", "ranked_table", "short_key", "params_text", "QUIET_S"]
-
-QUIET_S = LOG_EVERY_S
-"""Seconds a search's log stays without a line before it says where the search stands."""
+__all__ = ["LiveConsole", "ranked_table", "short_key", "params_text"]
 
 _STYLE = {"running": "cyan", "complete": "green", "pruned": "yellow",
           "failed": "red", "retrying": "magenta", "pending": "dim",
@@ -67,8 +63,9 @@ class LiveConsole(Callback):
     """Tune callback that shows every trial (running / complete / pruned / failed: the states
     of ``summary.md`` and MLflow's ``extune.state``) and the best complete trial so far; a
     live table on a terminal, one line per event otherwise (a trial that starts, ends or is
-    retried), and in a log a line of where the search stands after :data:`QUIET_S` seconds
-    without one, so that a log is never silent for long.
+    retried), and in a log a line of where the search stands after
+    :data:`~extune.train.progress.LOG_EVERY_S` seconds without one, so that a log is never
+    silent for long.
 
     Args:
         title: the search name.
@@ -89,10 +86,13 @@ class LiveConsole(Callback):
         self._rows: dict[str, _Row] = {}
         self._console: Console | None = None
         self._live: Live | None = None
-        self._said = time.monotonic()
+        self._quiet = QuietClock()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Ray's tuner.pkl
         return {**self.__dict__, "_console": None, "_live": None, "_rows": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # saved by an older extune too
+        self.__dict__.update({**state, "_quiet": QuietClock()})  # quiet from the restore on
 
     # ---------------------------------------------------------------- Tune hooks
     def setup(self, **info: Any) -> None:
@@ -115,10 +115,8 @@ class LiveConsole(Callback):
                         f" ({row.planned or '?'} epochs)")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """In a log, where the search stands when nothing was printed for :data:`QUIET_S`."""
-        if self._live is not None or self._console is None:
-            return
-        if time.monotonic() - self._said < QUIET_S:
+        """In a log, where the search stands when it has been quiet for a while."""
+        if self._live is not None or self._console is None or not self._quiet.due():
             return
         running = [r for r in self._rows.values() if r.state in ("running", "retrying")]
         done = max(sum(r.state in ("complete", "pruned", "failed") for r in self._rows.values()),
@@ -200,7 +198,7 @@ class LiveConsole(Callback):
         """One line of the log (rich markup in ``text``); the quiet time starts again."""
         if self._console is not None:
             self._console.print(text, highlight=False, soft_wrap=True)
-        self._said = time.monotonic()
+        self._quiet.said()
 
     def _best(self) -> _Row | None:
         first = self.objectives[0]

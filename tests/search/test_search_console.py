@@ -63,8 +63,23 @@ def test_a_quiet_log_says_where_the_search_stands_with_restored_trials_counted()
     console.on_trial_start(0, [], running)
     console.on_step_end(0, [])
     assert "trials done" not in console._console.export_text()  # it just said something
-    console._said -= 11  # nothing printed for 11 s
+    console._quiet.last -= 11  # nothing printed for 11 s
     restored = [SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="TERMINATED"),
                 SimpleNamespace(status="RUNNING")]  # two ended before a resume: no event
     console.on_step_end(0, restored)
     assert "2 of 3 trials done; running: trial-002 in epoch 1/2" in console._console.export_text()
+
+
+def test_a_console_pickled_by_an_older_extune_still_says_where_the_search_stands():
+    import pickle
+
+    console = LiveConsole(title="old", objectives=[ACC], base=BASE, total=2, live=False)
+    state = console.__getstate__()
+    del state["_quiet"]  # what a tuner.pkl written before the quiet-log lines holds
+    restored = LiveConsole.__new__(LiveConsole)
+    restored.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(restored))
+    restored._console = Console(record=True, width=200, force_terminal=False)
+    restored._quiet.last -= 11
+    restored.on_step_end(0, [])
+    assert "0 of 2 trials done" in restored._console.export_text()
