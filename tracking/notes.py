@@ -19,7 +19,7 @@ from typing import Any
 from extune.evaluate.objectives import Objective
 
 __all__ = ["trial_note", "final_note", "setting_value", "model_sentence", "headline_metrics",
-           "source_sentence",
+           "source_sentence", "finite", "rounded",
            "NOTE_TAG", "NOT_MEASURED"]
 
 NOTE_TAG = "mlflow.note.content"
@@ -51,10 +51,10 @@ def trial_note(*, name: str, search: str, state: str, epoch: int, planned: int,
     shown = {o.metric for o in objectives}
     rows = [(key, m) for m in METRIC_INFO.values() if (key := _split_key(m.name)) not in shown]
     if state == "complete":  # what its config did not ask for is not a row
-        rows = [(key, m) for key, m in rows if _finite(metrics.get(key))]
+        rows = [(key, m) for key, m in rows if finite(metrics.get(key))]
     lines += ["", "| metric | value |", "|---|---|"]
     lines += [f"| {key} {info.arrow} | {_value(metrics.get(key))} |" for key, info in rows]
-    if any(not _finite(metrics.get(key)) for key, _ in rows):
+    if any(not finite(metrics.get(key)) for key, _ in rows):
         lines += ["", f"{NOT_MEASURED}: the full evaluation suite (as the config asks for it) "
                       "runs after a trial's last epoch (and at milestones with `--full-eval "
                       f"milestones`); this {state} trial has only what its epochs measured."]
@@ -95,7 +95,7 @@ def final_note(*, name: str, state: str, what: str, metrics: dict[str, Any],
     if source or model:  # what it came from and what it made: both seen before "Show more"
         lines += ["", " ".join(p for p in (source, model) if p)]
     rows = [(key, m) for m in METRIC_INFO.values()
-            if _finite(metrics.get(key := _split_key(m.name, split)))]
+            if finite(metrics.get(key := _split_key(m.name, split)))]
     if rows:
         lines += ["", f"| {split} metric | value |", "|---|---|"]
         lines += [f"| {key} {info.arrow} | {_value(metrics[key])} |" for key, info in rows]
@@ -128,7 +128,7 @@ def headline_metrics(metrics: dict[str, Any]) -> str:
     split's without a test split; ``""`` with neither)."""
     split = "test" if any(k.startswith("test/") for k in metrics) else "val"
     keys = [f"{split}/{m}" for m in ("accuracy", "ece", "alignment")]
-    return " · ".join(f"{k} {_value(metrics[k])}" for k in keys if _finite(metrics.get(k)))
+    return " · ".join(f"{k} {_value(metrics[k])}" for k in keys if finite(metrics.get(k)))
 
 
 HEADLINE = ("val/accuracy", "val/ece", "val/alignment")
@@ -154,7 +154,8 @@ def _split_key(name: str, split: str = "val") -> str:
     return f"{group_prefix(split, group)}/{rest}" if rest else f"{split}/{name}"
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
         math.isfinite(value)
 
@@ -168,4 +169,9 @@ def _value(value: Any) -> str:
         return str(value)
     if isinstance(value, int):
         return str(value)
+    return rounded(value)
+
+
+def rounded(value: float) -> str:
+    """A finite number to 4 decimals, 4 significant digits when smaller than 0.001."""
     return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4g}"

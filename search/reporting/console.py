@@ -14,6 +14,7 @@ from rich.table import Table
 
 from extune.evaluate.objectives import Objective
 from extune.search.reporting.results import TrialRecord, pareto_front, rank_records
+from extune.tracking.notes import finite
 from extune.tracking.trials import (
     config_label,
     planned_epochs,
@@ -203,7 +204,7 @@ class LiveConsole(Callback):
     def _best(self) -> _Row | None:
         first = self.objectives[0]
         complete = [r for r in self._rows.values()
-                    if r.state == "complete" and _finite(r.metrics.get(first.metric))]
+                    if r.state == "complete" and finite(r.metrics.get(first.metric))]
         if not complete:
             return None
         sign = 1 if first.mode == "max" else -1
@@ -247,10 +248,6 @@ def _state_text(state: str) -> str:
 def _current(row: _Row) -> int:
     """The epoch a running trial trains now (the one after its last report)."""
     return min(row.epoch + 1, row.planned) if row.planned else row.epoch + 1
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def ranked_table(records: list[TrialRecord], objectives: list[Objective], *,

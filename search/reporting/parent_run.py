@@ -8,7 +8,6 @@ when a search starts, ends or stops, and by ``extune sync`` (:func:`search_journ
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,14 @@ from extune.tracking.journal import (
     close_writer,
     writer_for,
 )
-from extune.tracking.notes import NOTE_TAG
+from extune.tracking.notes import NOTE_TAG, finite, rounded
 from extune.tracking.sync import Job
 from extune.tracking.views import BEST_SO_FAR, SEARCH_TAG
 
 __all__ = ["search_tracker", "searched_keys", "log_results", "journal_dir", "search_writer",
            "close_search_writer", "close_orphans", "end_killed", "mark_interrupted",
            "search_journals", "ParentFacts", "Progress", "parent_facts",
-           "search_note", "end_progress", "BEST_SO_FAR", "PROGRESS_TAG", "finite"]
+           "search_note", "end_progress", "BEST_SO_FAR", "PROGRESS_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -248,20 +247,12 @@ def _trial_link(name: str, trial_id: str | None) -> str:
 
 
 def _number(value: Any) -> str:
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "-"
-    return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.4g}"
+    return rounded(value) if finite(value) else "-"
 
 
 PROGRESS_TAG = "extune.progress"
 """The parent run's progress in one tag (``5/8 done: 3 complete, 2 pruned, 0 failed; 2
 running``), a column of the experiment's runs table."""
-
-
-def finite(value: Any) -> bool:
-    """Whether ``value`` is a finite number (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
 
 
 def log_results(writer: Any, files: dict[str, Path], plots: dict[str, Path],

@@ -17,11 +17,10 @@ from extune.search.reporting.parent_run import (
     PROGRESS_TAG,
     ParentFacts,
     Progress,
-    finite,
     search_note,
 )
 from extune.tracking.journal import Op, writer_for
-from extune.tracking.notes import NOTE_TAG
+from extune.tracking.notes import NOTE_TAG, finite
 from extune.tracking.trials import planned_epochs, split_config, trial_label
 
 __all__ = ["ParentProgress"]
