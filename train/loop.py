@@ -135,7 +135,10 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
             milestones, or nothing (the full suite at the trial's end only).
         on_epoch: called with every epoch's metrics once its checkpoint is saved (``extune
             train`` records them in MLflow); unlike ``report`` it asks for no saliency grid
-            each epoch.
+            each epoch. Resumed, it is first called with each restored epoch's metrics: a
+            training stopped between a checkpoint and this call would lose that epoch's
+            record otherwise, so the callback must skip epochs it has (MLflow's journal
+            writes each step once).
 
     Raises:
         ExtuneError: bad config, missing data, unknown names, non-finite loss.
@@ -151,6 +154,9 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         progress = EpochProgress(enabled=config.runtime.progress)
         test = (test or config.eval.test) and state.splits.test is not None
         state.test = test
+        if on_epoch is not None:
+            for restored in state.history:  # resumed: what the last run may not have recorded
+                on_epoch(restored)
         for epoch in range(state.start_epoch, config.optim.epochs):
             metrics = _run_epoch(state, epoch, progress)
             if test and epoch == config.optim.epochs - 1:

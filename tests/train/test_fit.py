@@ -82,6 +82,22 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
     assert resumed.metrics["val/accuracy"] == straight.metrics["val/accuracy"]
 
 
+def test_an_epoch_stopped_before_its_record_is_recorded_on_resume(tiny_config, tmp_path):
+    """Stopped between epoch 1's checkpoint and its record (``on_epoch``: ``extune train``'s
+    MLflow writes), the resumed training hands epoch 1 to ``on_epoch`` before epoch 2: no
+    epoch goes unrecorded (a SIGHUP there once lost one)."""
+    cfg = tiny_config.with_overrides({"method": "ce"})
+
+    def stopped_before_recording(metrics):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(cfg, out_dir=tmp_path, on_epoch=stopped_before_recording)
+    recorded = []
+    fit(cfg, out_dir=tmp_path, resume=tmp_path, on_epoch=recorded.append)
+    assert [m["epoch"] for m in recorded] == [1.0, 2.0]
+
+
 def test_non_finite_loss_raises(tiny_config, tmp_path):
     cfg = tiny_config.with_overrides({"method": "ce", "optim.lr": 1e30, "optim.epochs": 1})
     with pytest.raises(TrainingDiverged, match="non-finite"):
