@@ -33,7 +33,8 @@ from typing import Any
 from extune.errors import one_line
 
 __all__ = ["TRACKING_DIR", "FLUSH_TIMEOUT_S", "Op", "Journal", "TrackingWriter", "writer_for",
-           "close_writer", "apply_op", "HTTP_TIMEOUT_S", "resolve_trial_links"]
+           "close_writer", "apply_op", "HTTP_TIMEOUT_S", "WAIT_VARIABLE", "wait_seconds",
+           "resolve_trial_links"]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,15 @@ TRACKING_DIR = "tracking"
 (the journal and its files)."""
 FLUSH_TIMEOUT_S = 60.0
 """How long a command that ends waits for an unreachable tracking store before it leaves the
-unsent writes in its journal (``extune sync`` sends them)."""
+unsent writes in its journal (``extune sync`` sends them); the environment variable
+:data:`WAIT_VARIABLE` sets another (0: do not wait, e.g. a CI job whose store is gone)."""
+WAIT_VARIABLE = "EXTUNE_TRACKING_WAIT_S"
 
 HTTP_TIMEOUT_S = 15
 """Timeout of one MLflow HTTP request from the writer; the writer retries, not the client."""
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
               "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
-_MAX_DELAY_S = 30.0
+_MAX_BACKOFFS = 30.0
 
 
 @dataclass(frozen=True)
@@ -223,11 +226,14 @@ class TrackingWriter:
         tracker: the :class:`~extune.tracking.client.MlflowTracker` of the search.
         folder: the journal's folder (``None``: memory only).
         warn: how the writer tells the user that tracking is behind or caught up.
+        backoff_s: the first wait before retrying a store that does not answer; it doubles up
+            to 30 of them (1 s: 1, 2, 4 ... 30 s), and a closing writer retries every 2 of them.
     """
 
     def __init__(self, tracker: Any, folder: str | Path | None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, backoff_s: float = 1.0) -> None:
         self.tracker = tracker
+        self.backoff_s = backoff_s
         self.journal = Journal(folder)
         self.warn = warn or (lambda text: log.warning("%s", text))
         self._queue: queue.Queue[Op | None] = queue.Queue()
@@ -274,7 +280,13 @@ class TrackingWriter:
 
     def close(self, timeout: float) -> int:
         """Send what is queued (trying for at most ``timeout`` seconds while the store does not
-        answer), stop the thread; returns the ops left unsent (kept in the journal)."""
+        answer, or :data:`WAIT_VARIABLE`'s seconds where set), stop the thread; returns the ops
+        left unsent (kept in the journal). Behind at that moment, it says how long it waits."""
+        timeout = wait_seconds(timeout)
+        if self._behind_since is not None and self._pending:
+            self.warn(f"waiting up to {timeout:.0f} s for the MLflow store to take "
+                      f"{self._pending} write(s) ({WAIT_VARIABLE} sets the wait); what it "
+                      "has not taken by then waits for `extune sync`")
         self._give_up_at = time.time() + timeout
         self._wake.set()  # a writer waiting out its backoff tries again now
         self.flush(timeout)
@@ -300,7 +312,7 @@ class TrackingWriter:
 
     def _send(self, op: Op) -> bool:
         """Apply ``op``, retrying while the store does not answer; ``False``: gave up."""
-        delay = 1.0
+        delay = self.backoff_s
         while True:
             try:
                 apply_op(self.tracker, op, self._steps)
@@ -325,9 +337,27 @@ class TrackingWriter:
                 # search ends gets the writes (a 30 s backoff would sleep past it)
                 if self._wake.wait(delay) or self._give_up_at is not None:
                     self._wake.clear()
-                    delay = min(delay, 2.0)
+                    delay = min(delay, 2 * self.backoff_s)
                 else:
-                    delay = min(delay * 2, _MAX_DELAY_S)
+                    delay = min(delay * 2, _MAX_BACKOFFS * self.backoff_s)
+
+
+def wait_seconds(default: float) -> float:
+    """How long an ending command waits for an unreachable store: :data:`WAIT_VARIABLE`, else
+    ``default`` (also when the variable is not a number of seconds >= 0: said, but the work is
+    done by then and must not fail over it)."""
+    text = os.environ.get(WAIT_VARIABLE, "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        log.warning("%s=%r is not a number of seconds >= 0; waiting %.0f s", WAIT_VARIABLE, text,
+                    default)
+        return default
+    return seconds
 
 
 def permanent_error(e: BaseException) -> bool:

@@ -1,13 +1,17 @@
 """The MLflow writer: order kept, an outage ridden out (said once, caught up), unsent writes
 kept on disk and sent by the next process, each epoch logged once. A fake tracker stands in for
-MLflow so that the outage is exact and the test fast."""
+MLflow so that the outage is exact, and the writers back off from 0.1 s (not 1 s) so that
+the tests are fast; the backoff's shape is the same."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from extune.tracking.journal import Journal, Op, TrackingWriter, apply_op
+from extune.tracking.journal import WAIT_VARIABLE, Journal, Op, TrackingWriter, apply_op
+
+FAST = 0.1
+"""The writers' first backoff in these tests (seconds)."""
 
 
 class FlakyTracker:
@@ -81,7 +85,7 @@ def test_writes_keep_their_order_and_nothing_is_left(tmp_path):
 
 def test_an_outage_is_said_once_and_ridden_out(tmp_path):
     tracker, said = FlakyTracker(), []
-    writer = TrackingWriter(tracker, tmp_path, warn=said.append)
+    writer = TrackingWriter(tracker, tmp_path, warn=said.append, backoff_s=FAST)
     writer.submit(trial_ops("a", 1)[0])
     assert writer.flush(10)
     tracker.down.set()
@@ -89,7 +93,7 @@ def test_an_outage_is_said_once_and_ridden_out(tmp_path):
     for op in trial_ops("a", 4)[1:]:
         writer.submit(op)  # returns at once: the search is never held up
     assert time.time() - started < 0.5
-    time.sleep(3)
+    time.sleep(3 * FAST)
     assert writer.pending == 5 and len(said) == 1 and "behind" in said[0]
     assert len(Journal(tmp_path).unsent()) == 5  # on disk while the store is away
     tracker.down.clear()
@@ -101,14 +105,17 @@ def test_an_outage_is_said_once_and_ridden_out(tmp_path):
 
 def test_unsent_writes_wait_on_disk_for_the_next_process(tmp_path):
     tracker = FlakyTracker()
-    first = TrackingWriter(tracker, tmp_path, warn=lambda _: None)
+    said = []
+    first = TrackingWriter(tracker, tmp_path, warn=said.append, backoff_s=FAST)
     for op in trial_ops("a", 2):
         first.submit(op)
     assert first.flush(10)
     tracker.down.set()
     for op in trial_ops("b", 3):
         first.submit(op)
+    time.sleep(FAST)  # the writer finds the store down
     assert first.close(timeout=1) == 5  # the search ends while the store is down
+    assert "waiting up to 1 s for the MLflow store to take 5 write(s)" in said[-1]
     assert [op.kind for op in Journal(tmp_path).unsent()] == [
         "start", "metrics", "metrics", "metrics", "end"]
 
@@ -167,14 +174,32 @@ def test_a_journal_on_a_full_disk_keeps_the_writes_in_memory_and_says_so(tmp_pat
 
 def test_closing_retries_a_store_back_within_the_backoff_at_once():
     tracker = FlakyTracker()
-    writer = TrackingWriter(tracker, None, warn=lambda text: None)
+    backoff = 0.25
+    writer = TrackingWriter(tracker, None, warn=lambda text: None, backoff_s=backoff)
     tracker.down.set()
     writer.submit(Op("tags", None, tags={"a": "b"}))
-    time.sleep(8)  # the writer backs off: 1, 2, 4 s ... its next try would be 8 s away
+    time.sleep(8 * backoff)  # the writer backs off: 1, 2, 4 ... its next try 8 to 16 away
     tracker.down.clear()
     started = time.time()
     assert writer.close(timeout=30) == 0
-    assert time.time() - started < 4  # not the rest of an 8-16 s backoff
+    assert time.time() - started < 6 * backoff  # not the rest of that backoff
+
+
+def test_the_wait_for_a_store_that_is_gone_is_the_users_to_set(monkeypatch):
+    tracker = FlakyTracker()
+    tracker.down.set()
+    said = []
+    writer = TrackingWriter(tracker, None, warn=said.append, backoff_s=FAST)
+    writer.submit(Op("tags", None, tags={"a": "b"}))
+    time.sleep(FAST)
+    monkeypatch.setenv(WAIT_VARIABLE, "0")
+    started = time.time()
+    assert writer.close(timeout=60) == 1  # left for extune sync at once, not after 60 s
+    assert time.time() - started < 1 and "waiting up to 0 s" in said[-1]
+    monkeypatch.setenv(WAIT_VARIABLE, "soon")  # not a number: the default, never a failure
+    from extune.tracking.journal import wait_seconds
+
+    assert wait_seconds(60.0) == 60.0
 
 
 def test_an_op_is_one_journal_line_and_back():
