@@ -146,7 +146,9 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> bool:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
     try:
         with deferred(), _ray_apart():
-            ray.init(address=address, **kwargs)
+            # "local": a new instance even where `ray start` left a cluster on this machine
+            # (ray.init(address=None) joins the newest one, and refuses num_cpus there)
+            ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         raise ServiceError(f"cannot connect to Ray at {address or 'a new local instance'}: "
                            f"{one_line(e, 200)}") from None

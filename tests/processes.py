@@ -84,6 +84,29 @@ def stop(proc: subprocess.Popen) -> None:
     """Stop a process and everything it started (its process group)."""
     stop_process_group(proc, grace_s=20)
 
+
+def stop_all(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
+    """Stop several processes and their groups at once (a cluster's nodes and servers):
+    SIGTERM to every group, then SIGKILL to those still running after ``grace_s`` (one wait
+    for all, not one per process)."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)  # the group: a leader gone may leave children
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        if all(proc.poll() is not None for proc in procs):
+            return
+
 def wait_for(check, what: str, timeout: float = 90.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -103,11 +126,16 @@ def http_ok(url: str) -> bool:
 
 def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     """``mlflow server`` on 127.0.0.1:``port`` with its store and artifacts in ``folder``
-    (started again on the same folder, it serves the same runs)."""
+    (started again on the same folder, it serves the same runs), without MLflow's GenAI job
+    runners (a dozen processes that tracking never uses; ``extune ui`` starts none either)."""
+    import os
+
+    from extune.cli.ui import SERVER_ENV
+
     return start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                   "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}",
                   "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-                 folder / f"mlflow-{time.time():.0f}.log")
+                 folder / f"mlflow-{time.time():.0f}.log", env={**SERVER_ENV, **os.environ})
 
 
 def search_runs(uri: str, search_dir: Path) -> list:

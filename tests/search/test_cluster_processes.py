@@ -29,7 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from processes import BIN, free_port, http_ok, mlflow_server, search_runs, start, stop, wait_for
+from processes import (
+    BIN,
+    free_port,
+    http_ok,
+    mlflow_server,
+    search_runs,
+    start,
+    stop_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +102,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         _write_project(work / "project", work / "cache")
         yield Cluster(address, dashboard, uri, env, work, token)
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        stop_all(procs)
         shutil.rmtree(short, ignore_errors=True)
 
 
@@ -161,6 +169,27 @@ def test_search_on_a_cluster_started_like_a_user(cluster):
     client = mlflow_client(cluster.tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(trials[0].info.run_id)}
     assert "saliency_grid.png" in artifacts  # served by the tracking server
+
+
+def test_no_address_starts_ray_of_its_own_beside_a_cluster_ray_start_left(cluster):
+    """``ray start`` leaves its address in Ray's temp folder (``ray_current_cluster``) and
+    ``ray.init()`` joins that cluster, then refuses extune's ``num_cpus`` (a traceback, seen when
+    a search started beside another test's cluster); without ``--address`` or ``RAY_ADDRESS`` a
+    search starts Ray of its own."""
+    temp = Path(tempfile.mkdtemp(prefix="xt", dir="/tmp"))  # Ray's sockets: <= 107 bytes
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text(cluster.address)  # as `ray start` does
+    code = ("import ray; from extune.search.connections import connect_ray; "
+            "assert connect_ray(None, num_cpus=1); "
+            "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
+    env = {**{k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(temp)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=cluster.work)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.split()[-1] != cluster.address
 
 
 def _trial_nodes(search_dir: Path) -> set[str]:

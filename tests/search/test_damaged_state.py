@@ -235,7 +235,7 @@ def interrupted(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("damaged")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         settings = SearchSettings(
             out=str(work / "runs"), name="s", space="ce", trials=4, max_concurrent=1,
