@@ -198,6 +198,12 @@ def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
                 assert re.fullmatch(r"excon · trial-00\d · (complete|pruned at \d/3)",
                                     run.info.run_name), run.info.run_name
             shots.append(_shot(page, folder, "1-runs-table"))
+            page.goto("about:blank")  # the same view opened on its charts
+            page.goto(f"{links[key]}&compareRunsMode=CHART")
+            page.get_by_text("extune: the first questions").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            assert page.locator("svg.main-svg").count() > 0
+            shots.append(_shot(page, folder, "3-search-charts"))
         if key == "study duel":
             shots.append(_shot(page, folder, "5-study-final-runs"))
 
@@ -224,7 +230,6 @@ def test_each_link_shows_its_own_runs_and_a_clicked_trial_reads_at_a_glance(
     page.goto(f"{run_page}/model-metrics?workflowType=machine_learning")
     page.get_by_text("Step").first.wait_for(timeout=60_000)
     assert page.locator("svg.main-svg").count() > 0  # plotly charts drew
-    shots.append(_shot(page, folder, "3-trial-charts"))
     page.goto(f"{run_page}/artifacts/saliency_grid.png?workflowType=machine_learning")
     assert _image_rendered(page), "the trial's saliency grid did not render"
     assert "config.yaml" in page.inner_text("body")
