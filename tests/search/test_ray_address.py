@@ -32,7 +32,8 @@ def test_a_job_driver_joins_its_cluster_and_brings_no_cpus(monkeypatch):
     assert calls[-1]["address"] == "127.0.0.1:6379" and "num_cpus" not in calls[-1]
     monkeypatch.delenv("RAY_ADDRESS")
     assert connect_ray(None, num_cpus=3)
-    assert calls[-1]["address"] is None and calls[-1]["num_cpus"] == 3
+    # "local": a Ray of its own, even where `ray start` left a cluster on this machine
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 3
 
 
 def test_the_dashboard_address_is_refused_in_one_line(monkeypatch):
