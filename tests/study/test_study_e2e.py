@@ -16,6 +16,18 @@ from extune.tracking.client import mlflow_client
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def one_ray():
+    """One Ray for the study's nine commands (each would start and stop its own: a study
+    reuses a Ray that is already up, as in a notebook); what is tested is the study's state
+    across commands, not Ray's start."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def _study_runs(uri: str) -> dict[str, list]:
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name("study-e2e")
@@ -26,7 +38,7 @@ def _study_runs(uri: str) -> dict[str, list]:
     return by_role
 
 
-def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch):
+def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch, one_ray):
     import extune.study.retrain as final
     import extune.study.run as study_run
 
