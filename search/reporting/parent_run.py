@@ -316,12 +316,14 @@ def close_search_writer(sdir: SearchDir, timeout: float) -> int:
 
 
 def close_orphans(sdir: SearchDir, tracker: Any, trials: list[Any]) -> None:
-    """End the search's MLflow runs that are still RUNNING but whose trial Ray no longer has
-    (it started after Ray's last saved state, and the driver died): FAILED, saying why. The
-    Optuna study fails such trials on resume (``PruneAwareOptunaSearch.restore``)."""
+    """End the search's MLflow runs whose trial Ray no longer has (it started after Ray's last
+    saved state: the driver died, or a full disk kept Ray from saving) as FAILED, saying why:
+    RUNNING ones (a killed driver) and KILLED ones (a stopped search ended them, and
+    ``--resume`` sampled a new trial instead). The Optuna study fails such trials on resume
+    (``PruneAwareOptunaSearch.restore``)."""
     known = {t.trial_id for t in trials}
     writer = search_writer(sdir, tracker)
-    for run in _running_trial_runs(sdir, tracker):
+    for run in _trial_runs(sdir, tracker, "RUNNING") + _trial_runs(sdir, tracker, "KILLED"):
         trial_id = run.data.tags.get("extune.trial_id")
         if trial_id and trial_id not in known:
             writer.submit(Op("tags", trial_id, tags={
@@ -334,7 +336,7 @@ def end_killed(sdir: SearchDir, tracker: Any) -> None:
     """End the search's runs still RUNNING, its trials' and its own, as KILLED (a stopped
     search), and send what the store takes within 10 s."""
     writer = search_writer(sdir, tracker)
-    for run in _running_trial_runs(sdir, tracker):
+    for run in _trial_runs(sdir, tracker, "RUNNING"):
         trial_id = run.data.tags.get("extune.trial_id")
         if trial_id:  # the state tag too: a run KILLED but tagged running reads as live
             writer.submit(Op("tags", trial_id, tags={STATE_TAG: "interrupted"}))
@@ -343,14 +345,14 @@ def end_killed(sdir: SearchDir, tracker: Any) -> None:
     close_search_writer(sdir, timeout=10)
 
 
-def _running_trial_runs(sdir: SearchDir, tracker: Any) -> list[Any]:
-    """The search's trial runs MLflow has as RUNNING (none when the store is down: the next
-    ``--resume`` or ``extune sync`` looks again)."""
+def _trial_runs(sdir: SearchDir, tracker: Any, status: str) -> list[Any]:
+    """The search's trial runs MLflow has in ``status`` (none when the store is down: the
+    next ``--resume`` or ``extune sync`` looks again)."""
     try:
         return tracker.client.search_runs(
             [tracker.experiment_id], max_results=5000,
             filter_string=f"tags.`extune.search_id` = '{sdir.search_id}' and "
-                          "tags.`extune.role` = 'trial' and attributes.status = 'RUNNING'")
+                          f"tags.`extune.role` = 'trial' and attributes.status = '{status}'")
     except Exception as e:  # MLflow, requests and SQLAlchemy raise many types
         log.warning("could not look for unfinished MLflow runs: %s", one_line(e, 200))
         return []

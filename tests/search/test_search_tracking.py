@@ -154,6 +154,33 @@ def test_resumed_search_reuses_its_runs(store, tmp_path):
     assert syncing.client.get_run(parent).info.status == "FINISHED"
 
 
+def test_a_trial_lost_to_a_stopped_search_ends_failed_when_the_resumed_search_ends(store,
+                                                                                   tmp_path):
+    """Ray could not save the search's state before a trial started (a full disk), the stopped
+    search ended its run KILLED, and --resume sampled a new trial instead: the lost run ends
+    FAILED and says why, not KILLED beside the trials that count."""
+    from extune.search.reporting.parent_run import close_orphans, journal_dir
+
+    tracker = MlflowTracker(store, "test-tracking", "search-3", "demo3")
+    tracker.parent_run(params={"trials": 2})
+    cb = MlflowCallback(tracker, BASE.to_dict(), journal_dir=tmp_path / "j1")
+    kept, lost = fake_trial("kkk", 0, 0.1), fake_trial("lll", 1, 0.2)
+    for t in (kept, lost):
+        cb.on_trial_start(0, [], t)
+        cb.on_trial_result(0, [], t, result(1, 0.2))
+    cb.on_experiment_end([kept, lost])  # the stopped search: both KILLED
+    close_writer(tmp_path / "j1", timeout=30)
+
+    sdir = SimpleNamespace(search_id="search-3", path=tmp_path / "search")
+    close_orphans(sdir, MlflowTracker(store, "test-tracking", "search-3", "demo3"), [kept])
+    assert close_writer(journal_dir(sdir), timeout=30) == 0
+    runs = {r.data.tags.get("extune.trial_id"): r for r in runs_of(tracker)}
+    assert runs["kkk"].info.status == "KILLED"  # Ray has it: the resumed search ends it
+    assert runs["lll"].info.status == "FAILED" and runs["lll"].info.run_name.endswith("· lost")
+    assert runs["lll"].data.tags["extune.state"] == "failed"
+    assert runs["lll"].data.tags["extune.error"].startswith("lost: ")
+
+
 def test_param_strings_round_trip_to_a_typed_config():
     cfg = Config().with_overrides({"explain.layer": "layer3", "data.limit": 100,
                                    "eval.corruptions": ["contrast"], "runtime.threads": None,
