@@ -43,6 +43,7 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
     from ray import tune
 
     from extune.search.engine.disk import ray_storage, restore_tuner
+    from extune.search.engine.result_files import result_file_callbacks
     from extune.search.engine.trainable import train_trial
 
     trainable = tune.with_resources(
@@ -50,6 +51,7 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
                              objectives=tuple(objectives), storage=path,
                              full_epochs=full_epochs),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    files = result_file_callbacks(path)  # before a restore too: its callbacks are Ray's saved ones
     if restore and tune.Tuner.can_restore(path):
         if restore_then is None:
             return restore_tuner(path, trainable)
@@ -60,6 +62,7 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
                                     reuse_actors=True),
         param_space=param_space,
         run_config=tune.RunConfig(
-            **ray_storage(path), verbose=0, stop=stop, callbacks=list(callbacks),
+            **ray_storage(path), verbose=0, stop=stop,
+            callbacks=[*callbacks, *files],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -273,9 +273,11 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
 
     def parallel() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=False)
-        png, html = both("plot_parallel_coordinate", c.study, params=c.varying(), **target)
+        drawn, note = _drawn(c.trials, study.directions[0], lambda t: t.values[0])
+        shown = c.study if not note else _study_of(drawn, study.directions)
+        png, html = both("plot_parallel_coordinate", shown, params=c.varying(), **target)
         _legible_axes(png, [names[0], *c.varying()])
-        return f"Parallel coordinates, {names[0]} ({c.basis})", png, html
+        return f"Parallel coordinates, {names[0]} ({c.basis}{note})", png, html
 
     def contour() -> tuple[str, Any, Any]:
         import optuna
@@ -345,23 +347,69 @@ def _history(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
 
 def _curves(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
             ) -> tuple[str, Any, Any]:
-    epochs = [s for t in study.get_trials(deepcopy=False) for s in t.intermediate_values]
-    if not epochs:
+
+    reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    if not reported:
         raise _LeftOut("no trial reported an epoch")
+    epochs = [s for t in reported for s in t.intermediate_values]
+    ended = [t for t in reported if t.state.is_finished()]
+    drawn, note = _drawn(ended, study.direction,
+                         lambda t: t.intermediate_values[max(t.intermediate_values)])
+    numbers = {}  # Optuna's TrialN of the drawn trials' study -> the search's trial number
+    if note:
+        study = _study_of(drawn, study.directions)
+        numbers = {i: t.number for i, t in enumerate(drawn)}
     png, html = both("plot_intermediate_values", study)
     for line in png.get_lines():
-        line.set_label(_mlflow_name(line.get_label()))
+        line.set_label(_mlflow_name(line.get_label(), numbers))
     if png.get_legend() is not None:
         if len(png.get_lines()) <= MAX_LEGEND:
             png.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0.0,
                        fontsize=8)
         else:  # a column taller than the figure, in 10 colours: plots.html names each line
             png.get_legend().remove()
-    html.for_each_trace(lambda trace: trace.update(name=_mlflow_name(trace.name)))
+    html.for_each_trace(lambda trace: trace.update(name=_mlflow_name(trace.name, numbers)))
     png.set_ylabel(name)
     html.update_yaxes(title=name)
     _integer_x(png, html, max(epochs), "epoch")
-    return f"{name} per epoch of every trial (pruned ones stop)", png, html
+    which = note.lstrip(", ") if note else "every trial"
+    return f"{name} per epoch of {which} (pruned ones stop)", png, html
+
+
+MAX_DRAWN = 200
+"""Most trials a plot of one line per trial draws (learning curves, parallel coordinates):
+past it, the best half and an even sample of the rest by trial number, so that a plot of a
+2,000-trial search stays legible and its page small (the curves of 2,000 trials made
+plots.html 40 MB); the title says how many of how many."""
+
+
+def _drawn(trials: Sequence[Any], direction: Any, value: Callable[[Any], float]
+           ) -> tuple[list[Any], str]:
+    """``trials`` when there are at most :data:`MAX_DRAWN`, else the best half by ``value``
+    (``direction``: the study's) and evenly spaced others, by trial number; with a note for
+    the title (``""`` when all are drawn)."""
+    from optuna.study import StudyDirection
+
+    if len(trials) <= MAX_DRAWN:
+        return list(trials), ""
+    sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
+    ranked = sorted(trials, key=lambda t: -sign * value(t))
+    best = ranked[:MAX_DRAWN // 2]
+    rest = sorted(ranked[MAX_DRAWN // 2:], key=lambda t: t.number)
+    wanted = MAX_DRAWN - len(best)
+    others = [rest[i * len(rest) // wanted] for i in range(wanted)]
+    return (sorted(best + others, key=lambda t: t.number),
+            f", {MAX_DRAWN} of {len(trials)} drawn: the {len(best)} best and {wanted} "
+            "evenly spaced")
+
+
+def _study_of(trials: Sequence[Any], directions: Sequence[Any]) -> Any:
+    """An in-memory study of ``trials`` (numbered 0, 1, ... in their order)."""
+    import optuna
+
+    study = optuna.create_study(directions=list(directions))
+    study.add_trials(trials)
+    return study
 
 
 MAX_LEGEND = 20
@@ -390,10 +438,14 @@ def _legible_axes(ax: Any, names: list[str]) -> None:
             label.set_bbox({"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
-def _mlflow_name(label: str | None) -> str:
-    """Optuna's ``Trial12`` -> ``trial-012``, the trial's MLflow run name."""
+def _mlflow_name(label: str | None, numbers: Mapping[int, int] | None = None) -> str:
+    """Optuna's ``Trial12`` -> ``trial-012``, the trial's MLflow run name (``numbers``: the
+    search's number of each trial of a drawn subset's study)."""
     match = re.fullmatch(r"Trial(\d+)", label or "")
-    return trial_label(int(match.group(1))) if match else label or ""
+    if not match:
+        return label or ""
+    number = int(match.group(1))
+    return trial_label((numbers or {}).get(number, number))
 
 
 def _integer_x(png: Any, html: Any, largest: int, label: str) -> None:

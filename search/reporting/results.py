@@ -30,6 +30,7 @@ __all__ = [
     "chosen_trial",
     "dominates",
     "pareto_front",
+    "pareto_layers",
     "knee_point",
     "select_trial",
     "rank_records",
@@ -45,18 +46,56 @@ def _oriented(values: Sequence[float], objectives: Sequence[Objective]) -> list[
 
 def dominates(a: Sequence[float], b: Sequence[float], objectives: Sequence[Objective]) -> bool:
     """Whether values ``a`` Pareto-dominate ``b`` (no worse anywhere, better somewhere)."""
-    oa, ob = _oriented(a, objectives), _oriented(b, objectives)
-    return all(x >= y for x, y in zip(oa, ob, strict=True)) and any(
-        x > y for x, y in zip(oa, ob, strict=True))
+    return _dominates_oriented(_oriented(a, objectives), _oriented(b, objectives))
 
 
 def pareto_front(records: Sequence[TrialRecord],
                  objectives: Sequence[Objective]) -> list[TrialRecord]:
     """The complete trials no other complete trial dominates, by first objective (best first)."""
+    layers = pareto_layers(records, objectives)
+    return layers[0] if layers else []
+
+
+def pareto_layers(records: Sequence[TrialRecord],
+                  objectives: Sequence[Objective]) -> list[list[TrialRecord]]:
+    """The complete trials in Pareto layers: the front, then the front of the rest, and so on;
+    each layer best first by the objectives in turn (ties: in ``records``' order).
+
+    Written here because Optuna's non-dominated sort is private. Sorted best first (each
+    objective in turn), a trial's dominators all come before it; its layer is the first
+    whose members do not dominate it, found by bisection (every member of a layer is dominated
+    by one of the layer before), and a tie goes where the trial before it went: O(n log n)
+    comparisons for one objective, where comparing each pair was O(n^2) and took most of the
+    21 s of a summary of 2,000 trials.
+    """
     done = [r for r in records if r.state == "complete" and r.values is not None]
-    front = [r for r in done
-             if not any(dominates(o.values, r.values, objectives) for o in done if o is not r)]
-    return sorted(front, key=lambda r: -_oriented(r.values, objectives)[0])
+    keyed = sorted(((_oriented(r.values, objectives), i, r) for i, r in enumerate(done)),
+                   key=lambda t: ([-v for v in t[0]], t[1]))
+    layers: list[list[TrialRecord]] = []
+    values: list[list[list[float]]] = []
+    previous: tuple[list[float] | None, int] = (None, 0)
+    for point, _, record in keyed:
+        low, high = 0, len(layers)
+        if point == previous[0]:  # a tie (sorted next to each other): the same layer
+            low = high = previous[1]
+        while low < high:
+            mid = (low + high) // 2
+            if any(_dominates_oriented(other, point) for other in values[mid]):
+                low = mid + 1
+            else:
+                high = mid
+        if low == len(layers):
+            layers.append([])
+            values.append([])
+        layers[low].append(record)
+        values[low].append(point)
+        previous = (point, low)
+    return layers
+
+
+def _dominates_oriented(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+        x > y for x, y in zip(a, b, strict=True))
 
 
 def knee_point(front: Sequence[TrialRecord], objectives: Sequence[Objective]) -> TrialRecord:
@@ -136,13 +175,9 @@ def rank_records(records: Sequence[TrialRecord],
         v = r.value(first)
         return -sign * v if v is not None else math.inf
 
-    remaining = [r for r in records if r.state == "complete" and r.values is not None]
     ranked: list[TrialRecord] = []
-    while remaining:
-        layer = pareto_front(remaining, objectives)
+    for layer in pareto_layers(records, objectives):
         ranked.extend(sorted(layer, key=score))
-        ids = {id(r) for r in layer}
-        remaining = [r for r in remaining if id(r) not in ids]
     for state in ("pruned", "failed", "running", "waiting"):
         ranked.extend(sorted((r for r in records if r.state == state), key=score))
     listed = {id(r) for r in ranked}
@@ -243,18 +278,22 @@ def _plot_history(ax: Any, records: Sequence[TrialRecord], objective: Objective)
     better = max if objective.mode == "max" else min
     best: float | None = None
     xs, bests = [], []
+    points: dict[str, tuple[list[int], list[float]]] = {}  # one scatter per state, not trial
     for r in sorted(records, key=lambda r: r.number):
         v = r.value(objective)
         if v is None:
             continue
-        marker = {"complete": "o", "pruned": "x"}.get(r.state, ".")
-        ax.scatter([r.number], [v], marker=marker, c="tab:blue" if r.state == "complete"
-                   else "0.6")
+        group = r.state if r.state in ("complete", "pruned") else "other"
+        points.setdefault(group, ([], []))[0].append(r.number)
+        points[group][1].append(v)
         if r.state == "complete":
             best = v if best is None else better(best, v)
         if best is not None:
             xs.append(r.number)
             bests.append(best)
+    for group, (numbers, values) in points.items():
+        ax.scatter(numbers, values, marker={"complete": "o", "pruned": "x"}.get(group, "."),
+                   c="tab:blue" if group == "complete" else "0.6")
     ax.step(xs, bests, where="post", c="tab:red", label="best complete trial")
     from matplotlib.ticker import MaxNLocator
 

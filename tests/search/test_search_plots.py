@@ -14,6 +14,7 @@ from optuna.trial import TrialState, create_trial
 from extune.evaluate.objectives import Objective
 from extune.search.reporting.plots import (
     AXIS_WIDTH_IN,
+    MAX_DRAWN,
     MIN_FIT,
     draw_plots,
     fit_minimum,
@@ -172,6 +173,23 @@ def test_learning_curves_name_trials_as_mlflow_with_whole_epochs(drawn):
     history = figures["optimization_history"]
     history.png.figure.canvas.draw()
     assert all(float(t).is_integer() for t in history.png.get_xticks())
+
+
+def test_a_large_search_draws_its_best_trials_and_an_even_sample_of_the_rest(drawn):
+    study = make_study(MAX_DRAWN + 60, pruned=40)
+    figures, _ = drawn(study)
+    curves = figures["intermediate_values"]
+    total = MAX_DRAWN + 100
+    assert f"{MAX_DRAWN} of {total} drawn: the {MAX_DRAWN // 2} best" in curves.heading
+    names = {t.name for t in curves.html.data}
+    assert len(names) == MAX_DRAWN == len(curves.png.get_lines())
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in study.trials}
+    best = sorted(last, key=lambda n: -last[n])[:MAX_DRAWN // 2]
+    assert {f"trial-{n:03d}" for n in best} <= names  # named as the search's trials
+    assert "trial-000" in names and any(t.name >= "trial-290" for t in curves.html.data)
+    parallel = figures["parallel_coordinate"]
+    assert f"{MAX_DRAWN} of {MAX_DRAWN + 60} drawn" in parallel.heading  # complete ones
+    assert len(parallel.png.collections[0].get_segments()) == MAX_DRAWN  # a line per trial
 
 
 def test_multi_objective_leaves_out_below_the_threshold_and_draws_the_front(drawn):

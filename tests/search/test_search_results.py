@@ -11,6 +11,7 @@ from extune.search.reporting.results import (
     dominates,
     knee_point,
     pareto_front,
+    pareto_layers,
     plot_summary,
     rank_records,
     select_trial,
@@ -32,6 +33,27 @@ def rec(number, acc, align=None, state="complete", **params):
     return TrialRecord(number, trial_id=f"t{number}", state=state,
                        values=values if state == "complete" else None, metrics=metrics,
                        params={"optim.lr": 0.1 * (number + 1), **params}, planned_epochs=3)
+
+
+@pytest.mark.parametrize("objectives", [[ACC], [ACC, ECE], [ACC, ALIGN, ECE]])
+def test_pareto_layers_match_the_definition_on_random_points_with_ties(objectives):
+    import random
+
+    rng = random.Random(len(objectives))
+    records = [TrialRecord(i, trial_id=f"t{i}", state="complete",
+                           values=[rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in objectives],
+                           metrics={}, params={}) for i in range(300)]
+    remaining, expected = list(records), []
+    while remaining:  # the definition, pair by pair: what the fast sort must give
+        layer = [r for r in remaining
+                 if not any(dominates(o.values, r.values, objectives) for o in remaining)]
+        expected.append({r.number for r in layer})
+        remaining = [r for r in remaining if r.number not in expected[-1]]
+    layers = pareto_layers(records, objectives)
+    assert [{r.number for r in layer} for layer in layers] == expected
+    assert pareto_front(records, objectives) == layers[0]
+    first = [r.values[0] * (1 if objectives[0].mode == "max" else -1) for r in layers[0]]
+    assert first == sorted(first, reverse=True)  # best first
 
 
 def test_dominates_respects_directions():
