@@ -242,6 +242,8 @@ def main() -> None:
     if not args.quick:
         root = Path(__file__).resolve().parents[1]
         out = root / "benchmarks" / "results" / f"growth-{time.strftime('%Y-%m-%d')}.json"
+        if out.exists():  # never over an earlier run's figures
+            out = out.with_name(f"growth-{time.strftime('%Y-%m-%d-%H%M')}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**figures, "cpus": os.cpu_count(), "overhead_s": [
             round(v, 4) for v in overhead], "suggest_s": [round(v, 5) for v in suggest_s]},

@@ -32,6 +32,7 @@ from extune.train.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rows_audit import audit_rows  # noqa: E402  (benchmarks/ is not a package)
+from rows_peer import peer_rows  # noqa: E402
 from rows_search import ray_rows  # noqa: E402
 from rows_steps import (  # noqa: E402
     cuda_rows,
@@ -54,6 +55,7 @@ GROUPS: dict[str, Callable[[argparse.Namespace, torch.device], list[Row]]] = {
     "eval": lambda a, d: [eval_row(a.quick)],
     "data": lambda a, d: data_rows(a.quick),
     "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command),
+    "peer": lambda a, d: peer_rows(a.quick),
     "cuda": lambda a, d: cuda_rows(a.quick),
     "audit": lambda a, d: audit_rows(a.quick, d),
 }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -22,6 +23,7 @@ class Row:
         unit: ``x`` for ratios, ``s`` or ``s/trial`` for times.
         goal: ``<= 1.3``, ``>= 5``, or ``None`` for rows that report only.
         detail: the medians behind the ratio, the floor, a skip reason.
+        facts: what is behind the figure, for the JSON (per-trial times, what was recorded).
     """
 
     name: str
@@ -29,6 +31,7 @@ class Row:
     unit: str = "x"
     goal: str | None = None
     detail: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def verdict(self) -> str:
         """``met``, ``not met``, ``-`` (no goal) or ``skipped``."""

@@ -29,7 +29,8 @@ class TrialRecord:
         metrics: the last reported metrics (``epoch``, ``val/...``, ``train/...``).
         params: the trial's config overrides (dotted keys).
         planned_epochs: epochs the trial would have trained.
-        node_id, hostname, pid: where it ran last.
+        node_id, gpu_ids, hostname, pid: where it ran last (``gpu_ids``: the Ray GPU ids it
+            was given, ``"0,1"``; ``""`` for none).
         error: one-line error of a failed trial, when known.
     """
 
@@ -41,6 +42,7 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     planned_epochs: int | None = None
     node_id: str | None = None
+    gpu_ids: str | None = None
     hostname: str | None = None
     pid: int | None = None
     error: str | None = None
@@ -73,7 +75,8 @@ def records_from_study(study: Any, objectives: Sequence[Objective]) -> list[Tria
             number=t.number, trial_id=attrs.get("extune.ray_trial_id"), state=state,
             values=values, metrics=metrics, params=dict(attrs.get("extune.params", t.params)),
             planned_epochs=attrs.get("extune.planned_epochs"),
-            node_id=attrs.get("extune.node_id"), hostname=attrs.get("extune.hostname"),
+            node_id=attrs.get("extune.node_id"), gpu_ids=attrs.get("extune.gpu_ids"),
+            hostname=attrs.get("extune.hostname"),
             pid=attrs.get("extune.pid"), error=attrs.get("extune.error")))
     return records
 

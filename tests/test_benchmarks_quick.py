@@ -25,7 +25,7 @@ def test_quick_benchmark_prints_every_row(tmp_path):
     names = " | ".join(r["name"] for r in rows)
     for part in ("views", "excon / supcon", "edda / ce", "gradcam", "search overhead",
                  "ray start-up", "data start-up", "data fetch", "time to val acc", "eval:",
-                 "cuda:"):
+                 "cuda:", "peer: wall time", "peer: overhead per trial"):
         assert part in names, part
     for row in rows:
         if row["value"] is None:  # CUDA rows without a GPU: skipped with the reason

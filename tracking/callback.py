@@ -41,6 +41,9 @@ __all__ = ["MlflowCallback"]
 
 log = logging.getLogger(__name__)
 
+PLACE_KEYS = ("node_id", "gpu_ids", "hostname", "pid")
+"""Where a trial ran, from its first report: MLflow tags ``extune.<key>``."""
+
 
 def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:
     """A tracking hook that logs its errors instead of stopping the search."""
@@ -69,9 +72,10 @@ class MlflowCallback(Callback):
     - tags: ``extune.state`` (``running``, ``complete``, ``pruned``, ``failed``,
       ``interrupted``: the one state tag), ``extune.epoch`` (``2/4``: epochs reported of
       planned, with every report), ``extune.trial_id``, ``extune.search`` (the search's name),
-      ``extune.method``, ``extune.node_id``, ``extune.error`` (failed), ``extune.role``
-      (``trial``; ``final`` for a study's final runs, tagged ``extune.stage=final``); the run
-      name (``excon · trial-003``) ends with the state once the trial ends;
+      ``extune.method``, ``extune.node_id`` (and ``gpu_ids``, ``hostname``, ``pid``),
+      ``extune.error`` (failed), ``extune.role`` (``trial``; ``final`` for a study's final
+      runs, tagged ``extune.stage=final``); the run name (``excon · trial-003``) ends with
+      the state once the trial ends;
     - a description (the run page shows it first): the objectives, the suite's metrics rounded
       or "not measured", the searched settings (:mod:`~extune.tracking.notes`);
     - artifacts: ``config.yaml`` (the trial's full Config), the labelled saliency grid of its
@@ -177,8 +181,7 @@ class MlflowCallback(Callback):
         step = int(metrics.get("epoch", result.get("training_iteration", 0)))
         tags = {EPOCH_TAG: f"{step}/{self._planned(trial)}"}  # a column of the live view
         if step == 1:
-            tags.update({f"extune.{k}": str(result[k]) for k in ("node_id", "hostname", "pid")
-                         if k in result})
+            tags.update({f"extune.{k}": str(result[k]) for k in PLACE_KEYS if k in result})
         self._submit("tags", trial, tags=tags)
         # the epoch is the step: as a metric too it would lead MLflow's alphabetical lists
         # (the compare page's parallel plot picks the first shared metric)

@@ -110,7 +110,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
     @staticmethod
     def _record(ot_trial: Any, result: dict[str, Any]) -> None:
         ot_trial.set_user_attr("extune.metrics", reported_metrics(result))
-        for key in ("node_id", "hostname", "pid"):
+        for key in ("node_id", "gpu_ids", "hostname", "pid"):
             if key in result:
                 ot_trial.set_user_attr(f"extune.{key}", result[key])
 

@@ -8,8 +8,10 @@ trial, finished or not, again and again. At trial 2,000 of a search that was 12,
 save, and a driver spending 5 s per trial instead of 0.3 s (``benchmarks/growth.py``,
 docs/performance.md). :class:`TrialResultFiles` writes the same ``result.json`` (one JSON line
 per report, as Ray's) and ``params.json`` in place, once, where Ray's storage keeps the trial's
-checkpoints, and :func:`result_file_callbacks` turns Ray's loggers off for such a search. A search
-whose storage is a bucket keeps Ray's loggers (its files are not on this machine).
+checkpoints, and removes an ended trial's empty staging folder (Ray creates each one again in
+the storage at every save); :func:`result_file_callbacks` turns Ray's loggers off for such a
+search. A search whose storage is a bucket keeps Ray's loggers (its files are not on this
+machine).
 
 A report that the disk cannot take whole is cut back to the last whole line (a full disk stops
 the search through :class:`~extune.search.engine.disk.DiskGuard`; the file stays readable).
@@ -17,6 +19,7 @@ the search through :class:`~extune.search.engine.disk.DiskGuard`; the file stays
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,6 +70,13 @@ class TrialResultFiles(Callback):
                         **info: Any) -> None:
         line = json.dumps(_finite(result), default=_plain) + "\n"
         self._write(lambda: append_whole_line(Path(trial.path) / RESULT_FILE, line))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray keeps a staging folder per trial on the driver (empty: its loggers are off) and
+        # creates each one again in the storage at every save of the search's state, a call
+        # per trial through the storage's filesystem: an ended trial's goes (Ray 2.60)
+        with contextlib.suppress(OSError, AttributeError):  # not empty, gone, not Ray's Trial
+            os.rmdir(trial.local_path)
 
     def _write(self, write: Any) -> None:
         try:

@@ -60,6 +60,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
     if data is not None and cfg.data != Config.from_dict(base).data:
         data = None  # the space changed the data settings: load this trial's own data
     node_id = ray.get_runtime_context().get_node_id()
+    gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())  # "" without a GPU
 
     def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
         missing = [m for m in objectives if m not in metrics]
@@ -67,7 +68,7 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], data: Any = Non
             raise ConfigError(f"objective metric(s) {', '.join(missing)} are not reported by "
                               f"training; it reports: {', '.join(sorted(metrics))}")
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": node_id, "gpu_ids": gpu_ids}, checkpoint=checkpoint)
 
     # fit's folder (and a restored checkpoint) live outside the trial's working folder: Ray
     # uploads that folder with every experiment snapshot where the driver runs, which would

@@ -64,3 +64,14 @@ def test_ray_loggers_are_off_for_a_local_search_and_left_to_ray_for_a_bucket(tmp
     [callback] = result_file_callbacks(str(tmp_path / "trials"))
     assert isinstance(callback, TrialResultFiles)
     assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+
+
+def test_an_ended_trials_empty_staging_folder_goes_and_one_with_files_stays(tmp_path):
+    empty, full = tmp_path / "staging_a", tmp_path / "staging_b"
+    empty.mkdir()
+    full.mkdir()
+    (full / "error.txt").write_text("kept")
+    files = TrialResultFiles()
+    for folder in (empty, full, tmp_path / "gone"):
+        files.on_trial_complete(0, [], SimpleNamespace(local_path=str(folder)))
+    assert not empty.exists() and (full / "error.txt").exists()
