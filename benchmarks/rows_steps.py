@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -200,6 +201,42 @@ def data_rows(quick: bool) -> list[Row]:
                         **_reps(quick, 3))
     return [Row("data start-up: decode / cached load", t["decode"] / t["cached"],
                 detail=f"synthetic {size}+1000 images: {t['decode']:.2f} vs {t['cached']:.3f} s")]
+
+
+def streamed_row(quick: bool) -> Row:
+    """Training throughput (``train/images_per_s`` of one CE epoch, tiny_cnn) with an
+    ImageFolder of JPEG files decoded into memory vs read per batch from the files by
+    DataLoader workers (``data.in_memory``), interleaved."""
+    import numpy as np
+    from PIL import Image
+
+    from extune.train import fit
+
+    per_class, side, size = (40, 48, 32) if quick else (500, 128, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for k in range(4):
+            folder = Path(tmp, "tree", "train", f"class{k}")
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+                pixels[..., k % 3] = 60 * k
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+        base = {"method": "ce", "data.name": "imagefolder", "data.root": f"{tmp}/tree",
+                "data.image_size": size, "data.cache_dir": f"{tmp}/cache",
+                "model.backbone": "tiny_cnn", "optim.epochs": 1, "optim.batch_size": 64,
+                "eval.explain_samples": 8, "eval.corruptions": ["contrast"],
+                "eval.grid_images": 2, "eval.audit": False, "runtime.progress": False}
+        rates: dict[str, list[float]] = {"memory": [], "streamed": []}
+        for _ in range(1 if quick else 3):
+            for name, mode in (("memory", True), ("streamed", False)):
+                cfg = Config().with_overrides({**base, "data.in_memory": mode})
+                rates[name].append(fit(cfg).metrics["train/images_per_s"])
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return Row("data: streamed / in-memory training images/s", med["streamed"] / med["memory"],
+               detail=f"{4 * per_class} JPEGs of {side} px at {size} px, one CE epoch of "
+               f"tiny_cnn: {med['streamed']:.0f} vs {med['memory']:.0f} images/s "
+               f"({torch.get_num_threads()} threads; DataLoader workers decode the batches)")
 
 
 def cuda_rows(quick: bool) -> list[Row]:

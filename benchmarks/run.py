@@ -41,6 +41,7 @@ from rows_steps import (  # noqa: E402
     eval_row,
     excon_rows,
     gradcam_row,
+    streamed_row,
     views_row,
 )
 from timing import Row  # noqa: E402
@@ -53,7 +54,7 @@ GROUPS: dict[str, Callable[[argparse.Namespace, torch.device], list[Row]]] = {
     "edda": lambda a, d: [edda_row(a.quick, d)],
     "gradcam": lambda a, d: [gradcam_row(a.quick, d)],
     "eval": lambda a, d: [eval_row(a.quick)],
-    "data": lambda a, d: data_rows(a.quick),
+    "data": lambda a, d: [*data_rows(a.quick), streamed_row(a.quick)],
     "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command),
     "peer": lambda a, d: peer_rows(a.quick),
     "cuda": lambda a, d: cuda_rows(a.quick),

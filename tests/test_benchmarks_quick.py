@@ -24,8 +24,9 @@ def test_quick_benchmark_prints_every_row(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     names = " | ".join(r["name"] for r in rows)
     for part in ("views", "excon / supcon", "edda / ce", "gradcam", "search overhead",
-                 "ray start-up", "data start-up", "data fetch", "time to val acc", "eval:",
-                 "cuda:", "peer: wall time", "peer: overhead per trial"):
+                 "ray start-up", "data start-up", "data fetch", "data: streamed",
+                 "time to val acc", "eval:", "cuda:", "peer: wall time",
+                 "peer: overhead per trial"):
         assert part in names, part
     for row in rows:
         if row["value"] is None:  # CUDA rows without a GPU: skipped with the reason

@@ -177,6 +177,10 @@ class DataConfig:
     split_seed: int = _num(0, 0, SEED_MAX)  # seed of the validation split: the same for every trial
     limit: int | None = _num(None, 1)  # at most this many training images (val is not capped)
     cache_dir: str = "~/.cache/extune"  # decoded uint8 arrays are cached here ("": no cache)
+    # training images decoded into memory (true) or read per batch from their files (false,
+    # imagefolder); auto: in memory where the decoded images fit memory_gb
+    in_memory: bool | Literal["auto"] = "auto"
+    memory_gb: float | None = _num(None, 0.0, low_open=True)  # None: half the free memory
     strict: bool = False  # imagefolder: an undecodable image is an error (else skipped, warned)
     num_classes: int = _num(10, 2, 56)  # synthetic only: number of classes
     train_size: int = _num(6000, 10, IMAGES_MAX)  # synthetic only: training images (before val)

@@ -23,12 +23,15 @@ live in ``extune.train.datasets``. Add one with :func:`register_dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +47,13 @@ from extune.train.datasets import (
     ImageSet,
     list_datasets,
     register_dataset,
+)
+from extune.train.datasets.streamed import (
+    FileImages,
+    FileSplits,
+    StreamedSet,
+    decoded_bytes,
+    loader_workers,
 )
 
 __all__ = [
@@ -65,7 +75,8 @@ class DataSplits:
     """Train / validation / test splits of one data set, plus what normalisation needs.
 
     Attributes:
-        train: training images (after the validation split and ``data.limit``).
+        train: training images (after the validation split and ``data.limit``), decoded or
+            read per batch from their files (``data.in_memory``).
         val: validation images, taken from the training set (the search objective).
         test: the data set's test split, or None where it has none.
         classes: class names; label ``k`` is ``classes[k]``.
@@ -73,7 +84,7 @@ class DataSplits:
         std: per-channel standard deviation of ``train.images`` in [0, 1].
     """
 
-    train: ImageSet
+    train: ImageSet | StreamedSet
     val: ImageSet
     test: ImageSet | None
     classes: list[str]
@@ -107,24 +118,200 @@ def load_data(cfg: DataConfig) -> DataSplits:
         DataError: the data set's files are missing or unreadable.
     """
     entry = DATASETS.get(cfg.name)
+    listed = entry.files(cfg) if entry.files is not None else None
+    if not in_memory(cfg, listed):
+        return _streamed_splits(cfg, listed)
     decoded = _load_cached(cfg, entry)
-    full = decoded.train
+    train, val = _split(cfg, decoded.train, len(decoded.classes))
+    _warn_one_class(val, len(decoded.classes), cfg)
+    mean, std = channel_stats(train.images)
+    return DataSplits(train, val, decoded.test, list(decoded.classes), mean, std)
+
+
+def _split(cfg: DataConfig, full: Any, num_classes: int) -> tuple[Any, Any]:
+    """The seeded stratified (train, val) of ``full`` (an :class:`ImageSet` or a
+    :class:`StreamedSet`: the same positions either way), train capped at ``data.limit``."""
     n = len(full)
     if n < 2:
         raise DataError(f"{cfg.name}: {n} training image(s) found; at least 2 are needed")
-    if int(full.labels.min()) < 0 or int(full.labels.max()) >= len(decoded.classes):
+    if int(full.labels.min()) < 0 or int(full.labels.max()) >= num_classes:
         raise ValueError(f"data set '{cfg.name}' returned labels outside [0, "
-                         f"{len(decoded.classes)}) (a loader bug)")
+                         f"{num_classes}) (a loader bug)")
     n_val = min(max(1, int(n * cfg.val_fraction + 0.5)), n - 1)
     order = _stratified_order(full.labels, cfg.split_seed)
     val = full.subset(order[:n_val].sort().values)
     train = full.subset(order[n_val:].sort().values)
-    _warn_one_class(val, len(decoded.classes), cfg)
     if cfg.limit is not None and cfg.limit < len(train):
         keep = _stratified_order(train.labels, cfg.split_seed + 1)[: cfg.limit]
         train = train.subset(keep.sort().values)
-    mean, std = channel_stats(train.images)
-    return DataSplits(train, val, decoded.test, list(decoded.classes), mean, std)
+    return train, val
+
+
+# ============================================================================ memory
+def memory_budget(cfg: DataConfig) -> int | None:
+    """Bytes the decoded images may take: ``data.memory_gb``, else half the memory available
+    now (Linux: ``MemAvailable``, within the cgroup's limit); ``None`` where unknown."""
+    if cfg.memory_gb is not None:
+        return int(cfg.memory_gb * 2**30)
+    available = available_memory()
+    return None if available is None else available // 2
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get (``None`` where the system does not say):
+    the kernel's ``MemAvailable``, lowered to what a cgroup (a container) leaves."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        available = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, available)
+
+
+def in_memory(cfg: DataConfig, listed: FileSplits | None) -> bool:
+    """Whether the training images are decoded into memory (else read per batch).
+
+    ``data.in_memory=true``: in memory; ``false``: per batch (a file-based data set only);
+    ``auto``: in memory unless a file-based data set's decoded images (training and test,
+    counted from its files before decoding) exceed :func:`memory_budget`, said in a warning.
+
+    Raises:
+        DataError: ``false`` for a data set that is decoded whole (not file-based).
+    """
+    if cfg.in_memory is True:
+        _check_fits(cfg, listed)
+        return True
+    if listed is None:
+        if cfg.in_memory is False:
+            raise DataError(f"data.in_memory=false reads training images per batch from their "
+                            f"files, which {cfg.name} does not have (imagefolder does); set "
+                            "data.in_memory=auto")
+        return True
+    if cfg.in_memory is False:
+        return False
+    images = len(listed.train) + (len(listed.test) if listed.test is not None else 0)
+    needed, budget = decoded_bytes(images, cfg.image_size), memory_budget(cfg)
+    if budget is None or needed <= budget:
+        return True
+    warnings.warn(f"{cfg.name}: {images} images decoded at {cfg.image_size} px take "
+                  f"{needed / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB of "
+                  f"{_budget_source(cfg)}: the training images are read per batch from their "
+                  "files (data.in_memory=true decodes them anyway)", stacklevel=3)
+    return False
+
+
+def _check_fits(cfg: DataConfig, listed: FileSplits | None) -> None:
+    """``data.in_memory=true`` for files whose decoded images exceed the free memory: fail
+    before decoding (the machine would run out of memory half way).
+
+    Raises:
+        DataError: naming the sizes and what to set.
+    """
+    if listed is None:
+        return
+    images = len(listed.train) + (len(listed.test) if listed.test is not None else 0)
+    needed, free = decoded_bytes(images, cfg.image_size), available_memory()
+    if free is not None and needed > free:
+        raise DataError(f"data.in_memory=true: {cfg.name}'s {images} images take "
+                        f"{needed / 2**30:.1f} GiB decoded at {cfg.image_size} px, more than "
+                        f"the {free / 2**30:.1f} GiB of free memory; set data.in_memory=auto "
+                        "(read per batch) or lower data.image_size")
+
+
+def _budget_source(cfg: DataConfig) -> str:
+    return "data.memory_gb" if cfg.memory_gb is not None else "half the free memory"
+
+
+def _streamed_splits(cfg: DataConfig, listed: FileSplits | None) -> DataSplits:
+    """Splits whose training images stay in their files (:class:`StreamedSet`); validation and
+    test images are decoded into memory.
+
+    Raises:
+        DataError: the validation and test images alone exceed the budget (what to lower).
+    """
+    assert listed is not None
+    full = StreamedSet(listed.train.paths, listed.train.labels, cfg.image_size)
+    train, val_files = _split(cfg, full, len(listed.classes))
+    kept = len(val_files) + (len(listed.test) if listed.test is not None else 0)
+    needed, budget = decoded_bytes(kept, cfg.image_size), memory_budget(cfg)
+    if budget is not None and needed > budget:
+        raise DataError(f"{cfg.name}: even read per batch, its {kept} validation and test "
+                        f"images take {needed / 2**30:.1f} GiB decoded, more than the "
+                        f"{budget / 2**30:.1f} GiB of {_budget_source(cfg)}; lower "
+                        "data.val_fraction or data.image_size, or raise data.memory_gb")
+    val = _decode_set(cfg, val_files.paths, val_files.labels)
+    test = None
+    if listed.test is not None:
+        test = _decode_set(cfg, listed.test.paths, listed.test.labels)
+    _warn_one_class(val, len(listed.classes), cfg)
+    mean, std = _streamed_stats(cfg, train)
+    return DataSplits(train, val, test, list(listed.classes), mean, std)
+
+
+def _decode_set(cfg: DataConfig, paths: list[str], labels: Tensor) -> ImageSet:
+    """Files decoded into memory (as the in-memory path: unreadable ones skipped, warned)."""
+    from extune.train.datasets._common import decode_files, decode_readable
+
+    files = [Path(p) for p in paths]
+    if cfg.strict:
+        images, _ = decode_files(files, cfg.image_size)
+        return ImageSet(images, labels)
+    images, kept, skipped = decode_readable(files, cfg.image_size)
+    if skipped:
+        first = next(iter(skipped.items()))
+        warnings.warn(f"{cfg.name}: skipped {len(skipped)} file(s) that cannot be decoded, "
+                      f"first {first[0]} ({first[1]})", stacklevel=4)
+    return ImageSet(images, labels[kept])
+
+
+def _streamed_stats(cfg: DataConfig, train: StreamedSet
+                    ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """:func:`channel_stats` of a streamed training split, over every image (one pass of
+    DataLoader workers; kept beside the data cache, keyed by the files, so that each trial
+    of a search does not read them again)."""
+    path = _stats_path(cfg, train)
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            return tuple(saved["mean"]), tuple(saved["std"])  # type: ignore[return-value]
+        except (OSError, ValueError, KeyError):
+            pass
+    loader = torch.utils.data.DataLoader(
+        FileImages(train.paths, train.image_size), batch_size=256,
+        num_workers=loader_workers(), generator=torch.Generator())  # leaves the global RNG
+    histograms = torch.zeros(3, 256, dtype=torch.int64)
+    for images in loader:
+        histograms += channel_histograms(images)
+    stats = _stats_of(histograms)  # exactly what the in-memory path computes
+    if path is not None:
+        try:
+            with atomic_writer(path) as f:
+                f.write(json.dumps({"mean": stats[0], "std": stats[1]}).encode())
+        except OSError:
+            pass  # recomputed next time
+    return stats  # type: ignore[return-value]
+
+
+def _stats_path(cfg: DataConfig, train: StreamedSet) -> Path | None:
+    if not cfg.cache_dir:
+        return None
+    digest = hashlib.sha256()
+    digest.update(f"{_CACHE_VERSION}\0{cfg.image_size}\0".encode())
+    for p in train.paths:
+        digest.update(p.encode() + b"\0")
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            digest.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    name = f"{cfg.name}-{cfg.image_size}px-stats-{digest.hexdigest()[:16]}.json"
+    return Path(cfg.cache_dir).expanduser() / name
 
 
 def _warn_one_class(val: ImageSet, num_classes: int, cfg: DataConfig) -> None:
@@ -170,10 +357,23 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, float, float], tuple[flo
     Returns:
         ``(mean, std)``, each a 3-tuple; std is at least 1/255 (constant images).
     """
+    return _stats_of(channel_histograms(images))
+
+
+def channel_histograms(images: Tensor) -> Tensor:
+    """Per-channel counts of each level of uint8 ``[N, 3, H, W]`` images: int64 ``[3, 256]``
+    (exact, no float copy of the images; batches add up)."""
+    return torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256).cpu()
+                        for c in range(3)])
+
+
+def _stats_of(histograms: Tensor
+              ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """:func:`channel_stats` from :func:`channel_histograms`."""
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean, std = [], []
-    for c in range(3):  # a histogram is exact and needs no float copy of the images
-        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).double().cpu()
+    for c in range(3):
+        hist = histograms[c].double()
         m = (hist * levels).sum() / hist.sum()
         v = (hist * (levels - m) ** 2).sum() / hist.sum()
         mean.append(float(m))

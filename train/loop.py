@@ -29,6 +29,7 @@ from extune.models import Network
 from extune.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from extune.train.config import Config
 from extune.train.data import DataSplits, ImageSet, load_data
+from extune.train.datasets.streamed import Batches
 from extune.train.grid import GRID_NAME, explanation_grid
 from extune.train.methods import (
     Method,
@@ -105,6 +106,7 @@ class _State:
     start_epoch: int = 0
     grid_each_epoch: bool = False
     test: bool = False  # the test split is evaluated after the last epoch (it gets the audit)
+    batches: Batches | None = None  # the training split's batches (decoded per batch if streamed)
 
 
 def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | None = None,
@@ -157,16 +159,19 @@ def fit(config: Config, *, report: Report | None = None, out_dir: str | Path | N
         if on_epoch is not None:
             for restored in state.history:  # resumed: what the last run may not have recorded
                 on_epoch(restored)
-        for epoch in range(state.start_epoch, config.optim.epochs):
-            metrics = _run_epoch(state, epoch, progress)
-            if test and epoch == config.optim.epochs - 1:
-                metrics.update(_evaluate_test(state, progress))
-            state.history.append(metrics)
-            _save_or_rescue(state, epoch)
-            if report is not None:
-                report(metrics, state.out_dir)
-            if on_epoch is not None:
-                on_epoch(metrics)
+        try:
+            for epoch in range(state.start_epoch, config.optim.epochs):
+                metrics = _run_epoch(state, epoch, progress)
+                if test and epoch == config.optim.epochs - 1:
+                    metrics.update(_evaluate_test(state, progress))
+                state.history.append(metrics)
+                _save_or_rescue(state, epoch)
+                if report is not None:
+                    report(metrics, state.out_dir)
+                if on_epoch is not None:
+                    on_epoch(metrics)
+        finally:
+            state.batches.close()
         final = dict(state.history[-1]) if state.history else {}
         if test and not any(k.startswith("test/") for k in final):  # resumed after the end
             final.update(_evaluate_test(state, progress))
@@ -200,6 +205,7 @@ def _setup(cfg: Config, out_dir: str | Path | None, resume: str | Path | None,
     cfg.save(out / "config.yaml")
     state = _State(cfg, device, splits, model, method, optimizer, scheduler, batch_size, out,
                    evaluation_explainer(cfg))
+    state.batches = Batches(splits.train, batch_size, steps, device)
     if ckpt is not None:
         _restore(state, ckpt, resume)
     return state
@@ -270,11 +276,10 @@ def _train_epoch(state: _State, epoch: int, progress: EpochProgress) -> dict[str
     counts: dict[str, int] = {}
     finite = torch.ones((), dtype=torch.bool, device=state.device)
     start = time.perf_counter()
-    for i in progress.steps(epoch, cfg.optim.epochs, steps):
-        index = order[i * state.batch_size:(i + 1) * state.batch_size]
+    for i, (images, labels) in zip(progress.steps(epoch, cfg.optim.epochs, steps),
+                                   state.batches.epoch(order), strict=False):
         with autocast(state.device, cfg.runtime.amp):
-            out = state.method.step(train.images[index], train.labels[index],
-                                    epoch * steps + i)
+            out = state.method.step(images, labels, epoch * steps + i)
         state.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         state.optimizer.step()

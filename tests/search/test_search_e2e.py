@@ -275,3 +275,31 @@ def test_resume_after_an_interruption_ends_every_trial_once(ray_local, workdir):
         assert sorted(set(epochs)) == [float(e) for e in range(1, len(set(epochs)) + 1)]
         assert all(b >= a for a, b in zip(epochs[:-1], epochs[1:], strict=True)), (results.parent.name, epochs)
         assert len(epochs) - len(set(epochs)) <= 1, (results.parent.name, epochs)
+
+
+def test_a_search_reads_an_imagefolder_per_batch_when_told_to(ray_local, workdir, tmp_path):
+    """``data.in_memory=false``: the driver ships the training files' paths, not their pixels,
+    and each trial's DataLoader workers decode its batches (inside Ray's worker)."""
+    import numpy as np
+    from PIL import Image
+
+    from extune.train.data import load_data
+    from extune.train.datasets.streamed import StreamedSet
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("cat", "dog")):
+        folder = tmp_path / "tree" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(40):
+            pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+            pixels[..., k] = 220
+            Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    data = {"data.name": "imagefolder", "data.root": str(tmp_path / "tree"),
+            "data.in_memory": False, "optim.epochs": 1}
+    settings = make_settings(workdir, "streamed", trials=2, max_concurrent=2, set=data)
+    assert isinstance(load_data(Config().with_overrides(
+        {**TINY, **data, "data.cache_dir": ""}).data).train, StreamedSet)
+    result = run_search(settings)
+    assert [r.state for r in result.records] == ["complete", "complete"]
+    assert all(r.metrics["val/accuracy"] >= 0 and r.metrics["train/images_per_s"] > 0
+               for r in result.records)

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from extune.errors import DataError, one_line
 
-__all__ = ["one_line", "resize_uint8", "decode_files", "decode_readable", "image_files",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["one_line", "resize_uint8", "decode_file", "decode_files", "decode_readable",
+           "image_files", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -90,17 +90,10 @@ def _decode(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor, dict[int,
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):
             try:
-                with Image.open(paths[i]) as im:
-                    sizes[i] = im.size
-                    im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
-                    rgb = im.convert("RGB")
+                out[i], sizes[i] = decode_file(paths[i], size)
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError
                     ) as e:  # a bomb: more pixels than PIL's limit, refused before decoding
                 failed[i] = one_line(e)
-                continue
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased
-            out[i] = np.asarray(rgb)
 
     step = 256
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -110,6 +103,26 @@ def _decode(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor, dict[int,
             f.result()
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     return images, torch.from_numpy(sizes), failed
+
+
+def decode_file(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image file as uint8 ``[size, size, 3]`` RGB (greyscale, palette, RGBA converted;
+    resized antialiased bilinear without keeping the aspect ratio) and its original (w, h):
+    the one decoding of every file-based path, in memory or per batch.
+
+    Raises:
+        OSError, PIL.UnidentifiedImageError, ValueError, PIL.Image.DecompressionBombError:
+            the file cannot be decoded.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        original = im.size
+        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale >= size
+        rgb = im.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)  # antialiased
+    return np.asarray(rgb), original
 
 
 def image_files(folder: Path) -> list[Path]:

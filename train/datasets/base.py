@@ -104,14 +104,20 @@ class DecodedData:
 
 Loader = Callable[[DataConfig], DecodedData]
 KeyFn = Callable[[DataConfig], dict[str, Any]]
+FilesFn = Callable[[DataConfig], Any]
+"""``cfg -> FileSplits`` (:mod:`~extune.train.datasets.streamed`): a file-based data set's files
+and labels, listed without decoding (its size is known before decoding; its training images can
+be read per batch)."""
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered data set: its loader and the function that keys its disk cache."""
+    """A registered data set: its loader, the function that keys its disk cache, and for a
+    file-based one the function that lists its files (``None``: decoded whole only)."""
 
     loader: Loader
     key: KeyFn
+    files: FilesFn | None = None
 
 
 DATASETS: Registry[DatasetEntry] = Registry("data set")
@@ -122,20 +128,24 @@ def _root_key(cfg: DataConfig) -> dict[str, Any]:
     return {"root": str(Path(cfg.root).expanduser().resolve())}
 
 
-def register_dataset(name: str, *, key: KeyFn | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, key: KeyFn | None = None, files: FilesFn | None = None
+                     ) -> Callable[[Loader], Loader]:
     """Decorator registering ``loader(cfg: DataConfig) -> DecodedData`` under ``name``.
 
     Args:
         name: the ``data.name`` that selects it.
         key: ``cfg -> dict`` (JSON-serialisable) of what, besides the name and image size,
             determines the decoded arrays; it keys the disk cache. Default: the resolved root.
+        files: ``cfg -> FileSplits``: the data set's image files and labels, listed without
+            decoding, in the order the loader decodes them (a data set larger than memory is
+            then read per batch, ``data.in_memory``); ``None``: it is decoded whole.
 
     Raises:
         ValueError: ``name`` is already registered.
     """
 
     def decorator(loader: Loader) -> Loader:
-        DATASETS.register(name, DatasetEntry(loader, key or _root_key))
+        DATASETS.register(name, DatasetEntry(loader, key or _root_key, files))
         return loader
 
     return decorator

@@ -2,7 +2,9 @@
 
 Classes are the sorted sub-folders of ``train`` (as in ``torchvision.datasets.ImageFolder``);
 test folders are mapped to them by name, and test folders of unknown classes are skipped with
-a warning. Images are decoded with PIL and resized to ``data.image_size``.
+a warning. Images are decoded with PIL and resized to ``data.image_size``; the files are listed
+first (:func:`_files`), so that a tree larger than memory can be read per batch instead
+(``data.in_memory``, :mod:`extune.train.datasets.streamed`).
 
 Bad data is refused before anything trains: fewer than two class folders, or a class folder
 with no (readable) image is an error. Files that cannot be decoded (empty, truncated, not an
@@ -24,6 +26,7 @@ from extune.errors import DataError
 from extune.train.config import DataConfig
 from extune.train.datasets._common import decode_files, decode_readable, image_files
 from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
+from extune.train.datasets.streamed import FileSet, FileSplits
 
 __all__: list[str] = []
 
@@ -48,9 +51,14 @@ def _key(cfg: DataConfig) -> dict[str, Any]:
     return {"root": str(root), "strict": cfg.strict, "files": digest.hexdigest()}
 
 
-@register_dataset("imagefolder", key=_key)
-def _load(cfg: DataConfig) -> DecodedData:
-    root = Path(cfg.root).expanduser()
+def _files(cfg: DataConfig) -> FileSplits:
+    """The tree's image files and labels, classes from ``train/``'s folders, not decoded.
+
+    Raises:
+        DataError: no ``train/`` folder, fewer than two class folders, or a training class
+            folder with no image file.
+    """
+    root = Path(cfg.root).expanduser().absolute()  # paths a trial finds from any folder
     train_dir = root / "train"
     hint = (f"expected {train_dir}/<class>/<image> (and optionally {root}/test/<class>/<image>); "
             "set data.root to the folder that holds train/")
@@ -63,25 +71,32 @@ def _load(cfg: DataConfig) -> DecodedData:
         raise DataError(f"imagefolder: {train_dir} has one class folder ({classes[0]}); a "
                         "classifier needs at least 2 classes (one sub-folder of train/ each)")
     index = {c: i for i, c in enumerate(classes)}
-    train, skipped = _split(train_dir, index, cfg, train=True)
-    _require_every_class(train, classes, train_dir)
+    train = _listed(train_dir, index, train=True)
+    test = _listed(root / "test", index, train=False) if (root / "test").is_dir() else None
+    return FileSplits(train, test if test is not None and len(test) else None, classes)
+
+
+@register_dataset("imagefolder", key=_key, files=_files)
+def _load(cfg: DataConfig) -> DecodedData:
+    listed = _files(cfg)
+    train, skipped = _decoded(listed.train, cfg)
+    root = Path(cfg.root).expanduser().absolute()
+    _require_every_class(train, listed.classes, root / "train")
     test = None
-    if (root / "test").is_dir():
-        test, skipped_test = _split(root / "test", index, cfg, train=False)
+    if listed.test is not None:
+        test, skipped_test = _decoded(listed.test, cfg)
         skipped.update(skipped_test)
     _warn_skipped(skipped, root)
-    return DecodedData(train, test if test is not None and len(test) else None, classes)
+    return DecodedData(train, test if test is not None and len(test) else None, listed.classes)
 
 
-def _split(folder: Path, index: dict[str, int], cfg: DataConfig, *, train: bool
-           ) -> tuple[ImageSet, dict[Path, str]]:
-    """The images of ``folder/<class>/*`` and the unreadable files skipped (none if strict).
+def _listed(folder: Path, index: dict[str, int], *, train: bool) -> FileSet:
+    """The image files of ``folder/<class>/*`` and their labels.
 
     Raises:
-        DataError: a class folder of the training split holds no image file; with
-            ``data.strict``, a file cannot be decoded.
+        DataError: a class folder of the training split holds no image file.
     """
-    paths: list[Path] = []
+    paths: list[str] = []
     labels: list[int] = []
     unknown, empty = [], []
     for d in _class_dirs(folder):
@@ -91,19 +106,29 @@ def _split(folder: Path, index: dict[str, int], cfg: DataConfig, *, train: bool
         files = image_files(d)
         if not files:
             empty.append(d.name)
-        paths += files
+        paths += [str(p) for p in files]
         labels += [index[d.name]] * len(files)
     if unknown:
         warnings.warn(f"imagefolder: skipping {folder}/{{{','.join(unknown)}}}: not a class of "
-                      "the train folder", stacklevel=3)
+                      "the train folder", stacklevel=4)
     if empty and train:
         raise DataError(f"imagefolder: class folder(s) {', '.join(empty)} of {folder} hold no "
                         "image file; add images or remove the folder(s)")
+    return FileSet(paths, torch.tensor(labels, dtype=torch.int64))
+
+
+def _decoded(files: FileSet, cfg: DataConfig) -> tuple[ImageSet, dict[Path, str]]:
+    """``files`` decoded, and the unreadable files skipped (none if ``data.strict``).
+
+    Raises:
+        DataError: with ``data.strict``, a file cannot be decoded.
+    """
+    paths = [Path(p) for p in files.paths]
     if cfg.strict:
         images, _ = decode_files(paths, cfg.image_size)
-        return ImageSet(images, torch.tensor(labels, dtype=torch.int64)), {}
+        return ImageSet(images, files.labels), {}
     images, kept, skipped = decode_readable(paths, cfg.image_size)
-    return ImageSet(images, torch.tensor(labels, dtype=torch.int64)[kept]), skipped
+    return ImageSet(images, files.labels[kept]), skipped
 
 
 def _require_every_class(train: ImageSet, classes: list[str], folder: Path) -> None:
