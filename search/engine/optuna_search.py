@@ -93,6 +93,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # the trial was told elsewhere (e.g. a resumed study)
             log.warning("could not tell Optuna trial %s: %s", ot_trial.number, exc)
         self._completed_trials.add(trial_id)
+        # an ended trial is the study's: Ray pickles this searcher whole at every save of the
+        # search's state (OptunaSearch.save), so what it keeps per trial must not pile up
+        for kept in (self._ot_trials, self._planned, self._reported):
+            kept.pop(trial_id, None)
 
     def _outcome(self, trial_id: str, result: dict[str, Any] | None,
                  error: bool) -> tuple[TrialState, Any]:

@@ -89,3 +89,21 @@ def test_restore_fails_trials_asked_after_the_last_snapshot(tmp_path):
     fresh.on_trial_complete("a", result(3, 0.6))  # the restored trial still ends normally
     assert fresh._ot_study.get_trials()[0].state == TrialState.COMPLETE
     pickle.dumps(fresh)  # Ray pickles the searcher into the experiment state
+
+
+def test_what_the_searcher_keeps_per_trial_does_not_grow_with_ended_trials():
+    """Ray pickles the searcher at every save of the search's state: ended trials are the
+    study's (its storage), so the rest stays the size of the running trials."""
+    s = searcher()
+    sizes = []
+    for i in range(60):
+        s.suggest(f"t{i}")
+        s.on_trial_result(f"t{i}", result(1))
+        s.on_trial_complete(f"t{i}", result(3, 0.5 + i / 1000))
+        if i in (9, 59):
+            own = {k: v for k, v in s.__dict__.items() if k not in ("_ot_study", "_storage")}
+            sizes.append(len(pickle.dumps(own)))
+    assert not s._ot_trials and not s._planned and not s._reported
+    assert sizes[1] < sizes[0] + 60 * 20, sizes  # the ended trials' ids only
+    assert len(s._ot_study.get_trials(states=(TrialState.COMPLETE,))) == 60
+    s.on_trial_complete("t3", result(3))  # a completion told again: warned by Ray, no error
