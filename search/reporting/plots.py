@@ -286,8 +286,13 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
         ranked = optuna.importance.get_param_importances(
             c.study, evaluator=fanova, params=c.varying(common=True),
             target=target.get("target"))
-        return (f"Contours of {names[0]} over the two most important parameters ({c.basis})",
-                *both("plot_contour", c.study, params=list(ranked)[:2], **target))
+        # Optuna interpolates over a grid of every trial's values (n x n: 14 MB of plots.html
+        # at 1,100 trials): an even sample is enough to show the surface
+        drawn, note = _drawn(c.trials, study.directions[0], lambda t: t.values[0], best=0)
+        shown = c.study if not note else _study_of(drawn, study.directions)
+        return (f"Contours of {names[0]} over the two most important parameters "
+                f"({c.basis}{note})", *both("plot_contour", shown, params=list(ranked)[:2],
+                                            **target))
 
     plan: list[tuple[str, _Make]] = [("param_importances", importances),
                                      ("parallel_coordinate", parallel), ("contour", contour)]
@@ -377,15 +382,16 @@ def _curves(study: Any, name: str, both: Callable[..., tuple[Any, Any]]
 
 
 MAX_DRAWN = 200
-"""Most trials a plot of one line per trial draws (learning curves, parallel coordinates):
-past it, the best half and an even sample of the rest by trial number, so that a plot of a
-2,000-trial search stays legible and its page small (the curves of 2,000 trials made
-plots.html 40 MB); the title says how many of how many."""
+"""Most trials a plot of one line per trial draws (learning curves, parallel coordinates:
+the best half and an even sample of the rest by trial number) and a contour interpolates
+over (an even sample), so that the plots of a 2,000-trial search stay legible and small: the
+contour's grid is trials x trials (14 MB of plots.html at 1,100 trials), the curves one line
+each; the titles say how many of how many."""
 
 
-def _drawn(trials: Sequence[Any], direction: Any, value: Callable[[Any], float]
-           ) -> tuple[list[Any], str]:
-    """``trials`` when there are at most :data:`MAX_DRAWN`, else the best half by ``value``
+def _drawn(trials: Sequence[Any], direction: Any, value: Callable[[Any], float],
+           best: int = MAX_DRAWN // 2) -> tuple[list[Any], str]:
+    """``trials`` when there are at most :data:`MAX_DRAWN`, else the ``best`` by ``value``
     (``direction``: the study's) and evenly spaced others, by trial number; with a note for
     the title (``""`` when all are drawn)."""
     from optuna.study import StudyDirection
@@ -394,13 +400,13 @@ def _drawn(trials: Sequence[Any], direction: Any, value: Callable[[Any], float]
         return list(trials), ""
     sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
     ranked = sorted(trials, key=lambda t: -sign * value(t))
-    best = ranked[:MAX_DRAWN // 2]
-    rest = sorted(ranked[MAX_DRAWN // 2:], key=lambda t: t.number)
-    wanted = MAX_DRAWN - len(best)
+    top = ranked[:best]
+    rest = sorted(ranked[best:], key=lambda t: t.number)
+    wanted = MAX_DRAWN - len(top)
     others = [rest[i * len(rest) // wanted] for i in range(wanted)]
-    return (sorted(best + others, key=lambda t: t.number),
-            f", {MAX_DRAWN} of {len(trials)} drawn: the {len(best)} best and {wanted} "
-            "evenly spaced")
+    which = f"the {len(top)} best and {wanted} evenly spaced" if top else "evenly spaced"
+    return (sorted(top + others, key=lambda t: t.number),
+            f", {MAX_DRAWN} of {len(trials)} drawn: {which}")
 
 
 def _study_of(trials: Sequence[Any], directions: Sequence[Any]) -> Any:

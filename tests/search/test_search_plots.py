@@ -190,6 +190,10 @@ def test_a_large_search_draws_its_best_trials_and_an_even_sample_of_the_rest(dra
     parallel = figures["parallel_coordinate"]
     assert f"{MAX_DRAWN} of {MAX_DRAWN + 60} drawn" in parallel.heading  # complete ones
     assert len(parallel.png.collections[0].get_segments()) == MAX_DRAWN  # a line per trial
+    contour = figures["contour"]  # interpolated over a grid of every drawn trial's values
+    assert f"{MAX_DRAWN} of {MAX_DRAWN + 60} drawn: evenly spaced" in contour.heading
+    [surface] = [t for t in contour.html.data if t.type == "contour"]
+    assert len(surface.x) <= MAX_DRAWN + 2
 
 
 def test_multi_objective_leaves_out_below_the_threshold_and_draws_the_front(drawn):
