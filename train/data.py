@@ -12,6 +12,11 @@ full training split (and the test split where the data set has one) into uint8 t
 3. ``data.limit``: a seeded, stratified cap on the number of training images after the split;
 4. the per-channel mean/std of the training split in [0, 1].
 
+A file-based data set (``imagefolder``) is counted before it is decoded: where its decoded
+images exceed the memory budget (``data.memory_gb``; ``data.in_memory``), its training images
+stay in their files and are decoded per batch by DataLoader workers
+(:mod:`extune.train.datasets.streamed`), with the same split, pixels and statistics.
+
 Registered data sets (:func:`list_datasets`): ``synthetic`` (procedural, no files; the
 default), ``cifar10``, ``cifar100``, ``tiny-imagenet`` and ``imagefolder``; their loaders
 live in ``extune.train.datasets``. Add one with :func:`register_dataset`.
@@ -111,11 +116,14 @@ def load_data(cfg: DataConfig) -> DataSplits:
 
     Returns:
         CPU :class:`DataSplits`: seeded stratified ``val`` split of ``val_fraction`` of the
-        training images, ``train`` capped at ``limit`` images, mean/std of ``train``.
+        training images, ``train`` capped at ``limit`` images, mean/std of ``train``. The
+        training images are a :class:`StreamedSet` read per batch from their files where
+        :func:`in_memory` says they do not fit (the same positions, pixels and statistics).
 
     Raises:
         RegistryError: ``cfg.name`` is not a registered data set.
-        DataError: the data set's files are missing or unreadable.
+        DataError: the data set's files are missing or unreadable, or its images fit neither
+            way (:func:`in_memory`, :func:`_streamed_splits`).
     """
     entry = DATASETS.get(cfg.name)
     listed = entry.files(cfg) if entry.files is not None else None
