@@ -13,6 +13,11 @@ skips the clean stop, as a second Ctrl-C does (a stop signal repeated within
 SIGHUP means the terminal is gone: standard output and error that went to it are pointed at
 ``/dev/null`` first, so that neither the clean stop nor the last line fails on a write to it.
 
+A signal the command was started with ignored stays ignored (``nohup extune ...`` outlives
+its terminal). A command started in the background of a script has SIGINT ignored (shells do
+that for background jobs): SIGTERM and SIGHUP then raise ``KeyboardInterrupt`` themselves
+where no SIGINT handler (Ray Tune's) is there to route them to.
+
 :func:`deferred` holds the signals while something must not be cut in half (Ray starting:
 :func:`extune.search.connections.connect_ray`) and raises ``KeyboardInterrupt`` after it;
 :func:`exit_at_once_on_signals` makes a signal that comes once the command has said its last
@@ -54,8 +59,13 @@ _terminal_fds: tuple[int, ...] | None = None
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    if _news(signum):
-        signal.raise_signal(signal.SIGINT)  # run as Ctrl-C: Tune's handler or KeyboardInterrupt
+    if not _news(signum):
+        return
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        # SIGINT ignored: a background job of a script (the shell ignores SIGINT for it), so
+        # SIGTERM would do nothing as Ctrl-C; outside Tune's fit, the stop is raised here
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)  # run as Ctrl-C: Tune's handler or KeyboardInterrupt
 
 
 def _news(signum: int) -> bool:
@@ -86,14 +96,16 @@ def _leave_terminal() -> None:
 
 def handle_signals() -> None:
     """Handle SIGTERM and SIGHUP as Ctrl-C in this process (main thread only; elsewhere a
-    no-op)."""
+    no-op). A signal the command was started with ignored stays ignored: ``nohup extune ...``
+    keeps running when its terminal closes."""
     global _terminal_fds
     if threading.current_thread() is not threading.main_thread():
         return
     if _terminal_fds is None:
         _terminal_fds = tuple(fd for fd in (1, 2) if _is_terminal(fd))
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_stop_signal)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _on_stop_signal)
 
 
 def _is_terminal(fd: int) -> bool:
@@ -122,7 +134,8 @@ def deferred() -> Iterator[None]:
             raise KeyboardInterrupt
         held.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, *STOP_SIGNALS)
+                if signal.getsignal(s) is not signal.SIG_IGN}  # ignored (nohup): stays so
     try:
         yield
     finally:
@@ -166,7 +179,8 @@ def exit_at_once_on_signals(code: int) -> None:
         os._exit(code)
 
     for signum in (signal.SIGINT, *STOP_SIGNALS):
-        signal.signal(signum, now)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored (nohup): stays so
+            signal.signal(signum, now)
 
 
 def received() -> int | None:

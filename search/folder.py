@@ -217,7 +217,9 @@ class SearchDir(MetaFolder):
         """Why the Optuna study file cannot be used (``None`` when it can, or when the search
         never got as far as making it): missing once Ray has saved the search, not SQLite, cut
         short, or without this search's study. Read with SQLite's read-only mode: nothing is
-        created or changed."""
+        created or changed, except that a transaction a killed process left half written (a
+        hot journal, which read-only mode cannot roll back: "attempt to write a readonly
+        database") is rolled back as any next opening does."""
         url = self.meta["optuna_storage"]
         if not url.startswith("sqlite:///"):
             return None
@@ -225,12 +227,14 @@ class SearchDir(MetaFolder):
         if not path.is_file():
             return f"its Optuna study {path} is missing" if self.ray_started() else None
         try:
-            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-                check = db.execute("PRAGMA quick_check").fetchone()[0]
-                if check != "ok":
-                    return f"its Optuna study {path} is damaged (SQLite: {one_line(check, 120)})"
-                found = db.execute("SELECT COUNT(*) FROM studies WHERE study_name = ?",
-                                   (self.name,)).fetchone()[0]
+            try:
+                check, found = _study_check(path, self.name, "ro")
+            except sqlite3.OperationalError as e:
+                if "readonly" not in str(e) or not Path(f"{path}-journal").exists():
+                    raise
+                check, found = _study_check(path, self.name, "rw")  # rolls the journal back
+            if check != "ok":
+                return f"its Optuna study {path} is damaged (SQLite: {one_line(check, 120)})"
         except sqlite3.OperationalError as e:
             if "locked" in str(e):
                 raise ConfigError(f"the Optuna study {path} is locked by another process (a "
@@ -381,3 +385,15 @@ def _write_space(path: Path, space: Any) -> str | None:
         return None
     atomic_write_text(path / "space.py", source)
     return "space.py"
+
+
+def _study_check(path: Path, name: str, mode: str) -> tuple[str, int]:
+    """SQLite's ``quick_check`` of ``path`` and how many studies named ``name`` it holds,
+    opened in ``mode`` (``ro``, or ``rw``: never created)."""
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode={mode}", uri=True)) as db:
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            return check, 0
+        found = db.execute("SELECT COUNT(*) FROM studies WHERE study_name = ?",
+                           (name,)).fetchone()[0]
+        return check, found

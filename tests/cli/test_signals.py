@@ -28,9 +28,15 @@ TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data
 EXTUNE = [sys.executable, "-m", "extune.cli"]
 
 
-def _run_python(code: str) -> subprocess.CompletedProcess:
+def _run_python(code: str, ignored: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter, started with the ``ignored`` signals ignored (as a
+    shell starts a background job, or ``nohup``)."""
+    def ignore() -> None:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, preexec_fn=ignore if ignored else None)
 
 
 # ------------------------------------------------------------------ fast: the mechanism
@@ -49,6 +55,42 @@ def test_a_stop_signal_is_ctrl_c_with_its_own_words_and_exit_code(signum, words,
             print(stop_words(), interrupt_exit_code())
         """)
     assert done.stdout.strip() == f"{words} {code}", done.stderr
+
+
+@pytest.mark.parametrize("signum, words, code", [
+    (signal.SIGTERM, "terminated (SIGTERM)", 143), (signal.SIGHUP, "hung up (SIGHUP)", 129)])
+def test_a_stop_signal_stops_a_command_started_in_the_background_of_a_script(signum, words,
+                                                                            code):
+    """A script's ``extune search ... &`` starts with SIGINT ignored (the shell's rule for
+    background jobs): a SIGTERM routed to SIGINT did nothing, so only SIGKILL stopped it."""
+    done = _run_python(f"""
+        import os, time
+        from extune.signals import handle_signals, interrupt_exit_code, stop_words
+        handle_signals()
+        try:
+            os.kill(os.getpid(), {int(signum)})
+            time.sleep(5)
+            print("not stopped")
+        except KeyboardInterrupt:
+            print(stop_words(), interrupt_exit_code())
+        """, ignored=(signal.SIGINT,))
+    assert done.stdout.strip() == f"{words} {code}", done.stderr
+
+
+def test_nohup_keeps_a_command_running_when_its_terminal_hangs_up():
+    done = _run_python("""
+        import os, signal, time
+        from extune.signals import deferred, exit_at_once_on_signals, handle_signals
+        handle_signals()
+        os.kill(os.getpid(), signal.SIGHUP)
+        with deferred():  # Ray starting
+            os.kill(os.getpid(), signal.SIGHUP)
+        exit_at_once_on_signals(1)
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.2)
+        print("still running")
+        """, ignored=(signal.SIGHUP,))
+    assert done.stdout.strip() == "still running" and done.returncode == 0, done.stderr
 
 
 def test_every_command_says_it_was_stopped_in_one_line_with_its_code(tmp_path):

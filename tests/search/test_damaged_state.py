@@ -98,6 +98,31 @@ def test_a_whole_state_passes_and_each_damaged_piece_is_named(tmp_path):
     assert "tuner.pkl is missing (Ray would start the search over)" in _damaged(sdir)
 
 
+def test_a_study_a_killed_driver_left_half_written_is_rolled_back_not_called_damaged(
+        tmp_path):
+    """A driver killed inside a write of optuna.db leaves a hot journal, which SQLite's
+    read-only mode cannot roll back ("attempt to write a readonly database"): the resume
+    called the study damaged (seen in CI)."""
+    import subprocess
+    import sys
+
+    sdir = _search(tmp_path, complete=2)
+    db = sdir.path / "optuna.db"
+    subprocess.run([sys.executable, "-c", f"""
+import os, sqlite3
+c = sqlite3.connect({str(db)!r}, isolation_level=None)
+c.execute("PRAGMA cache_size=1")
+c.execute("BEGIN")
+c.execute("CREATE TABLE scratch (x)")
+c.executemany("INSERT INTO scratch VALUES (?)", [(i,) for i in range(200000)])
+os._exit(9)  # killed inside the transaction
+"""], check=False)
+    assert (sdir.path / "optuna.db-journal").exists()
+    assert sdir.study_problem() is None
+    check_resumable(sdir)
+    assert sdir.complete_trials() == 2  # the committed trials, the half write rolled back
+
+
 def test_a_study_with_trials_and_no_ray_state_is_not_started_over(tmp_path):
     sdir = _search(tmp_path)
     shutil.rmtree(sdir.experiment_path)
