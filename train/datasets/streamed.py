@@ -145,12 +145,13 @@ class Batches:
 
     def epoch(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         """The epoch's batches: ``order`` int64 ``[N]`` (a permutation of the split)."""
-        if self._loader is None:
+        if not isinstance(self.split, StreamedSet):
             for i in range(self.steps):
                 index = order[i * self.batch_size:(i + 1) * self.batch_size]
                 yield self.split.images[index], self.split.labels[index]
             return
-        assert self._sampler is not None
+        if self._loader is None or self._sampler is None:
+            raise RuntimeError("the batches of this training were closed")
         self._sampler.order = order.cpu().tolist()
         labels = self.split.labels
         for i, images in enumerate(self._loader):
