@@ -59,4 +59,8 @@ def validate_config(cfg: Config) -> Config:
         if name not in corruptions:
             error = unknown_name("corruption", name, corruptions, listing="allowed")
             raise ConfigError(f"eval.corruptions: {error}")
+    if cfg.data.in_memory is False and DATASETS.get(cfg.data.name).files is None:
+        raise ConfigError(f"data.in_memory=false reads training images per batch from their "
+                          f"files, which {cfg.data.name} does not have (imagefolder does); set "
+                          "data.in_memory=auto")
     return cfg

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from extune.errors import DataError
+from extune.errors import ConfigError, DataError
 from extune.train import data as data_module
 from extune.train import fit
 from extune.train.config import Config
 from extune.train.data import load_data
 from extune.train.datasets.streamed import StreamedSet, decoded_bytes
+from extune.train.validate import validate_config
 
 SIZE = 16
 CLASSES = ("cat", "dog", "fox")
@@ -95,6 +96,8 @@ def test_where_neither_way_can_work_one_line_says_what_to_set(tree, tmp_path, mo
     with pytest.raises(DataError, match="which synthetic does not have .* set "
                        "data.in_memory=auto"):
         load_data(synthetic.data)
+    with pytest.raises(ConfigError, match="which synthetic does not have"):
+        validate_config(synthetic)  # before any run starts
 
 
 def test_a_file_that_breaks_while_training_is_named(tree, tmp_path):
