@@ -28,10 +28,8 @@ live in ``extune.train.datasets``. Add one with :func:`register_dataset`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from extune.train.datasets.streamed import (
     StreamedSet,
     decoded_bytes,
     loader_workers,
+    not_read_per_batch,
 )
 
 __all__ = [
@@ -128,7 +127,7 @@ def load_data(cfg: DataConfig) -> DataSplits:
     entry = DATASETS.get(cfg.name)
     listed = entry.files(cfg) if entry.files is not None else None
     if not in_memory(cfg, listed):
-        return _streamed_splits(cfg, listed)
+        return _streamed_splits(cfg, entry, listed)
     decoded = _load_cached(cfg, entry)
     train, val = _split(cfg, decoded.train, len(decoded.classes))
     _warn_one_class(val, len(decoded.classes), cfg)
@@ -199,13 +198,11 @@ def in_memory(cfg: DataConfig, listed: FileSplits | None) -> bool:
         return True
     if listed is None:
         if cfg.in_memory is False:
-            raise DataError(f"data.in_memory=false reads training images per batch from their "
-                            f"files, which {cfg.name} does not have (imagefolder does); set "
-                            "data.in_memory=auto")
+            raise DataError(not_read_per_batch(cfg.name))
         return True
     if cfg.in_memory is False:
         return False
-    images = len(listed.train) + (len(listed.test) if listed.test is not None else 0)
+    images = listed.images()
     needed, budget = decoded_bytes(images, cfg.image_size), memory_budget(cfg)
     if budget is None or needed <= budget:
         return True
@@ -225,7 +222,7 @@ def _check_fits(cfg: DataConfig, listed: FileSplits | None) -> None:
     """
     if listed is None:
         return
-    images = len(listed.train) + (len(listed.test) if listed.test is not None else 0)
+    images = listed.images()
     needed, free = decoded_bytes(images, cfg.image_size), available_memory()
     if free is not None and needed > free:
         raise DataError(f"data.in_memory=true: {cfg.name}'s {images} images take "
@@ -238,7 +235,8 @@ def _budget_source(cfg: DataConfig) -> str:
     return "data.memory_gb" if cfg.memory_gb is not None else "half the free memory"
 
 
-def _streamed_splits(cfg: DataConfig, listed: FileSplits | None) -> DataSplits:
+def _streamed_splits(cfg: DataConfig, entry: DatasetEntry, listed: FileSplits | None
+                     ) -> DataSplits:
     """Splits whose training images stay in their files (:class:`StreamedSet`); validation and
     test images are decoded into memory.
 
@@ -260,32 +258,29 @@ def _streamed_splits(cfg: DataConfig, listed: FileSplits | None) -> DataSplits:
     if listed.test is not None:
         test = _decode_set(cfg, listed.test.paths, listed.test.labels)
     _warn_one_class(val, len(listed.classes), cfg)
-    mean, std = _streamed_stats(cfg, train)
+    mean, std = _streamed_stats(cfg, entry, train)
     return DataSplits(train, val, test, list(listed.classes), mean, std)
 
 
 def _decode_set(cfg: DataConfig, paths: list[str], labels: Tensor) -> ImageSet:
     """Files decoded into memory (as the in-memory path: unreadable ones skipped, warned)."""
-    from extune.train.datasets._common import decode_files, decode_readable
+    from extune.train.datasets._common import decode_file_set
 
-    files = [Path(p) for p in paths]
-    if cfg.strict:
-        images, _ = decode_files(files, cfg.image_size)
-        return ImageSet(images, labels)
-    images, kept, skipped = decode_readable(files, cfg.image_size)
+    images, labels, skipped = decode_file_set(paths, labels, cfg.image_size, strict=cfg.strict)
     if skipped:
         first = next(iter(skipped.items()))
         warnings.warn(f"{cfg.name}: skipped {len(skipped)} file(s) that cannot be decoded, "
                       f"first {first[0]} ({first[1]})", stacklevel=4)
-    return ImageSet(images, labels[kept])
+    return ImageSet(images, labels)
 
 
-def _streamed_stats(cfg: DataConfig, train: StreamedSet
+def _streamed_stats(cfg: DataConfig, entry: DatasetEntry, train: StreamedSet
                     ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """:func:`channel_stats` of a streamed training split, over every image (one pass of
     DataLoader workers; kept beside the data cache, keyed by the files, so that each trial
     of a search does not read them again)."""
-    path = _stats_path(cfg, train)
+    path = _cache_path(cfg, entry, "stats.json", stats="train", val_fraction=cfg.val_fraction,
+                       split_seed=cfg.split_seed, limit=cfg.limit)  # the split's statistics
     if path is not None and path.is_file():
         try:
             saved = json.loads(path.read_text())
@@ -306,20 +301,6 @@ def _streamed_stats(cfg: DataConfig, train: StreamedSet
         except OSError:
             pass  # recomputed next time
     return stats  # type: ignore[return-value]
-
-
-def _stats_path(cfg: DataConfig, train: StreamedSet) -> Path | None:
-    if not cfg.cache_dir:
-        return None
-    digest = hashlib.sha256()
-    digest.update(f"{_CACHE_VERSION}\0{cfg.image_size}\0".encode())
-    for p in train.paths:
-        digest.update(p.encode() + b"\0")
-        with contextlib.suppress(OSError):
-            st = os.stat(p)
-            digest.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    name = f"{cfg.name}-{cfg.image_size}px-stats-{digest.hexdigest()[:16]}.json"
-    return Path(cfg.cache_dir).expanduser() / name
 
 
 def _warn_one_class(val: ImageSet, num_classes: int, cfg: DataConfig) -> None:
@@ -390,13 +371,16 @@ def _stats_of(histograms: Tensor
 
 
 # ============================================================================ disk cache
-def _cache_path(cfg: DataConfig, entry: DatasetEntry) -> Path | None:
+def _cache_path(cfg: DataConfig, entry: DatasetEntry, suffix: str = "npz",
+                **more: Any) -> Path | None:
+    """The cache file of the data set's decoded arrays (``suffix`` ``npz``), or of something
+    else computed from them (``more``: what it also depends on); ``None``: no cache."""
     if not cfg.cache_dir:
         return None
     fields = {"version": _CACHE_VERSION, "name": cfg.name, "image_size": cfg.image_size,
-              **entry.key(cfg)}
+              **entry.key(cfg), **more}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir).expanduser() / f"{cfg.name}-{cfg.image_size}px-{digest}.npz"
+    return Path(cfg.cache_dir).expanduser() / f"{cfg.name}-{cfg.image_size}px-{digest}.{suffix}"
 
 
 def _load_cached(cfg: DataConfig, entry: DatasetEntry) -> DecodedData:

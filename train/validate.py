@@ -27,6 +27,7 @@ from extune.models.backbones import BACKBONES
 from extune.registry import Registry, unknown_name
 from extune.train.config import Config
 from extune.train.datasets import DATASETS
+from extune.train.datasets.streamed import not_read_per_batch
 from extune.train.methods import METHODS
 
 __all__ = ["validate_config"]
@@ -60,7 +61,5 @@ def validate_config(cfg: Config) -> Config:
             error = unknown_name("corruption", name, corruptions, listing="allowed")
             raise ConfigError(f"eval.corruptions: {error}")
     if cfg.data.in_memory is False and DATASETS.get(cfg.data.name).files is None:
-        raise ConfigError(f"data.in_memory=false reads training images per batch from their "
-                          f"files, which {cfg.data.name} does not have (imagefolder does); set "
-                          "data.in_memory=auto")
+        raise ConfigError(not_read_per_batch(cfg.data.name))
     return cfg

@@ -89,6 +89,14 @@ class Comparable:
             self._study.add_trials(self.trials)
         return self._study
 
+    def drawn(self, directions: Sequence[Any], *, best: int | None = None) -> tuple[Any, str]:
+        """The study a plot of these trials draws: :attr:`study`, or an in-memory one of at
+        most :data:`MAX_DRAWN` of them (:func:`_drawn`; ``best``: how many of the best, half
+        by default); and the note for its title (``""`` when all are drawn)."""
+        kept = MAX_DRAWN // 2 if best is None else best
+        trials, note = _drawn(self.trials, directions[0], lambda t: t.values[0], best=kept)
+        return (self.study, "") if not note else (_study_of(trials, directions), note)
+
     def varying(self, *, common: bool = False) -> list[str]:
         """Parameters that took two values or more across the trials (a held one never does);
         ``common``: only those every trial has (what an importance fit uses)."""
@@ -273,8 +281,7 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
 
     def parallel() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=False)
-        drawn, note = _drawn(c.trials, study.directions[0], lambda t: t.values[0])
-        shown = c.study if not note else _study_of(drawn, study.directions)
+        shown, note = c.drawn(study.directions)
         png, html = both("plot_parallel_coordinate", shown, params=c.varying(), **target)
         _legible_axes(png, [names[0], *c.varying()])
         return f"Parallel coordinates, {names[0]} ({c.basis}{note})", png, html
@@ -288,8 +295,7 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
             target=target.get("target"))
         # Optuna interpolates over a grid of every trial's values (n x n: 14 MB of plots.html
         # at 1,100 trials): an even sample is enough to show the surface
-        drawn, note = _drawn(c.trials, study.directions[0], lambda t: t.values[0], best=0)
-        shown = c.study if not note else _study_of(drawn, study.directions)
+        shown, note = c.drawn(study.directions, best=0)
         return (f"Contours of {names[0]} over the two most important parameters "
                 f"({c.basis}{note})", *both("plot_contour", shown, params=list(ranked)[:2],
                                             **target))

@@ -419,7 +419,7 @@ def test_imagefolder_real_cifar10_subset_and_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(imagefolder_mod, "decode_files", no_decoding)
+    monkeypatch.setattr(imagefolder_mod, "decode_file_set", no_decoding)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         second = load_data(cfg)

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from extune.errors import DataError, one_line
 
-__all__ = ["one_line", "resize_uint8", "decode_file", "decode_files", "decode_readable",
-           "image_files", "IMAGE_EXTENSIONS"]
+__all__ = ["one_line", "resize_uint8", "decode_file", "decode_files", "decode_file_set",
+           "decode_readable", "image_files", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -103,6 +103,19 @@ def _decode(paths: Sequence[Path], size: int) -> tuple[Tensor, Tensor, dict[int,
             f.result()
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     return images, torch.from_numpy(sizes), failed
+
+
+def decode_file_set(paths: Sequence[str], labels: Tensor, size: int, *, strict: bool
+                    ) -> tuple[Tensor, Tensor, dict[Path, str]]:
+    """Image files and their labels decoded: images uint8 ``[K, 3, size, size]``, the labels
+    of the files kept int64 ``[K]``, and the unreadable files skipped (``strict``: none, a
+    file that cannot be decoded raises :class:`DataError`)."""
+    files = [Path(p) for p in paths]
+    if strict:
+        images, _ = decode_files(files, size)
+        return images, labels, {}
+    images, kept, skipped = decode_readable(files, size)
+    return images, labels[kept], skipped
 
 
 def decode_file(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:

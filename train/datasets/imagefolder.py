@@ -24,7 +24,7 @@ import torch
 
 from extune.errors import DataError
 from extune.train.config import DataConfig
-from extune.train.datasets._common import decode_files, decode_readable, image_files
+from extune.train.datasets._common import decode_file_set, image_files
 from extune.train.datasets.base import DecodedData, ImageSet, register_dataset
 from extune.train.datasets.streamed import FileSet, FileSplits
 
@@ -123,12 +123,9 @@ def _decoded(files: FileSet, cfg: DataConfig) -> tuple[ImageSet, dict[Path, str]
     Raises:
         DataError: with ``data.strict``, a file cannot be decoded.
     """
-    paths = [Path(p) for p in files.paths]
-    if cfg.strict:
-        images, _ = decode_files(paths, cfg.image_size)
-        return ImageSet(images, files.labels), {}
-    images, kept, skipped = decode_readable(paths, cfg.image_size)
-    return ImageSet(images, files.labels[kept]), skipped
+    images, labels, skipped = decode_file_set(files.paths, files.labels, cfg.image_size,
+                                              strict=cfg.strict)
+    return ImageSet(images, labels), skipped
 
 
 def _require_every_class(train: ImageSet, classes: list[str], folder: Path) -> None:

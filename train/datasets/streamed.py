@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["FileSet", "FileSplits", "FileImages", "StreamedSet", "Batches", "decoded_bytes",
-           "loader_workers"]
+           "loader_workers", "not_read_per_batch"]
 
 
 @dataclass
@@ -42,6 +42,17 @@ class FileSplits:
     train: FileSet
     test: FileSet | None
     classes: list[str]
+
+    def images(self) -> int:
+        """Training and test images."""
+        return len(self.train) + (len(self.test) if self.test is not None else 0)
+
+
+def not_read_per_batch(name: str) -> str:
+    """Why ``data.in_memory=false`` cannot work for the data set ``name`` (it has no files to
+    read per batch), and what to set."""
+    return (f"data.in_memory=false reads training images per batch from their files, which "
+            f"{name} does not have (imagefolder does); set data.in_memory=auto")
 
 
 def decoded_bytes(images: int, image_size: int) -> int:
