@@ -24,6 +24,7 @@ from extune.tracking.client import FINAL_ROLE, ROLE_TAG, STATE_TAG, MlflowTracke
 from extune.tracking.journal import Op
 from extune.tracking.notes import NOTE_TAG, trial_note
 from extune.tracking.trials import (
+    PLACE_KEYS,
     config_arm,
     config_label,
     planned_epochs,
@@ -40,9 +41,6 @@ from extune.train.grid import GRID_NAME
 __all__ = ["MlflowCallback"]
 
 log = logging.getLogger(__name__)
-
-PLACE_KEYS = ("node_id", "gpu_ids", "hostname", "pid")
-"""Where a trial ran, from its first report: MLflow tags ``extune.<key>``."""
 
 
 def _never_fail(hook: Callable[..., None]) -> Callable[..., None]:

@@ -20,6 +20,7 @@ from extune.train.config import Config
 
 __all__ = [
     "TRIAL_NUMBER",
+    "PLACE_KEYS",
     "LABEL",
     "RUN",
     "ARM",
@@ -33,6 +34,10 @@ __all__ = [
     "trial_error",
     "error_summary",
 ]
+
+PLACE_KEYS = ("node_id", "gpu_ids", "hostname", "pid")
+"""Keys of a trial's report that say where it ran: MLflow tags and Optuna user attributes
+``extune.<key>``."""
 
 TRIAL_NUMBER = "_optuna_trial"
 """Key added to every Tune trial config: the Optuna trial number (how trials are named)."""

@@ -29,7 +29,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from extune.tracking.trials import TRIAL_NUMBER, reported_metrics, trial_config
+from extune.tracking.trials import PLACE_KEYS, TRIAL_NUMBER, reported_metrics, trial_config
 
 __all__ = ["PruneAwareOptunaSearch"]
 
@@ -114,7 +114,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
     @staticmethod
     def _record(ot_trial: Any, result: dict[str, Any]) -> None:
         ot_trial.set_user_attr("extune.metrics", reported_metrics(result))
-        for key in ("node_id", "gpu_ids", "hostname", "pid"):
+        for key in PLACE_KEYS:
             if key in result:
                 ot_trial.set_user_attr(f"extune.{key}", result[key])
 
