@@ -30,31 +30,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from itertools import pairwise
 from pathlib import Path
-
-from ray.tune import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_search import TINY, RssSampler, _rss_at  # noqa: E402 (benchmarks/ is no package)
+from rows_search import EndClock  # noqa: E402
 
 WINDOW = 100
 """Trials at each end of the search compared (the goal's 1-100 against the last 100)."""
-
-
-class TrialClock(Callback):
-    """The driver's time at each trial's end, one JSON line per trial in ``path`` (a file:
-    Tune pickles its callbacks with the search)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        line = {"trial": trial.trial_id, "end": time.time(),
-                "trained_s": float(result.get("time_total_s", 0.0))}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
 
 
 def _timed_suggest(times: list[float]) -> None:
@@ -77,7 +60,7 @@ def run(trials: int, work: Path) -> tuple[dict, list[float], list[float]]:
     from extune.search.engine.run import run_search
     from extune.search.settings import SearchSettings
 
-    clock = work / "ends.jsonl"
+    clock = EndClock()
     suggest_s: list[float] = []
     _timed_suggest(suggest_s)
     settings = SearchSettings(
@@ -87,10 +70,9 @@ def run(trials: int, work: Path) -> tuple[dict, list[float], list[float]]:
         overrides={**TINY, "data.cache_dir": str(work / "cache")})
     with RssSampler(every_s=2.0) as rss:
         start = time.time()
-        result = run_search(settings, callbacks=[TrialClock(str(clock))])
+        result = run_search(settings, callbacks=[clock])
         wall = time.time() - start
-    ends = [json.loads(line) for line in clock.read_text().splitlines()]
-    overhead = [b["end"] - a["end"] - b["trained_s"] for a, b in pairwise(ends)]
+    overhead = clock.overhead()
     first, last = overhead[:WINDOW], overhead[-WINDOW:]
     figures = {
         "trials": trials, "complete": result.count("complete"), "wall_s": round(wall, 1),

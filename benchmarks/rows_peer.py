@@ -14,41 +14,22 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-from rows_search import OVERHEAD_BASE, quiet_search
+from rows_search import OVERHEAD_BASE, EndClock, quiet_search
 from timing import Row
 
 from extune.search import SearchSettings
 from extune.train.config import Config
 
-__all__ = ["peer_rows", "hand_written_search", "EndClock"]
+__all__ = ["peer_rows", "hand_written_search"]
 
 PEER_BASE = {**OVERHEAD_BASE, "optim.epochs": 2}
 """The trials of both searches: CE on tiny_cnn, two epochs (ASHA may stop one after the first)."""
 PEER_TRIALS = 12
 QUICK = {"data.train_size": 300, "optim.epochs": 1}
 METRIC = "val/accuracy"
-
-
-class EndClock(Callback):
-    """Tune callback (driver side): each trial's end (``time.time``) and its own time in its
-    worker (Tune's ``time_total_s``)."""
-
-    def __init__(self) -> None:
-        self.ends: list[tuple[float, float]] = []
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        own = float((trial.last_result or {}).get("time_total_s", 0.0))
-        self.ends.append((time.time(), own))
-
-    def overhead(self) -> list[float]:
-        """Per trial after the first: the gap between two ends less the later trial's time."""
-        ends = sorted(self.ends)
-        return [b - a - own for (a, _), (b, own) in pairwise(ends)]
 
 
 def _train(config: dict[str, Any], *, base: dict[str, Any], data: Any) -> None:

@@ -26,7 +26,7 @@ from extune.search import SearchSettings, run_search
 from extune.search.connections import connect_ray, quiet_ray_env
 from extune.train.config import Config
 
-__all__ = ["ray_rows", "TargetReached", "TrialTimes"]
+__all__ = ["ray_rows", "TargetReached", "EndClock"]
 
 OVERHEAD_BASE = {"method": "ce", "model.backbone": "tiny_cnn", "data.train_size": 3000,
                  "optim.epochs": 1, "eval.explain_samples": 64}
@@ -135,14 +135,23 @@ def _settings(tmp: str, name: str, **kw: Any) -> SearchSettings:
     return SearchSettings(out=tmp, name=name, tracking_uri=_tracking_uri(tmp), live=False, **kw)
 
 
-class TrialTimes(Callback):
-    """Tune callback (driver side): when each trial completed (``time.perf_counter``)."""
+class EndClock(Callback):
+    """Tune callback (driver side): each trial's end (``time.perf_counter``) and its own time
+    in its worker (Tune's ``time_total_s``), by trial id."""
 
     def __init__(self) -> None:
-        self.ends: dict[str, float] = {}
+        self.ends: dict[str, tuple[float, float]] = {}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ends[trial.trial_id] = time.perf_counter()
+        own = float((trial.last_result or {}).get("time_total_s", 0.0))
+        self.ends[trial.trial_id] = (time.perf_counter(), own)
+
+    def overhead(self, trained: dict[str, float] | None = None) -> list[float]:
+        """Per trial after the first, in the order they ended: the time from the trial before
+        it ended, less the trial's own time (``trained[trial id]`` where given, else Tune's)."""
+        order = sorted(self.ends, key=lambda t: self.ends[t][0])
+        return [self.ends[b][0] - self.ends[a][0] - (trained or {}).get(b, self.ends[b][1])
+                for a, b in pairwise(order)]
 
 
 def sequential_seconds(result: Any) -> dict[str, float]:
@@ -176,11 +185,10 @@ def overhead_rows(quick: bool, tmp: str, *, command: bool = False) -> list[Row]:
     overrides = {**OVERHEAD_BASE, "data.train_size": 300} if quick else OVERHEAD_BASE
     kw = {"space": "ce", "trials": n, "max_concurrent": 1, "scheduler": "none",
           "overrides": overrides}
-    times = TrialTimes()
+    times = EndClock()
     result = quiet_search(_settings(tmp, "overhead", **kw), callbacks=[times])
     train = sequential_seconds(result)
-    order = sorted(times.ends, key=times.ends.get)
-    gaps = [times.ends[b] - times.ends[a] - train[b] for a, b in pairwise(order)]
+    gaps = times.overhead(train)
     one_time = result.wall_s - sum(train.values()) - sum(gaps)
     pids = {r.pid for r in result.records if r.pid is not None}
     rows = [Row("search overhead per trial, beyond training", statistics.median(gaps),
