@@ -63,6 +63,10 @@ def study(
              "their configs, so the intervals include the search's variance. "
              f"(default: {STUDY.search_seeds})")]
     = None,
+    searches_at_once: Annotated[int | None, typer.Option(
+        help="Method searches running at the same time, each a driver of its own on the "
+             "study's Ray; 1: one after another. (default: as many as the Ray cluster holds "
+             "with each search's trials at once)")] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs of a search trial (sets optim.epochs of the base).")] = None,
     quick: Annotated[bool, typer.Option(

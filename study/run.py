@@ -122,12 +122,7 @@ def _stages(sdir: StudyDir, tracker: Any) -> tuple[dict[str, Any], dict[str, Pat
         console.print(f"study {sdir.name}: held for every method (searched by some, read by "
                       "all): " + ", ".join(f"{k}={v}" for k, v in held.items()),
                       highlight=False, markup=False)
-    chosen = {}
-    for i, method in enumerate(settings.methods, 1):
-        console.print(f"study {sdir.name}: search {i}/{len(settings.methods)}: {method}",
-                      highlight=False, markup=False)
-        chosen[method] = [_search_stage(sdir, method, index, tracker.parent_run(), held)
-                          for index in range(settings.search_seeds)]
+    chosen = _search_stages(sdir, tracker.parent_run(), held, console)
     _warn_inactive(chosen, console)
     arms = sum(len(a) for a in plan["controls"].values())
     console.print(f"study {sdir.name}: final runs ({len(chosen)} methods"
@@ -243,26 +238,99 @@ def study_tracker(sdir: StudyDir, uri: str, *, reopen: bool = True) -> Any:
     return tracker
 
 
+def _search_stages(sdir: StudyDir, parent_run: str, held: dict[str, Any], console: Console
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """Every method's searches, at the same time where the Ray cluster has room for more than
+    one (:mod:`extune.study.searches`), else one after another in this process; returns each
+    method's chosen trials (:func:`~extune.search.chosen_trial`, with the search's wall
+    time)."""
+    from extune.study.searches import searches_at_once
+
+    settings = sdir.settings
+    searches = [(m, i) for m in settings.methods for i in range(settings.search_seeds)]
+    todo = [(m, i) for m, i in searches if _search_state(sdir, m, i) != "finished"]
+    at_once = searches_at_once(settings, len(todo))
+    sdir.update(searches_at_once=at_once)
+    if at_once > 1:
+        _searches_in_drivers(sdir, todo, at_once, parent_run, held, console)
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for i, method in enumerate(settings.methods, 1):
+        if at_once == 1:
+            console.print(f"study {sdir.name}: search {i}/{len(settings.methods)}: {method}",
+                          highlight=False, markup=False)
+        chosen[method] = [_search_stage(sdir, method, index, parent_run, held)
+                          for index in range(settings.search_seeds)]
+    return chosen
+
+
+def _search_state(sdir: StudyDir, method: str, index: int) -> str:
+    """``new``, ``unfinished`` or ``finished``: where search ``index`` of ``method`` stands."""
+    folder = sdir.search_dir(sdir.settings.search_name(method, index))
+    if not (folder / "search.json").is_file():
+        return "new"
+    return "finished" if SearchDir.load(folder).meta.get("status") == "finished" \
+        else "unfinished"
+
+
+def _searches_in_drivers(sdir: StudyDir, todo: list[tuple[str, int]], at_once: int,
+                         parent_run: str, held: dict[str, Any], console: Console) -> None:
+    """Run the searches ``todo`` (new or unfinished) in driver processes, ``at_once`` at a
+    time, on the study's Ray; each search's wall time and window are recorded."""
+    from extune.study.searches import SearchJob, run_searches, study_ray_address
+
+    settings = sdir.settings
+    jobs = []
+    for method, index in todo:
+        name = settings.search_name(method, index)
+        folder = sdir.search_dir(name)
+        if _search_state(sdir, method, index) == "unfinished":
+            jobs.append(SearchJob(name, folder, resume=str(folder)))
+        else:
+            jobs.append(SearchJob(name, folder, settings=settings.search_settings(
+                method, index, out=str(folder.parent), parent_run=parent_run,
+                study_id=sdir.study_id, base_file=str(sdir.base_file), held=held).to_dict()))
+    console.print(f"study {sdir.name}: {len(jobs)} searches, {at_once} at once (each a driver "
+                  f"of its own on the study's Ray): {', '.join(j.name for j in jobs)}",
+                  highlight=False, markup=False)
+    try:
+        run_searches(jobs, at_once, study_ray_address(settings.address),
+                     lambda line: console.print(line, highlight=False, markup=False),
+                     sdir.path / "searches" / "drivers")
+    finally:
+        for job in jobs:
+            if job.started is not None and job.ended is not None:
+                _record_window(sdir, job.name, job.started, job.ended)
+
+
+def _record_window(sdir: StudyDir, name: str, started: float, ended: float) -> None:
+    """A search's wall time (``stage_seconds``) and when it ran (``search_windows``: start and
+    end, seconds since the epoch; searches that ran at the same time overlap)."""
+    windows = sdir.meta.setdefault("search_windows", {})
+    windows.setdefault(name, []).append([started, ended])
+    sdir.add_seconds(f"search/{name}", ended - started)
+
+
 def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str,
                   held: dict[str, Any]) -> dict[str, Any]:
     """Run (or finish, or read) search ``index`` of ``method`` with the plan's ``held``
-    settings; returns its chosen trial (:func:`~extune.search.chosen_trial`) with the
-    search's wall time."""
+    settings in this process; returns its chosen trial (:func:`~extune.search.chosen_trial`)
+    with the search's wall time."""
     from extune.search import run_search
 
     name = sdir.settings.search_name(method, index)
     folder = sdir.search_dir(name)
+    state = _search_state(sdir, method, index)
     t0 = time.time()
     result = None
-    if (folder / "search.json").is_file():
-        if SearchDir.load(folder).meta.get("status") != "finished":
-            result = run_search(resume=folder)
-    else:
+    if state == "unfinished":
+        result = run_search(resume=folder)
+    elif state == "new":
         settings = sdir.settings.search_settings(
             method, index, out=str(folder.parent), parent_run=parent_run,
             study_id=sdir.study_id, base_file=str(sdir.base_file), held=held)
         result = run_search(settings)
-    sdir.add_seconds(f"search/{name}", time.time() - t0)
+    if state != "finished":
+        _record_window(sdir, name, t0, time.time())
     if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
         raise KeyboardInterrupt
     chosen = chosen_trial(SearchDir.load(folder))

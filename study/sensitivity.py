@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +61,12 @@ def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str,
         console.print(f"study {sdir.name}: scoring {len(complete)} checkpoints under "
                       f"{len(others)} more protocol(s): {', '.join(p.text for p in others)}",
                       highlight=False, markup=False)
-    scorer = _Scorer(base)
-    if todo:
-        said = _Said(console, f"study {sdir.name}: scored", len(todo))
-        for done, (run, protocol) in enumerate(todo):
-            said.maybe(done, f"{run['label']} under {protocol.text}")
-            layer = _resolved(protocol, last_stage)[1]
-            cache.setdefault(run["checkpoint"], {})[protocol.text] = scorer.score(
-                run["checkpoint"], protocol.explainer, layer, _per_image_file(sdir, run, protocol))
-            atomic_write_text(cache_file, json.dumps(cache, indent=2))
+    data = _TestData.load(base)
+    jobs = [_Job("score", run, protocol, _resolved(protocol, last_stage)[1],
+                 _per_image_file(sdir, run, protocol)) for run, protocol in todo]
+    for job, metrics in _score_all(sdir, data, jobs, console, f"study {sdir.name}: scored"):
+        cache.setdefault(job.run["checkpoint"], {})[job.protocol.text] = metrics
+        atomic_write_text(cache_file, json.dumps(cache, indent=2))
     scores = {main.text: {r["label"]: _explanation_metrics(r["metrics"]) for r in complete}}
     per_image = {main.text: {r["label"]: r.get("per_image") for r in complete}}
     for protocol in others:
@@ -77,10 +76,10 @@ def rescore_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str,
                                     for r in complete}
     return {"main": _describe(main, last_stage, steps),
             "protocols": [_describe(p, last_stage, steps) for p in (main, *others)],
-            "scores": scores, "per_image": per_image, "num_classes": scorer.splits.num_classes,
-            "test_images": len(scorer.splits.test) if scorer.splits.test is not None else None,
-            "explain_samples": min(base.eval.explain_samples, len(scorer.splits.test))
-            if scorer.splits.test is not None else base.eval.explain_samples}
+            "scores": scores, "per_image": per_image, "num_classes": data.num_classes,
+            "test_images": len(data.test) if data.test is not None else None,
+            "explain_samples": min(base.eval.explain_samples, len(data.test))
+            if data.test is not None else base.eval.explain_samples}
 
 
 def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, Any]:
@@ -110,14 +109,12 @@ def audit_stage(sdir: Any, runs: list[dict], console: Any = None) -> dict[str, A
         console.print(f"study {sdir.name}: auditing the explainer of {len(complete)} "
                       f"checkpoints under {len({p.text for _, p in todo})} protocol(s)",
                       highlight=False, markup=False)
-    scorer = _Scorer(base) if todo else None
-    said = _Said(console, f"study {sdir.name}: audited", len(todo))
-    for done, (run, protocol) in enumerate(todo):
-        said.maybe(done, f"{run['label']} under {protocol.text}")
-        layer = _resolved(protocol, last_stage)[1]
-        cache.setdefault(run["checkpoint"], {})[protocol.text] = scorer.audit(
-            run["checkpoint"], protocol.explainer, layer,
-            _per_image_file(sdir, run, protocol, AUDIT_FOLDER), every_metric=protocol == main)
+    jobs = [_Job("audit", run, protocol, _resolved(protocol, last_stage)[1],
+                 _per_image_file(sdir, run, protocol, AUDIT_FOLDER), every_metric=protocol == main)
+            for run, protocol in todo]
+    data = _TestData.load(base) if jobs else None
+    for job, metrics in _score_all(sdir, data, jobs, console, f"study {sdir.name}: audited"):
+        cache.setdefault(job.run["checkpoint"], {})[job.protocol.text] = metrics
         atomic_write_text(cache_file, json.dumps(cache, indent=2))
     scores: dict[str, dict[str, dict[str, float]]] = {}
     per_image: dict[str, dict[str, str | None]] = {}
@@ -210,74 +207,184 @@ def _read(path: Path) -> dict[str, dict[str, dict[str, float]]]:
         return {}
 
 
-class _Scorer:
-    """Scores checkpoints on the test split of the final runs' data (loaded once)."""
+@dataclass
+class _TestData:
+    """The test split of the final runs' data (``ImageSet``) and what scoring it needs; loaded
+    once by the study and shipped to every scoring task."""
 
-    def __init__(self, base: Any) -> None:
+    test: Any
+    mean: Any
+    std: Any
+    num_classes: int
+
+    @classmethod
+    def load(cls, base: Any) -> _TestData:
         from extune.train.data import load_data
 
-        self.base = base
-        self.splits = load_data(base.data)
+        splits = load_data(base.data)
+        return cls(splits.test, splits.mean, splits.std, splits.num_classes)
 
-    def score(self, checkpoint: str, explainer: str, layer: str | None, per_image_file: Path
-              ) -> dict[str, float]:
-        """The explanation metrics (``test/...``) of one checkpoint under one protocol; their
-        per-image values go to ``per_image_file``."""
-        import numpy as np
 
-        from extune.evaluate import evaluate_split
-        from extune.files import atomic_writer
+@dataclass
+class _Job:
+    """One checkpoint scored under one protocol: its explanation metrics (``score``) or its
+    explanation audit (``audit``: every metric with ``every_metric``, else the randomisation
+    test); the per-image values go to ``per_image_file``."""
+
+    kind: str
+    run: dict
+    protocol: Protocol
+    layer: str | None
+    per_image_file: Path
+    every_metric: bool = False
+
+
+def _score_all(sdir: Any, data: _TestData | None, jobs: list[_Job], console: Any, what: str
+               ) -> Iterator[tuple[_Job, dict[str, float]]]:
+    """Score ``jobs``, yielding each with its metrics as it ends (its per-image file written):
+    as Ray tasks where Ray is up (each with a trial's CPUs and GPUs, where the cluster has
+    them; their places recorded in ``study.json`` under ``scored_on``), else here one after
+    another. Ctrl-C cancels the tasks still running (the scores yielded are kept)."""
+    import ray
+
+    if not jobs:
+        return
+    said = _Said(console, what, len(jobs))
+    if not ray.is_initialized():
+        for done, job in enumerate(jobs):
+            said.maybe(done, f"{job.run['label']} under {job.protocol.text}")
+            metrics, per_image = _Scorer(data).run(job)
+            _write_per_image(job.per_image_file, per_image)
+            yield job, metrics
+        return
+    task = ray.remote(_scoring_task).options(**_task_resources(sdir.settings, len(jobs)))
+    shared = ray.put(data)
+    pending = {task.remote(shared, job): job for job in jobs}
+    places = sdir.meta.setdefault("scored_on", {}).setdefault(jobs[0].kind, [])
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            said.maybe(len(jobs) - len(pending) - 1, f"{job.run['label']} under "
+                       f"{job.protocol.text}")
+            metrics, per_image, place = ray.get(ready[0])
+            _write_per_image(job.per_image_file, per_image)
+            places.append({"label": job.run["label"], "protocol": job.protocol.text, **place})
+            sdir.save()
+            yield job, metrics
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+def _task_resources(settings: Any, jobs: int) -> dict[str, float]:
+    """A scoring task's Ray resources: a trial's (``cpus_per_trial``; ``gpus_per_trial``, by
+    default one GPU where the cluster has GPUs)."""
+    from extune.search import cluster_plan
+
+    plan = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
+                        gpus_per_trial=settings.gpus_per_trial, max_concurrent=None,
+                        trials=jobs)
+    return {"num_cpus": plan.cpus_per_trial, "num_gpus": plan.gpus_per_trial}
+
+
+def _scoring_task(data: _TestData, job: _Job) -> tuple[dict[str, float], dict[str, Any],
+                                                       dict[str, Any]]:
+    """A Ray task: ``job`` scored on the GPU Ray gave it (else the CPU, with as many torch
+    threads as its CPUs); returns the metrics, the per-image values and where it ran."""
+    import os
+
+    import ray
+    import torch
+
+    gpus = ray.get_gpu_ids()
+    device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    metrics, per_image = _Scorer(data, device).run(job)
+    place = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+             "gpu_ids": [str(g) for g in gpus], "device": device}
+    return metrics, per_image, place
+
+
+def _write_per_image(path: Path, per_image: dict[str, Any]) -> None:
+    import numpy as np
+
+    from extune.files import atomic_writer
+
+    with atomic_writer(path) as f:
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in per_image.items()})
+
+
+class _Scorer:
+    """Scores checkpoints on the test split of the final runs' data, on ``device``."""
+
+    def __init__(self, data: _TestData, device: str = "cpu") -> None:
+        self.data, self.device = data, device
+
+    def run(self, job: _Job) -> tuple[dict[str, float], dict[str, Any]]:
+        if job.kind == "score":
+            return self.score(job.run["checkpoint"], job.protocol.explainer, job.layer)
+        return self.audit(job.run["checkpoint"], job.protocol.explainer, job.layer,
+                          job.every_metric)
+
+    def _model(self, checkpoint: str, explainer: str, layer: str | None) -> tuple[Any, Any]:
         from extune.train.checkpoint_eval import load_model
-        from extune.train.methods import evaluation_explainer
 
         with _local_folder(checkpoint) as folder:
             model, cfg = load_model(Path(folder) / "checkpoint.pt")
         cfg = cfg.with_overrides({"eval.explainer": explainer, "eval.layer": layer})
+        return model.to(self.device).eval(), cfg
+
+    def score(self, checkpoint: str, explainer: str, layer: str | None
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+        """The explanation metrics (``test/...``) of one checkpoint under one protocol, and
+        their per-image values (numpy)."""
+        from extune.evaluate import evaluate_split
+        from extune.train.methods import evaluation_explainer
+
+        model, cfg = self._model(checkpoint, explainer, layer)
         per_image: dict[str, Any] = {}
         metrics = evaluate_split(
-            model.eval(), self.splits.test, mean=self.splits.mean, std=self.splits.std,
-            num_classes=self.splits.num_classes, cfg=cfg.eval,
+            model, self.data.test, mean=self.data.mean, std=self.data.std,
+            num_classes=self.data.num_classes, cfg=cfg.eval,
             explainer=evaluation_explainer(cfg), prefix="test", full=False,
             metrics=["test/alignment"], per_image=per_image)
-        with atomic_writer(per_image_file) as f:
-            np.savez_compressed(f, **{k: v.numpy() for k, v in per_image.items()})
-        return _explanation_metrics(metrics)
+        return _explanation_metrics(metrics), {k: _numpy(v) for k, v in per_image.items()}
 
-
-    def audit(self, checkpoint: str, explainer: str, layer: str | None, per_image_file: Path,
-              every_metric: bool) -> dict[str, float]:
+    def audit(self, checkpoint: str, explainer: str, layer: str | None, every_metric: bool
+              ) -> tuple[dict[str, float], dict[str, Any]]:
         """The explanation audit (``test/...``) of one checkpoint under one protocol, on the
         explanation images of its test evaluation: every audit metric (``every_metric``: the
-        suite's audit group), else the randomisation test only; per-image values go to
-        ``per_image_file``."""
+        suite's audit group), else the randomisation test only; and the per-image values."""
         import numpy as np
 
         from extune.evaluate import evaluate_split
         from extune.evaluate.audit import RANDOMISATION_THRESHOLD
-        from extune.files import atomic_writer
-        from extune.train.checkpoint_eval import load_model
         from extune.train.methods import evaluation_explainer
 
-        with _local_folder(checkpoint) as folder:
-            model, cfg = load_model(Path(folder) / "checkpoint.pt")
-        cfg = cfg.with_overrides({"eval.explainer": explainer, "eval.layer": layer})
-        test, kw = self.splits.test, {"mean": self.splits.mean, "std": self.splits.std}
+        model, cfg = self._model(checkpoint, explainer, layer)
+        test, kw = self.data.test, {"mean": self.data.mean, "std": self.data.std}
         if every_metric:
             per_image: dict[str, Any] = {}
-            metrics = evaluate_split(model.eval(), test, num_classes=self.splits.num_classes,
+            metrics = evaluate_split(model, test, num_classes=self.data.num_classes,
                                      cfg=cfg.eval, explainer=evaluation_explainer(cfg),
                                      prefix="test", full=False, audit=True,
                                      per_image=per_image, **kw)
             found = _audit_metrics(metrics)
         else:
-            per_image = randomisation_test(model.eval(), test, evaluation_explainer(cfg),
-                                           cfg.eval, **kw)
+            per_image = randomisation_test(model, test, evaluation_explainer(cfg), cfg.eval, **kw)
             similarity = float(np.nanmean(per_image["test/randomisation_similarity"]))
             found = {"test/randomisation_similarity": similarity,
                      "test/randomisation_pass": float(similarity < RANDOMISATION_THRESHOLD)}
-        with atomic_writer(per_image_file) as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in per_image.items()})
-        return found
+        return found, {k: _numpy(v) for k, v in per_image.items()}
+
+
+def _numpy(value: Any) -> Any:
+    """A per-image value as numpy (tensors leave their device)."""
+    import numpy as np
+
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
 
 
 def randomisation_test(model: Any, split: Any, explainer: Any, cfg: Any, *, mean: Any,

@@ -100,6 +100,10 @@ class StudySettings(TrialPlace):
         search_seeds: each method's search is repeated with sampler seeds ``seed .. seed + S -
             1``; final run ``i`` trains the config of search ``i mod S``, so the intervals
             include the search's own variance.
+        searches_at_once: the method searches run at the same time, each in a driver process
+            of its own on the study's Ray (:mod:`extune.study.searches`); ``None``: as many as
+            the cluster holds with every search's trials at once (one on a machine that one
+            search fills); the same settings, budgets and seeds either way.
         epochs: epochs of a search trial (``optim.epochs`` of the base); ``None``: the base's.
         sampler, seed, scheduler, objective: as ``extune search`` (the same for every method).
         fixed: searched parameters held at a value in every search (``explain.explainer``).
@@ -134,6 +138,7 @@ class StudySettings(TrialPlace):
     budget_seconds: float | None = None
     startup_trials: int | None = None
     search_seeds: int = STUDY.search_seeds
+    searches_at_once: int | None = None
     epochs: int | None = None
     sampler: str = SEARCH.sampler
     seed: int = SEARCH.seed
@@ -183,6 +188,8 @@ class StudySettings(TrialPlace):
         require(self.budget_epochs is None or self.budget_epochs >= 1,
                f"--budget-epochs must be >= 1, got {self.budget_epochs}")
         require(self.search_seeds >= 1, f"--search-seeds must be >= 1, got {self.search_seeds}")
+        require(self.searches_at_once is None or self.searches_at_once >= 1,
+               f"--searches-at-once must be >= 1, got {self.searches_at_once}")
         require(self.budget_seconds is None or self.budget_seconds > 0,
                f"--budget-seconds must be > 0, got {self.budget_seconds}")
         require(self.min_driven_share is None or 0 <= self.min_driven_share <= 1,

@@ -69,3 +69,40 @@ def test_the_audit_stage_audits_what_the_runs_lack_and_caches_it(tmp_path, monke
 
     monkeypatch.setattr(_Scorer, "audit", never)
     assert audit_stage(StudyDir.load(sdir.path), runs) == found  # cached: nothing re-scored
+
+
+@pytest.mark.slow  # starts Ray
+def test_with_ray_up_checkpoints_are_scored_as_ray_tasks_with_the_same_scores(tmp_path):
+    import os
+
+    import ray
+    import torch
+
+    from extune.study.sensitivity import rescore_stage
+
+    def stages(folder: str) -> tuple[StudyDir, dict, dict]:
+        settings = StudySettings(methods=["ce"], seeds=2, out=str(tmp_path / folder), name="s",
+                                 protocols="gradcam,gradcam:previous",
+                                 overrides={**TINY_STUDY, "data.cache_dir": str(tmp_path / "c")})
+        sdir = StudyDir.create(settings)
+        torch.manual_seed(0)  # the same untrained checkpoints in both folders
+        runs = [_run(sdir, f"ce-seed{seed}", seed, {"test/accuracy": 0.3}) for seed in (1, 2)]
+        return sdir, rescore_stage(sdir, runs), audit_stage(sdir, runs)
+
+    _, here_scores, here_audit = stages("here")  # no Ray: in this process
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sdir, scores, audit = stages("ray")
+    finally:
+        ray.shutdown()
+    assert scores["scores"].keys() == here_scores["scores"].keys()
+    for protocol, by_label in here_scores["scores"].items():
+        for label, metrics in by_label.items():
+            assert scores["scores"][protocol][label] == pytest.approx(metrics, nan_ok=True)
+    for protocol, by_label in here_audit["scores"].items():
+        for label, metrics in by_label.items():
+            assert audit["scores"][protocol][label] == pytest.approx(metrics, nan_ok=True)
+    places = StudyDir.load(sdir.path).meta["scored_on"]
+    assert len(places["score"]) == 2 and len(places["audit"]) == 4  # 2 runs x protocols
+    assert all(p["pid"] != os.getpid() and p["device"] == "cpu" and p["node_id"]
+               for p in places["score"] + places["audit"])

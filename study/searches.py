@@ -1,0 +1,222 @@
+"""A study's method searches at the same time, where the Ray cluster has room for them.
+
+One driver cannot run two Ray Tune searches at once (Tune's signal handling, its console and
+its process-wide state belong to one ``Tuner.fit``), so each search that runs beside another is
+a driver process of its own (``python -m extune.study.searches SPEC``) joined to the study's
+Ray: the settings, budgets and seeds are exactly those of the search run in the study's own
+process (:meth:`~extune.study.settings.StudySettings.search_settings`), only the moment it
+starts differs. The study prints each driver's lines with the search's name in front and waits
+for all of them.
+
+Stops: the drivers run in process groups of their own, so that a Ctrl-C at the terminal reaches
+the study once and the study passes one stop to each (Ctrl-C as SIGINT, SIGTERM and SIGHUP as
+SIGTERM); every driver ends its search as ``extune search`` does (trials resumable) and
+``extune study --resume`` finishes it. A driver whose study died (SIGKILL) stops its search
+the same way by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SearchJob", "searches_at_once", "run_searches", "main"]
+
+STOP_WAIT_S = 120.0
+"""How long the study waits for its stopped drivers to save their searches before it ends them
+with SIGKILL (a search saves its state within seconds; Ray's own grace for a job is 3 s)."""
+
+
+@dataclass
+class SearchJob:
+    """One search of a study to run in a driver of its own: new (``settings``, the
+    :class:`~extune.search.SearchSettings` as a dict) or unfinished (``resume``, its folder)."""
+
+    name: str
+    folder: Path
+    settings: dict[str, Any] | None = None
+    resume: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    code: int | None = None
+    last_lines: list[str] = field(default_factory=list)
+
+    def spec(self, address: str) -> dict[str, Any]:
+        return {"settings": self.settings, "resume": self.resume, "address": address}
+
+
+def searches_at_once(settings: Any, searches: int) -> int:
+    """How many of ``searches`` searches fit on the connected Ray cluster at once: each takes
+    the trials it runs at once (``max_concurrent``, else as many as the cluster holds, at most
+    ``trials``); ``settings.searches_at_once`` caps it. One search fills a machine whose
+    resources hold no more than its own trials, so a study there runs them one after another."""
+    from extune.search import cluster_plan
+
+    if searches <= 1:
+        return 1
+    slots = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
+                         gpus_per_trial=settings.gpus_per_trial, max_concurrent=None,
+                         trials=sys.maxsize).concurrency
+    per_search = min(settings.trials, settings.max_concurrent or slots)
+    fits = max(1, slots // max(1, per_search))
+    if settings.searches_at_once is not None:
+        fits = min(fits, settings.searches_at_once)
+    return max(1, min(searches, fits))
+
+
+def study_ray_address(address: str | None) -> str:
+    """The address the study's search drivers join: a Ray Client address as given, else the
+    GCS of the Ray the study is connected to (its own local one included)."""
+    import ray
+
+    if address and address.startswith("ray://"):
+        return address
+    return ray.get_runtime_context().gcs_address
+
+
+def run_searches(jobs: list[SearchJob], at_once: int, address: str,
+                 say: Callable[[str], None], work: Path) -> None:
+    """Run ``jobs`` in driver processes, ``at_once`` at a time, in order; returns when all
+    ended.
+
+    Raises:
+        KeyboardInterrupt: the study was stopped (every driver was stopped and waited for),
+            or a driver was (its search is resumable).
+        ExtuneError: a driver failed; the line names the search, its last words and its log.
+    """
+    from extune.errors import ExtuneError
+    from extune.signals import received
+
+    waiting, running = list(jobs), []
+    try:
+        while waiting or running:
+            while waiting and len(running) < at_once:
+                job = waiting.pop(0)
+                running.append((job, _start(job, address, say, work)))
+            time.sleep(0.5)
+            for job, process in list(running):
+                if process.poll() is not None:
+                    job.code, job.ended = process.returncode, time.time()
+                    running.remove((job, process))
+                    if job.code in _STOPPED:
+                        raise KeyboardInterrupt
+                    if job.code != 0:
+                        raise ExtuneError(f"the search {job.name} failed (exit {job.code}): "
+                                          f"{_last_words(job)}; its log: {_log(work, job)}")
+    except BaseException:
+        _stop(running, received())
+        raise
+
+
+_STOPPED = (130, 143, 129)
+
+
+def _start(job: SearchJob, address: str, say: Callable[[str], None], work: Path
+           ) -> subprocess.Popen:
+    """Start ``job``'s driver; a thread prints its lines with the search's name in front and
+    keeps them in its log."""
+    spec = work / f"{job.name}.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(job.spec(address)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EXTUNE_PARENT_PID": str(os.getpid())}
+    process = subprocess.Popen([sys.executable, "-m", "extune.study.searches", str(spec)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, start_new_session=True)
+    job.started = time.time()
+    log = _log(work, job).open("a")
+
+    def relay() -> None:
+        with log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                job.last_lines = [*job.last_lines[-4:], line.rstrip()]
+                say(f"[{job.name}] {line.rstrip()}")
+
+    threading.Thread(target=relay, daemon=True, name=f"extune-{job.name}").start()
+    return process
+
+
+def _log(work: Path, job: SearchJob) -> Path:
+    return work / f"{job.name}.log"
+
+
+def _last_words(job: SearchJob) -> str:
+    errors = [line for line in job.last_lines if line.startswith("error:")]
+    return (errors or job.last_lines or ["(nothing printed)"])[-1]
+
+
+def _stop(running: list[tuple[SearchJob, subprocess.Popen]], signum: int | None) -> None:
+    """One stop to each running driver (SIGINT for Ctrl-C, else SIGTERM), a wait for them to
+    save their searches, SIGKILL for any still running after :data:`STOP_WAIT_S`."""
+    sent = signal.SIGINT if signum in (None, signal.SIGINT) else signal.SIGTERM
+    for _, process in running:
+        if process.poll() is None:
+            process.send_signal(sent)
+    deadline = time.time() + STOP_WAIT_S
+    for job, process in running:
+        try:
+            job.code = process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            job.code = process.wait()
+        job.ended = time.time()
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this driver's search as a SIGTERM would once the study that started it is gone
+    (killed): its trials stay resumable, no orphan search runs on."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        signal.raise_signal(signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="extune-parent-watch").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A search driver of a study: ``python -m extune.study.searches SPEC`` (a JSON file of
+    :meth:`SearchJob.spec`). Exit 0 finished, 130/143/129 stopped, 2 a one-line error."""
+    import ray
+
+    from extune.errors import ExtuneError
+    from extune.search import SearchSettings, connect_ray, quiet_ray_env, run_search
+    from extune.signals import handle_signals, interrupt_exit_code
+
+    handle_signals()
+    quiet_ray_env()
+    parent = os.environ.get("EXTUNE_PARENT_PID")
+    if parent:
+        _watch_parent(int(parent))
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    try:
+        # the study's Ray, joined first: the search reuses it and saves the study's own
+        # address (a resumed study may run on a new Ray)
+        started = connect_ray(spec["address"])
+        try:
+            if spec["resume"]:
+                result = run_search(resume=spec["resume"])
+            else:
+                result = run_search(SearchSettings.from_dict(spec["settings"]))
+        finally:
+            if started:
+                ray.shutdown()
+    except ExtuneError as e:
+        print(f"error: {e}", flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return interrupt_exit_code()
+    return interrupt_exit_code() if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
