@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +48,28 @@ class SearchJob:
     started: float | None = None
     ended: float | None = None
     code: int | None = None
-    last_lines: list[str] = field(default_factory=list)
 
     def spec(self, address: str) -> dict[str, Any]:
         return {"settings": self.settings, "resume": self.resume, "address": address}
 
 
 def searches_at_once(settings: Any, searches: int) -> int:
-    """How many of ``searches`` searches fit on the connected Ray cluster at once: each takes
-    the trials it runs at once (``max_concurrent``, else as many as the cluster holds, at most
-    ``trials``); ``settings.searches_at_once`` caps it. One search fills a machine whose
-    resources hold no more than its own trials, so a study there runs them one after another."""
+    """How many of ``searches`` searches run at once: ``settings.searches_at_once`` where given
+    (Ray queues the trials that do not fit), else as many as fit on the connected Ray cluster,
+    each with the trials it runs at once (``max_concurrent``, else as many as the cluster
+    holds, at most ``trials``). One search fills a machine whose resources hold no more than
+    its own trials, so a study there runs them one after another."""
     from extune.search import cluster_plan
 
     if searches <= 1:
         return 1
+    if settings.searches_at_once is not None:
+        return min(searches, settings.searches_at_once)
     slots = cluster_plan(cpus_per_trial=settings.cpus_per_trial,
                          gpus_per_trial=settings.gpus_per_trial, max_concurrent=None,
                          trials=sys.maxsize).concurrency
     per_search = min(settings.trials, settings.max_concurrent or slots)
-    fits = max(1, slots // max(1, per_search))
-    if settings.searches_at_once is not None:
-        fits = min(fits, settings.searches_at_once)
-    return max(1, min(searches, fits))
+    return max(1, min(searches, slots // max(1, per_search)))
 
 
 def study_ray_address(address: str | None) -> str:
@@ -101,17 +100,19 @@ def run_searches(jobs: list[SearchJob], at_once: int, address: str,
         while waiting or running:
             while waiting and len(running) < at_once:
                 job = waiting.pop(0)
-                running.append((job, _start(job, address, say, work)))
+                running.append((job, *_start(job, address, say, work)))
             time.sleep(0.5)
-            for job, process in list(running):
+            for job, process, follower in list(running):
                 if process.poll() is not None:
                     job.code, job.ended = process.returncode, time.time()
-                    running.remove((job, process))
+                    running.remove((job, process, follower))
+                    follower.join(timeout=10)  # its last lines printed
                     if job.code in _STOPPED:
                         raise KeyboardInterrupt
                     if job.code != 0:
+                        log = _log(work, job)
                         raise ExtuneError(f"the search {job.name} failed (exit {job.code}): "
-                                          f"{_last_words(job)}; its log: {_log(work, job)}")
+                                          f"{_last_words(log)}; its log: {log}")
     except BaseException:
         _stop(running, received())
         raise
@@ -121,55 +122,79 @@ _STOPPED = (130, 143, 129)
 
 
 def _start(job: SearchJob, address: str, say: Callable[[str], None], work: Path
-           ) -> subprocess.Popen:
-    """Start ``job``'s driver; a thread prints its lines with the search's name in front and
-    keeps them in its log."""
+           ) -> tuple[subprocess.Popen, threading.Thread]:
+    """Start ``job``'s driver, its output into its log file (it outlives a killed study); a
+    thread follows the log and prints each line with the search's name in front."""
+    import shutil
+
     spec = work / f"{job.name}.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(job.spec(address)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EXTUNE_PARENT_PID": str(os.getpid())}
-    process = subprocess.Popen([sys.executable, "-m", "extune.study.searches", str(spec)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env, start_new_session=True)
+    prefix = f"[{job.name}] "
+    width = max(60, shutil.get_terminal_size().columns - len(prefix))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EXTUNE_PARENT_PID": str(os.getpid()),
+           "COLUMNS": str(width)}
+    log = _log(work, job)
+    with log.open("a") as out:
+        process = subprocess.Popen([sys.executable, "-m", "extune.study.searches", str(spec)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
     job.started = time.time()
-    log = _log(work, job).open("a")
+    follower = threading.Thread(target=_follow, args=(log, log.stat().st_size, process, prefix,
+                                                      say), daemon=True, name=f"extune-{job.name}")
+    follower.start()
+    return process, follower
 
-    def relay() -> None:
-        with log:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                job.last_lines = [*job.last_lines[-4:], line.rstrip()]
-                say(f"[{job.name}] {line.rstrip()}")
 
-    threading.Thread(target=relay, daemon=True, name=f"extune-{job.name}").start()
-    return process
+def _follow(log: Path, offset: int, process: subprocess.Popen, prefix: str,
+            say: Callable[[str], None]) -> None:
+    """Print the lines the driver adds to ``log`` from ``offset`` on, until it ended and they
+    are all printed."""
+    with log.open() as f:
+        f.seek(offset)
+        partial = ""
+        while True:
+            ended = process.poll() is not None
+            partial += f.read()
+            *lines, partial = partial.split("\n")
+            for line in lines:
+                say(prefix + line.rstrip())
+            if ended:
+                break
+            time.sleep(0.2)
+    if partial.strip():
+        say(prefix + partial.rstrip())
 
 
 def _log(work: Path, job: SearchJob) -> Path:
     return work / f"{job.name}.log"
 
 
-def _last_words(job: SearchJob) -> str:
-    errors = [line for line in job.last_lines if line.startswith("error:")]
-    return (errors or job.last_lines or ["(nothing printed)"])[-1]
+def _last_words(log: Path) -> str:
+    """A failed driver's error line, else its last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()[-20:]
+             if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(nothing printed)"])[-1]
 
 
-def _stop(running: list[tuple[SearchJob, subprocess.Popen]], signum: int | None) -> None:
+def _stop(running: list[tuple[SearchJob, subprocess.Popen, threading.Thread]],
+          signum: int | None) -> None:
     """One stop to each running driver (SIGINT for Ctrl-C, else SIGTERM), a wait for them to
     save their searches, SIGKILL for any still running after :data:`STOP_WAIT_S`."""
     sent = signal.SIGINT if signum in (None, signal.SIGINT) else signal.SIGTERM
-    for _, process in running:
+    for _, process, _ in running:
         if process.poll() is None:
             process.send_signal(sent)
     deadline = time.time() + STOP_WAIT_S
-    for job, process in running:
+    for job, process, follower in running:
         try:
             job.code = process.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             job.code = process.wait()
         job.ended = time.time()
+        follower.join(timeout=10)
 
 
 def _watch_parent(parent: int) -> None:
@@ -199,14 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(int(parent))
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     try:
+        settings = None if spec["resume"] else SearchSettings.from_dict(spec["settings"])
         # the study's Ray, joined first: the search reuses it and saves the study's own
         # address (a resumed study may run on a new Ray)
         started = connect_ray(spec["address"])
         try:
-            if spec["resume"]:
-                result = run_search(resume=spec["resume"])
-            else:
-                result = run_search(SearchSettings.from_dict(spec["settings"]))
+            result = run_search(settings, resume=spec["resume"])
         finally:
             if started:
                 ray.shutdown()
