@@ -27,6 +27,7 @@ used.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -35,8 +36,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 
 from extune.errors import one_line
 from extune.evaluate.objectives import Objective
@@ -269,14 +268,14 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
             png = getattr(pm, fn)(target_study, **kwargs)
         return png, getattr(pv, fn)(target_study, **kwargs)
 
-    fanova = _FanovaOnce()  # the importance plots and the contour's pair: one fit
+    fanova = functools.cache(_fanova_once)  # the importance plots and the contour's pair: one fit
 
     def importances() -> tuple[str, Any, Any]:
         c = _chosen(study, fitted=True)
         params = c.varying(common=True)
         return (f"Parameter importances for {names[0]} (fANOVA over {c.basis}, "
                 f"{len(params)} parameters that vary)",
-                *both("plot_param_importances", c.study, params=params, evaluator=fanova,
+                *both("plot_param_importances", c.study, params=params, evaluator=fanova(),
                       **target))
 
     def parallel() -> tuple[str, Any, Any]:
@@ -291,7 +290,7 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
 
         c = _chosen(study, fitted=True)
         ranked = optuna.importance.get_param_importances(
-            c.study, evaluator=fanova, params=c.varying(common=True),
+            c.study, evaluator=fanova(), params=c.varying(common=True),
             target=target.get("target"))
         # Optuna interpolates over a grid of every trial's values (n x n: 14 MB of plots.html
         # at 1,100 trials): an even sample is enough to show the surface
@@ -312,25 +311,34 @@ def _plan(study: Any, objectives: Sequence[Objective]) -> list[tuple[str, _Make]
     return plan
 
 
-class _FanovaOnce(BaseImportanceEvaluator):
+def _fanova_once(seed: int = 0) -> Any:
     """Optuna's fANOVA importance evaluator, seeded and fitted once per set of trials and
     parameters: the PNG and the HTML importance plots and the contour's choice of the two most
     important parameters then show one fit (unseeded, three fits could rank them three ways).
     Named, not Optuna's default: that is PED-ANOVA in Optuna 5 (checked with 5.1; fANOVA in
-    Optuna 4), which the titles would misname."""
+    Optuna 4), which the titles would misname.
 
-    def __init__(self, seed: int = 0) -> None:
-        self._evaluator = FanovaImportanceEvaluator(seed=seed)
-        self._fitted: dict[Any, dict[str, float]] = {}
+    Made on first use: ``optuna.importance`` imports scikit-learn (1.2 s at the end of every
+    search, measured on 2 cores), which a search too small to fit an importance never needs.
+    """
+    from optuna.importance import BaseImportanceEvaluator, FanovaImportanceEvaluator
 
-    def evaluate(self, study: Any, params: list[str] | None = None, *,
-                 target: Callable[[Any], float] | None = None) -> dict[str, float]:
-        trials = tuple((tuple(sorted(t.params.items())), tuple(t.values or ()))
-                       for t in study.get_trials(deepcopy=False))
-        key = (trials, tuple(params or ()))
-        if key not in self._fitted:
-            self._fitted[key] = self._evaluator.evaluate(study, params=params, target=target)
-        return dict(self._fitted[key])
+    class FanovaOnce(BaseImportanceEvaluator):
+        def __init__(self) -> None:
+            self._evaluator = FanovaImportanceEvaluator(seed=seed)
+            self._fitted: dict[Any, dict[str, float]] = {}
+
+        def evaluate(self, study: Any, params: list[str] | None = None, *,
+                     target: Callable[[Any], float] | None = None) -> dict[str, float]:
+            trials = tuple((tuple(sorted(t.params.items())), tuple(t.values or ()))
+                           for t in study.get_trials(deepcopy=False))
+            key = (trials, tuple(params or ()))
+            if key not in self._fitted:
+                self._fitted[key] = self._evaluator.evaluate(study, params=params,
+                                                             target=target)
+            return dict(self._fitted[key])
+
+    return FanovaOnce()
 
 
 def _chosen(study: Any, *, fitted: bool) -> Comparable:
