@@ -47,9 +47,11 @@ TTQ_BUDGET_S = 60.0
 TTQ_QUICK = {"data.train_size": 300, "optim.epochs": 1}
 
 
-def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False) -> list[Row]:
+def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False,
+             keep_ray: bool = False) -> list[Row]:
     """Start Ray and the MLflow store (a row each: one-time costs), then the rows that need
-    them; every search writes under one temporary folder; Ray is shut down at the end."""
+    them; every search writes under one temporary folder; Ray is shut down at the end unless
+    ``keep_ray`` (a later group uses it: one start of Ray less)."""
     import ray
 
     from extune.tracking.client import MlflowTracker
@@ -71,7 +73,7 @@ def ray_rows(quick: bool, *, time_to_quality: bool = True, command: bool = False
             if time_to_quality:
                 rows.append(time_to_quality_row(quick, tmp))
     finally:
-        if started:
+        if started and not keep_ray:
             ray.shutdown()
     return rows
 

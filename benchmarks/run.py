@@ -55,7 +55,8 @@ GROUPS: dict[str, Callable[[argparse.Namespace, torch.device], list[Row]]] = {
     "gradcam": lambda a, d: [gradcam_row(a.quick, d)],
     "eval": lambda a, d: [eval_row(a.quick)],
     "data": lambda a, d: [*data_rows(a.quick), streamed_row(a.quick)],
-    "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command),
+    "search": lambda a, d: ray_rows(a.quick, time_to_quality=not a.no_ttq, command=a.command,
+                                    keep_ray="peer" in a.only.split(",")),
     "peer": lambda a, d: peer_rows(a.quick),
     "cuda": lambda a, d: cuda_rows(a.quick),
     "audit": lambda a, d: audit_rows(a.quick, d),
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         group_seconds[name] = time.perf_counter() - group_start
         print(f"  {name} rows: {group_seconds[name]:.0f} s", file=sys.stderr, flush=True)
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # kept for a later group
+        sys.modules["ray"].shutdown()
     wall = time.perf_counter() - start
     print(f"total {wall:.0f} s", flush=True)
     out = args.json or (None if args.quick else str(default_json()))

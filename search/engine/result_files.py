@@ -9,8 +9,8 @@ save, and a driver spending 5 s per trial instead of 0.3 s (``benchmarks/growth.
 docs/performance.md). :class:`TrialResultFiles` writes the same ``result.json`` (one JSON line
 per report, as Ray's) and ``params.json`` in place, once, where Ray's storage keeps the trial's
 checkpoints, and removes an ended trial's empty staging folder (Ray creates each one again in
-the storage at every save); :func:`result_file_callbacks` turns Ray's loggers off for such a
-search. A search whose storage is a bucket keeps Ray's loggers (its files are not on this
+the storage at every save); :class:`RayLoggersOff` turns Ray's loggers off while such a search
+fits. A search whose storage is a bucket keeps Ray's loggers (its files are not on this
 machine).
 
 A report that the disk cannot take whole is cut back to the last whole line (a full disk stops
@@ -32,7 +32,8 @@ from ray.tune import Callback
 from extune.errors import one_line
 from extune.files import atomic_write_text
 
-__all__ = ["TrialResultFiles", "result_file_callbacks", "RESULT_FILE", "PARAMS_FILE"]
+__all__ = ["TrialResultFiles", "RayLoggersOff", "result_file_callbacks", "RESULT_FILE",
+           "PARAMS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,34 @@ _RAY_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 def result_file_callbacks(experiment_path: str) -> list[Callback]:
     """The callbacks that write the trials' files of the experiment at ``experiment_path``:
-    :class:`TrialResultFiles` for a local folder (Ray's own loggers turned off in this, the
-    driver's, process), none for a bucket URI (Ray's loggers stay)."""
+    :class:`TrialResultFiles` for a local folder (fit it with :class:`RayLoggersOff`), none for
+    a bucket URI (Ray's loggers stay)."""
     if "://" in experiment_path:
         return []
-    os.environ[_RAY_LOGGERS_OFF] = "1"
     return [TrialResultFiles()]
+
+
+class RayLoggersOff:
+    """A Tuner whose ``fit`` runs with Ray's own loggers off (Ray reads the switch when the
+    fit starts): set for the fit only, so that a notebook's next Ray Tune run of its own gets
+    Ray's loggers back."""
+
+    def __init__(self, tuner: Any) -> None:
+        self.tuner = tuner
+
+    def fit(self) -> Any:
+        saved = os.environ.get(_RAY_LOGGERS_OFF)
+        os.environ[_RAY_LOGGERS_OFF] = "1"
+        try:
+            return self.tuner.fit()
+        finally:
+            if saved is None:
+                os.environ.pop(_RAY_LOGGERS_OFF, None)
+            else:
+                os.environ[_RAY_LOGGERS_OFF] = saved
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tuner, name)
 
 
 class TrialResultFiles(Callback):

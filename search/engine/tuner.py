@@ -43,7 +43,7 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
     from ray import tune
 
     from extune.search.engine.disk import ray_storage, restore_tuner
-    from extune.search.engine.result_files import result_file_callbacks
+    from extune.search.engine.result_files import RayLoggersOff, result_file_callbacks
     from extune.search.engine.trainable import train_trial
 
     trainable = tune.with_resources(
@@ -51,12 +51,12 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
                              objectives=tuple(objectives), storage=path,
                              full_epochs=full_epochs),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-    files = result_file_callbacks(path)  # before a restore too: its callbacks are Ray's saved ones
+    files = result_file_callbacks(path)  # a restored Tuner's callbacks are Ray's saved ones
     if restore and tune.Tuner.can_restore(path):
-        if restore_then is None:
-            return restore_tuner(path, trainable)
-        return restore_tuner(path, trainable, then=restore_then)
-    return tune.Tuner(
+        tuner = restore_tuner(path, trainable) if restore_then is None else restore_tuner(
+            path, trainable, then=restore_then)
+        return RayLoggersOff(tuner) if files else tuner
+    tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(**tune_config, max_concurrent_trials=plan.concurrency,
                                     reuse_actors=True),
@@ -66,3 +66,4 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
             callbacks=[*callbacks, *files],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    return RayLoggersOff(tuner) if files else tuner

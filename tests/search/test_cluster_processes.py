@@ -46,6 +46,9 @@ TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data
         "model.backbone=tiny_cnn", "optim.epochs=1", "optim.batch_size=32",
         "eval.explain_samples=8", "eval.corruptions=[contrast]", "eval.grid_images=2"]
 
+STOPPED_EPOCHS = 20
+"""Epochs of the search that ``ray job stop`` stops after its first epoch: enough that the stop
+(a few seconds) lands mid-trial, not so many that the resumed trials take long."""
 STOP_GRACE_S = 120  # RAY_JOB_STOP_WAIT_TIME_S of docs/cluster.md (Ray's default: 3 s)
 
 
@@ -102,7 +105,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         _write_project(work / "project", work / "cache")
         yield Cluster(address, dashboard, uri, env, work, token)
     finally:
-        stop_all(procs)
+        stop_all(procs, grace_s=5)  # nothing of theirs is read after: no need to wait 20 s
         shutil.rmtree(short, ignore_errors=True)
 
 
@@ -297,7 +300,7 @@ def test_ray_job_stop_leaves_no_running_mlflow_run_and_a_job_resumes_the_search(
     folder = cluster.work / "runs" / "stopped"
     grace = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}})
     submitted = _submit(cluster, "extune-stopped",
-                        _job_search(cluster, "stopped", "--set", "optim.epochs=40"),
+                        _job_search(cluster, "stopped", "--set", f"optim.epochs={STOPPED_EPOCHS}"),
                         "--no-wait", "--runtime-env-json", grace, timeout=120)
     assert submitted.returncode == 0, _log(submitted)
     wait_for(lambda: _reported(folder), "a trial reporting its first epoch", timeout=300)
@@ -319,7 +322,7 @@ def test_ray_job_stop_leaves_no_running_mlflow_run_and_a_job_resumes_the_search(
     resume_s = time.time() - started
     assert resumed.returncode == 0, _log(resumed)
     assert "2 complete, 0 pruned, 0 failed" in " ".join(resumed.stdout.split()), _log(resumed)
-    _check_every_epoch_once(cluster.tracking_uri, folder, epochs=40)
+    _check_every_epoch_once(cluster.tracking_uri, folder, epochs=STOPPED_EPOCHS)
     print(f"ray job stop {stop_s:.1f} s, resume job {resume_s:.0f} s")
 
 

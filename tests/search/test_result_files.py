@@ -15,6 +15,7 @@ from extune.search.engine import result_files
 from extune.search.engine.result_files import (
     PARAMS_FILE,
     RESULT_FILE,
+    RayLoggersOff,
     TrialResultFiles,
     append_whole_line,
     result_file_callbacks,
@@ -56,14 +57,25 @@ def test_a_report_the_disk_cuts_short_leaves_the_last_whole_line(tmp_path, monke
     assert len(caplog.records) == 1 and "No space left" in caplog.records[0].getMessage()
 
 
-def test_ray_loggers_are_off_for_a_local_search_and_left_to_ray_for_a_bucket(tmp_path,
-                                                                            monkeypatch):
+def test_ray_loggers_are_off_while_a_local_search_fits_and_left_to_ray_for_a_bucket(
+        tmp_path, monkeypatch):
     monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
     assert result_file_callbacks("s3://bucket/searches/demo") == []
-    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
     [callback] = result_file_callbacks(str(tmp_path / "trials"))
     assert isinstance(callback, TrialResultFiles)
-    assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # not before the fit
+
+    class Tuner:
+        def fit(self):
+            self.seen = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+            return "results"
+
+    tuner = Tuner()
+    assert RayLoggersOff(tuner).fit() == "results" and tuner.seen == "1"  # while it fits
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # a user's own run after
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    RayLoggersOff(tuner).fit()
+    assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "0"  # as it was
 
 
 def test_an_ended_trials_empty_staging_folder_goes_and_one_with_files_stays(tmp_path):
