@@ -12,7 +12,10 @@ Stops: the drivers run in process groups of their own, so that a Ctrl-C at the t
 the study once and the study passes one stop to each (Ctrl-C as SIGINT, SIGTERM and SIGHUP as
 SIGTERM); every driver ends its search as ``extune search`` does (trials resumable) and
 ``extune study --resume`` finishes it. A driver whose study died (SIGKILL) stops its search
-the same way by itself.
+the same way by itself where the study had joined a cluster; a study's own local Ray dies with
+it, and its drivers end when they lose it (about a minute and a half, measured), leaving their
+searches for ``--resume`` as a killed ``extune search`` does. Each driver's output goes to
+its log file (``searches/drivers/<name>.log``), which outlives the study.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SearchJob", "searches_at_once", "run_searches", "main"]
+__all__ = ["SearchJob", "searches_at_once", "study_ray_address", "run_searches", "main"]
 
 STOP_WAIT_S = 120.0
 """How long the study waits for its stopped drivers to save their searches before it ends them
