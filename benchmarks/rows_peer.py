@@ -11,12 +11,15 @@ each recorded is read back from its MLflow store afterwards.
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
 from rows_search import OVERHEAD_BASE, EndClock, quiet_search
 from timing import Row
 
@@ -28,6 +31,9 @@ __all__ = ["peer_rows", "hand_written_search"]
 PEER_BASE = {**OVERHEAD_BASE, "optim.epochs": 2}
 """The trials of both searches: CE on tiny_cnn, two epochs (ASHA may stop one after the first)."""
 PEER_TRIALS = 12
+RESUMED_TRIALS = 4
+"""Trials of the searches stopped after their first trial and resumed (the table's resume
+rows)."""
 QUICK = {"data.train_size": 300, "optim.epochs": 1}
 METRIC = "val/accuracy"
 
@@ -47,8 +53,19 @@ def _train(config: dict[str, Any], *, base: dict[str, Any], data: Any) -> None:
     fit(cfg, report=report, data=data, objectives=(METRIC,))
 
 
+def _trainable(base: dict[str, Any]) -> Any:
+    """The function with its base config and data, one CPU per trial."""
+    from ray import tune
+
+    from extune.train.data import load_data
+
+    data = load_data(Config.from_dict(base).data)
+    return tune.with_resources(tune.with_parameters(_train, base=base, data=data), {"cpu": 1})
+
+
 def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking_uri: str,
-                        clock: EndClock, seed: int = 0, reuse_actors: bool = False) -> float:
+                        clock: Callback, seed: int = 0, reuse_actors: bool = False,
+                        name: str = "plain") -> float:
     """The hand-written search over extune's ``ce`` space (``base``: the config as a nested
     dict; ``reuse_actors``: Ray's default is a new worker per trial); returns its wall
     seconds."""
@@ -57,10 +74,8 @@ def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from extune.train.data import load_data
-
     start = time.time()
-    data = load_data(Config.from_dict(base).data)
+    trainable = _trainable(base)
     space = {"method": "ce",  # extune's `ce` space (spaces/presets.py), written for Tune
              "optim.label_smoothing": tune.uniform(0.0, 0.2),
              "optim.lr": tune.loguniform(0.005, 0.5),
@@ -68,7 +83,7 @@ def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking
              "optim.batch_size": tune.choice([64, 128, 256])}
     epochs = int(base["optim"]["epochs"])
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_train, base=base, data=data), {"cpu": 1}),
+        trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", num_samples=trials, max_concurrent_trials=1,
@@ -77,7 +92,7 @@ def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=1, reduction_factor=3)),
         run_config=tune.RunConfig(
-            storage_path=folder, name="plain", verbose=0,
+            storage_path=folder, name=name, verbose=0,
             callbacks=[clock, MLflowLoggerCallback(tracking_uri=tracking_uri,
                                                    experiment_name="plain",
                                                    save_artifact=True)]))
@@ -85,14 +100,67 @@ def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking
     return time.time() - start
 
 
+class StopOnce(Callback):
+    """Stops the search as Ctrl-C would (SIGUSR1: Ray Tune's own graceful stop, its state
+    saved) when its first trial ends, once: the interruption both searches are resumed from."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def resumed_records(base: dict[str, Any], overrides: dict[str, Any], trials: int, tmp: str
+                    ) -> dict[str, dict[str, Any]]:
+    """Each search stopped after its first trial and resumed as its user would (extune:
+    ``run_search(resume=...)``; by hand: ``Tuner.restore(..., resume_unfinished=True)`` and
+    ``fit``): what its MLflow store then holds per trial."""
+    from ray import tune
+
+
+    plain_uri, extune_uri = f"sqlite:///{tmp}/plain-resumed.db", f"sqlite:///{tmp}/ext-r.db"
+    hand_written_search(base, trials, f"{tmp}/plain-resumed", plain_uri, StopOnce(),
+                        name="resumed")
+    restored = tune.Tuner.restore(f"{tmp}/plain-resumed/resumed", _trainable(base),
+                                  resume_unfinished=True)
+    restored.fit()
+    settings = _extune_settings(overrides, trials, f"{tmp}/extune-resumed", extune_uri)
+    first = quiet_search(settings, callbacks=[StopOnce()])
+    quiet_search(None, resume=first.path)
+    return {"plain": _per_trial(plain_uri, "plain"), "extune": _per_trial(extune_uri, "extune")}
+
+
+def _per_trial(tracking_uri: str, experiment: str) -> dict[str, Any]:
+    """Trial runs of a resumed search: how many, for how many trials, how many left RUNNING."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              max_results=1000)
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}
+    trials = [r for r in runs if r.info.run_id not in parents]
+    names = [r.data.tags.get("extune.trial_id") or r.data.tags.get("trial_name")
+             or r.info.run_name for r in trials]
+    return {"resumed: trial runs": len(trials), "resumed: trials": len(set(names)),
+            "resumed: runs left RUNNING": sum(r.info.status == "RUNNING" for r in trials)}
+
+
+def _extune_settings(overrides: dict[str, Any], trials: int, folder: str, tracking_uri: str,
+                     seed: int = 0) -> SearchSettings:
+    return SearchSettings(space="ce", trials=trials, max_concurrent=1, sampler="tpe",
+                          scheduler="asha", seed=seed, grace_period=1, reduction_factor=3,
+                          out=folder, name="extune", tracking_uri=tracking_uri, live=False,
+                          overrides=overrides)
+
+
 def extune_search(overrides: dict[str, Any], trials: int, folder: str, tracking_uri: str,
                   clock: EndClock, seed: int = 0) -> float:
     """extune's search of the same space, trials, sampler and scheduler settings
     (``overrides``: the base config's dotted keys, as ``--set`` gives them)."""
-    settings = SearchSettings(space="ce", trials=trials, max_concurrent=1, sampler="tpe",
-                              scheduler="asha", seed=seed, grace_period=1, reduction_factor=3,
-                              out=folder, name="extune", tracking_uri=tracking_uri, live=False,
-                              overrides=overrides)
+    settings = _extune_settings(overrides, trials, folder, tracking_uri, seed)
     start = time.time()
     quiet_search(settings, callbacks=[clock])
     return time.time() - start
@@ -152,6 +220,9 @@ def peer_rows(quick: bool) -> list[Row]:
                                            clocks["extune"])
             kept = {k: recorded(uris[k], "plain" if k == "reused" else k)
                     for k in ("plain", "extune")}
+            if not quick:  # two more searches and their resumes: the full table only
+                for k, facts in resumed_records(base, overrides, RESUMED_TRIALS, tmp).items():
+                    kept[k].update(facts)
     finally:
         if started:
             ray.shutdown()

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -84,7 +85,7 @@ def quiet_search(settings: SearchSettings, **kw: Any) -> Any:
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         result = run_search(settings, **kw)
-    print(f"  search {settings.name}: {len(result.records)} trials, "
+    print(f"  search {Path(result.path).name}: {len(result.records)} trials, "
           f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return result
 

@@ -242,15 +242,17 @@ class _Job:
 def _score_all(sdir: Any, data: _TestData | None, jobs: list[_Job], console: Any, what: str
                ) -> Iterator[tuple[_Job, dict[str, float]]]:
     """Score ``jobs``, yielding each with its metrics as it ends (its per-image file written):
-    as Ray tasks where Ray is up (each with a trial's CPUs and GPUs, where the cluster has
-    them; their places recorded in ``study.json`` under ``scored_on``), else here one after
-    another. Ctrl-C cancels the tasks still running (the scores yielded are kept)."""
+    as Ray tasks where the Ray cluster has GPUs or more nodes than the driver's (each task with
+    a trial's CPUs and GPUs; their places recorded in ``study.json`` under ``scored_on``), else
+    here one after another (on one CPU machine a task would only add a worker's start and
+    imports, 3-4 s each, measured). Ctrl-C cancels the tasks still running (the scores yielded
+    are kept)."""
     import ray
 
     if not jobs:
         return
     said = _Said(console, what, len(jobs))
-    if not ray.is_initialized():
+    if not _elsewhere():
         for done, job in enumerate(jobs):
             said.maybe(done, f"{job.run['label']} under {job.protocol.text}")
             metrics, per_image = _Scorer(data).run(job)
@@ -275,6 +277,17 @@ def _score_all(sdir: Any, data: _TestData | None, jobs: list[_Job], console: Any
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+
+
+def _elsewhere() -> bool:
+    """Whether the connected Ray cluster has somewhere to score that this process is not:
+    GPUs, or nodes besides one."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return ray.cluster_resources().get("GPU", 0) > 0 or len(alive) > 1
 
 
 def _task_resources(settings: Any, jobs: int) -> dict[str, float]:

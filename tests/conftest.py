@@ -7,10 +7,9 @@ import pytest
 from extune.train.config import Config
 
 LONGEST_FIRST = (
-    "search/test_ui_browser.py", "search/test_search_reliability.py",
-    "search/test_cluster_processes.py", "study/test_study_e2e.py", "cli/test_signals.py",
-    "search/test_search_e2e.py", "study/test_study_cluster.py", "search/test_full_disk.py",
-    "test_benchmarks_quick.py")
+    "search/test_search_reliability.py", "search/test_ui_browser.py", "study/test_study_e2e.py",
+    "search/test_cluster_processes.py", "cli/test_signals.py", "search/test_search_e2e.py",
+    "study/test_study_cluster.py", "test_benchmarks_quick.py", "search/test_full_disk.py")
 """The longest test files (about 50-150 s each, measured on a 2-core machine), run first: with
 ``--dist loadfile`` the workers take files in collection order, so the short files fill the
 end instead of one long file running alone at the end of the run."""

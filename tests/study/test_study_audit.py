@@ -72,7 +72,7 @@ def test_the_audit_stage_audits_what_the_runs_lack_and_caches_it(tmp_path, monke
 
 
 @pytest.mark.slow  # starts Ray
-def test_with_ray_up_checkpoints_are_scored_as_ray_tasks_with_the_same_scores(tmp_path):
+def test_with_gpus_in_ray_checkpoints_are_scored_as_ray_tasks_with_the_same_scores(tmp_path):
     import os
 
     import ray
@@ -90,7 +90,9 @@ def test_with_ray_up_checkpoints_are_scored_as_ray_tasks_with_the_same_scores(tm
         return sdir, rescore_stage(sdir, runs), audit_stage(sdir, runs)
 
     _, here_scores, here_audit = stages("here")  # no Ray: in this process
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a declared GPU (none real: the tasks score on the CPU): where the tasks would go
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+             log_to_driver=False)
     try:
         sdir, scores, audit = stages("ray")
     finally:
@@ -104,5 +106,5 @@ def test_with_ray_up_checkpoints_are_scored_as_ray_tasks_with_the_same_scores(tm
             assert audit["scores"][protocol][label] == pytest.approx(metrics, nan_ok=True)
     places = StudyDir.load(sdir.path).meta["scored_on"]
     assert len(places["score"]) == 2 and len(places["audit"]) == 4  # 2 runs x protocols
-    assert all(p["pid"] != os.getpid() and p["device"] == "cpu" and p["node_id"]
+    assert all(p["pid"] != os.getpid() and p["device"] == "cpu" and p["gpu_ids"] == ["0"]
                for p in places["score"] + places["audit"])
