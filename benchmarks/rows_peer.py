@@ -102,14 +102,20 @@ def hand_written_search(base: dict[str, Any], trials: int, folder: str, tracking
 
 class StopOnce(Callback):
     """Stops the search as Ctrl-C would (SIGUSR1: Ray Tune's own graceful stop, its state
-    saved) when its first trial ends, once: the interruption both searches are resumed from."""
+    saved) mid-trial: at the first report after a trial ended, once; the interruption both
+    searches are resumed from. The file ``flag`` says it was sent (Ray saves the callbacks with
+    the experiment and gives them back to the restored search)."""
 
-    def __init__(self) -> None:
-        self.sent = False
+    def __init__(self, flag: str) -> None:
+        self.flag, self.one_ended = Path(flag), False
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self.sent:
-            self.sent = True
+        self.one_ended = True
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if self.one_ended and not self.flag.exists():
+            self.flag.write_text("sent")
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -122,13 +128,13 @@ def resumed_records(base: dict[str, Any], overrides: dict[str, Any], trials: int
 
 
     plain_uri, extune_uri = f"sqlite:///{tmp}/plain-resumed.db", f"sqlite:///{tmp}/ext-r.db"
-    hand_written_search(base, trials, f"{tmp}/plain-resumed", plain_uri, StopOnce(),
-                        name="resumed")
+    hand_written_search(base, trials, f"{tmp}/plain-resumed", plain_uri,
+                        StopOnce(f"{tmp}/plain-stopped"), name="resumed")
     restored = tune.Tuner.restore(f"{tmp}/plain-resumed/resumed", _trainable(base),
                                   resume_unfinished=True)
     restored.fit()
     settings = _extune_settings(overrides, trials, f"{tmp}/extune-resumed", extune_uri)
-    first = quiet_search(settings, callbacks=[StopOnce()])
+    first = quiet_search(settings, callbacks=[StopOnce(f"{tmp}/extune-stopped")])
     quiet_search(None, resume=first.path)
     return {"plain": _per_trial(plain_uri, "plain"), "extune": _per_trial(extune_uri, "extune")}
 
@@ -145,6 +151,7 @@ def _per_trial(tracking_uri: str, experiment: str) -> dict[str, Any]:
     names = [r.data.tags.get("extune.trial_id") or r.data.tags.get("trial_name")
              or r.info.run_name for r in trials]
     return {"resumed: trial runs": len(trials), "resumed: trials": len(set(names)),
+            "resumed: trials with one run": sum(names.count(n) == 1 for n in set(names)),
             "resumed: runs left RUNNING": sum(r.info.status == "RUNNING" for r in trials)}
 
 
