@@ -250,7 +250,8 @@ def _search_stages(sdir: StudyDir, parent_run: str, held: dict[str, Any], consol
     searches = [(m, i) for m in settings.methods for i in range(settings.search_seeds)]
     todo = [(m, i) for m, i in searches if _search_state(sdir, m, i) != "finished"]
     at_once = searches_at_once(settings, len(todo))
-    sdir.update(searches_at_once=at_once)
+    if todo:  # a resumed study with its searches done keeps the record of how they ran
+        sdir.update(searches_at_once=at_once)
     if at_once > 1:
         _searches_in_drivers(sdir, todo, at_once, parent_run, held, console)
     chosen: dict[str, list[dict[str, Any]]] = {}
@@ -286,9 +287,8 @@ def _searches_in_drivers(sdir: StudyDir, todo: list[tuple[str, int]], at_once: i
         if _search_state(sdir, method, index) == "unfinished":
             jobs.append(SearchJob(name, folder, resume=str(folder)))
         else:
-            jobs.append(SearchJob(name, folder, settings=settings.search_settings(
-                method, index, out=str(folder.parent), parent_run=parent_run,
-                study_id=sdir.study_id, base_file=str(sdir.base_file), held=held).to_dict()))
+            jobs.append(SearchJob(name, folder, settings=_new_search(
+                sdir, method, index, parent_run, held).to_dict()))
     console.print(f"study {sdir.name}: {len(jobs)} searches, {at_once} at once (each a driver "
                   f"of its own on the study's Ray): {', '.join(j.name for j in jobs)}",
                   highlight=False, markup=False)
@@ -300,6 +300,16 @@ def _searches_in_drivers(sdir: StudyDir, todo: list[tuple[str, int]], at_once: i
         for job in jobs:
             if job.started is not None and job.ended is not None:
                 _record_window(sdir, job.name, job.started, job.ended)
+
+
+def _new_search(sdir: StudyDir, method: str, index: int, parent_run: str,
+                held: dict[str, Any]) -> Any:
+    """The settings of search ``index`` of ``method`` (one after another or beside others):
+    the study's budget and seeds, the plan's ``held`` settings, under the study's run."""
+    folder = sdir.search_dir(sdir.settings.search_name(method, index))
+    return sdir.settings.search_settings(
+        method, index, out=str(folder.parent), parent_run=parent_run, study_id=sdir.study_id,
+        base_file=str(sdir.base_file), held=held)
 
 
 def _record_window(sdir: StudyDir, name: str, started: float, ended: float) -> None:
@@ -325,10 +335,7 @@ def _search_stage(sdir: StudyDir, method: str, index: int, parent_run: str,
     if state == "unfinished":
         result = run_search(resume=folder)
     elif state == "new":
-        settings = sdir.settings.search_settings(
-            method, index, out=str(folder.parent), parent_run=parent_run,
-            study_id=sdir.study_id, base_file=str(sdir.base_file), held=held)
-        result = run_search(settings)
+        result = run_search(_new_search(sdir, method, index, parent_run, held))
     if state != "finished":
         _record_window(sdir, name, t0, time.time())
     if result is not None and result.interrupted:  # Ctrl-C: Tune returns, the study stops
