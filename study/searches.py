@@ -20,6 +20,7 @@ its log file (``searches/drivers/<name>.log``), which outlives the study.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -194,7 +195,8 @@ def _stop(running: list[tuple[SearchJob, subprocess.Popen, threading.Thread]],
         try:
             job.code = process.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.killpg(process.pid, signal.SIGKILL)
             job.code = process.wait()
         job.ended = time.time()
         follower.join(timeout=10)
