@@ -40,3 +40,49 @@ def test_a_driver_that_fails_stops_the_study_with_its_error_and_log(tmp_path):
     assert "cannot reach the Ray cluster at 127.0.0.1:9" in message and str(tmp_path / "drivers" / "ce.log") in message
     assert "\n" not in message
     assert any(line.startswith("[ce] error: ") for line in said)  # printed as it came
+
+
+DRIVER = """
+import pathlib, signal, sys, time
+def stop(signum, frame):
+    pathlib.Path(sys.argv[1]).write_text(signal.Signals(signum).name)
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_ctrl_c_gives_each_running_driver_one_stop_and_waits_for_it(tmp_path, monkeypatch):
+    """Ctrl-C reaches the study alone (its drivers have sessions of their own): the study passes
+    one SIGINT to each running driver, waits for each to end, and stops; a driver not started
+    yet is never started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from extune.study import searches
+
+    def fake_start(job, address, say, work):
+        process = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / job.name)],
+                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert process.stdout.readline().strip() == "ready"
+        job.started = time.time()
+        follower = threading.Thread(target=lambda: None)
+        follower.start()
+        return process, follower
+
+    monkeypatch.setattr(searches, "_start", fake_start)
+    monkeypatch.setattr(searches, "STOP_WAIT_S", 10.0)  # a driver not stopped: SIGKILL, -9
+    jobs = [SearchJob(name, tmp_path / name, settings={}) for name in ("ce", "supcon", "edda")]
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        run_searches(jobs, 2, "127.0.0.1:9", lambda line: None, tmp_path)
+    assert [j.code for j in jobs] == [130, 130, None]  # both stopped and waited for
+    assert (tmp_path / "ce").read_text() == (tmp_path / "supcon").read_text() == "SIGINT"
+    assert jobs[2].started is None and not (tmp_path / "edda").exists()
