@@ -208,7 +208,9 @@ def _watch_parent(parent: int) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        signal.raise_signal(signal.SIGTERM)
+        # to the main thread, where Python runs the handler: raised here, the signal would
+        # wait for the main thread's next bytecode (a sleep of a minute, say)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="extune-parent-watch").start()
 

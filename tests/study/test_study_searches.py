@@ -86,3 +86,39 @@ def test_ctrl_c_gives_each_running_driver_one_stop_and_waits_for_it(tmp_path, mo
     assert [j.code for j in jobs] == [130, 130, None]  # both stopped and waited for
     assert (tmp_path / "ce").read_text() == (tmp_path / "supcon").read_text() == "SIGINT"
     assert jobs[2].started is None and not (tmp_path / "edda").exists()
+
+
+def test_a_driver_whose_study_was_killed_stops_itself(tmp_path):
+    """The driver's watch: once its parent (the study) is gone, it sends itself SIGTERM, which
+    stops its search as a stopped ``extune search`` (here: a handler that says so)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = ("import os, pathlib, signal, sys, time\n"
+              "from extune.study.searches import _watch_parent\n"
+              "def stop(signum, frame):\n"
+              "    pathlib.Path(sys.argv[1]).write_text(signal.Signals(signum).name)\n"
+              "    sys.exit(143)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "_watch_parent(os.getppid())\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    study = ("import subprocess, sys, time\n"
+             f"subprocess.Popen([sys.executable, '-c', {driver!r}, sys.argv[1]])\n"
+             "time.sleep(60)\n")
+    flag = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-c", study, str(flag)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        assert not flag.exists()
+        process.send_signal(signal.SIGKILL)  # the study killed: the driver is orphaned
+        deadline = time.time() + 15
+        while not flag.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert flag.exists() and flag.read_text() == "SIGTERM"
+    finally:
+        process.kill()
+        process.wait()
