@@ -13,9 +13,9 @@ the study once and the study passes one stop to each (Ctrl-C as SIGINT, SIGTERM 
 SIGTERM); every driver ends its search as ``extune search`` does (trials resumable) and
 ``extune study --resume`` finishes it. A driver whose study died (SIGKILL) stops its search
 the same way by itself where the study had joined a cluster; a study's own local Ray dies with
-it, and its drivers end when they lose it (about a minute and a half, measured), leaving their
-searches for ``--resume`` as a killed ``extune search`` does. Each driver's output goes to
-its log file (``searches/drivers/<name>.log``), which outlives the study.
+it, and Ray ends its drivers a minute later ("Failed to connect to GCS within 60 seconds"),
+leaving their searches for ``--resume`` as a killed ``extune search`` does. Each driver's
+output goes to its log file (``searches/drivers/<name>.log``), which outlives the study.
 """
 
 from __future__ import annotations
