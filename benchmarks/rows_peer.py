@@ -32,8 +32,8 @@ PEER_BASE = {**OVERHEAD_BASE, "optim.epochs": 2}
 """The trials of both searches: CE on tiny_cnn, two epochs (ASHA may stop one after the first)."""
 PEER_TRIALS = 12
 RESUMED_TRIALS = 4
-"""Trials of the searches stopped after their first trial and resumed (the table's resume
-rows)."""
+"""Trials of the searches stopped mid-trial (once a first trial ended) and resumed (the table's
+resume rows)."""
 QUICK = {"data.train_size": 300, "optim.epochs": 1}
 METRIC = "val/accuracy"
 
@@ -121,11 +121,11 @@ class StopOnce(Callback):
 
 def resumed_records(base: dict[str, Any], overrides: dict[str, Any], trials: int, tmp: str
                     ) -> dict[str, dict[str, Any]]:
-    """Each search stopped after its first trial and resumed as its user would (extune:
+    """Each search stopped mid-trial once a first trial ended (:class:`StopOnce`) and resumed
+    as its user would (extune:
     ``run_search(resume=...)``; by hand: ``Tuner.restore(..., resume_unfinished=True)`` and
     ``fit``): what its MLflow store then holds per trial."""
     from ray import tune
-
 
     plain_uri, extune_uri = f"sqlite:///{tmp}/plain-resumed.db", f"sqlite:///{tmp}/ext-r.db"
     hand_written_search(base, trials, f"{tmp}/plain-resumed", plain_uri,

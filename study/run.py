@@ -247,8 +247,9 @@ def _search_stages(sdir: StudyDir, parent_run: str, held: dict[str, Any], consol
     from extune.study.searches import searches_at_once
 
     settings = sdir.settings
-    searches = [(m, i) for m in settings.methods for i in range(settings.search_seeds)]
-    todo = [(m, i) for m, i in searches if _search_state(sdir, m, i) != "finished"]
+    states = {(m, i): _search_state(sdir, m, i)
+              for m in settings.methods for i in range(settings.search_seeds)}
+    todo = {search: state for search, state in states.items() if state != "finished"}
     at_once = searches_at_once(settings, len(todo))
     if todo:  # a resumed study with its searches done keeps the record of how they ran
         sdir.update(searches_at_once=at_once)
@@ -273,18 +274,19 @@ def _search_state(sdir: StudyDir, method: str, index: int) -> str:
         else "unfinished"
 
 
-def _searches_in_drivers(sdir: StudyDir, todo: list[tuple[str, int]], at_once: int,
+def _searches_in_drivers(sdir: StudyDir, todo: dict[tuple[str, int], str], at_once: int,
                          parent_run: str, held: dict[str, Any], console: Console) -> None:
-    """Run the searches ``todo`` (new or unfinished) in driver processes, ``at_once`` at a
-    time, on the study's Ray; each search's wall time and window are recorded."""
+    """Run the searches ``todo`` (``(method, index)``: ``new`` or ``unfinished``) in driver
+    processes, ``at_once`` at a time, on the study's Ray; each search's wall time and window
+    are recorded."""
     from extune.study.searches import SearchJob, run_searches, study_ray_address
 
     settings = sdir.settings
     jobs = []
-    for method, index in todo:
+    for (method, index), state in todo.items():
         name = settings.search_name(method, index)
         folder = sdir.search_dir(name)
-        if _search_state(sdir, method, index) == "unfinished":
+        if state == "unfinished":
             jobs.append(SearchJob(name, folder, resume=str(folder)))
         else:
             jobs.append(SearchJob(name, folder, settings=_new_search(

@@ -253,9 +253,10 @@ def _score_all(sdir: Any, data: _TestData | None, jobs: list[_Job], console: Any
         return
     said = _Said(console, what, len(jobs))
     if not _elsewhere():
+        scorer = _Scorer(data)
         for done, job in enumerate(jobs):
             said.maybe(done, f"{job.run['label']} under {job.protocol.text}")
-            metrics, per_image = _Scorer(data).run(job)
+            metrics, per_image = scorer.run(job)
             _write_per_image(job.per_image_file, per_image)
             yield job, metrics
         return

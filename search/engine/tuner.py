@@ -55,15 +55,15 @@ def trial_tuner(path: str, *, base: dict[str, Any], data: Any, plan: ResourcePla
     if restore and tune.Tuner.can_restore(path):
         tuner = restore_tuner(path, trainable) if restore_then is None else restore_tuner(
             path, trainable, then=restore_then)
-        return RayLoggersOff(tuner) if files else tuner
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(**tune_config, max_concurrent_trials=plan.concurrency,
-                                    reuse_actors=True),
-        param_space=param_space,
-        run_config=tune.RunConfig(
-            **ray_storage(path), verbose=0, stop=stop,
-            callbacks=[*callbacks, *files],
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(**tune_config, max_concurrent_trials=plan.concurrency,
+                                        reuse_actors=True),
+            param_space=param_space,
+            run_config=tune.RunConfig(
+                **ray_storage(path), verbose=0, stop=stop,
+                callbacks=[*callbacks, *files],
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     return RayLoggersOff(tuner) if files else tuner
