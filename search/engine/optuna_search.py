@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from typing import Any
 
 from optuna.trial import TrialState
@@ -34,6 +35,9 @@ from extune.tracking.trials import PLACE_KEYS, TRIAL_NUMBER, reported_metrics, t
 __all__ = ["PruneAwareOptunaSearch"]
 
 log = logging.getLogger(__name__)
+
+_SAVE_FORMAT = "extune.optuna_search/1"
+"""The first object of a file :meth:`PruneAwareOptunaSearch.save` writes."""
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -118,14 +122,74 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if key in result:
                 ot_trial.set_user_attr(f"extune.{key}", result[key])
 
+    def save(self, checkpoint_path: str) -> None:
+        """Save the searcher without its study: Ray's ``save`` pickles it whole, and with it
+        Optuna's cache of every trial of the study (``_CachedStorage``), which made each
+        snapshot of a search's state O(trials) (the growth benchmark, docs/performance.md).
+        The study lives in its RDB storage; the file holds where it is, the sampler, and the
+        rest of the searcher with the study, its cached storage and the sampler as references
+        (pickle's persistent ids) that :meth:`restore` resolves to the study loaded again."""
+        if self._storage is None:  # an in-memory study exists only in this pickle
+            super().save(checkpoint_path)
+            return
+        shared = self._shared_objects()
+        with open(checkpoint_path, "wb") as out:
+            pickle.dump({"format": _SAVE_FORMAT, "study_name": self._ot_study.study_name,
+                         "storage": self._storage, "sampler": self._ot_study.sampler}, out)
+            _ReferencePickler(out, shared).dump(self.__dict__)
+
+    def _shared_objects(self) -> dict[str, Any]:
+        """The objects :meth:`save` writes as references, by name."""
+        return {"study": self._ot_study, "cached_storage": self._ot_study._storage,
+                "storage": self._storage, "sampler": self._ot_study.sampler}
+
     def restore(self, checkpoint_path: str) -> None:
         """Restore (``--resume``), then fail study trials that were asked but never started.
 
         Trials suggested after Ray's last experiment snapshot exist in the study (RUNNING) but
         not in the restored searcher, so nothing would ever end them.
         """
-        super().restore(checkpoint_path)
+        self._load(checkpoint_path)
         known = {t.number for t in self._ot_trials.values()}
         for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
                 self._ot_study.tell(frozen.number, state=TrialState.FAIL)
+
+    def _load(self, checkpoint_path: str) -> None:
+        """Read a file of :meth:`save` (or of Ray's own ``save``, an older search's)."""
+        import optuna
+
+        with open(checkpoint_path, "rb") as saved:
+            head = pickle.load(saved)
+            if not (isinstance(head, dict) and head.get("format") == _SAVE_FORMAT):
+                super().restore(checkpoint_path)
+                return
+            # the study as its storage holds it now (trials told after the snapshot included)
+            study = optuna.load_study(study_name=head["study_name"], storage=head["storage"],
+                                      sampler=head["sampler"], pruner=optuna.pruners.NopPruner())
+            self._ot_study = study
+            self._storage = head["storage"]
+            shared = self._shared_objects()
+            self.__dict__.update(_ReferenceUnpickler(saved, shared).load())
+
+
+class _ReferencePickler(pickle.Pickler):
+    """Pickles the objects of ``shared`` as their names (pickle's persistent ids)."""
+
+    def __init__(self, file: Any, shared: dict[str, Any]) -> None:
+        super().__init__(file)
+        self._names = {id(obj): name for name, obj in shared.items()}
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._names.get(id(obj))
+
+
+class _ReferenceUnpickler(pickle.Unpickler):
+    """Resolves the names :class:`_ReferencePickler` wrote to the objects of ``shared``."""
+
+    def __init__(self, file: Any, shared: dict[str, Any]) -> None:
+        super().__init__(file)
+        self._shared = shared
+
+    def persistent_load(self, name: str) -> Any:
+        return self._shared[name]

@@ -81,29 +81,51 @@ def test_restore_fails_trials_asked_after_the_last_snapshot(tmp_path):
     s = searcher(storage=optuna.storages.RDBStorage(storage), study_name="x")
     s.suggest("a")
     s.save(str(tmp_path / "searcher.pkl"))
-    s.suggest("b")  # asked, then the driver died before the next snapshot
+    asked_after = s.suggest("b")  # asked, then the driver died before the next snapshot
     fresh = searcher(storage=optuna.storages.RDBStorage(storage), study_name="x")
     fresh.restore(str(tmp_path / "searcher.pkl"))
     states = [t.state for t in optuna.load_study(study_name="x", storage=storage).trials]
     assert states == [TrialState.RUNNING, TrialState.FAIL]
     fresh.on_trial_complete("a", result(3, 0.6))  # the restored trial still ends normally
     assert fresh._ot_study.get_trials()[0].state == TrialState.COMPLETE
+    # the sampler goes on from its saved state, in the study loaded again from its storage
+    assert fresh._ot_study.sampler is fresh._sampler
+    again = fresh.suggest("c")
+    assert again["optim.lr"] == asked_after["optim.lr"] and again[TRIAL_NUMBER] == 2
     pickle.dumps(fresh)  # Ray pickles the searcher into the experiment state
 
 
-def test_what_the_searcher_keeps_per_trial_does_not_grow_with_ended_trials():
-    """Ray pickles the searcher at every save of the search's state: ended trials are the
-    study's (its storage), so the rest stays the size of the running trials."""
-    s = searcher()
+def test_a_file_of_rays_own_save_is_restored_too(tmp_path):
+    """A search saved by an extune before the searcher saved its study as a reference."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    s = searcher(storage=optuna.storages.RDBStorage(storage), study_name="x")
+    s.suggest("a")
+    OptunaSearch.save(s, str(tmp_path / "searcher.pkl"))
+    fresh = searcher(storage=optuna.storages.RDBStorage(storage), study_name="x")
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    fresh.on_trial_complete("a", result(3, 0.6))
+    assert fresh._ot_study.get_trials()[0].state == TrialState.COMPLETE
+
+
+def test_what_the_searcher_saves_does_not_grow_with_ended_trials(tmp_path):
+    """Ray saves the searcher at every snapshot of the search's state: ended trials are the
+    study's (its storage, which the file names, not copies), so the file stays the size of
+    the running trials."""
+    saved = tmp_path / "searcher.pkl"
+    s = searcher(storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}"),
+                 study_name="x")
     sizes = []
-    for i in range(60):
+    for i in range(25):
         s.suggest(f"t{i}")
         s.on_trial_result(f"t{i}", result(1))
-        s.on_trial_complete(f"t{i}", result(3, 0.5 + i / 1000))
-        if i in (9, 59):
-            own = {k: v for k, v in s.__dict__.items() if k not in ("_ot_study", "_storage")}
-            sizes.append(len(pickle.dumps(own)))
+        s.on_trial_complete(f"t{i}", result(3, 0.5 + i / 1000, **{f"m{k}": k for k in range(40)}))
+        if i in (4, 24):
+            s._ot_study.get_trials()  # what the sampler reads: every trial, cached
+            s.save(str(saved))
+            sizes.append(saved.stat().st_size)
     assert not s._ot_trials and not s._planned and not s._reported
-    assert sizes[1] < sizes[0] + 60 * 20, sizes  # the ended trials' ids only
-    assert len(s._ot_study.get_trials(states=(TrialState.COMPLETE,))) == 60
+    assert sizes[1] < sizes[0] + 20 * 20, sizes  # the ended trials' ids only
+    assert len(s._ot_study.get_trials(states=(TrialState.COMPLETE,))) == 25
     s.on_trial_complete("t3", result(3))  # a completion told again: warned by Ray, no error
