@@ -112,7 +112,9 @@ def test_mlflow_models_serve_answers_a_request(trained, tmp_path):
     from processes import BIN, free_port, http_ok, start, stop, wait_for, wait_for_port
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": trained.uri}
+    # mlflow serve runs ``uvicorn`` by name: this environment's, where pytest ran unactivated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained.uri,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/demo/1",
                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                    tmp_path / "serve.log", env=env, cwd=trained.tmp)
