@@ -130,10 +130,12 @@ def mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     runners (a dozen processes that tracking never uses; ``extune ui`` starts none either)."""
     import os
 
+    from stores import sqlite_store
+
     from extune.cli.ui import SERVER_ENV
 
     return start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                  "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}",
+                  "--backend-store-uri", sqlite_store(folder / "tracking.db"),
                   "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
                  folder / f"mlflow-{time.time():.0f}.log", env={**SERVER_ENV, **os.environ})
 

@@ -265,7 +265,10 @@ each pattern is what a restore reads."""
 
 def pickle_problem(path: Path) -> str | None:
     """Why the pickle ``path`` is not whole (``None``: it is): empty, cut short, or not a
-    pickle. Checked by walking its opcodes (``pickletools``), which runs none of its code."""
+    pickle. Checked by walking its opcodes (``pickletools``), which runs none of its code,
+    through every pickle the file holds one after another (extune's searcher state is two:
+    :meth:`~extune.search.engine.optuna_search.PruneAwareOptunaSearch.save`)."""
+    import io
     import pickletools
 
     try:
@@ -274,12 +277,14 @@ def pickle_problem(path: Path) -> str | None:
         return f"{path} cannot be read ({e.strerror or e})"
     if not data:
         return f"{path} is empty"
-    try:
-        ops = list(pickletools.genops(data))
-    except ValueError as e:
-        return f"{path} is cut short or not a pickle ({one_line(e, 120)})"
-    if not ops or ops[-1][0].name != "STOP":
-        return f"{path} is cut short ({len(data)} bytes, no end)"
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        try:
+            ops = list(pickletools.genops(stream))
+        except ValueError as e:
+            return f"{path} is cut short or not a pickle ({one_line(e, 120)})"
+        if not ops or ops[-1][0].name != "STOP":
+            return f"{path} is cut short ({len(data)} bytes, no end)"
     return None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from processes import free_port, port_answers, port_closes, read_until, search_runs, start, stop
+from stores import sqlite_store
 
 TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data.test_size=40",
         "model.backbone=tiny_cnn", "optim.batch_size=32", "eval.explain_samples=8",
@@ -196,7 +197,7 @@ def test_a_training_stopped_while_it_sends_its_last_writes_ends_its_run_killed(
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.yaml").write_text("{}\n")  # training has started writing its folder
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     run = final.open_final_run(tiny_config, out, tracking_uri=uri, experiment=None, lineage={},
                                resume=None, register=None)
     run.epoch({"epoch": 1, "val/accuracy": 0.5})
@@ -314,7 +315,7 @@ def test_a_group_signal_stops_a_search_cleanly_and_resume_finishes_it(tmp_path, 
     """``timeout 900 extune search ... & kill -TERM $!`` (timeout signals its whole group), and
     SIGHUP to the group of the search's session, mid-trial: Ray's GCS no longer dies under the
     driver (it hung for 60 s, exited 1 and left the runs RUNNING)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     folder = tmp_path / "runs" / "s"
     args = _search_args(tmp_path, "s", uri)
     if how == "timeout-sigterm":
@@ -351,7 +352,7 @@ def test_signals_while_ray_starts_stop_in_one_line_naming_no_folder(tmp_path):
     """Ctrl-C twice to the group while Ray starts (its GCS is up, ``ray.init`` has not
     returned): one line that names no folder (none was made), exit 130, Ray gone, no
     "Exception ignored ... Traceback"."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     search = start(_search_args(tmp_path, "s", uri), tmp_path / "search.log", cwd=tmp_path)
     try:
         _wait(lambda: any("gcs_server" in p for p in _session(search.pid)), "GCS", search,
@@ -376,7 +377,7 @@ def test_sighup_to_a_training_ends_its_run_killed_and_resume_finishes_it(tmp_pat
     epoch once."""
     from extune.tracking.client import mlflow_client
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     out = tmp_path / "run"
     sets = [a for kv in [*TINY, "method=ce", "optim.epochs=6",
                          f"data.cache_dir={tmp_path / 'cache'}"] for a in ("--set", kv)]
@@ -409,9 +410,7 @@ def test_sighup_to_a_training_ends_its_run_killed_and_resume_finishes_it(tmp_pat
 def test_extune_ui_leaves_no_server_holding_the_port(tmp_path, how):
     """SIGHUP to the group of ``extune ui``'s session: one line, exit 129, the MLflow server
     and its uvicorn stopped; SIGKILL (nothing to handle it): the kernel stops the server."""
-    from extune.tracking.client import mlflow_client
-
-    mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store
+    sqlite_store(tmp_path / "mlflow.db")  # a store
     port = free_port()
     ui = subprocess.Popen([*EXTUNE, "ui", "--port", str(port)], cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

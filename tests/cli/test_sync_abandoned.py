@@ -8,6 +8,7 @@ import signal
 
 import pytest
 from processes import BIN, start, stop, wait_for
+from stores import sqlite_store
 
 from extune.cli import main
 
@@ -25,7 +26,7 @@ def _run(uri: str):
 
 def test_sync_refuses_a_live_training_and_ends_the_run_of_a_killed_one(tiny_args, tmp_path,
                                                                        capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     out = tmp_path / "run"
     args = [str(BIN / "extune"), "train", *tiny_args, "--set", "method=ce", "--set",
             "optim.epochs=200", "--set", f"data.cache_dir={tmp_path / 'cache'}",

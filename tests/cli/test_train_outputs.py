@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from stores import sqlite_store
 
 from extune.cli import main
 
@@ -52,7 +53,7 @@ def test_a_finished_run_resumed_into_a_new_out_writes_its_checkpoint_there(tiny_
 def test_ctrl_c_before_the_first_checkpoint_leaves_nothing_and_says_how_to_start_again(
         tiny_args, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     train = ["train", *tiny_args, *FAST, "--tracking-uri", uri]
     _interrupt_at_save(monkeypatch, save_first=False)
     assert main([*train, "--out", "runs/a"]) == 130

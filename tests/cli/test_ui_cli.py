@@ -8,14 +8,13 @@ import sys
 
 import pytest
 from processes import free_port, port_answers, port_closes, read_until
+from stores import sqlite_store
 
 pytestmark = pytest.mark.slow
 
 
 def test_ctrl_c_stops_the_server_and_its_workers(tmp_path):
-    from extune.tracking.client import mlflow_client
-
-    mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store
+    sqlite_store(tmp_path / "mlflow.db")  # a store
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "extune.cli", "ui", "--port", str(port)],
                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from stores import sqlite_store
 from tune_callbacks import InterruptOnce
 
 from extune.cli import main
@@ -214,6 +215,11 @@ def test_pickles_are_checked_without_running_them(tmp_path):
     assert pickle_problem(path) is not None
     path.write_bytes(pickle.dumps({"a": [1, 2]}))
     assert pickle_problem(path) is None
+    two = pickle.dumps({"head": 1}) + pickle.dumps({"a": list(range(100))})  # the searcher's
+    path.write_bytes(two)
+    assert pickle_problem(path) is None
+    path.write_bytes(two[: len(two) - 20])  # the first whole, the second cut
+    assert "cut short" in pickle_problem(path)
     assert ray_state_problem("s3://bucket/s/trials") is None  # left to Ray
     assert ray_state_problem(str(tmp_path / "none")) is None
 
@@ -265,7 +271,7 @@ def interrupted(tmp_path_factory) -> Path:
         settings = SearchSettings(
             out=str(work / "runs"), name="s", space="ce", trials=4, max_concurrent=1,
             scheduler="none", sampler="random", live=False,
-            tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+            tracking_uri=sqlite_store(work / "mlflow.db"),
             overrides={**TINY, "data.cache_dir": str(work / "cache")})
         result = run_search(settings, callbacks=[InterruptOnce(str(work / "flag"))])
     finally:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from stores import sqlite_store
 
 from extune.cli import main
 from extune.train.config import Config, load_lineage
@@ -207,7 +208,7 @@ def test_interrupted_failed_and_resumed_runs_end_as_they_should(tiny_args, tmp_p
     from extune.tracking.training_run import FinalRun
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     epoch = FinalRun.epoch
 
     def stop(error):
@@ -248,7 +249,7 @@ def test_a_store_down_during_training_costs_nothing_and_sync_sends_the_rest(
     from extune.tracking import journal
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
 
     def down(*args, **kwargs):
         raise ConnectionError("Connection refused")

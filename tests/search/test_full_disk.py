@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from processes import start, stop, wait_for
+from stores import sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def sets(*pairs: str) -> list[str]:
 def test_a_search_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk, tmp_path):
     from extune.tracking.client import mlflow_client
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     args = [sys.executable, "-m", "extune.cli", "search", "--space", "ce", "--trials", "4",
             "--max-concurrent", "2", "--sampler", "random", "--no-live", "--name", "s",
             "--out", str(small_disk), "--tracking-uri", uri,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from ray.tune import Callback
+from stores import sqlite_store
 
 from extune.errors import ConfigError
 from extune.search.engine.run import run_search
@@ -71,7 +72,7 @@ def test_half_gpu_trials_run_within_their_nodes_gpus_and_are_recorded_once(tmp_p
                      "data.cache_dir": str(tmp_path / "cache"), "model.backbone": "tiny_cnn",
                      "optim.epochs": 2, "optim.batch_size": 32, "eval.explain_samples": 8,
                      "eval.corruptions": ["contrast"], "eval.grid_images": 2}
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = sqlite_store(tmp_path / "mlflow.db")
         common = dict(space="ce", trials=TRIALS, scheduler="none", sampler="random",
                       gpus_per_trial=GPUS_PER_TRIAL, address=cluster.address,
                       overrides=overrides, live=False, out=str(tmp_path / "runs"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from processes import free_port, http_ok, mlflow_server, search_runs, start, stop, wait_for
+from stores import sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def test_tracking_server_down_until_the_search_ends_then_sync(tmp_path):
 def test_killed_driver_resumes_with_every_trial_once_and_no_orphan_run(tmp_path):
     import optuna
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     args = search_args(tmp_path, "crash", "--tracking-uri", uri, epochs=4, trials=4)
     first = start(args, tmp_path / "first.log", cwd=tmp_path)
     runs = tmp_path / "runs" / "crash"
@@ -130,7 +131,7 @@ def test_killed_driver_resumes_with_every_trial_once_and_no_orphan_run(tmp_path)
 
 
 def test_sigterm_stops_a_search_like_ctrl_c_and_resume_finishes_it(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     args = search_args(tmp_path, "term", "--tracking-uri", uri, epochs=4, trials=4)
     search = start(args, tmp_path / "search.log", cwd=tmp_path)
     runs = tmp_path / "runs" / "term"
@@ -156,7 +157,7 @@ def test_sigterm_stops_a_search_like_ctrl_c_and_resume_finishes_it(tmp_path):
 
 
 def test_two_searches_at_once_on_one_store_and_one_out(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     procs = {name: start(search_args(tmp_path, name, "--tracking-uri", uri, epochs=2),
                          tmp_path / f"{name}.log", cwd=tmp_path) for name in ("left", "right")}
     same = start(search_args(tmp_path, "left", "--tracking-uri", uri, epochs=2),

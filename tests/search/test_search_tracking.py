@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from stores import sqlite_store
 
 from extune.errors import ConfigError
 from extune.evaluate.objectives import Objective
@@ -36,7 +37,7 @@ def result(epoch, acc):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return sqlite_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 def runs_of(tracker):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from stores import sqlite_store
 
 from extune.search import SearchDir
 from extune.study.folder import StudyDir
@@ -37,7 +38,7 @@ def test_a_study_runs_its_searches_at_once_and_scores_on_the_gpu_nodes(tmp_path,
         nodes = [cluster.add_node(**resources) for resources in NODES]
         cluster.wait_for_nodes()
         gpu_nodes = {n.node_id for n, r in zip(nodes, NODES, strict=True) if "num_gpus" in r}
-        uri, address = f"sqlite:///{tmp_path / 'mlflow.db'}", cluster.address
+        uri, address = sqlite_store(tmp_path / "mlflow.db"), cluster.address
         settings = StudySettings.preset(
             True, methods=["ce", "supcon"], name="wide", out=str(tmp_path / "studies"),
             protocols=["gradcam:previous"], final_epochs=1, address=address, gpus_per_trial=0.5,

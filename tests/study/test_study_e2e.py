@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from stores import sqlite_store
 
 from extune.cli import main
 from extune.tracking.client import mlflow_client
@@ -42,7 +43,7 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch, one_r
     import extune.study.retrain as final
     import extune.study.run as study_run
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     args = ["study", "--quick", "--methods", "supcon,excon", "--name", "s", "--out",
             str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "study-e2e",
             "--set", f"data.cache_dir={tmp_path / 'cache'}", "--no-live"]
