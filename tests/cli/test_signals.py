@@ -276,10 +276,11 @@ def _one_stop_line(log: str, words: str) -> str:
     return lines[0]
 
 
-def _search_args(work: Path, name: str, uri: str) -> list[str]:
-    sets = [a for kv in [*TINY, "optim.epochs=3", f"data.cache_dir={work / 'cache'}"]
+def _search_args(work: Path, name: str, uri: str, trials: int = 3,
+                 epochs: int = 3) -> list[str]:
+    sets = [a for kv in [*TINY, f"optim.epochs={epochs}", f"data.cache_dir={work / 'cache'}"]
             for a in ("--set", kv)]
-    return [*EXTUNE, "search", "--space", "ce", "--trials", "3", "--scheduler", "none",
+    return [*EXTUNE, "search", "--space", "ce", "--trials", str(trials), "--scheduler", "none",
             "--max-concurrent", "2", "--sampler", "random", "--no-live", "--name", name,
             "--out", str(work / "runs"), "--tracking-uri", uri, *sets]
 
@@ -309,42 +310,61 @@ def _every_trial_once(uri: str, folder: Path, trials: int, epochs: int) -> None:
         assert sorted(steps) == list(range(1, epochs + 1)), (run.info.run_name, steps)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["timeout-sigterm", "setsid-sighup"])
-def test_a_group_signal_stops_a_search_cleanly_and_resume_finishes_it(tmp_path, how):
-    """``timeout 900 extune search ... & kill -TERM $!`` (timeout signals its whole group), and
-    SIGHUP to the group of the search's session, mid-trial: Ray's GCS no longer dies under the
-    driver (it hung for 60 s, exited 1 and left the runs RUNNING)."""
-    uri = sqlite_store(tmp_path / "mlflow.db")
-    folder = tmp_path / "runs" / "s"
-    args = _search_args(tmp_path, "s", uri)
-    if how == "timeout-sigterm":
-        command, signum, words, code = ["timeout", "900", *args], signal.SIGTERM, \
-            "terminated (SIGTERM)", 143
-    else:
-        command, signum, words, code = args, signal.SIGHUP, "hung up (SIGHUP)", 129
-    search = start(command, tmp_path / "search.log", cwd=tmp_path)
+def _reports(folder: Path) -> int:
+    """The reports of every trial so far (a line of ``result.json`` each)."""
+    return sum(p.read_text().count("\n") for p in folder.glob("trials/*/result.json"))
+
+
+STOPS = {  # how a scheduler or a terminal stops the search: (signal, its words, exit code)
+    "timeout-sigterm": (signal.SIGTERM, "terminated (SIGTERM)", 143),
+    "setsid-sighup": (signal.SIGHUP, "hung up (SIGHUP)", 129),
+    "sigterm": (signal.SIGTERM, "terminated (SIGTERM)", 143),
+}
+
+
+def _stop_mid_trial(how: str, command: list[str], folder: Path, uri: str, log: Path) -> None:
+    """Start ``command``, stop it ``how`` once a trial reported since it started, and check the
+    stop: its code, one line that says how to continue, nothing left of its session (Ray's
+    processes included), the search ``interrupted`` and no MLflow run left RUNNING."""
+    signum, words, code = STOPS[how]
+    before = _reports(folder)
+    search = start(["timeout", "900", *command] if how == "timeout-sigterm" else command, log,
+                   cwd=folder.parents[1])
     try:
-        _wait(_trial_reported(folder), "trial reporting", search)
-        if how == "timeout-sigterm":
-            search.send_signal(signum)  # timeout passes it on to its process group
-        else:
-            os.killpg(search.pid, signum)
-        assert search.wait(timeout=120) == code
-        _nothing_left(search.pid)  # Ray's processes too
+        _wait(lambda: _reports(folder) > before, "trial reporting", search)
+        if how == "setsid-sighup":
+            os.killpg(search.pid, signum)  # the group of the search's session
+        else:  # timeout passes it on to its process group; else the driver alone
+            search.send_signal(signum)
+        assert search.wait(timeout=120) == code, log.read_text()[-3000:]
+        _nothing_left(search.pid)
     finally:
         stop(search)
-    log = (tmp_path / "search.log").read_text()
-    assert _one_stop_line(log, words) == f"{words}: continue with: extune search --resume " \
-                                         f"{folder}"
+    assert _one_stop_line(log.read_text(), words) == f"{words}: continue with: extune search " \
+                                                     f"--resume {folder}", how
     assert json.loads((folder / "search.json").read_text())["status"] == "interrupted"
     states = {r.info.status for r in search_runs(uri, folder)}
-    assert "RUNNING" not in states and "KILLED" in states, states
+    assert "RUNNING" not in states and "KILLED" in states, (how, states)
 
-    resumed = subprocess.run([*EXTUNE, "search", "--resume", str(folder)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=900)
+
+@pytest.mark.slow
+def test_a_search_stopped_each_way_a_scheduler_does_resumes_every_trial_once(tmp_path):
+    """One search stopped mid-trial three times, each as schedulers and terminals stop a job,
+    and resumed after each: ``timeout 900 extune search ... & kill -TERM $!`` (timeout signals
+    its whole group), SIGHUP to the group of the search's session (as Slurm and systemd do),
+    and SIGTERM to the driver alone (``kill``, ``ray job stop``); then ``--resume`` finishes it
+    with every trial and epoch once. (Ray's GCS used to die under the driver: it hung for
+    60 s, exited 1 and left the runs RUNNING.)"""
+    uri = sqlite_store(tmp_path / "mlflow.db")
+    folder = tmp_path / "runs" / "s"
+    args = _search_args(tmp_path, "s", uri, trials=4, epochs=4)
+    resume = [*EXTUNE, "search", "--resume", str(folder)]
+    for i, how in enumerate(STOPS):
+        _stop_mid_trial(how, resume if i else args, folder, uri, tmp_path / f"{how}.log")
+
+    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    _every_trial_once(uri, folder, trials=3, epochs=3)
+    _every_trial_once(uri, folder, trials=4, epochs=4)
 
 
 @pytest.mark.slow

@@ -129,3 +129,19 @@ def test_what_the_searcher_saves_does_not_grow_with_ended_trials(tmp_path):
     assert sizes[1] < sizes[0] + 20 * 20, sizes  # the ended trials' ids only
     assert len(s._ot_study.get_trials(states=(TrialState.COMPLETE,))) == 25
     s.on_trial_complete("t3", result(3))  # a completion told again: warned by Ray, no error
+
+
+def test_a_resumed_search_does_not_enqueue_its_base_point_again(tmp_path):
+    """Each resume built the searcher again, which enqueued the base point again: the resumed
+    search ran the base config once more per resume, a trial of its budget each time."""
+    from extune.search.engine.run import _searcher
+    from extune.search.folder import SearchDir
+    from extune.search.settings import SearchSettings
+    from extune.spaces import get_space
+
+    settings = SearchSettings(space="ce", out=str(tmp_path), name="s")
+    sdir = SearchDir.create(settings, settings.base_config(), get_space("ce"))
+    for _ in range(3):  # the start and two resumes
+        _searcher(sdir, settings, sdir.base_config().to_dict())
+    study = optuna.load_study(study_name="s", storage=sdir.meta["optuna_storage"])
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # the base point, once

@@ -1,12 +1,12 @@
 """What long searches on shared infrastructure meet, with real processes: the tracking server
 down until the search ends (then ``extune sync``), the driver killed with SIGKILL while Ray's
-processes linger (then ``--resume``), the driver stopped with SIGTERM (as Slurm, Kubernetes,
-``timeout`` and ``ray job stop`` do), and two searches at once on one store and one ``--out``.
+processes linger (then ``--resume``), and two searches at once on one store and one ``--out``.
+A search stopped with SIGTERM or SIGHUP (as Slurm, Kubernetes, ``timeout`` and ``ray job stop``
+do) is tests/cli/test_signals.py's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -128,32 +128,6 @@ def test_killed_driver_resumes_with_every_trial_once_and_no_orphan_run(tmp_path)
         if run.data.tags["extune.optuna_trial"] not in complete:  # caught by the crash
             assert run.info.status == "FAILED", run.info.run_name
             assert run.data.tags["extune.state"] == "failed" and run.data.tags["extune.error"]
-
-
-def test_sigterm_stops_a_search_like_ctrl_c_and_resume_finishes_it(tmp_path):
-    uri = sqlite_store(tmp_path / "mlflow.db")
-    args = search_args(tmp_path, "term", "--tracking-uri", uri, epochs=4, trials=4)
-    search = start(args, tmp_path / "search.log", cwd=tmp_path)
-    runs = tmp_path / "runs" / "term"
-    try:
-        wait_for(lambda: any(p.stat().st_size > 0 for p in runs.glob("trials/*/result.json")),
-                 "a trial reporting", timeout=300)
-        search.send_signal(signal.SIGTERM)  # mid-trial: 4 epochs each, one reported
-        code = search.wait(timeout=120)
-    finally:
-        stop(search)
-    log = (tmp_path / "search.log").read_text()
-    assert code == 143, log[-3000:]
-    assert "SIGTERM received" not in log and "Traceback" not in log  # no native crash dump
-    assert f"continue with: extune search --resume {runs}" in log
-    assert json.loads((runs / "search.json").read_text())["status"] == "interrupted"
-    states = {r.info.status for r in search_runs(uri, runs)}
-    assert "RUNNING" not in states and "KILLED" in states, states
-
-    resumed = subprocess.run([*args[:4], "--resume", str(runs)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    check_every_epoch_once(uri, runs, trials=4, epochs=4)
 
 
 def test_two_searches_at_once_on_one_store_and_one_out(tmp_path):
