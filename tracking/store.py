@@ -4,6 +4,7 @@ SQLAlchemy warnings, before it failed."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import urllib.error
 import urllib.request
@@ -86,16 +87,37 @@ def _check_sqlite_writable(uri: str) -> None:
         raise ServiceError(f"cannot write the MLflow store {path} ({e}); {hint}") from None
 
 
+LOCK_WAIT_S = 5.0
+"""How long a command waits for another process's write lock on a SQLite store before it
+says the store is locked; the environment variable :data:`LOCK_WAIT_VARIABLE` sets another."""
+LOCK_WAIT_VARIABLE = "EXTUNE_STORE_LOCK_WAIT_S"
+
+
+def _lock_wait_s() -> float:
+    """:data:`LOCK_WAIT_S`, or the seconds of :data:`LOCK_WAIT_VARIABLE` (a number >= 0)."""
+    given = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
+    if not given:
+        return LOCK_WAIT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise ExtuneError(f"{LOCK_WAIT_VARIABLE}={given!r} is not a number of seconds >= 0; "
+                          f"unset it to wait {LOCK_WAIT_S:g} s")
+    return seconds
+
+
 def _check_sqlite_readable(path: Path) -> None:
     """An existing SQLite store reads: a SQLite file, whole (not shorter than its pages say),
-    not locked by a writer for seconds. Read-only and cheap (its first page and schema), so
-    MLflow does not fail later with SQLAlchemy's traceback.
+    not locked by a writer for :func:`_lock_wait_s` seconds. Read-only and cheap (its first
+    page and schema), so MLflow does not fail later with SQLAlchemy's traceback.
 
     Raises:
         ServiceError: naming the store, what SQLite said, and what to do.
     """
     try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=_lock_wait_s())
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             size = con.execute("PRAGMA page_count").fetchone()[0] * \

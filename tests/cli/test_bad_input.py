@@ -335,6 +335,10 @@ def search_json(text: str) -> Callable[[Path], None]:
     return setup
 
 
+LOCK_WAIT = {"EXTUNE_STORE_LOCK_WAIT_S": "0.5"}
+"""A locked store is said after half a second (5 s by default): the wait proves nothing more."""
+
+
 def damaged_store(how: str) -> Callable[[Path], None]:
     """``{tmp}/mlflow.db``: random bytes, cut to half, or held by another writer's lock."""
     def setup(tmp: Path) -> None:
@@ -743,10 +747,15 @@ ROWS = [
     Row("ui-store-locked", ["ui", "--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--port",
                             "5999"], 2,
         ["the MLflow store", "is locked by another process", "try again when it is done"],
-        setup=damaged_store("locked")),
+        setup=damaged_store("locked"), env=LOCK_WAIT),
     Row("export-run-store-locked", ["export", "--run", "abc", "--tracking-uri",
                                     "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 2,
-        ["is locked by another process"], absent=["x.yaml"], setup=damaged_store("locked")),
+        ["is locked by another process"], absent=["x.yaml"], setup=damaged_store("locked"),
+        env=LOCK_WAIT),
+    Row("store-lock-wait-not-a-number", ["export", "--run", "abc", "--tracking-uri",
+                                         "sqlite:///{tmp}/mlflow.db", "-o", "{tmp}/x.yaml"], 2,
+        ["EXTUNE_STORE_LOCK_WAIT_S='soon' is not a number of seconds >= 0"],
+        absent=["x.yaml"], setup=search_run, env={"EXTUNE_STORE_LOCK_WAIT_S": "soon"}),
     Row("study-margin-nan", ["study", "--margin", "accuracy=nan", "--out", "{tmp}/runs"], 2,
         ["--margin accuracy=nan: the margin must be a finite number"], absent=["runs"]),
     Row("study-margin-infinite", ["study", "--margin", "accuracy=inf", "--out", "{tmp}/runs"],

@@ -44,6 +44,7 @@ def final(tmp_path_factory):
     before = os.getcwd()
     os.chdir(tmp)
     try:
+        sqlite_store(tmp / "mlflow.db")  # the default store, ./mlflow.db
         sdir = handmade_search("runs", [({"method": "ce", "optim.lr": 0.05}, 0.4),
                                         ({"method": "ce", "optim.lr": 0.1}, 0.6)],
                                overrides=SMALL)
