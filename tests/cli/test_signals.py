@@ -278,10 +278,12 @@ def _one_stop_line(log: str, words: str) -> str:
 
 def _search_args(work: Path, name: str, uri: str, trials: int = 3,
                  epochs: int = 3) -> list[str]:
+    """One trial at a time (a second trial worker is about 6 s of CPU to start, and how trials
+    share the machine is not what these tests are about)."""
     sets = [a for kv in [*TINY, f"optim.epochs={epochs}", f"data.cache_dir={work / 'cache'}"]
             for a in ("--set", kv)]
     return [*EXTUNE, "search", "--space", "ce", "--trials", str(trials), "--scheduler", "none",
-            "--max-concurrent", "2", "--sampler", "random", "--no-live", "--name", name,
+            "--max-concurrent", "1", "--sampler", "random", "--no-live", "--name", name,
             "--out", str(work / "runs"), "--tracking-uri", uri, *sets]
 
 

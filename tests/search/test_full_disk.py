@@ -61,7 +61,7 @@ def test_a_search_on_a_disk_that_fills_stops_in_one_line_and_resumes(small_disk,
 
     uri = sqlite_store(tmp_path / "mlflow.db")
     args = [sys.executable, "-m", "extune.cli", "search", "--space", "ce", "--trials", "4",
-            "--max-concurrent", "2", "--sampler", "random", "--no-live", "--name", "s",
+            "--max-concurrent", "1", "--sampler", "random", "--no-live", "--name", "s",
             "--out", str(small_disk), "--tracking-uri", uri,
             *sets(*TINY, "optim.epochs=4", f"data.cache_dir={tmp_path / 'cache'}")]
     search = start(args, tmp_path / "search.log", cwd=tmp_path)

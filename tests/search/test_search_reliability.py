@@ -26,10 +26,13 @@ TINY = ["data.image_size=16", "data.train_size=200", "data.num_classes=4", "data
 
 
 def search_args(work: Path, name: str, *extra: str, epochs: int = 3, trials: int = 3) -> list:
+    """One trial at a time: each trial's worker process costs about 6 s of CPU to start (torch,
+    torch._dynamo at the first optimizer, torchmetrics), and what is tested here is not how
+    trials share the machine."""
     sets = [a for kv in [*TINY, f"optim.epochs={epochs}", f"data.cache_dir={work / 'cache'}"]
             for a in ("--set", kv)]
     return [sys.executable, "-m", "extune.cli", "search", "--space", "ce", "--trials",
-            str(trials), "--scheduler", "none", "--max-concurrent", "2", "--sampler", "random",
+            str(trials), "--scheduler", "none", "--max-concurrent", "1", "--sampler", "random",
             "--no-live", "--name", name, "--out", str(work / "runs"), *sets, *extra]
 
 
