@@ -4,9 +4,11 @@ and a study, and by the command line's help texts, so each default is written on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_TRACKING_URI", "SEARCH", "STUDY", "SearchDefaults", "StudyDefaults"]
+__all__ = ["DEFAULT_TRACKING_URI", "SEARCH", "STUDY", "SearchDefaults", "StudyDefaults",
+           "seconds_from_env"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """The MLflow store when ``--tracking-uri`` is not given: a SQLite file in the working folder."""
@@ -49,3 +51,23 @@ class StudyDefaults:
 
 SEARCH = SearchDefaults()
 STUDY = StudyDefaults()
+
+
+def seconds_from_env(name: str) -> float | None:
+    """The seconds the environment variable ``name`` gives (``None``: unset or empty), for a
+    wait the user may set (``EXTUNE_TRACKING_WAIT_S``, ``EXTUNE_STORE_LOCK_WAIT_S``).
+
+    Raises:
+        ValueError: the value is not a number of seconds >= 0 (NaN included); the message
+            names the variable and its value.
+    """
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise ValueError(f"{name}={text!r} is not a number of seconds >= 0")
+    return seconds

@@ -346,18 +346,14 @@ def wait_seconds(default: float) -> float:
     """How long an ending command waits for an unreachable store: :data:`WAIT_VARIABLE`, else
     ``default`` (also when the variable is not a number of seconds >= 0: said, but the work is
     done by then and must not fail over it)."""
-    text = os.environ.get(WAIT_VARIABLE, "").strip()
-    if not text:
-        return default
+    from extune.defaults import seconds_from_env
+
     try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also NaN
-        log.warning("%s=%r is not a number of seconds >= 0; waiting %.0f s", WAIT_VARIABLE, text,
-                    default)
+        seconds = seconds_from_env(WAIT_VARIABLE)
+    except ValueError as e:
+        log.warning("%s; waiting %.0f s", e, default)
         return default
-    return seconds
+    return default if seconds is None else seconds
 
 
 def permanent_error(e: BaseException) -> bool:

@@ -4,7 +4,6 @@ SQLAlchemy warnings, before it failed."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import urllib.error
 import urllib.request
@@ -95,17 +94,13 @@ LOCK_WAIT_VARIABLE = "EXTUNE_STORE_LOCK_WAIT_S"
 
 def _lock_wait_s() -> float:
     """:data:`LOCK_WAIT_S`, or the seconds of :data:`LOCK_WAIT_VARIABLE` (a number >= 0)."""
-    given = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
-    if not given:
-        return LOCK_WAIT_S
+    from extune.defaults import seconds_from_env
+
     try:
-        seconds = float(given)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # NaN too
-        raise ExtuneError(f"{LOCK_WAIT_VARIABLE}={given!r} is not a number of seconds >= 0; "
-                          f"unset it to wait {LOCK_WAIT_S:g} s")
-    return seconds
+        seconds = seconds_from_env(LOCK_WAIT_VARIABLE)
+    except ValueError as e:
+        raise ExtuneError(f"{e}; unset it to wait {LOCK_WAIT_S:g} s") from None
+    return LOCK_WAIT_S if seconds is None else seconds
 
 
 def _check_sqlite_readable(path: Path) -> None:
