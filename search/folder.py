@@ -190,16 +190,34 @@ class SearchDir(MetaFolder):
         problem = self.study_problem()
         if problem is not None:
             raise self.damaged(problem)
-        url = self.meta["optuna_storage"]
         never = ConfigError(f"{self.path} has no Optuna study yet (the search never started a "
                             "trial)")
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        if self._study_file_missing():
             raise never  # Optuna would create the file
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            return optuna.load_study(study_name=self.name, storage=url)
+            return optuna.load_study(study_name=self.name, storage=self.meta["optuna_storage"])
         except KeyError:
             raise never from None
+
+    def study_has_trials(self) -> bool:
+        """Whether the search's Optuna study exists and holds a trial (in any state): a search
+        that ran, not one that never started (its base point enqueued is a trial too)."""
+        import optuna
+
+        if self._study_file_missing():
+            return False
+        storage = optuna.storages.RDBStorage(self.meta["optuna_storage"])
+        try:
+            study_id = storage.get_study_id_from_name(self.name)
+        except KeyError:
+            return False
+        return storage.get_n_trials(study_id) > 0
+
+    def _study_file_missing(self) -> bool:
+        """Whether the study is a SQLite file that does not exist (opening it would create it)."""
+        url = self.meta["optuna_storage"]
+        return url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()
 
     def records(self) -> list[TrialRecord]:
         return records_from_study(self.study(), self.objectives)

@@ -355,25 +355,18 @@ def check_resumable(sdir: SearchDir) -> None:
     folder = Path(sdir.experiment_path)
     local = "://" not in sdir.experiment_path
     if problem is None and local and (folder / "tuner.pkl").exists() and \
-            not any(folder.glob("experiment_state-*.json")) and _study_has_trials(sdir):
+            not any(folder.glob("experiment_state-*.json")) and sdir.study_has_trials():
         problem = (f"Ray's experiment state (experiment_state-*.json) is missing from {folder} "
                    "(Ray would start the search over beside the trials its Optuna study holds)")
     if problem is None and local and any(folder.glob("experiment_state-*.json")) and \
             not any(folder.glob("search_gen_state-*.json")):
         problem = (f"Ray's searcher state (search_gen_state-*.json) is missing from {folder} "
                    "(Ray would sample trials again from the start)")
-    if problem is None and not sdir.ray_started() and _study_has_trials(sdir):
+    if problem is None and not sdir.ray_started() and sdir.study_has_trials():
         problem = (f"Ray's state of it is missing from {folder} (Ray would start the search "
                    "over beside the trials its Optuna study holds)")
     if problem is not None:
         raise sdir.damaged(problem)
-
-
-def _study_has_trials(sdir: SearchDir) -> bool:
-    url = sdir.meta["optuna_storage"]
-    if not url.startswith("sqlite:///") or not Path(url[len("sqlite:///"):]).is_file():
-        return False
-    return bool(sdir.study().get_trials(deepcopy=False))
 
 
 class RestoreFailed(logging.Filter):

@@ -341,28 +341,18 @@ def _searcher(sdir: SearchDir, settings: SearchSettings, base: dict[str, Any]) -
     objectives = settings.objectives
     multi = len(objectives) > 1
     space = held_space(sdir.space(), settings)
-    storage = optuna.storages.RDBStorage(sdir.meta["optuna_storage"])
     # the base point is the first trial of a new study only: Ray's OptunaSearch enqueues its
     # points_to_evaluate whenever it is built, and a resumed search ran the base config again
     # once per resume (a trial of its budget each time)
     first = base_point(space, Config.from_dict(base)) \
-        if settings.start_at_base and not _study_has_trials(storage, sdir.name) else None
+        if settings.start_at_base and not sdir.study_has_trials() else None
     return PruneAwareOptunaSearch(
         space, base=base, points_to_evaluate=[first] if first else None,
         metric=[o.metric for o in objectives] if multi else objectives[0].metric,
         mode=[o.mode for o in objectives] if multi else objectives[0].mode,
         sampler=make_sampler(settings.sampler, settings.seed, settings.trials, len(objectives),
                              settings.startup_trials),
-        storage=storage, study_name=sdir.name)
-
-
-def _study_has_trials(storage: Any, name: str) -> bool:
-    """Whether the Optuna study ``name`` exists in ``storage`` and holds a trial (any state)."""
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return False
-    return storage.get_n_trials(study_id) > 0
+        storage=optuna.storages.RDBStorage(sdir.meta["optuna_storage"]), study_name=sdir.name)
 
 
 def _scheduler(settings: SearchSettings, max_epochs: int) -> Any:

@@ -287,10 +287,6 @@ def _search_args(work: Path, name: str, uri: str, trials: int = 3,
             "--out", str(work / "runs"), "--tracking-uri", uri, *sets]
 
 
-def _trial_reported(folder: Path):
-    return lambda: any(p.stat().st_size > 0 for p in folder.glob("trials/*/result.json"))
-
-
 def _every_trial_once(uri: str, folder: Path, trials: int, epochs: int) -> None:
     """After ``--resume``: every trial COMPLETE in Optuna, the parent and each trial FINISHED
     in MLflow with epochs 1..N once each (a SIGHUP used to leave trial-000 COMPLETE in Optuna
