@@ -44,6 +44,7 @@ _WHERE = {
     "run_search": "engine.run",
     "SearchResult": "engine.run",
     "trial_tuner": "engine.tuner",
+    "keep_latest_checkpoints": "engine.tuner",
     "cluster_plan": "engine.resources",
     "GPU_RULE": "engine.resources",
     "PruneAwareOptunaSearch": "engine.optuna_search",

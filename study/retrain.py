@@ -102,14 +102,18 @@ def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker:
     done = _collect_all(sdir, points, base)
     todo = [p for p in points if done.get(p[LABEL], {}).get("state") != "complete"]
     if todo:
-        path = _experiment_for(sdir, [p[LABEL] for p in todo], epochs)
+        from ray.tune import ExperimentAnalysis
+
+        from extune.search import keep_latest_checkpoints
         from extune.tracking.journal import close_writer
 
+        path = _experiment_for(sdir, [p[LABEL] for p in todo], epochs)
         try:
             with sigint_kept():  # Tune leaves its handler: the next Ctrl-C would be swallowed
                 _tuner(sdir, base, todo, tracker, path).fit()
         finally:
             close_writer(sdir.final_dir / "tracking", timeout=60)
+        keep_latest_checkpoints(ExperimentAnalysis(path).trials)  # Ray kept two per run
         done = _collect_all(sdir, points, base)
     runs = [done.get(p[LABEL]) or _record(p, None, base, None) for p in points]
     atomic_write_text(sdir.final_dir / "runs.json", json.dumps(runs, indent=2))

@@ -263,6 +263,7 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
          callbacks: list[Any], stop: Any = None) -> SearchResult:
     from extune.search.engine.budget import search_budgets
     from extune.search.engine.disk import raise_if_disk_full
+    from extune.search.engine.tuner import keep_latest_checkpoints
 
     interrupted = True
     try:
@@ -275,6 +276,7 @@ def _fit(sdir: SearchDir, settings: SearchSettings, tracker: Any, plan: Resource
             tuner.fit()
         raise_if_disk_full(sdir, tracker, None)
         trials = ray_trials(sdir)
+        keep_latest_checkpoints(trials)
         spent = [type(b).__name__ for b in search_budgets(sdir, settings, trials)
                  if b.stop_all()]
         stopped = bool(spent) or (stop is not None and bool(stop.stop_all()))

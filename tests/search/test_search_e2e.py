@@ -84,6 +84,12 @@ def test_search_logs_every_trial_and_exports(ray_local, workdir, tmp_path):
         settings.resolved_fixed))
     assert first and min(result.records, key=lambda r: r.number).params.items() >= first.items()
     assert result.best is not None and result.best.state == "complete"
+    # Ray kept two checkpoints per running trial; an ended trial keeps its latest only
+    trial_dirs = [p.parent for p in Path(result.path).glob("trials/*/result.json")]
+    assert len(trial_dirs) == 4
+    for folder in trial_dirs:
+        reports = len((folder / "result.json").read_text().splitlines())
+        assert [c.name for c in folder.glob("checkpoint_*")] == [f"checkpoint_{reports - 1:06d}"]
 
     client, parents, children = runs_of(result)
     assert len(parents) == 1 and len(children) == 4
