@@ -26,6 +26,7 @@ from extune.tracking.client import (
     STATE_TAG,
     TRAIN_ID_TAG,
     VIEW_TAG,
+    all_runs,
     mlflow_client,
     run_page,
     tag_filter,
@@ -190,7 +191,7 @@ def store_entries(uri: str) -> list[StoreEntry]:
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     if not experiments:
         return []
-    runs = sorted((run for role in _LISTED_ROLES for run in _all_runs(
+    runs = sorted((run for role in _LISTED_ROLES for run in all_runs(
         client, list(experiments), tag_filter({"extune.role": role}))
         if role != FINAL_ROLE or TRAIN_ID_TAG in run.data.tags),  # not a study's final runs
         key=lambda r: r.info.start_time or 0, reverse=True)  # MLflow's filters have no "or"
@@ -221,20 +222,6 @@ def _entry(run: Any, experiments: dict[str, str]) -> StoreEntry:
     return StoreEntry(kind, run.info.run_name, experiments.get(run.info.experiment_id, "?"),
                       page, run.info.start_time or 0, run_id=run.info.run_id,
                       experiment_id=run.info.experiment_id, tags=dict(run.data.tags))
-
-
-def _all_runs(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
-    """Every run that matches, newest first (all pages)."""
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string,
-                                  order_by=["attributes.start_time DESC"], max_results=1000,
-                                  page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 @dataclass
@@ -296,7 +283,7 @@ def compare_searches(uri: str, names: list[str]) -> Comparison:
     for search in searches:
         objectives = _objectives(client, search)
         every.update({o.name: o for o in objectives if o.name not in every})
-        trials = _all_runs(client, [search.experiment_id],
+        trials = all_runs(client, [search.experiment_id],
                            search_filter(search.tags.get("extune.search_id", "")))
         for run in [*trials, client.get_run(search.run_id)]:
             tags = {tag: "1"} if run.data.tags.get(tag) != "1" else {}

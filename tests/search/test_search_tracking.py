@@ -155,6 +155,29 @@ def test_resumed_search_reuses_its_runs(store, tmp_path):
     assert syncing.client.get_run(parent).info.status == "FINISHED"
 
 
+def test_a_tracker_restored_from_a_pickle_reads_the_store_again(store):
+    """Ray pickles the tracker in tuner.pkl when a search starts; trial runs made after that
+    are found by the restored one (read once from the store), reopened, never made twice."""
+    import pickle
+
+    tracker = MlflowTracker(store, "test-tracking", "search-3", "demo3")
+    tracker.parent_run(params={})
+    saved = pickle.dumps(tracker)
+    run_id, created = tracker.child_run("t1", name="a", params={"optim.lr": 0.1})
+    assert created and tracker.child_run("t1", name="a", params={}) == (run_id, False)
+    assert tracker.find_child("t1") == run_id and tracker.find_child("t2") is None
+    tracker.end(run_id, "KILLED")
+
+    restored = pickle.loads(saved)
+    assert restored.find_child("t1") == run_id
+    assert restored.child_run("t1", name="a", params={}) == (run_id, False)
+    assert restored.client.get_run(run_id).info.status == "RUNNING"  # the resumed trial's
+    older = MlflowTracker.__new__(MlflowTracker)  # an older extune pickled its partial map
+    older.__setstate__({**vars(tracker), "_client": None, "_children": {}})
+    assert older.child_run("t1", name="a", params={}) == (run_id, False)
+    assert sum("extune.trial_id" in r.data.tags for r in runs_of(restored)) == 1
+
+
 def test_a_trial_lost_to_a_stopped_search_ends_failed_when_the_resumed_search_ends(store,
                                                                                    tmp_path):
     """Ray could not save the search's state before a trial started (a full disk), the stopped
