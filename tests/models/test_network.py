@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -100,10 +97,3 @@ def test_public_api():
         "list_backbones", "register_backbone"])
 
 
-def test_import_pulls_no_search_stack():
-    code = ("import sys, extune.models; "
-            "print(sorted(m for m in ('ray', 'optuna', 'mlflow', 'extune.train', 'torchvision') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "[]"
