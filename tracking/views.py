@@ -284,7 +284,7 @@ def compare_searches(uri: str, names: list[str]) -> Comparison:
         objectives = _objectives(client, search)
         every.update({o.name: o for o in objectives if o.name not in every})
         trials = all_runs(client, [search.experiment_id],
-                           search_filter(search.tags.get("extune.search_id", "")))
+                          search_filter(search.tags.get("extune.search_id", "")))
         for run in [*trials, client.get_run(search.run_id)]:
             tags = {tag: "1"} if run.data.tags.get(tag) != "1" else {}
             if run.data.tags.get(SEARCH_TAG) != search.name:
