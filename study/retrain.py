@@ -113,7 +113,10 @@ def run_final_stage(sdir: Any, chosen: dict[str, list[dict[str, Any]]], tracker:
                 _tuner(sdir, base, todo, tracker, path).fit()
         finally:
             close_writer(sdir.final_dir / "tracking", timeout=60)
-        keep_latest_checkpoints(ExperimentAnalysis(path).trials)  # Ray kept two per run
+        try:
+            keep_latest_checkpoints(ExperimentAnalysis(path).trials)  # Ray kept two per run
+        except ValueError:  # Ray saved no snapshot of the experiment: nothing to tidy
+            pass
         done = _collect_all(sdir, points, base)
     runs = [done.get(p[LABEL]) or _record(p, None, base, None) for p in points]
     atomic_write_text(sdir.final_dir / "runs.json", json.dumps(runs, indent=2))

@@ -79,6 +79,10 @@ def test_quick_study_resumes_without_training_twice(tmp_path, monkeypatch, one_r
     for name in ("report.md", "results.json", "plots/overview.png", "plots/accuracy.png",
                  "final/configs/excon.yaml", "final/configs/excon-off.yaml"):
         assert (folder / name).is_file(), name
+    # Ray kept two checkpoints per running final run (2 epochs); each ended run keeps its last
+    final_runs = [p.parent for p in (folder / "final").rglob("result.json")]
+    assert len(final_runs) == 6 and all(
+        [c.name for c in run.glob("checkpoint_*")] == ["checkpoint_000001"] for run in final_runs)
     results = json.loads((folder / "results.json").read_text())
     assert set(results["methods"]) == {"supcon", "excon", "excon-off"}
     for arm in ("supcon", "excon", "excon-off"):
