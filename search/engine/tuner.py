@@ -89,26 +89,33 @@ def keep_latest_checkpoints(trials: Sequence[Any]) -> int:
     snapshot names the latest checkpoint of an ended trial, and an ended trial is never
     restored. Running, pending and failed trials keep theirs (a resume or a retry needs them).
     """
-    import pyarrow.fs
-
     deleted = 0
     for trial in trials:
-        latest = trial.checkpoint if trial.status == "TERMINATED" else None
-        folder, _, name = latest.path.rstrip("/").rpartition("/") if latest else ("", "", "")
+        latest = trial.checkpoint
+        if trial.status != "TERMINATED" or latest is None:
+            continue
+        folder, _, name = latest.path.rstrip("/").rpartition("/")
         index = _checkpoint_index(name)
-        if index is None:
-            continue
-        try:
-            entries = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
-        except OSError:  # moved or gone: nothing to tidy
-            continue
-        for entry in entries:
-            older = _checkpoint_index(entry.base_name)
-            if older is not None and older < index and \
-                    entry.type == pyarrow.fs.FileType.Directory:
-                with contextlib.suppress(OSError):
-                    latest.filesystem.delete_dir(entry.path)
-                    deleted += 1
+        if index:  # None: not Ray's folder name; 0: the trial's first, nothing older
+            deleted += _delete_older_checkpoints(latest.filesystem, folder, index)
+    return deleted
+
+
+def _delete_older_checkpoints(filesystem: Any, folder: str, index: int) -> int:
+    """Delete the checkpoint folders of ``folder`` numbered below ``index``; how many."""
+    import pyarrow.fs
+
+    try:
+        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+    except OSError:  # moved or gone: nothing to tidy
+        return 0
+    deleted = 0
+    for entry in entries:
+        older = _checkpoint_index(entry.base_name)
+        if older is not None and older < index and entry.type == pyarrow.fs.FileType.Directory:
+            with contextlib.suppress(OSError):
+                filesystem.delete_dir(entry.path)
+                deleted += 1
     return deleted
 
 
